@@ -1,0 +1,214 @@
+//! Typed configuration: non-secret settings from environment variables (defaults here, documented in the README),
+//! joined with the secret values of [`crate::secrets`] into [`Settings`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::secrets::AppSecrets;
+
+/// fal's public key set for webhook signatures.
+pub const DEFAULT_FAL_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
+/// fal's result media hosts (a leading `*.` allows every subdomain).
+pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str = "fal.media,*.fal.media";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Settings that come from the environment (set in `template.yaml`, or by `cargo xtask stack up` locally).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name or ARN of the Secrets Manager secret holding [`AppSecrets`].
+    pub app_secret_id: String,
+    /// How long a fetched secret is trusted before it is fetched again (rotation without redeploy).
+    pub secret_ttl: Duration,
+    /// Bucket of generated results (the original's `workspace-temp`).
+    pub workspace_bucket: String,
+    /// Bucket of the user library (the original's `user-library`).
+    pub library_bucket: String,
+    /// The fal-webhook function URL, without secret; `None` disables the queue route (sync fallback).
+    pub fal_webhook_url: Option<Url>,
+    /// Where fal's webhook signing keys are published.
+    pub fal_jwks_url: Url,
+    /// If set, only webhooks signed for this fal user id are accepted.
+    pub fal_webhook_user_id: Option<String>,
+    /// Hosts result media may be fetched from (`host` or `host:port`, `*.domain` for subdomains).
+    pub media_allowed_hosts: Vec<String>,
+    /// Allows plain-http media URLs (local emulator only).
+    pub media_allow_http: bool,
+    /// Largest result file accepted.
+    pub media_max_bytes: u64,
+    /// Bound of one sync fal run, well inside API Gateway's 30 s.
+    pub fal_sync_timeout: Duration,
+    /// Bound of every other fal call (submit, status, result, cancel).
+    pub fal_request_timeout: Duration,
+    /// First delay of the sync-run retry backoff.
+    pub fal_retry_base: Duration,
+    /// Retries of a sync run on 429/502/503/504.
+    pub fal_retry_max: usize,
+    /// Largest request body the functions accept.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the config from any variable lookup (the process environment in production).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let app_secret_id = var("APP_SECRET_ID").ok_or(ConfigError::Missing("APP_SECRET_ID"))?;
+        let fal_webhook_url = var("FAL_WEBHOOK_URL")
+            .map(|v| parse_url("FAL_WEBHOOK_URL", &v))
+            .transpose()?;
+        let fal_jwks_url = parse_url(
+            "FAL_JWKS_URL",
+            &var("FAL_JWKS_URL").unwrap_or_else(|| DEFAULT_FAL_JWKS_URL.to_owned()),
+        )?;
+        let media_allowed_hosts = var("MEDIA_ALLOWED_HOSTS")
+            .unwrap_or_else(|| DEFAULT_MEDIA_ALLOWED_HOSTS.to_owned())
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        Ok(Config {
+            app_secret_id,
+            secret_ttl: Duration::from_secs(parse_num(&var, "SECRET_TTL_SECS", 300)?),
+            workspace_bucket: var("WORKSPACE_BUCKET").unwrap_or_else(|| "workspace-temp".into()),
+            library_bucket: var("LIBRARY_BUCKET").unwrap_or_else(|| "user-library".into()),
+            fal_webhook_url,
+            fal_jwks_url,
+            fal_webhook_user_id: var("FAL_WEBHOOK_USER_ID"),
+            media_allowed_hosts,
+            media_allow_http: parse_bool(&var, "MEDIA_ALLOW_HTTP", false)?,
+            media_max_bytes: parse_num(&var, "MEDIA_MAX_BYTES", 2 * 1024 * 1024 * 1024)?,
+            fal_sync_timeout: Duration::from_secs(parse_num(&var, "FAL_SYNC_TIMEOUT_SECS", 25)?),
+            fal_request_timeout: Duration::from_secs(parse_num(&var, "FAL_REQUEST_TIMEOUT_SECS", 10)?),
+            fal_retry_base: Duration::from_millis(parse_num(&var, "FAL_RETRY_BASE_MS", 1000)?),
+            fal_retry_max: parse_num(&var, "FAL_RETRY_MAX", 3)?,
+            max_body_bytes: parse_num(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
+        })
+    }
+}
+
+fn parse_url(name: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::Invalid {
+        name,
+        reason: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be an http(s) URL".into(),
+        });
+    }
+    Ok(url)
+}
+
+fn parse_num<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+            name,
+            reason: format!("expected a number, got {v:?}"),
+        }),
+    }
+}
+
+fn parse_bool(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match var(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes") => Ok(true),
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no") => Ok(false),
+        Some(v) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("expected true or false, got {v:?}"),
+        }),
+    }
+}
+
+/// Everything a use case needs to know: the environment's config and the current secret values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub secrets: Arc<AppSecrets>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_secret_id_is_set() {
+        let c = Config::from_lookup(lookup(&[("APP_SECRET_ID", "app")])).unwrap();
+        assert_eq!(c.workspace_bucket, "workspace-temp");
+        assert_eq!(c.library_bucket, "user-library");
+        assert_eq!(c.secret_ttl, Duration::from_secs(300));
+        assert_eq!(c.fal_jwks_url.as_str(), DEFAULT_FAL_JWKS_URL);
+        assert_eq!(c.media_allowed_hosts, vec!["fal.media", "*.fal.media"]);
+        assert!(!c.media_allow_http);
+        assert!(c.fal_webhook_url.is_none());
+        assert!(c.fal_sync_timeout < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn missing_secret_id_and_bad_values_are_errors() {
+        assert!(matches!(
+            Config::from_lookup(lookup(&[])),
+            Err(ConfigError::Missing("APP_SECRET_ID"))
+        ));
+        for (k, v) in [
+            ("SECRET_TTL_SECS", "soon"),
+            ("MEDIA_ALLOW_HTTP", "maybe"),
+            ("FAL_WEBHOOK_URL", "ftp://x/y"),
+            ("FAL_JWKS_URL", "not a url"),
+        ] {
+            let r = Config::from_lookup(lookup(&[("APP_SECRET_ID", "app"), (k, v)]));
+            assert!(
+                matches!(r, Err(ConfigError::Invalid { name, .. }) if name == k),
+                "{k}={v}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_and_flags_are_parsed() {
+        let c = Config::from_lookup(lookup(&[
+            ("APP_SECRET_ID", "app"),
+            ("MEDIA_ALLOWED_HOSTS", " 127.0.0.1:9000, Example.COM ,"),
+            ("MEDIA_ALLOW_HTTP", "true"),
+            ("FAL_WEBHOOK_URL", "http://127.0.0.1:9000/lambda-url/fal-webhook"),
+        ]))
+        .unwrap();
+        assert_eq!(c.media_allowed_hosts, vec!["127.0.0.1:9000", "example.com"]);
+        assert!(c.media_allow_http);
+        assert_eq!(
+            c.fal_webhook_url.unwrap().path(),
+            "/lambda-url/fal-webhook"
+        );
+    }
+}

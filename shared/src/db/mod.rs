@@ -1,0 +1,128 @@
+//! Postgres through tokio-postgres: TLS with rustls when the URL asks for it, connections checked before reuse
+//! (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
+//! (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode pooler.
+
+pub mod users;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use deadpool_postgres::Object as Client;
+pub use tokio_postgres::types::Type;
+
+/// Connections kept per function instance: one request at a time, plus after-response work.
+const POOL_SIZE: usize = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid Postgres URL")]
+    BadUrl,
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("no database connection: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// True when the failure is the database being unreachable or the connection dropping, not a bad statement.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Query(e) => e.is_closed() || e.code().is_none(),
+            DbError::BadUrl | DbError::Tls(_) => false,
+        }
+    }
+}
+
+/// The process's database handle. The pool is created on first use from the URL in the secret, and created again
+/// if a rotated secret carries a different URL.
+#[derive(Default)]
+pub struct Db {
+    current: Mutex<Option<(Vec<u8>, Pool)>>,
+}
+
+impl Db {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A live connection: a pooled one is checked (`Verified` recycling) and replaced when the server closed it.
+    pub async fn client(&self, database_url: &SecretString) -> Result<Client, DbError> {
+        let pool = self.pool(database_url)?;
+        pool.get().await.map_err(|e| DbError::Unavailable(e.to_string()))
+    }
+
+    fn pool(&self, database_url: &SecretString) -> Result<Pool, DbError> {
+        let fingerprint = Sha256::digest(database_url.expose_secret().as_bytes()).to_vec();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((fp, pool)) = current.as_ref()
+            && *fp == fingerprint
+        {
+            return Ok(pool.clone());
+        }
+        let pool = build_pool(database_url)?;
+        *current = Some((fingerprint, pool.clone()));
+        Ok(pool)
+    }
+}
+
+fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
+    let mut pg: tokio_postgres::Config = database_url
+        .expose_secret()
+        .parse()
+        .map_err(|_| DbError::BadUrl)?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("gen-pipeline");
+    }
+    let manager = Manager::from_config(
+        pg,
+        tls()?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// rustls with the Mozilla roots; used only when the URL's `sslmode` asks for TLS (`prefer` tries it).
+pub fn tls() -> Result<MakeRustlsConnect, DbError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DbError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Opens one unpooled connection (tools and migrations); the connection task runs in the background.
+pub async fn connect(database_url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = tokio_postgres::connect(database_url, tls()?).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}

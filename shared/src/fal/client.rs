@@ -1,0 +1,308 @@
+//! The fal HTTP client: sync run (bounded, retried with jittered backoff on 429/502/503/504), queue submit with a
+//! webhook, status, result and cancel. Every call has a timeout; fal's error bodies become [`FalError::Api`].
+//! Endpoints come in as full URLs (routing decides them), so this client knows no host.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use super::types::{CancelOutcome, ErrorBody, QueueState, QueueSubmitted};
+
+/// Error bodies larger than this are cut before parsing.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FalError {
+    /// fal answered with a non-success status.
+    #[error("fal answered {status}: {message}")]
+    Api {
+        status: u16,
+        error_type: Option<String>,
+        message: String,
+        detail: Option<Value>,
+    },
+    #[error("fal did not answer in time")]
+    Timeout,
+    #[error("fal could not be reached: {0}")]
+    Network(String),
+    #[error("fal's answer was not understood: {0}")]
+    Decode(String),
+}
+
+impl FalError {
+    /// Statuses fal's own client retries on.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, FalError::Api { status, .. } if matches!(status, 429 | 502 | 503 | 504))
+    }
+
+    /// The caller's input was refused (4xx other than 408/429): retrying or falling back cannot help.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(self, FalError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FalError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            FalError::Timeout
+        } else if e.is_decode() {
+            FalError::Decode(e.to_string())
+        } else {
+            // Without the URL: queue URLs are ours to log, but webhook URLs carry a secret.
+            FalError::Network(e.without_url().to_string())
+        }
+    }
+}
+
+/// Backoff of sync runs: fal's JS client uses 3 retries, 1 s base, doubling, 30 s cap, with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max_delay: Duration,
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FalClient {
+    http: reqwest::Client,
+    key: SecretString,
+    retry: RetryPolicy,
+    /// Bound of a whole sync run, retries included.
+    sync_timeout: Duration,
+    /// Bound of each other call.
+    request_timeout: Duration,
+}
+
+impl FalClient {
+    pub fn new(
+        http: reqwest::Client,
+        key: SecretString,
+        retry: RetryPolicy,
+        sync_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        FalClient {
+            http,
+            key,
+            retry,
+            sync_timeout,
+            request_timeout,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Key {}", self.key.expose_secret())
+    }
+
+    /// Runs the model synchronously (`POST <sync host>/<model>`) and returns its output.
+    pub async fn run(&self, endpoint: &Url, input: &Value) -> Result<Value, FalError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.base)
+            .with_max_delay(self.retry.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.retry.max_retries)
+            .with_jitter();
+        let deadline = tokio::time::Instant::now() + self.sync_timeout;
+        let attempt = || async {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(FalError::Timeout);
+            }
+            let response = self
+                .http
+                .post(endpoint.clone())
+                .header(reqwest::header::AUTHORIZATION, self.auth())
+                // fal's time-to-start deadline, so fal gives up (504) before we do.
+                .header("X-Fal-Request-Timeout", remaining.as_secs().max(1).to_string())
+                .json(input)
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(FalError::from_reqwest)?;
+            json_or_error(response).await
+        };
+        let retried = attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(FalError::is_retryable)
+            .notify(|e, delay| tracing::warn!(error = %e, ?delay, "fal sync run failed; retrying"));
+        tokio::time::timeout(self.sync_timeout, retried)
+            .await
+            .unwrap_or(Err(FalError::Timeout))
+    }
+
+    /// Submits to the queue (`POST <queue host>/<model>?fal_webhook=<url>`); fal answers at once.
+    pub async fn submit(&self, endpoint: &Url, input: &Value, webhook: Option<&Url>) -> Result<QueueSubmitted, FalError> {
+        let mut url = endpoint.clone();
+        if let Some(webhook) = webhook {
+            url.query_pairs_mut().append_pair("fal_webhook", webhook.as_str());
+        }
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::AUTHORIZATION, self.auth())
+            .json(input)
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(FalError::from_reqwest)?;
+        let body = json_or_error(response).await?;
+        serde_json::from_value(body).map_err(|e| FalError::Decode(format!("queue submit answer: {e}")))
+    }
+
+    /// The request's queue status (`GET status_url`).
+    pub async fn status(&self, status_url: &str) -> Result<QueueState, FalError> {
+        let body = self.get_json(status_url).await?;
+        QueueState::from_body(&body).ok_or_else(|| FalError::Decode("unknown queue status".into()))
+    }
+
+    /// The request's output (`GET response_url`); a failed request answers with fal's error.
+    pub async fn result(&self, response_url: &str) -> Result<Value, FalError> {
+        self.get_json(response_url).await
+    }
+
+    /// Asks fal to cancel (`PUT cancel_url`). fal answers 202/400/404 with a `status` naming the outcome.
+    pub async fn cancel(&self, cancel_url: &str) -> Result<CancelOutcome, FalError> {
+        let response = self
+            .http
+            .put(parse_url(cancel_url)?)
+            .header(reqwest::header::AUTHORIZATION, self.auth())
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(FalError::from_reqwest)?;
+        let status = response.status();
+        let bytes = read_capped(response).await?;
+        let outcome = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("status").and_then(Value::as_str).and_then(CancelOutcome::from_status));
+        match outcome {
+            Some(o) => Ok(o),
+            None if status.is_success() => Ok(CancelOutcome::CancellationRequested),
+            None => Err(api_error(status, None, &bytes)),
+        }
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, FalError> {
+        let response = self
+            .http
+            .get(parse_url(url)?)
+            .header(reqwest::header::AUTHORIZATION, self.auth())
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(FalError::from_reqwest)?;
+        json_or_error(response).await
+    }
+}
+
+fn parse_url(url: &str) -> Result<Url, FalError> {
+    Url::parse(url).map_err(|e| FalError::Decode(format!("bad URL from fal: {e}")))
+}
+
+async fn json_or_error(response: reqwest::Response) -> Result<Value, FalError> {
+    let status = response.status();
+    let error_type = response
+        .headers()
+        .get("x-fal-error-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if status.is_success() {
+        return response
+            .json::<Value>()
+            .await
+            .map_err(FalError::from_reqwest);
+    }
+    let bytes = read_capped(response).await?;
+    Err(api_error(status, error_type, &bytes))
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(FalError::from_reqwest)? {
+        let room = MAX_ERROR_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn api_error(status: StatusCode, header_type: Option<String>, bytes: &[u8]) -> FalError {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+    let message = body.message().unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text.chars().take(500).collect()
+        }
+    });
+    FalError::Api {
+        status: status.as_u16(),
+        error_type: body.error_type.or(header_type),
+        message,
+        detail: body.detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_and_caller_errors_follow_fal_statuses() {
+        let api = |status| FalError::Api { status, error_type: None, message: String::new(), detail: None };
+        for s in [429, 502, 503, 504] {
+            assert!(api(s).is_retryable(), "{s}");
+        }
+        for s in [400, 401, 422, 500] {
+            assert!(!api(s).is_retryable(), "{s}");
+        }
+        assert!(api(422).is_caller_error());
+        assert!(!api(429).is_caller_error());
+        assert!(!api(503).is_caller_error());
+        assert!(!FalError::Timeout.is_retryable());
+    }
+
+    #[test]
+    fn error_bodies_become_typed_errors() {
+        let e = api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("from-header".into()),
+            br#"{"detail":"No runner","error_type":"runner_scheduling_failure"}"#,
+        );
+        match e {
+            FalError::Api { status, error_type, message, .. } => {
+                assert_eq!(status, 503);
+                assert_eq!(error_type.as_deref(), Some("runner_scheduling_failure"));
+                assert_eq!(message, "No runner");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = api_error(StatusCode::BAD_GATEWAY, Some("runner_incomplete_response".into()), b"");
+        assert!(matches!(e, FalError::Api { status: 502, error_type: Some(ref t), ref message, .. }
+            if t == "runner_incomplete_response" && message == "Bad Gateway"));
+    }
+}

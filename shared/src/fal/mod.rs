@@ -1,0 +1,9 @@
+//! fal.ai: the HTTP client, its wire types, and the webhook signature with its key set.
+
+pub mod client;
+pub mod jwks;
+pub mod signature;
+pub mod types;
+
+pub use client::{FalClient, FalError, RetryPolicy};
+pub use jwks::JwksCache;

@@ -1,0 +1,16 @@
+//! The generation pipeline's shared crate: configuration, secrets, Postgres, S3, the fal client and the
+//! state both Lambda functions build once per cold start.
+
+pub mod aws;
+pub mod config;
+pub mod db;
+pub mod fal;
+pub mod migrations;
+pub mod secrets;
+pub mod state;
+pub mod storage;
+pub mod telemetry;
+pub mod webhook;
+
+pub use config::{Config, ConfigError, Settings};
+pub use state::AppState;

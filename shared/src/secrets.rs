@@ -1,0 +1,185 @@
+//! The application secret (one JSON object in AWS Secrets Manager), fetched lazily and cached with a TTL so a
+//! rotated value is picked up without a redeploy. Values are [`SecretString`]s: they cannot be printed or logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+/// The secret's keys, as stored in Secrets Manager.
+#[derive(Deserialize)]
+struct SecretJson {
+    #[serde(rename = "FAL_KEY")]
+    fal_key: String,
+    #[serde(rename = "FAL_WEBHOOK_SECRET", default)]
+    fal_webhook_secret: Option<String>,
+    #[serde(rename = "DATABASE_URL")]
+    database_url: String,
+    #[serde(rename = "SUPABASE_JWT_SECRET")]
+    jwt_secret: String,
+}
+
+/// The secret values the functions use. `Debug` shows `[REDACTED]` for each.
+#[derive(Debug, Clone)]
+pub struct AppSecrets {
+    pub fal_key: SecretString,
+    /// `None` (absent or empty) disables the queue route: submissions fall back to sync runs.
+    pub fal_webhook_secret: Option<SecretString>,
+    pub database_url: SecretString,
+    /// HS256 key that verifies Supabase user JWTs.
+    pub jwt_secret: SecretString,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("secret {secret_id} could not be read: {reason}")]
+    Fetch { secret_id: String, reason: String },
+    #[error("secret {secret_id} has no string value")]
+    NotAString { secret_id: String },
+    // The serde message names the missing key or the position, never a value.
+    #[error("secret {secret_id} is not the expected JSON object: {reason}")]
+    Malformed { secret_id: String, reason: String },
+}
+
+impl AppSecrets {
+    pub fn from_json(secret_id: &str, json: &str) -> Result<Self, SecretsError> {
+        let raw: SecretJson = serde_json::from_str(json).map_err(|e| SecretsError::Malformed {
+            secret_id: secret_id.to_owned(),
+            reason: format!("{} at line {} column {}", e.classify_name(), e.line(), e.column()),
+        })?;
+        let non_empty = |v: String| (!v.trim().is_empty()).then(|| SecretString::from(v));
+        Ok(AppSecrets {
+            fal_key: SecretString::from(raw.fal_key),
+            fal_webhook_secret: raw.fal_webhook_secret.and_then(non_empty),
+            database_url: SecretString::from(raw.database_url),
+            jwt_secret: SecretString::from(raw.jwt_secret),
+        })
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "missing or mistyped key",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+struct Cached {
+    fetched_at: Instant,
+    value: Arc<AppSecrets>,
+}
+
+/// Fetches the secret on first use and again once the TTL has passed. If a refresh fails while an older value is
+/// held, the older value keeps serving (and the failure is logged) rather than failing every request.
+pub struct SecretsCache {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    ttl: Duration,
+    cached: Mutex<Option<Cached>>,
+}
+
+impl SecretsCache {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
+        SecretsCache {
+            client,
+            secret_id,
+            ttl,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The current secret values.
+    pub async fn get(&self) -> Result<Arc<AppSecrets>, SecretsError> {
+        // One refresh at a time: callers arriving during a refresh wait for it instead of fetching again.
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.fetched_at.elapsed() < self.ttl
+        {
+            return Ok(c.value.clone());
+        }
+        match self.fetch().await {
+            Ok(value) => {
+                let value = Arc::new(value);
+                *cached = Some(Cached {
+                    fetched_at: Instant::now(),
+                    value: value.clone(),
+                });
+                Ok(value)
+            }
+            Err(e) => match cached.as_ref() {
+                Some(stale) => {
+                    tracing::warn!(error = %e, "secret refresh failed; serving the cached value");
+                    Ok(stale.value.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch(&self) -> Result<AppSecrets, SecretsError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| SecretsError::Fetch {
+                secret_id: self.secret_id.clone(),
+                reason: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+            })?;
+        let json = out.secret_string().ok_or_else(|| SecretsError::NotAString {
+            secret_id: self.secret_id.clone(),
+        })?;
+        AppSecrets::from_json(&self.secret_id, json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn parses_all_keys_and_treats_an_empty_webhook_secret_as_absent() {
+        let s = AppSecrets::from_json(
+            "id",
+            r#"{"FAL_KEY":"k","FAL_WEBHOOK_SECRET":"","DATABASE_URL":"postgres://u:p@h/d","SUPABASE_JWT_SECRET":"j"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.fal_key.expose_secret(), "k");
+        assert!(s.fal_webhook_secret.is_none());
+        assert_eq!(s.database_url.expose_secret(), "postgres://u:p@h/d");
+        assert_eq!(s.jwt_secret.expose_secret(), "j");
+    }
+
+    #[test]
+    fn debug_output_never_shows_values() {
+        let s = AppSecrets::from_json(
+            "id",
+            r#"{"FAL_KEY":"fal-secret-value","FAL_WEBHOOK_SECRET":"hook-secret-value","DATABASE_URL":"postgres://u:db-password@h/d","SUPABASE_JWT_SECRET":"jwt-secret-value"}"#,
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        for value in ["fal-secret-value", "hook-secret-value", "db-password", "jwt-secret-value"] {
+            assert!(!shown.contains(value), "{shown}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_error_does_not_echo_values() {
+        let err = AppSecrets::from_json("id", r#"{"FAL_KEY":"leaky-value"}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("missing or mistyped key"), "{text}");
+        assert!(!text.contains("leaky-value"), "{text}");
+    }
+}

@@ -1,0 +1,75 @@
+//! What a function builds once per cold start and shares across invocations: config, AWS clients, the secret
+//! cache, the database handle, the fal HTTP client and fal's key cache. Building it makes no network call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Settings};
+use crate::db::Db;
+use crate::fal::{FalClient, JwksCache, RetryPolicy};
+use crate::secrets::{SecretsCache, SecretsError};
+use crate::storage::Storage;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub secrets: SecretsCache,
+    pub db: Db,
+    pub storage: Storage,
+    /// For fal's API; no redirects, no proxies, connect timeout.
+    pub http: reqwest::Client,
+    pub jwks: JwksCache,
+}
+
+impl AppState {
+    /// Builds the state from the environment and the SDK's standard configuration.
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let config = Arc::new(Config::from_env()?);
+        let sdk = crate::aws::load().await;
+        let http = http_client()?;
+        Ok(AppState {
+            secrets: SecretsCache::new(
+                crate::aws::secrets_manager(&sdk),
+                config.app_secret_id.clone(),
+                config.secret_ttl,
+            ),
+            db: Db::new(),
+            storage: Storage::new(crate::aws::s3(&sdk)),
+            jwks: JwksCache::new(http.clone(), config.fal_jwks_url.clone()),
+            http,
+            config,
+        })
+    }
+
+    /// The config joined with the current secret values (fetched or refreshed as the TTL says).
+    pub async fn settings(&self) -> Result<Settings, SecretsError> {
+        Ok(Settings {
+            config: self.config.clone(),
+            secrets: self.secrets.get().await?,
+        })
+    }
+
+    /// A fal client with the current key.
+    pub fn fal(&self, settings: &Settings) -> FalClient {
+        let c = &settings.config;
+        FalClient::new(
+            self.http.clone(),
+            settings.secrets.fal_key.clone(),
+            RetryPolicy {
+                base: c.fal_retry_base,
+                max_retries: c.fal_retry_max,
+                ..RetryPolicy::default()
+            },
+            c.fal_sync_timeout,
+            c.fal_request_timeout,
+        )
+    }
+}
+
+/// The HTTP client for fal's API and key set.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
+}

@@ -1,0 +1,364 @@
+//! S3: streaming uploads of any length with bounded memory (one buffer of `part_size` being filled, at most
+//! [`PARTS_IN_FLIGHT`] parts uploading, so download and upload overlap), presigned GETs, and object metadata.
+
+use std::time::Duration;
+
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::task::JoinSet;
+
+/// 8 MiB: above S3's 5 MiB minimum part size, small enough for a 128 MB Lambda.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploading while the next one is read.
+pub const PARTS_IN_FLIGHT: usize = 2;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Reading the source failed (e.g. the media download broke off); nothing was stored.
+    #[error("reading the source failed: {0}")]
+    Source(String),
+    #[error("the object is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("S3 {operation} failed: {reason}")]
+    S3 {
+        operation: &'static str,
+        reason: String,
+    },
+}
+
+fn s3_err<E: std::error::Error>(operation: &'static str) -> impl FnOnce(E) -> StorageError {
+    move |e| StorageError::S3 {
+        operation,
+        reason: DisplayErrorContext(&e).to_string(),
+    }
+}
+
+/// What was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+/// Metadata of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub content_type: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    s3: aws_sdk_s3::Client,
+    part_size: usize,
+}
+
+impl Storage {
+    pub fn new(s3: aws_sdk_s3::Client) -> Self {
+        Self::with_part_size(s3, DEFAULT_PART_SIZE)
+    }
+
+    pub fn with_part_size(s3: aws_sdk_s3::Client, part_size: usize) -> Self {
+        Storage { s3, part_size }
+    }
+
+    /// Streams `body` into `bucket/key`. Small bodies become one PUT; larger ones a multipart upload that is
+    /// aborted on any failure, so a failed transfer leaves no object behind. Rewriting a key replaces it.
+    pub async fn put_stream<S, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        mut body: S,
+        max_bytes: Option<u64>,
+    ) -> Result<StoredObject, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<BoxError>,
+    {
+        let mut buffer = BytesMut::with_capacity(self.part_size);
+        let mut total: u64 = 0;
+        let mut upload: Option<Multipart> = None;
+        let stored = StoredObject {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size: 0,
+            content_type: content_type.to_owned(),
+        };
+        let result: Result<(), StorageError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
+                total += chunk.len() as u64;
+                if let Some(limit) = max_bytes
+                    && total > limit
+                {
+                    return Err(StorageError::TooLarge { limit });
+                }
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let take = (self.part_size - buffer.len()).min(rest.len());
+                    buffer.extend_from_slice(&rest.split_to(take));
+                    if buffer.len() == self.part_size {
+                        let part = std::mem::replace(&mut buffer, BytesMut::with_capacity(self.part_size));
+                        if upload.is_none() {
+                            upload = Some(Multipart::start(&self.s3, &stored).await?);
+                        }
+                        if let Some(u) = upload.as_mut() {
+                            u.send(part.freeze()).await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+
+        match (result, upload) {
+            (Err(e), Some(u)) => {
+                u.abort().await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+            (Ok(()), Some(mut u)) => {
+                let done = async {
+                    if !buffer.is_empty() {
+                        u.send(buffer.freeze()).await?;
+                    }
+                    u.finish_parts().await
+                }
+                .await;
+                match done {
+                    Ok(parts) => {
+                        u.complete(parts).await?;
+                        Ok(StoredObject { size: total, ..stored })
+                    }
+                    Err(e) => {
+                        u.abort().await;
+                        Err(e)
+                    }
+                }
+            }
+            (Ok(()), None) => {
+                let len = buffer.len() as i64;
+                self.s3
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .content_type(content_type)
+                    .content_length(len)
+                    .body(ByteStream::from(buffer.freeze()))
+                    .send()
+                    .await
+                    .map_err(s3_err("PutObject"))?;
+                Ok(StoredObject { size: total, ..stored })
+            }
+        }
+    }
+
+    /// A GET URL for the object, valid for `expires_in`.
+    pub async fn presign_get(&self, bucket: &str, key: &str, expires_in: Duration) -> Result<String, StorageError> {
+        let config = PresigningConfig::expires_in(expires_in).map_err(|e| StorageError::S3 {
+            operation: "presign",
+            reason: e.to_string(),
+        })?;
+        let request = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(s3_err("presign GetObject"))?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// The object's size and type, or `None` when it does not exist.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Ok(Some(ObjectMeta {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                content_type: out.content_type().map(str::to_owned),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_err("HeadObject")(e)),
+        }
+    }
+
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        self.s3
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(s3_err("DeleteObject"))?;
+        Ok(())
+    }
+
+    /// Server-side copy within or across buckets.
+    pub async fn copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+    ) -> Result<(), StorageError> {
+        self.s3
+            .copy_object()
+            .copy_source(format!("{from_bucket}/{}", urlencode_key(from_key)))
+            .bucket(to_bucket)
+            .key(to_key)
+            .send()
+            .await
+            .map_err(s3_err("CopyObject"))?;
+        Ok(())
+    }
+}
+
+/// Percent-encodes a key for `x-amz-copy-source`, keeping `/` separators and unreserved characters.
+fn urlencode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One multipart upload in progress: parts are uploaded by background tasks, at most [`PARTS_IN_FLIGHT`] at a time.
+struct Multipart {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    next_part: i32,
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    done: Vec<CompletedPart>,
+}
+
+impl Multipart {
+    async fn start(s3: &aws_sdk_s3::Client, target: &StoredObject) -> Result<Self, StorageError> {
+        let out = s3
+            .create_multipart_upload()
+            .bucket(&target.bucket)
+            .key(&target.key)
+            .content_type(&target.content_type)
+            .send()
+            .await
+            .map_err(s3_err("CreateMultipartUpload"))?;
+        let upload_id = out.upload_id().ok_or_else(|| StorageError::S3 {
+            operation: "CreateMultipartUpload",
+            reason: "no upload id in the answer".into(),
+        })?;
+        Ok(Multipart {
+            s3: s3.clone(),
+            bucket: target.bucket.clone(),
+            key: target.key.clone(),
+            upload_id: upload_id.to_owned(),
+            next_part: 1,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+        })
+    }
+
+    async fn send(&mut self, part: Bytes) -> Result<(), StorageError> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let request = self
+            .s3
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .content_length(part.len() as i64)
+            .body(ByteStream::from(part));
+        self.in_flight.spawn(async move {
+            let out = request.send().await.map_err(s3_err("UploadPart"))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_owned))
+                .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_owned))
+                .set_checksum_sha1(out.checksum_sha1().map(str::to_owned))
+                .set_checksum_sha256(out.checksum_sha256().map(str::to_owned))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), StorageError> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let part = joined.map_err(|e| StorageError::S3 {
+                operation: "UploadPart",
+                reason: e.to_string(),
+            })??;
+            self.done.push(part);
+        }
+        Ok(())
+    }
+
+    async fn finish_parts(&mut self) -> Result<Vec<CompletedPart>, StorageError> {
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        Ok(parts)
+    }
+
+    async fn complete(&self, parts: Vec<CompletedPart>) -> Result<(), StorageError> {
+        self.s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(s3_err("CompleteMultipartUpload"))?;
+        Ok(())
+    }
+
+    /// Best effort: an upload that cannot be aborted is left to the bucket's lifecycle rule.
+    async fn abort(mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Err(e) = self
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %DisplayErrorContext(&e), key = %self.key, "abort of multipart upload failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_keys_are_encoded_per_segment() {
+        assert_eq!(urlencode_key("u/a b+c.png"), "u/a%20b%2Bc.png");
+    }
+}
