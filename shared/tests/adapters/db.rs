@@ -1,0 +1,65 @@
+use std::time::Duration;
+
+use crate::common::stack_var;
+use gen_pipeline::db::{self, Db, users};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+fn url() -> SecretString {
+    SecretString::from(stack_var("DATABASE_URL"))
+}
+
+async fn prepared_statements(client: &tokio_postgres::Client) -> String {
+    let rows = client
+        .simple_query("SELECT count(*) FROM pg_prepared_statements")
+        .await
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn queries_leave_no_named_prepared_statement_on_the_session() {
+    let db = Db::new();
+    let client = db.client(&url()).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&**client, user).await.unwrap();
+    users::ensure(&**client, user).await.unwrap();
+    assert!(users::exists(&**client, user).await.unwrap());
+    assert!(!users::exists(&**client, Uuid::new_v4()).await.unwrap());
+    // A transaction-mode pooler hands each transaction to any server connection: a named statement prepared
+    // on one would be missing on the next. Unnamed statements leave nothing behind.
+    assert_eq!(prepared_statements(&client).await, "0");
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
+    let db = Db::new();
+    let pid: i32 = {
+        let client = db.client(&url()).await.unwrap();
+        client.query_typed_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    };
+    // As when a frozen Lambda environment's connection is dropped by the server.
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let killed: bool = admin
+        .query_typed_one("SELECT pg_terminate_backend($1)", &[(&pid, db::Type::INT4)])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = db.client(&url()).await.unwrap();
+    let new_pid: i32 = client.query_typed_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_an_error_not_a_panic() {
+    let db = Db::new();
+    let err = db.client(&SecretString::from("not a url".to_owned())).await.unwrap_err();
+    assert!(matches!(err, db::DbError::BadUrl));
+}

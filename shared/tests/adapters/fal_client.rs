@@ -1,0 +1,157 @@
+use std::time::{Duration, Instant};
+
+use crate::common::stack_var;
+use gen_pipeline::fal::types::{CancelOutcome, QueueState};
+use gen_pipeline::fal::{FalClient, FalError, RetryPolicy};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use url::Url;
+use uuid::Uuid;
+
+const MODEL: &str = "fal-ai/bytedance/seedream/v4/text-to-image";
+
+fn client(retries: usize, sync_timeout: Duration) -> FalClient {
+    FalClient::new(
+        gen_pipeline::state::http_client().unwrap(),
+        SecretString::from(stack_var("FAL_KEY")),
+        RetryPolicy {
+            base: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
+            max_retries: retries,
+        },
+        sync_timeout,
+        Duration::from_secs(10),
+    )
+}
+
+fn endpoint(host: &str) -> Url {
+    Url::parse(&format!("{}/{host}/{MODEL}", stack_var("FAL_EMULATOR_URL"))).unwrap()
+}
+
+/// A prompt unique to the test, with the emulator directives given.
+fn prompt(directives: &str) -> Value {
+    json!({ "prompt": format!("a lighthouse at dusk {} {directives}", Uuid::new_v4()) })
+}
+
+#[tokio::test]
+async fn sync_run_returns_the_model_output() {
+    let out = client(0, Duration::from_secs(10))
+        .run(&endpoint("run"), &prompt(""))
+        .await
+        .unwrap();
+    let url = out["images"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&stack_var("FAL_EMULATOR_URL")), "{url}");
+    assert_eq!(out["images"][0]["content_type"], "image/png");
+}
+
+#[tokio::test]
+async fn a_wrong_fal_key_is_refused_by_fal() {
+    let c = FalClient::new(
+        gen_pipeline::state::http_client().unwrap(),
+        SecretString::from("wrong-key".to_owned()),
+        RetryPolicy::default(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    let err = c.run(&endpoint("run"), &prompt("")).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+}
+
+#[tokio::test]
+async fn queue_submit_status_and_result() {
+    let c = client(0, Duration::from_secs(10));
+    let submitted = c
+        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=300"), None)
+        .await
+        .unwrap();
+    // Status, result and cancel URLs use only the model id's first two segments.
+    assert!(
+        submitted.status_url.ends_with(&format!(
+            "/queue/fal-ai/bytedance/requests/{}/status",
+            submitted.request_id
+        )),
+        "{}",
+        submitted.status_url
+    );
+    assert!(matches!(
+        c.status(&submitted.status_url).await.unwrap(),
+        QueueState::InQueue { .. } | QueueState::InProgress
+    ));
+    let started = Instant::now();
+    loop {
+        if c.status(&submitted.status_url).await.unwrap() == QueueState::Completed {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "request never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = c.result(&submitted.response_url).await.unwrap();
+    assert!(out["images"][0]["url"].is_string(), "{out}");
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_request_and_of_a_finished_one() {
+    let c = client(0, Duration::from_secs(10));
+    let queued = c
+        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=5000"), None)
+        .await
+        .unwrap();
+    let outcome = c.cancel(&queued.cancel_url).await.unwrap();
+    assert!(
+        matches!(outcome, CancelOutcome::CancellationRequested | CancelOutcome::Cancelled),
+        "{outcome:?}"
+    );
+
+    let quick = c
+        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=1"), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while c.status(&quick.status_url).await.unwrap() != QueueState::Completed {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.cancel(&quick.cancel_url).await.unwrap(), CancelOutcome::AlreadyCompleted);
+}
+
+#[tokio::test]
+async fn a_503_then_success_is_retried() {
+    let input = prompt("#run-fail-first=1");
+    let out = client(3, Duration::from_secs(10))
+        .run(&endpoint("run"), &input)
+        .await
+        .unwrap();
+    assert!(out["images"][0]["url"].is_string());
+    // Without retries the same first failure is reported as fal's 503.
+    let err = client(0, Duration::from_secs(10))
+        .run(&endpoint("run"), &prompt("#run-fail-first=1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FalError::Api { status: 503, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
+    let started = Instant::now();
+    let err = client(3, Duration::from_secs(1))
+        .run(&endpoint("run"), &prompt("#run-delay-ms=4000"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FalError::Timeout), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn model_errors_and_queue_refusals_are_typed() {
+    let c = client(0, Duration::from_secs(10));
+    let err = c.run(&endpoint("run"), &prompt("#error")).await.unwrap_err();
+    assert!(err.is_caller_error(), "{err}");
+    assert!(matches!(err, FalError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")), "{err}");
+
+    let err = c
+        .submit(&endpoint("queue"), &prompt("#queue-status=503"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FalError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"), "{err}");
+    assert!(!err.is_caller_error());
+}

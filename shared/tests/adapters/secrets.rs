@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use crate::common::{sdk_config, unique};
+use gen_pipeline::aws;
+use gen_pipeline::secrets::{SecretsCache, SecretsError};
+use secrecy::ExposeSecret;
+
+fn secret_json(fal_key: &str) -> String {
+    serde_json::json!({
+        "FAL_KEY": fal_key,
+        "FAL_WEBHOOK_SECRET": "hook",
+        "DATABASE_URL": "postgres://u:p@127.0.0.1:1/db",
+        "SUPABASE_JWT_SECRET": "jwt",
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_the_ttl() {
+    let sdk = sdk_config().await;
+    let client = aws::secrets_manager(&sdk);
+    let name = unique("test/app-secret");
+    client
+        .create_secret()
+        .name(&name)
+        .secret_string(secret_json("first-key"))
+        .send()
+        .await
+        .unwrap();
+    let cache = SecretsCache::new(client.clone(), name.clone(), Duration::from_millis(800));
+    let first = cache.get().await.unwrap();
+    assert_eq!(first.fal_key.expose_secret(), "first-key");
+    assert_eq!(first.fal_webhook_secret.as_ref().unwrap().expose_secret(), "hook");
+
+    client
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string(secret_json("rotated-key"))
+        .send()
+        .await
+        .unwrap();
+    // Within the TTL the cached value serves; no refetch per call.
+    assert_eq!(cache.get().await.unwrap().fal_key.expose_secret(), "first-key");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(cache.get().await.unwrap().fal_key.expose_secret(), "rotated-key");
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_a_clear_error() {
+    let sdk = sdk_config().await;
+    let cache = SecretsCache::new(aws::secrets_manager(&sdk), unique("test/absent"), Duration::from_secs(60));
+    assert!(matches!(cache.get().await, Err(SecretsError::Fetch { .. })));
+}
+
+#[tokio::test]
+async fn a_secret_that_is_not_the_expected_json_is_a_clear_error() {
+    let sdk = sdk_config().await;
+    let client = aws::secrets_manager(&sdk);
+    let name = unique("test/malformed");
+    client.create_secret().name(&name).secret_string("{\"FAL_KEY\":1}").send().await.unwrap();
+    let cache = SecretsCache::new(client, name, Duration::from_secs(60));
+    assert!(matches!(cache.get().await, Err(SecretsError::Malformed { .. })));
+}

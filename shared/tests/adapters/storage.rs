@@ -1,0 +1,74 @@
+use std::time::Duration;
+
+use crate::common::{fetch_digest, pattern_sha256, pattern_stream, sdk_config, stack_var, unique};
+use gen_pipeline::aws;
+use gen_pipeline::storage::{Storage, StorageError};
+
+async fn storage() -> Storage {
+    Storage::new(aws::s3(&sdk_config().await))
+}
+
+#[tokio::test]
+async fn a_small_body_is_stored_whole_with_its_type_and_served_by_its_presigned_url() {
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let key = format!("{}/small.png", unique("user"));
+    let stored = s
+        .put_stream(&bucket, &key, "image/png", pattern_stream(10_000), None)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, 10_000);
+    let meta = s.head(&bucket, &key).await.unwrap().unwrap();
+    assert_eq!(meta.size, 10_000);
+    assert_eq!(meta.content_type.as_deref(), Some("image/png"));
+    let url = s.presign_get(&bucket, &key, Duration::from_secs(3600)).await.unwrap();
+    assert!(url.contains("X-Amz-Signature"), "{url}");
+    assert_eq!(fetch_digest(&url).await, (200, 10_000, pattern_sha256(10_000)));
+}
+
+#[tokio::test]
+async fn a_multipart_body_keeps_every_byte_in_order() {
+    // Small parts so several are in flight at once; S3's own minimum (5 MiB) applies to real parts.
+    let s = Storage::with_part_size(aws::s3(&sdk_config().await), 5 * 1024 * 1024);
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let key = format!("{}/multi.mp4", unique("user"));
+    let total = 17 * 1024 * 1024 + 123;
+    let stored = s
+        .put_stream(&bucket, &key, "video/mp4", pattern_stream(total), None)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, total);
+    let url = s.presign_get(&bucket, &key, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(fetch_digest(&url).await, (200, total, pattern_sha256(total)));
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_and_leaves_no_object() {
+    let s = Storage::with_part_size(aws::s3(&sdk_config().await), 5 * 1024 * 1024);
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    for total in [20_000u64, 12 * 1024 * 1024] {
+        let key = format!("{}/big.bin", unique("user"));
+        let err = s
+            .put_stream(&bucket, &key, "application/octet-stream", pattern_stream(total), Some(10_000))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::TooLarge { limit: 10_000 }), "{err}");
+        assert_eq!(s.head(&bucket, &key).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_breaks_off_fails_and_leaves_no_object() {
+    let s = Storage::with_part_size(aws::s3(&sdk_config().await), 5 * 1024 * 1024);
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let key = format!("{}/broken.mp4", unique("user"));
+    use futures::StreamExt;
+    let broken = pattern_stream(11 * 1024 * 1024)
+        .chain(futures::stream::iter([Err(std::io::Error::other("connection reset"))]));
+    let err = s
+        .put_stream(&bucket, &key, "video/mp4", Box::pin(broken), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Source(ref m) if m.contains("connection reset")), "{err}");
+    assert_eq!(s.head(&bucket, &key).await.unwrap(), None);
+}

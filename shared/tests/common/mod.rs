@@ -1,0 +1,128 @@
+//! Test helpers: the local stack's coordinates (from the environment `cargo xtask test` sets, or from
+//! `target/stack/stack.env` after `cargo xtask stack up`), and clients built exactly as the functions build them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// One variable of the running stack. Panics with a hint when no stack is up: these tests need real parts.
+pub fn stack_var(name: &str) -> String {
+    static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    if let Ok(v) = std::env::var(name) {
+        return v;
+    }
+    let file = FILE.get_or_init(|| {
+        let path = workspace_root().join("target/stack/stack.env");
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), unquote(v.trim())))
+            .collect()
+    });
+    file.get(name).cloned().unwrap_or_else(|| {
+        panic!("{name} is not set: run the tests with `cargo xtask test`, or start `cargo xtask stack up` first")
+    })
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(v);
+    let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+    v.to_owned()
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// Exports the stack's AWS variables so the SDK's standard configuration finds them.
+pub fn export_aws_env() {
+    for name in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        let value = stack_var(name);
+        // Same value from every test thread, set before any client reads it.
+        unsafe { std::env::set_var(name, value) };
+    }
+}
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    export_aws_env();
+    gen_pipeline::aws::load().await
+}
+
+/// A URL of the same server with another database name.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A deterministic body of `total` bytes, produced in 64 KiB chunks so it never exists whole in memory.
+pub fn pattern_stream(
+    total: u64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = total.div_ceil(CHUNK);
+    futures::stream::iter((0..chunks).map(move |i| {
+        let start = i * CHUNK;
+        let len = CHUNK.min(total - start);
+        Ok(bytes::Bytes::from(pattern_bytes(start, len as usize)))
+    }))
+}
+
+pub fn pattern_bytes(start: u64, len: usize) -> Vec<u8> {
+    (start..start + len as u64)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
+/// sha256 of the pattern, computed chunk by chunk.
+pub fn pattern_sha256(total: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut at = 0;
+    while at < total {
+        let len = (1024 * 1024).min(total - at);
+        h.update(pattern_bytes(at, len as usize));
+        at += len;
+    }
+    hex::encode(h.finalize())
+}
+
+/// Downloads a URL as a stream and returns (status, bytes read, sha256).
+pub async fn fetch_digest(url: &str) -> (u16, u64, String) {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .get(url)
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let mut h = sha2::Sha256::new();
+    let mut n = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        h.update(&chunk);
+    }
+    (status, n, hex::encode(h.finalize()))
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap()
+}
