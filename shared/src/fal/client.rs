@@ -1,6 +1,6 @@
 //! The fal HTTP client: sync run (bounded, retried with jittered backoff on 429/502/503/504), queue submit with a
 //! webhook, status, result and cancel. Every call has a timeout; fal's error bodies become [`FalError::Api`].
-//! Endpoints come in as full URLs (routing decides them), so this client knows no host.
+//! Endpoints come in typed ([`SyncEndpoint`], [`QueueEndpoint`]) from configuration, so this client knows no host.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
+use super::endpoint::{QueueEndpoint, SyncEndpoint};
 use super::types::{CancelOutcome, ErrorBody, QueueState, QueueSubmitted};
 
 /// Error bodies larger than this are cut before parsing.
@@ -114,7 +115,7 @@ impl FalClient {
     }
 
     /// Runs the model synchronously (`POST <sync host>/<model>`) and returns its output.
-    pub async fn run(&self, endpoint: &Url, input: &Value) -> Result<Value, FalError> {
+    pub async fn run(&self, endpoint: &SyncEndpoint, input: &Value) -> Result<Value, FalError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.base)
             .with_max_delay(self.retry.max_delay)
@@ -129,7 +130,7 @@ impl FalClient {
             }
             let response = self
                 .http
-                .post(endpoint.clone())
+                .post(endpoint.url().clone())
                 .header(reqwest::header::AUTHORIZATION, self.auth())
                 // fal's time-to-start deadline, so fal gives up (504) before we do.
                 .header("X-Fal-Request-Timeout", remaining.as_secs().max(1).to_string())
@@ -151,8 +152,13 @@ impl FalClient {
     }
 
     /// Submits to the queue (`POST <queue host>/<model>?fal_webhook=<url>`); fal answers at once.
-    pub async fn submit(&self, endpoint: &Url, input: &Value, webhook: Option<&Url>) -> Result<QueueSubmitted, FalError> {
-        let mut url = endpoint.clone();
+    pub async fn submit(
+        &self,
+        endpoint: &QueueEndpoint,
+        input: &Value,
+        webhook: Option<&Url>,
+    ) -> Result<QueueSubmitted, FalError> {
+        let mut url = endpoint.url().clone();
         if let Some(webhook) = webhook {
             url.query_pairs_mut().append_pair("fal_webhook", webhook.as_str());
         }

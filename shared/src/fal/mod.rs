@@ -1,9 +1,11 @@
 //! fal.ai: the HTTP client, its wire types, and the webhook signature with its key set.
 
 pub mod client;
+pub mod endpoint;
 pub mod jwks;
 pub mod signature;
 pub mod types;
 
 pub use client::{FalClient, FalError, RetryPolicy};
+pub use endpoint::{QueueEndpoint, SyncEndpoint};
 pub use jwks::JwksCache;

@@ -2,10 +2,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::stack_var;
 use gen_pipeline::fal::types::{CancelOutcome, QueueState};
-use gen_pipeline::fal::{FalClient, FalError, RetryPolicy};
+use gen_pipeline::fal::{FalClient, FalError, QueueEndpoint, RetryPolicy, SyncEndpoint};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use url::Url;
 use uuid::Uuid;
 
 const MODEL: &str = "fal-ai/bytedance/seedream/v4/text-to-image";
@@ -24,8 +23,12 @@ fn client(retries: usize, sync_timeout: Duration) -> FalClient {
     )
 }
 
-fn endpoint(host: &str) -> Url {
-    Url::parse(&format!("{}/{host}/{MODEL}", stack_var("FAL_EMULATOR_URL"))).unwrap()
+fn sync() -> SyncEndpoint {
+    SyncEndpoint::new(Some(&format!("{}/run", stack_var("FAL_EMULATOR_URL"))), MODEL).unwrap()
+}
+
+fn queue() -> QueueEndpoint {
+    QueueEndpoint::new(Some(&format!("{}/queue", stack_var("FAL_EMULATOR_URL"))), MODEL).unwrap()
 }
 
 /// A prompt unique to the test, with the emulator directives given.
@@ -36,7 +39,7 @@ fn prompt(directives: &str) -> Value {
 #[tokio::test]
 async fn sync_run_returns_the_model_output() {
     let out = client(0, Duration::from_secs(10))
-        .run(&endpoint("run"), &prompt(""))
+        .run(&sync(), &prompt(""))
         .await
         .unwrap();
     let url = out["images"][0]["url"].as_str().unwrap();
@@ -53,7 +56,7 @@ async fn a_wrong_fal_key_is_refused_by_fal() {
         Duration::from_secs(5),
         Duration::from_secs(5),
     );
-    let err = c.run(&endpoint("run"), &prompt("")).await.unwrap_err();
+    let err = c.run(&sync(), &prompt("")).await.unwrap_err();
     assert_eq!(err.status(), Some(401), "{err}");
 }
 
@@ -61,7 +64,7 @@ async fn a_wrong_fal_key_is_refused_by_fal() {
 async fn queue_submit_status_and_result() {
     let c = client(0, Duration::from_secs(10));
     let submitted = c
-        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=300"), None)
+        .submit(&queue(), &prompt("#no-webhook #delay-ms=300"), None)
         .await
         .unwrap();
     // Status, result and cancel URLs use only the model id's first two segments.
@@ -93,7 +96,7 @@ async fn queue_submit_status_and_result() {
 async fn cancel_of_a_queued_request_and_of_a_finished_one() {
     let c = client(0, Duration::from_secs(10));
     let queued = c
-        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=5000"), None)
+        .submit(&queue(), &prompt("#no-webhook #delay-ms=5000"), None)
         .await
         .unwrap();
     let outcome = c.cancel(&queued.cancel_url).await.unwrap();
@@ -103,7 +106,7 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
     );
 
     let quick = c
-        .submit(&endpoint("queue"), &prompt("#no-webhook #delay-ms=1"), None)
+        .submit(&queue(), &prompt("#no-webhook #delay-ms=1"), None)
         .await
         .unwrap();
     let started = Instant::now();
@@ -118,13 +121,13 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
 async fn a_503_then_success_is_retried() {
     let input = prompt("#run-fail-first=1");
     let out = client(3, Duration::from_secs(10))
-        .run(&endpoint("run"), &input)
+        .run(&sync(), &input)
         .await
         .unwrap();
     assert!(out["images"][0]["url"].is_string());
     // Without retries the same first failure is reported as fal's 503.
     let err = client(0, Duration::from_secs(10))
-        .run(&endpoint("run"), &prompt("#run-fail-first=1"))
+        .run(&sync(), &prompt("#run-fail-first=1"))
         .await
         .unwrap_err();
     assert!(matches!(err, FalError::Api { status: 503, .. }), "{err}");
@@ -134,7 +137,7 @@ async fn a_503_then_success_is_retried() {
 async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
     let started = Instant::now();
     let err = client(3, Duration::from_secs(1))
-        .run(&endpoint("run"), &prompt("#run-delay-ms=4000"))
+        .run(&sync(), &prompt("#run-delay-ms=4000"))
         .await
         .unwrap_err();
     assert!(matches!(err, FalError::Timeout), "{err}");
@@ -144,12 +147,12 @@ async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
 #[tokio::test]
 async fn model_errors_and_queue_refusals_are_typed() {
     let c = client(0, Duration::from_secs(10));
-    let err = c.run(&endpoint("run"), &prompt("#error")).await.unwrap_err();
+    let err = c.run(&sync(), &prompt("#error")).await.unwrap_err();
     assert!(err.is_caller_error(), "{err}");
     assert!(matches!(err, FalError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")), "{err}");
 
     let err = c
-        .submit(&endpoint("queue"), &prompt("#queue-status=503"), None)
+        .submit(&queue(), &prompt("#queue-status=503"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, FalError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"), "{err}");

@@ -1,0 +1,98 @@
+//! Model endpoints. fal has two hosts: the sync one (`https://fal.run`) and the queue one
+//! (`https://queue.fal.run`). Each has its own type, built only from its own configured base URL
+//! (`api_providers.sync_base_url` / `api_providers.base_url`), so a sync run can never be sent to the queue host:
+//! [`super::FalClient::run`] takes only a [`SyncEndpoint`], [`super::FalClient::submit`] only a [`QueueEndpoint`].
+
+use url::Url;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("provider base URL is not configured")]
+    MissingBase,
+    #[error("provider base URL is not an http(s) URL")]
+    BadBase,
+    #[error("model key {0:?} is not a valid fal model id")]
+    BadModelKey(String),
+}
+
+/// `POST <sync base>/<model_key>`: answers with the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncEndpoint(Url);
+
+/// `POST <queue base>/<model_key>?fal_webhook=…`: answers with a request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEndpoint(Url);
+
+impl SyncEndpoint {
+    pub fn new(sync_base_url: Option<&str>, model_key: &str) -> Result<Self, EndpointError> {
+        join(sync_base_url, model_key).map(SyncEndpoint)
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl QueueEndpoint {
+    pub fn new(queue_base_url: Option<&str>, model_key: &str) -> Result<Self, EndpointError> {
+        join(queue_base_url, model_key).map(QueueEndpoint)
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+/// `base + '/' + model_key`, with the model key restricted to fal's id alphabet so it cannot add a query,
+/// a fragment or climb out of the base path.
+fn join(base: Option<&str>, model_key: &str) -> Result<Url, EndpointError> {
+    let base = base.map(str::trim).filter(|b| !b.is_empty()).ok_or(EndpointError::MissingBase)?;
+    let valid_key = !model_key.is_empty()
+        && model_key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && model_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if !valid_key {
+        return Err(EndpointError::BadModelKey(model_key.to_owned()));
+    }
+    let url = Url::parse(&format!("{}/{model_key}", base.trim_end_matches('/')))
+        .map_err(|_| EndpointError::BadBase)?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+        return Err(EndpointError::BadBase);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_host_comes_only_from_its_own_base() {
+        let key = "fal-ai/bytedance/seedream/v4/text-to-image";
+        let sync = SyncEndpoint::new(Some("https://fal.run"), key).unwrap();
+        let queue = QueueEndpoint::new(Some("https://queue.fal.run/"), key).unwrap();
+        assert_eq!(sync.url().as_str(), "https://fal.run/fal-ai/bytedance/seedream/v4/text-to-image");
+        assert_eq!(queue.url().as_str(), "https://queue.fal.run/fal-ai/bytedance/seedream/v4/text-to-image");
+        // No sync base configured: no sync endpoint, rather than a guess at a host.
+        assert_eq!(SyncEndpoint::new(None, key), Err(EndpointError::MissingBase));
+        assert_eq!(SyncEndpoint::new(Some("  "), key), Err(EndpointError::MissingBase));
+    }
+
+    #[test]
+    fn base_paths_are_kept() {
+        let e = SyncEndpoint::new(Some("http://127.0.0.1:9000/run"), "fal-ai/flux/dev").unwrap();
+        assert_eq!(e.url().as_str(), "http://127.0.0.1:9000/run/fal-ai/flux/dev");
+    }
+
+    #[test]
+    fn hostile_model_keys_and_bases_are_refused() {
+        for key in ["", "../admin", "fal-ai/../x", "a?b=c", "a#b", "a//b", "a b", "/abs", "x/"] {
+            assert!(matches!(SyncEndpoint::new(Some("https://fal.run"), key), Err(EndpointError::BadModelKey(_))), "{key}");
+        }
+        assert_eq!(QueueEndpoint::new(Some("ftp://queue.fal.run"), "a/b"), Err(EndpointError::BadBase));
+        assert_eq!(QueueEndpoint::new(Some("not a url"), "a/b"), Err(EndpointError::BadBase));
+    }
+}
