@@ -11,8 +11,8 @@ pub async fn load() -> SdkConfig {
 /// S3 client. Path-style addressing when a custom endpoint is configured: S3-compatible endpoints other than AWS
 /// (moto, MinIO) cannot serve virtual-hosted buckets on an IP address.
 pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let custom_endpoint = config.endpoint_url().is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    let custom_endpoint =
+        config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let conf = aws_sdk_s3::config::Builder::from(config)
         .force_path_style(custom_endpoint)
         .build();

@@ -63,7 +63,11 @@ impl Config {
 
     /// Builds the config from any variable lookup (the process environment in production).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let app_secret_id = var("APP_SECRET_ID").ok_or(ConfigError::Missing("APP_SECRET_ID"))?;
         let fal_webhook_url = var("FAL_WEBHOOK_URL")
             .map(|v| parse_url("FAL_WEBHOOK_URL", &v))
@@ -90,7 +94,11 @@ impl Config {
             media_allow_http: parse_bool(&var, "MEDIA_ALLOW_HTTP", false)?,
             media_max_bytes: parse_num(&var, "MEDIA_MAX_BYTES", 2 * 1024 * 1024 * 1024)?,
             fal_sync_timeout: Duration::from_secs(parse_num(&var, "FAL_SYNC_TIMEOUT_SECS", 25)?),
-            fal_request_timeout: Duration::from_secs(parse_num(&var, "FAL_REQUEST_TIMEOUT_SECS", 10)?),
+            fal_request_timeout: Duration::from_secs(parse_num(
+                &var,
+                "FAL_REQUEST_TIMEOUT_SECS",
+                10,
+            )?),
             fal_retry_base: Duration::from_millis(parse_num(&var, "FAL_RETRY_BASE_MS", 1000)?),
             fal_retry_max: parse_num(&var, "FAL_RETRY_MAX", 3)?,
             max_body_bytes: parse_num(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
@@ -201,14 +209,14 @@ mod tests {
             ("APP_SECRET_ID", "app"),
             ("MEDIA_ALLOWED_HOSTS", " 127.0.0.1:9000, Example.COM ,"),
             ("MEDIA_ALLOW_HTTP", "true"),
-            ("FAL_WEBHOOK_URL", "http://127.0.0.1:9000/lambda-url/fal-webhook"),
+            (
+                "FAL_WEBHOOK_URL",
+                "http://127.0.0.1:9000/lambda-url/fal-webhook",
+            ),
         ]))
         .unwrap();
         assert_eq!(c.media_allowed_hosts, vec!["127.0.0.1:9000", "example.com"]);
         assert!(c.media_allow_http);
-        assert_eq!(
-            c.fal_webhook_url.unwrap().path(),
-            "/lambda-url/fal-webhook"
-        );
+        assert_eq!(c.fal_webhook_url.unwrap().path(), "/lambda-url/fal-webhook");
     }
 }

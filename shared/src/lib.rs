@@ -2,9 +2,13 @@
 //! state both Lambda functions build once per cold start.
 
 pub mod aws;
+pub mod completion;
 pub mod config;
 pub mod db;
 pub mod fal;
+pub mod input;
+pub mod jobs;
+pub mod media;
 pub mod migrations;
 pub mod secrets;
 pub mod state;

@@ -47,7 +47,12 @@ impl AppSecrets {
     pub fn from_json(secret_id: &str, json: &str) -> Result<Self, SecretsError> {
         let raw: SecretJson = serde_json::from_str(json).map_err(|e| SecretsError::Malformed {
             secret_id: secret_id.to_owned(),
-            reason: format!("{} at line {} column {}", e.classify_name(), e.line(), e.column()),
+            reason: format!(
+                "{} at line {} column {}",
+                e.classify_name(),
+                e.line(),
+                e.column()
+            ),
         })?;
         let non_empty = |v: String| (!v.trim().is_empty()).then(|| SecretString::from(v));
         Ok(AppSecrets {
@@ -137,9 +142,11 @@ impl SecretsCache {
                 secret_id: self.secret_id.clone(),
                 reason: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
             })?;
-        let json = out.secret_string().ok_or_else(|| SecretsError::NotAString {
-            secret_id: self.secret_id.clone(),
-        })?;
+        let json = out
+            .secret_string()
+            .ok_or_else(|| SecretsError::NotAString {
+                secret_id: self.secret_id.clone(),
+            })?;
         AppSecrets::from_json(&self.secret_id, json)
     }
 }
@@ -170,7 +177,12 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{s:?}");
-        for value in ["fal-secret-value", "hook-secret-value", "db-password", "jwt-secret-value"] {
+        for value in [
+            "fal-secret-value",
+            "hook-secret-value",
+            "db-password",
+            "jwt-secret-value",
+        ] {
             assert!(!shown.contains(value), "{shown}");
         }
     }

@@ -17,6 +17,8 @@ pub struct AppState {
     pub storage: Storage,
     /// For fal's API; no redirects, no proxies, connect timeout.
     pub http: reqwest::Client,
+    /// For result media: allow-listed hosts, public addresses only, redirects re-checked.
+    pub media_http: reqwest::Client,
     pub jwks: JwksCache,
 }
 
@@ -35,6 +37,9 @@ impl AppState {
             db: Db::new(),
             storage: Storage::new(crate::aws::s3(&sdk)),
             jwks: JwksCache::new(http.clone(), config.fal_jwks_url.clone()),
+            media_http: crate::media::http_client(&crate::media::MediaPolicy::from_config(
+                &config,
+            ))?,
             http,
             config,
         })

@@ -107,7 +107,8 @@ impl Storage {
                     let take = (self.part_size - buffer.len()).min(rest.len());
                     buffer.extend_from_slice(&rest.split_to(take));
                     if buffer.len() == self.part_size {
-                        let part = std::mem::replace(&mut buffer, BytesMut::with_capacity(self.part_size));
+                        let part =
+                            std::mem::replace(&mut buffer, BytesMut::with_capacity(self.part_size));
                         if upload.is_none() {
                             upload = Some(Multipart::start(&self.s3, &stored).await?);
                         }
@@ -138,7 +139,10 @@ impl Storage {
                 match done {
                     Ok(parts) => {
                         u.complete(parts).await?;
-                        Ok(StoredObject { size: total, ..stored })
+                        Ok(StoredObject {
+                            size: total,
+                            ..stored
+                        })
                     }
                     Err(e) => {
                         u.abort().await;
@@ -158,13 +162,21 @@ impl Storage {
                     .send()
                     .await
                     .map_err(s3_err("PutObject"))?;
-                Ok(StoredObject { size: total, ..stored })
+                Ok(StoredObject {
+                    size: total,
+                    ..stored
+                })
             }
         }
     }
 
     /// A GET URL for the object, valid for `expires_in`.
-    pub async fn presign_get(&self, bucket: &str, key: &str, expires_in: Duration) -> Result<String, StorageError> {
+    pub async fn presign_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<String, StorageError> {
         let config = PresigningConfig::expires_in(expires_in).map_err(|e| StorageError::S3 {
             operation: "presign",
             reason: e.to_string(),
@@ -328,7 +340,11 @@ impl Multipart {
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(s3_err("CompleteMultipartUpload"))?;

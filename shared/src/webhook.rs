@@ -47,14 +47,22 @@ pub async fn authenticate(
     body: &[u8],
 ) -> Result<(), AuthError> {
     check_secret(settings, secret)?;
-    let headers = headers.ok_or_else(|| AuthError::BadSignature("signature headers missing".into()))?;
+    let headers =
+        headers.ok_or_else(|| AuthError::BadSignature("signature headers missing".into()))?;
     let now = chrono::Utc::now().timestamp();
     state
         .jwks
-        .verify(&headers, body, now, settings.config.fal_webhook_user_id.as_deref())
+        .verify(
+            &headers,
+            body,
+            now,
+            settings.config.fal_webhook_user_id.as_deref(),
+        )
         .await
         .map_err(|e| match e {
             WebhookAuthError::Rejected(r) => AuthError::BadSignature(r.to_string()),
-            unavailable @ WebhookAuthError::KeysUnavailable(_) => AuthError::KeysUnavailable(unavailable),
+            unavailable @ WebhookAuthError::KeysUnavailable(_) => {
+                AuthError::KeysUnavailable(unavailable)
+            }
         })
 }

@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fetch_digest, pattern_sha256, pattern_stream, peak_rss_bytes, sdk_config, stack_var, unique};
+use common::{
+    fetch_digest, pattern_sha256, pattern_stream, peak_rss_bytes, sdk_config, stack_var, unique,
+};
 use gen_pipeline::aws;
 use gen_pipeline::storage::Storage;
 
@@ -17,7 +19,13 @@ async fn fifty_mib_streamed_upload_lands_whole_with_memory_far_below_its_size() 
     let user = unique("user");
     // Warm up clients, TLS-free connection pool and allocator so the baseline includes them.
     storage
-        .put_stream(&bucket, &format!("{user}/warmup"), "image/png", pattern_stream(9 * MIB), None)
+        .put_stream(
+            &bucket,
+            &format!("{user}/warmup"),
+            "image/png",
+            pattern_stream(9 * MIB),
+            None,
+        )
         .await
         .unwrap();
     let baseline = peak_rss_bytes();
@@ -38,6 +46,12 @@ async fn fifty_mib_streamed_upload_lands_whole_with_memory_far_below_its_size() 
     let meta = storage.head(&bucket, &key).await.unwrap().unwrap();
     assert_eq!(meta.size, total);
     assert_eq!(meta.content_type.as_deref(), Some("video/mp4"));
-    let url = storage.presign_get(&bucket, &key, Duration::from_secs(600)).await.unwrap();
-    assert_eq!(fetch_digest(&url).await, (200, total, pattern_sha256(total)));
+    let url = storage
+        .presign_get(&bucket, &key, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch_digest(&url).await,
+        (200, total, pattern_sha256(total))
+    );
 }

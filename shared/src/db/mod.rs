@@ -2,6 +2,12 @@
 //! (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
 //! (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode pooler.
 
+pub mod assets;
+pub mod claims;
+pub mod jobs;
+pub mod models;
+pub mod postprocess;
+pub mod usage;
 pub mod users;
 
 use std::sync::{Arc, Mutex};
@@ -44,9 +50,12 @@ impl DbError {
 
 /// The process's database handle. The pool is created on first use from the URL in the secret, and created again
 /// if a rotated secret carries a different URL.
-#[derive(Default)]
+/// The pool and the fingerprint of the URL it was built from.
+type CurrentPool = Option<(Vec<u8>, Pool)>;
+
+#[derive(Default, Clone)]
 pub struct Db {
-    current: Mutex<Option<(Vec<u8>, Pool)>>,
+    current: Arc<Mutex<CurrentPool>>,
 }
 
 impl Db {
@@ -57,7 +66,9 @@ impl Db {
     /// A live connection: a pooled one is checked (`Verified` recycling) and replaced when the server closed it.
     pub async fn client(&self, database_url: &SecretString) -> Result<Client, DbError> {
         let pool = self.pool(database_url)?;
-        pool.get().await.map_err(|e| DbError::Unavailable(e.to_string()))
+        pool.get()
+            .await
+            .map_err(|e| DbError::Unavailable(e.to_string()))
     }
 
     fn pool(&self, database_url: &SecretString) -> Result<Pool, DbError> {
@@ -107,12 +118,13 @@ pub fn tls() -> Result<MakeRustlsConnect, DbError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| DbError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DbError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 

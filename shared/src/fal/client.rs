@@ -133,7 +133,10 @@ impl FalClient {
                 .post(endpoint.url().clone())
                 .header(reqwest::header::AUTHORIZATION, self.auth())
                 // fal's time-to-start deadline, so fal gives up (504) before we do.
-                .header("X-Fal-Request-Timeout", remaining.as_secs().max(1).to_string())
+                .header(
+                    "X-Fal-Request-Timeout",
+                    remaining.as_secs().max(1).to_string(),
+                )
                 .json(input)
                 .timeout(remaining)
                 .send()
@@ -160,7 +163,8 @@ impl FalClient {
     ) -> Result<QueueSubmitted, FalError> {
         let mut url = endpoint.url().clone();
         if let Some(webhook) = webhook {
-            url.query_pairs_mut().append_pair("fal_webhook", webhook.as_str());
+            url.query_pairs_mut()
+                .append_pair("fal_webhook", webhook.as_str());
         }
         let response = self
             .http
@@ -172,7 +176,8 @@ impl FalClient {
             .await
             .map_err(FalError::from_reqwest)?;
         let body = json_or_error(response).await?;
-        serde_json::from_value(body).map_err(|e| FalError::Decode(format!("queue submit answer: {e}")))
+        serde_json::from_value(body)
+            .map_err(|e| FalError::Decode(format!("queue submit answer: {e}")))
     }
 
     /// The request's queue status (`GET status_url`).
@@ -198,9 +203,11 @@ impl FalClient {
             .map_err(FalError::from_reqwest)?;
         let status = response.status();
         let bytes = read_capped(response).await?;
-        let outcome = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("status").and_then(Value::as_str).and_then(CancelOutcome::from_status));
+        let outcome = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
+            v.get("status")
+                .and_then(Value::as_str)
+                .and_then(CancelOutcome::from_status)
+        });
         match outcome {
             Some(o) => Ok(o),
             None if status.is_success() => Ok(CancelOutcome::CancellationRequested),
@@ -279,7 +286,12 @@ mod tests {
 
     #[test]
     fn retryable_and_caller_errors_follow_fal_statuses() {
-        let api = |status| FalError::Api { status, error_type: None, message: String::new(), detail: None };
+        let api = |status| FalError::Api {
+            status,
+            error_type: None,
+            message: String::new(),
+            detail: None,
+        };
         for s in [429, 502, 503, 504] {
             assert!(api(s).is_retryable(), "{s}");
         }
@@ -300,15 +312,26 @@ mod tests {
             br#"{"detail":"No runner","error_type":"runner_scheduling_failure"}"#,
         );
         match e {
-            FalError::Api { status, error_type, message, .. } => {
+            FalError::Api {
+                status,
+                error_type,
+                message,
+                ..
+            } => {
                 assert_eq!(status, 503);
                 assert_eq!(error_type.as_deref(), Some("runner_scheduling_failure"));
                 assert_eq!(message, "No runner");
             }
             other => panic!("{other:?}"),
         }
-        let e = api_error(StatusCode::BAD_GATEWAY, Some("runner_incomplete_response".into()), b"");
-        assert!(matches!(e, FalError::Api { status: 502, error_type: Some(ref t), ref message, .. }
-            if t == "runner_incomplete_response" && message == "Bad Gateway"));
+        let e = api_error(
+            StatusCode::BAD_GATEWAY,
+            Some("runner_incomplete_response".into()),
+            b"",
+        );
+        assert!(
+            matches!(e, FalError::Api { status: 502, error_type: Some(ref t), ref message, .. }
+            if t == "runner_incomplete_response" && message == "Bad Gateway")
+        );
     }
 }

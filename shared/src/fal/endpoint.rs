@@ -46,7 +46,10 @@ impl QueueEndpoint {
 /// `base + '/' + model_key`, with the model key restricted to fal's id alphabet so it cannot add a query,
 /// a fragment or climb out of the base path.
 fn join(base: Option<&str>, model_key: &str) -> Result<Url, EndpointError> {
-    let base = base.map(str::trim).filter(|b| !b.is_empty()).ok_or(EndpointError::MissingBase)?;
+    let base = base
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .ok_or(EndpointError::MissingBase)?;
     let valid_key = !model_key.is_empty()
         && model_key
             .split('/')
@@ -74,25 +77,62 @@ mod tests {
         let key = "fal-ai/bytedance/seedream/v4/text-to-image";
         let sync = SyncEndpoint::new(Some("https://fal.run"), key).unwrap();
         let queue = QueueEndpoint::new(Some("https://queue.fal.run/"), key).unwrap();
-        assert_eq!(sync.url().as_str(), "https://fal.run/fal-ai/bytedance/seedream/v4/text-to-image");
-        assert_eq!(queue.url().as_str(), "https://queue.fal.run/fal-ai/bytedance/seedream/v4/text-to-image");
+        assert_eq!(
+            sync.url().as_str(),
+            "https://fal.run/fal-ai/bytedance/seedream/v4/text-to-image"
+        );
+        assert_eq!(
+            queue.url().as_str(),
+            "https://queue.fal.run/fal-ai/bytedance/seedream/v4/text-to-image"
+        );
         // No sync base configured: no sync endpoint, rather than a guess at a host.
-        assert_eq!(SyncEndpoint::new(None, key), Err(EndpointError::MissingBase));
-        assert_eq!(SyncEndpoint::new(Some("  "), key), Err(EndpointError::MissingBase));
+        assert_eq!(
+            SyncEndpoint::new(None, key),
+            Err(EndpointError::MissingBase)
+        );
+        assert_eq!(
+            SyncEndpoint::new(Some("  "), key),
+            Err(EndpointError::MissingBase)
+        );
     }
 
     #[test]
     fn base_paths_are_kept() {
         let e = SyncEndpoint::new(Some("http://127.0.0.1:9000/run"), "fal-ai/flux/dev").unwrap();
-        assert_eq!(e.url().as_str(), "http://127.0.0.1:9000/run/fal-ai/flux/dev");
+        assert_eq!(
+            e.url().as_str(),
+            "http://127.0.0.1:9000/run/fal-ai/flux/dev"
+        );
     }
 
     #[test]
     fn hostile_model_keys_and_bases_are_refused() {
-        for key in ["", "../admin", "fal-ai/../x", "a?b=c", "a#b", "a//b", "a b", "/abs", "x/"] {
-            assert!(matches!(SyncEndpoint::new(Some("https://fal.run"), key), Err(EndpointError::BadModelKey(_))), "{key}");
+        for key in [
+            "",
+            "../admin",
+            "fal-ai/../x",
+            "a?b=c",
+            "a#b",
+            "a//b",
+            "a b",
+            "/abs",
+            "x/",
+        ] {
+            assert!(
+                matches!(
+                    SyncEndpoint::new(Some("https://fal.run"), key),
+                    Err(EndpointError::BadModelKey(_))
+                ),
+                "{key}"
+            );
         }
-        assert_eq!(QueueEndpoint::new(Some("ftp://queue.fal.run"), "a/b"), Err(EndpointError::BadBase));
-        assert_eq!(QueueEndpoint::new(Some("not a url"), "a/b"), Err(EndpointError::BadBase));
+        assert_eq!(
+            QueueEndpoint::new(Some("ftp://queue.fal.run"), "a/b"),
+            Err(EndpointError::BadBase)
+        );
+        assert_eq!(
+            QueueEndpoint::new(Some("not a url"), "a/b"),
+            Err(EndpointError::BadBase)
+        );
     }
 }

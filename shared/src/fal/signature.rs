@@ -184,7 +184,10 @@ mod tests {
         let body = br#"{"status":"OK"}"#;
         let sig = sign(&k, "req-1", "user-1", "1000", body);
         let keys = [key(1).verifying_key(), k.verifying_key()];
-        assert_eq!(verify(&headers(&sig, "1000"), body, &keys, 1000, None), Ok(()));
+        assert_eq!(
+            verify(&headers(&sig, "1000"), body, &keys, 1000, None),
+            Ok(())
+        );
     }
 
     #[test]
@@ -212,7 +215,10 @@ mod tests {
                 Err(SignatureError::StaleTimestamp)
             );
         }
-        assert_eq!(verify(&headers(&sig, "1000"), b"x", &keys, 1300, None), Ok(()));
+        assert_eq!(
+            verify(&headers(&sig, "1000"), b"x", &keys, 1300, None),
+            Ok(())
+        );
     }
 
     #[test]

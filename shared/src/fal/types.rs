@@ -78,7 +78,10 @@ impl ErrorBody {
                 let msgs: Vec<String> = items
                     .iter()
                     .map(|item| {
-                        let msg = item.get("msg").and_then(Value::as_str).unwrap_or("invalid input");
+                        let msg = item
+                            .get("msg")
+                            .and_then(Value::as_str)
+                            .unwrap_or("invalid input");
                         let loc = item
                             .get("loc")
                             .and_then(Value::as_array)
@@ -93,7 +96,11 @@ impl ErrorBody {
                                     .join(".")
                             })
                             .unwrap_or_default();
-                        if loc.is_empty() { msg.to_owned() } else { format!("{loc}: {msg}") }
+                        if loc.is_empty() {
+                            msg.to_owned()
+                        } else {
+                            format!("{loc}: {msg}")
+                        }
                     })
                     .collect();
                 (!msgs.is_empty()).then(|| msgs.join("; "))
@@ -110,22 +117,37 @@ mod tests {
 
     #[test]
     fn error_messages_from_string_and_validation_details() {
-        let b: ErrorBody = serde_json::from_value(json!({"detail":"Runner down","error_type":"runner_scheduling_failure"})).unwrap();
+        let b: ErrorBody = serde_json::from_value(
+            json!({"detail":"Runner down","error_type":"runner_scheduling_failure"}),
+        )
+        .unwrap();
         assert_eq!(b.message().as_deref(), Some("Runner down"));
         assert_eq!(b.error_type.as_deref(), Some("runner_scheduling_failure"));
         let b: ErrorBody = serde_json::from_value(json!({"detail":[
             {"loc":["body","image_size"],"msg":"bad size","type":"value_error"},
-            {"loc":["body","num_images",0],"msg":"too many","type":"value_error"}]})).unwrap();
-        assert_eq!(b.message().as_deref(), Some("image_size: bad size; num_images.0: too many"));
+            {"loc":["body","num_images",0],"msg":"too many","type":"value_error"}]}))
+        .unwrap();
+        assert_eq!(
+            b.message().as_deref(),
+            Some("image_size: bad size; num_images.0: too many")
+        );
         assert_eq!(ErrorBody::default().message(), None);
     }
 
     #[test]
     fn queue_states_and_cancel_outcomes_parse() {
-        assert_eq!(QueueState::from_body(&json!({"status":"IN_QUEUE","queue_position":3})),
-            Some(QueueState::InQueue { position: Some(3) }));
-        assert_eq!(QueueState::from_body(&json!({"status":"COMPLETED"})), Some(QueueState::Completed));
+        assert_eq!(
+            QueueState::from_body(&json!({"status":"IN_QUEUE","queue_position":3})),
+            Some(QueueState::InQueue { position: Some(3) })
+        );
+        assert_eq!(
+            QueueState::from_body(&json!({"status":"COMPLETED"})),
+            Some(QueueState::Completed)
+        );
         assert_eq!(QueueState::from_body(&json!({"status":"FAILED"})), None);
-        assert_eq!(CancelOutcome::from_status("ALREADY_COMPLETED"), Some(CancelOutcome::AlreadyCompleted));
+        assert_eq!(
+            CancelOutcome::from_status("ALREADY_COMPLETED"),
+            Some(CancelOutcome::AlreadyCompleted)
+        );
     }
 }

@@ -41,7 +41,11 @@ async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
     let db = Db::new();
     let pid: i32 = {
         let client = db.client(&url()).await.unwrap();
-        client.query_typed_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+        client
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
     };
     // As when a frozen Lambda environment's connection is dropped by the server.
     let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
@@ -53,13 +57,20 @@ async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
     assert!(killed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let client = db.client(&url()).await.unwrap();
-    let new_pid: i32 = client.query_typed_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let new_pid: i32 = client
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_ne!(new_pid, pid);
 }
 
 #[tokio::test]
 async fn a_bad_database_url_is_an_error_not_a_panic() {
     let db = Db::new();
-    let err = db.client(&SecretString::from("not a url".to_owned())).await.unwrap_err();
+    let err = db
+        .client(&SecretString::from("not a url".to_owned()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, db::DbError::BadUrl));
 }

@@ -24,11 +24,19 @@ fn client(retries: usize, sync_timeout: Duration) -> FalClient {
 }
 
 fn sync() -> SyncEndpoint {
-    SyncEndpoint::new(Some(&format!("{}/run", stack_var("FAL_EMULATOR_URL"))), MODEL).unwrap()
+    SyncEndpoint::new(
+        Some(&format!("{}/run", stack_var("FAL_EMULATOR_URL"))),
+        MODEL,
+    )
+    .unwrap()
 }
 
 fn queue() -> QueueEndpoint {
-    QueueEndpoint::new(Some(&format!("{}/queue", stack_var("FAL_EMULATOR_URL"))), MODEL).unwrap()
+    QueueEndpoint::new(
+        Some(&format!("{}/queue", stack_var("FAL_EMULATOR_URL"))),
+        MODEL,
+    )
+    .unwrap()
 }
 
 /// A prompt unique to the test, with the emulator directives given.
@@ -85,7 +93,10 @@ async fn queue_submit_status_and_result() {
         if c.status(&submitted.status_url).await.unwrap() == QueueState::Completed {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "request never completed");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "request never completed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = c.result(&submitted.response_url).await.unwrap();
@@ -101,7 +112,10 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         .unwrap();
     let outcome = c.cancel(&queued.cancel_url).await.unwrap();
     assert!(
-        matches!(outcome, CancelOutcome::CancellationRequested | CancelOutcome::Cancelled),
+        matches!(
+            outcome,
+            CancelOutcome::CancellationRequested | CancelOutcome::Cancelled
+        ),
         "{outcome:?}"
     );
 
@@ -114,7 +128,10 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(c.cancel(&quick.cancel_url).await.unwrap(), CancelOutcome::AlreadyCompleted);
+    assert_eq!(
+        c.cancel(&quick.cancel_url).await.unwrap(),
+        CancelOutcome::AlreadyCompleted
+    );
 }
 
 #[tokio::test]
@@ -149,12 +166,18 @@ async fn model_errors_and_queue_refusals_are_typed() {
     let c = client(0, Duration::from_secs(10));
     let err = c.run(&sync(), &prompt("#error")).await.unwrap_err();
     assert!(err.is_caller_error(), "{err}");
-    assert!(matches!(err, FalError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")), "{err}");
+    assert!(
+        matches!(err, FalError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")),
+        "{err}"
+    );
 
     let err = c
         .submit(&queue(), &prompt("#queue-status=503"), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, FalError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"), "{err}");
+    assert!(
+        matches!(err, FalError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"),
+        "{err}"
+    );
     assert!(!err.is_caller_error());
 }

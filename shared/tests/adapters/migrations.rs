@@ -14,7 +14,10 @@ impl TempDb {
     async fn new() -> TempDb {
         let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
         let name = unique("mig");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         let url = with_database(&stack_var("DATABASE_URL"), &name);
         TempDb { admin, name, url }
     }
@@ -70,9 +73,16 @@ async fn migrations_apply_to_an_empty_database_and_create_every_contract_table()
         "public.job_completion_claims.lease_expires_at",
         "public.job_postprocessing.step",
     ] {
-        assert!(tables.iter().any(|c| c.starts_with(&format!("{table} "))), "missing {table}");
+        assert!(
+            tables.iter().any(|c| c.starts_with(&format!("{table} "))),
+            "missing {table}"
+        );
     }
-    assert!(tables.iter().any(|c| c.contains("jobs_fal_request_id_key") && c.contains("UNIQUE")));
+    assert!(
+        tables
+            .iter()
+            .any(|c| c.contains("jobs_fal_request_id_key") && c.contains("UNIQUE"))
+    );
     drop(client);
     tmp.drop().await;
 }
@@ -86,14 +96,21 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
     migrations::apply(&tmp.url).await.unwrap();
     let after = schema(&client).await;
     for item in &before {
-        assert!(after.contains(item), "the migrations changed or dropped: {item}");
+        assert!(
+            after.contains(item),
+            "the migrations changed or dropped: {item}"
+        );
     }
     let added: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
     for item in &added {
         // Additions to original tables are nullable columns, indexes or the port's own tables.
-        let ours = ["job_completion_claims", "job_postprocessing", "gen_pipeline_migrations"]
-            .iter()
-            .any(|t| item.contains(t));
+        let ours = [
+            "job_completion_claims",
+            "job_postprocessing",
+            "gen_pipeline_migrations",
+        ]
+        .iter()
+        .any(|t| item.contains(t));
         assert!(
             ours || item.starts_with("index ") || item.contains("null=YES"),
             "unexpected change to an original table: {item}"

@@ -30,7 +30,10 @@ async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_th
     let cache = SecretsCache::new(client.clone(), name.clone(), Duration::from_millis(800));
     let first = cache.get().await.unwrap();
     assert_eq!(first.fal_key.expose_secret(), "first-key");
-    assert_eq!(first.fal_webhook_secret.as_ref().unwrap().expose_secret(), "hook");
+    assert_eq!(
+        first.fal_webhook_secret.as_ref().unwrap().expose_secret(),
+        "hook"
+    );
 
     client
         .put_secret_value()
@@ -40,15 +43,25 @@ async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_th
         .await
         .unwrap();
     // Within the TTL the cached value serves; no refetch per call.
-    assert_eq!(cache.get().await.unwrap().fal_key.expose_secret(), "first-key");
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "first-key"
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(cache.get().await.unwrap().fal_key.expose_secret(), "rotated-key");
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "rotated-key"
+    );
 }
 
 #[tokio::test]
 async fn a_missing_secret_is_a_clear_error() {
     let sdk = sdk_config().await;
-    let cache = SecretsCache::new(aws::secrets_manager(&sdk), unique("test/absent"), Duration::from_secs(60));
+    let cache = SecretsCache::new(
+        aws::secrets_manager(&sdk),
+        unique("test/absent"),
+        Duration::from_secs(60),
+    );
     assert!(matches!(cache.get().await, Err(SecretsError::Fetch { .. })));
 }
 
@@ -57,7 +70,16 @@ async fn a_secret_that_is_not_the_expected_json_is_a_clear_error() {
     let sdk = sdk_config().await;
     let client = aws::secrets_manager(&sdk);
     let name = unique("test/malformed");
-    client.create_secret().name(&name).secret_string("{\"FAL_KEY\":1}").send().await.unwrap();
+    client
+        .create_secret()
+        .name(&name)
+        .secret_string("{\"FAL_KEY\":1}")
+        .send()
+        .await
+        .unwrap();
     let cache = SecretsCache::new(client, name, Duration::from_secs(60));
-    assert!(matches!(cache.get().await, Err(SecretsError::Malformed { .. })));
+    assert!(matches!(
+        cache.get().await,
+        Err(SecretsError::Malformed { .. })
+    ));
 }

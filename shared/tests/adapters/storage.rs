@@ -21,9 +21,15 @@ async fn a_small_body_is_stored_whole_with_its_type_and_served_by_its_presigned_
     let meta = s.head(&bucket, &key).await.unwrap().unwrap();
     assert_eq!(meta.size, 10_000);
     assert_eq!(meta.content_type.as_deref(), Some("image/png"));
-    let url = s.presign_get(&bucket, &key, Duration::from_secs(3600)).await.unwrap();
+    let url = s
+        .presign_get(&bucket, &key, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert!(url.contains("X-Amz-Signature"), "{url}");
-    assert_eq!(fetch_digest(&url).await, (200, 10_000, pattern_sha256(10_000)));
+    assert_eq!(
+        fetch_digest(&url).await,
+        (200, 10_000, pattern_sha256(10_000))
+    );
 }
 
 #[tokio::test]
@@ -38,8 +44,14 @@ async fn a_multipart_body_keeps_every_byte_in_order() {
         .await
         .unwrap();
     assert_eq!(stored.size, total);
-    let url = s.presign_get(&bucket, &key, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(fetch_digest(&url).await, (200, total, pattern_sha256(total)));
+    let url = s
+        .presign_get(&bucket, &key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch_digest(&url).await,
+        (200, total, pattern_sha256(total))
+    );
 }
 
 #[tokio::test]
@@ -49,10 +61,19 @@ async fn a_body_over_the_limit_is_refused_and_leaves_no_object() {
     for total in [20_000u64, 12 * 1024 * 1024] {
         let key = format!("{}/big.bin", unique("user"));
         let err = s
-            .put_stream(&bucket, &key, "application/octet-stream", pattern_stream(total), Some(10_000))
+            .put_stream(
+                &bucket,
+                &key,
+                "application/octet-stream",
+                pattern_stream(total),
+                Some(10_000),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, StorageError::TooLarge { limit: 10_000 }), "{err}");
+        assert!(
+            matches!(err, StorageError::TooLarge { limit: 10_000 }),
+            "{err}"
+        );
         assert_eq!(s.head(&bucket, &key).await.unwrap(), None);
     }
 }
@@ -63,12 +84,16 @@ async fn a_source_that_breaks_off_fails_and_leaves_no_object() {
     let bucket = stack_var("WORKSPACE_BUCKET");
     let key = format!("{}/broken.mp4", unique("user"));
     use futures::StreamExt;
-    let broken = pattern_stream(11 * 1024 * 1024)
-        .chain(futures::stream::iter([Err(std::io::Error::other("connection reset"))]));
+    let broken = pattern_stream(11 * 1024 * 1024).chain(futures::stream::iter([Err(
+        std::io::Error::other("connection reset"),
+    )]));
     let err = s
         .put_stream(&bucket, &key, "video/mp4", Box::pin(broken), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, StorageError::Source(ref m) if m.contains("connection reset")), "{err}");
+    assert!(
+        matches!(err, StorageError::Source(ref m) if m.contains("connection reset")),
+        "{err}"
+    );
     assert_eq!(s.head(&bucket, &key).await.unwrap(), None);
 }

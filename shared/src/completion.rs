@@ -1,0 +1,654 @@
+//! The completion core: turns a fal result into a stored asset and a completed job. One use case for the sync
+//! path, the webhook and the reconciler, so they can race safely:
+//!
+//! 1. a terminal job is left alone;
+//! 2. the job's claim (a renewed lease in `job_completion_claims`) makes one caller at a time do the work; a
+//!    caller that dies stops renewing and the next one takes over after the lease;
+//! 3. the media is streamed from fal into S3 under a deterministic key (a retry overwrites, never orphans);
+//! 4. ONE transaction inserts the asset (unique on `(job_id, asset_index)`), moves the job to `completed` only if
+//!    it is still open, completes the usage row and drops the claim. Readers see the job completed and its asset
+//!    together, or neither.
+//!
+//! Our final verdicts (no result URL, media gone, URL not allowed, too large) fail the job; transient faults
+//! (S3, Postgres, media 5xx/timeout) leave it unchanged and are returned so the caller can answer "retry".
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::db::jobs::JobRecord;
+use crate::db::{self, DbError};
+use crate::jobs::JobStatus;
+use crate::media::{self, FetchError, MediaPolicy};
+use crate::state::AppState;
+use crate::storage::StorageError;
+
+/// How long a claim lives without renewal: a dead holder blocks a job for at most this long.
+pub const LEASE: Duration = Duration::from_secs(30);
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How long a second caller waits for the holder to finish before answering "busy".
+const BUSY_WAIT: Duration = Duration::from_secs(8);
+
+/// What the result is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultType {
+    Image,
+    Video,
+}
+
+impl ResultType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultType::Image => "image",
+            ResultType::Video => "video",
+        }
+    }
+}
+
+/// The result file named by a fal output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultMedia {
+    pub url: String,
+    pub result_type: ResultType,
+    pub content_type: Option<String>,
+}
+
+/// Where the output names its file: `video.url` (video), `images[0].url` (image), `output.url` (type from the
+/// job's format).
+pub fn result_media(output: &Value, job_format: Option<&str>) -> Option<ResultMedia> {
+    let pick = |v: &Value, t: ResultType| {
+        let url = v.get("url")?.as_str()?.trim();
+        (!url.is_empty()).then(|| ResultMedia {
+            url: url.to_owned(),
+            result_type: t,
+            content_type: v
+                .get("content_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    };
+    output
+        .get("video")
+        .and_then(|v| pick(v, ResultType::Video))
+        .or_else(|| {
+            output
+                .get("images")?
+                .get(0)
+                .and_then(|v| pick(v, ResultType::Image))
+        })
+        .or_else(|| {
+            let t = if job_format == Some("video") {
+                ResultType::Video
+            } else {
+                ResultType::Image
+            };
+            output.get("output").and_then(|v| pick(v, t))
+        })
+}
+
+/// The stored content type and file extension: the media's own type when it is a known image/video type, else
+/// the type fal named, else the result type's default.
+pub fn content_type_and_ext(
+    served: Option<&str>,
+    named: Option<&str>,
+    t: ResultType,
+) -> (String, &'static str) {
+    let known = |ct: &str| -> Option<&'static str> {
+        Some(match ct {
+            "image/png" => "png",
+            "image/jpeg" | "image/jpg" => "jpg",
+            "image/webp" => "webp",
+            "image/gif" => "gif",
+            "video/mp4" => "mp4",
+            "video/webm" => "webm",
+            "video/quicktime" => "mov",
+            _ => return None,
+        })
+    };
+    for ct in [served, named].into_iter().flatten() {
+        let ct = ct
+            .split(';')
+            .next()
+            .unwrap_or(ct)
+            .trim()
+            .to_ascii_lowercase();
+        if let Some(ext) = known(&ct) {
+            let ct = if ct == "image/jpg" {
+                "image/jpeg".to_owned()
+            } else {
+                ct
+            };
+            return (ct, ext);
+        }
+    }
+    match t {
+        ResultType::Image => ("image/png".into(), "png"),
+        ResultType::Video => ("video/mp4".into(), "mp4"),
+    }
+}
+
+/// The deterministic key of a job's result: the original's `<user_id>/<job_id>_…` shape, without a timestamp.
+pub fn result_key(job: &JobRecord, ext: &str) -> String {
+    format!("{}/{}_0.{ext}", job.user_id, job.id)
+}
+
+pub fn thumbnail_key(job: &JobRecord) -> String {
+    format!("{}/{}_0.thumb.webp", job.user_id, job.id)
+}
+
+/// What a completion did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed(Completed),
+    /// The job was already terminal (or became so while we worked): nothing changed.
+    AlreadyTerminal(JobStatus),
+    /// Our final verdict: the job is now `failed` with this message.
+    Failed(String),
+    /// Another caller holds the job's claim and has not finished yet.
+    Busy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub asset_id: Uuid,
+    pub storage_path: String,
+    pub thumbnail_path: Option<String>,
+    pub result_type: ResultType,
+    pub mime_type: String,
+    pub size: u64,
+    pub original_url: String,
+}
+
+/// A fault of ours worth retrying; the job is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum CompletionError {
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("storage: {0}")]
+    Storage(StorageError),
+    #[error("media: {0}")]
+    Media(String),
+}
+
+impl From<tokio_postgres::Error> for CompletionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CompletionError::Db(DbError::Query(e))
+    }
+}
+
+/// How the usage row is settled in the completing transaction.
+#[derive(Debug, Clone)]
+pub enum UsageSettlement {
+    /// Sync run: the row is written now, with the run's details.
+    Insert(Box<db::usage::NewUsage>),
+    /// Queue: complete the row written at submit (insert one for jobs submitted before the port).
+    CompleteQueued { request_id: Option<String> },
+}
+
+/// One completion request.
+pub struct Completion<'a> {
+    pub job: &'a JobRecord,
+    pub output: &'a Value,
+    /// Metadata keys the caller adds (e.g. `fal_response` for sync, `fal_webhook_payload` for the webhook).
+    pub metadata: Value,
+    pub usage: UsageSettlement,
+}
+
+/// Completes the job from fal's output, exactly once whatever the number of concurrent callers.
+pub async fn complete(
+    state: &AppState,
+    settings: &Settings,
+    c: Completion<'_>,
+) -> Result<Outcome, CompletionError> {
+    let job = c.job;
+    if job.status.is_terminal() {
+        return Ok(Outcome::AlreadyTerminal(job.status));
+    }
+    let holder = Uuid::new_v4();
+    if !claim(state, settings, job.id, holder).await? {
+        return wait_for_holder(state, settings, job.id).await;
+    }
+    let heartbeat = spawn_heartbeat(state, settings, job.id, holder);
+    let result = complete_claimed(state, settings, &c, holder).await;
+    heartbeat.abort();
+    if result.is_err() {
+        // Free the job at once so fal's retry need not wait for the lease; if this fails too, the lease ends.
+        if let Ok(client) = state.db.client(&settings.secrets.database_url).await {
+            let _ = db::claims::release(&**client, job.id, holder).await;
+        }
+    }
+    result
+}
+
+async fn claim(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+    holder: Uuid,
+) -> Result<bool, CompletionError> {
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    Ok(db::claims::try_claim(&**client, job_id, holder, LEASE).await?)
+}
+
+async fn wait_for_holder(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+) -> Result<Outcome, CompletionError> {
+    let started = Instant::now();
+    while started.elapsed() < BUSY_WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let client = state.db.client(&settings.secrets.database_url).await?;
+        match db::jobs::get(&**client, job_id).await? {
+            Some(j) if j.status.is_terminal() => return Ok(Outcome::AlreadyTerminal(j.status)),
+            Some(_) => {}
+            None => return Ok(Outcome::AlreadyTerminal(JobStatus::Cancelled)),
+        }
+    }
+    Ok(Outcome::Busy)
+}
+
+fn spawn_heartbeat(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+    holder: Uuid,
+) -> tokio::task::JoinHandle<()> {
+    let db = state.db.clone();
+    let url = settings.secrets.database_url.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            match db.client(&url).await {
+                Ok(client) => match db::claims::renew(&**client, job_id, holder, LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(%job_id, "completion claim lost"),
+                    Err(e) => {
+                        tracing::warn!(%job_id, error = %e, "completion claim renewal failed")
+                    }
+                },
+                Err(e) => tracing::warn!(%job_id, error = %e, "completion claim renewal failed"),
+            }
+        }
+    })
+}
+
+async fn complete_claimed(
+    state: &AppState,
+    settings: &Settings,
+    c: &Completion<'_>,
+    holder: Uuid,
+) -> Result<Outcome, CompletionError> {
+    let job = c.job;
+    // Re-read under the claim: the job may have finished between the caller's read and our claim.
+    {
+        let client = state.db.client(&settings.secrets.database_url).await?;
+        if let Some(current) = db::jobs::get(&**client, job.id).await?
+            && current.status.is_terminal()
+        {
+            db::claims::release(&**client, job.id, holder).await?;
+            return Ok(Outcome::AlreadyTerminal(current.status));
+        }
+    }
+    let Some(found) = result_media(c.output, job.format.as_deref()) else {
+        return fail_claimed(
+            state,
+            settings,
+            job,
+            holder,
+            "No result URL in fal.ai webhook payload",
+        )
+        .await;
+    };
+    let policy = MediaPolicy::from_config(&settings.config);
+    let media = match media::fetch(&state.media_http, &policy, &found.url).await {
+        Ok(m) => m,
+        Err(FetchError::Rejected(r)) => {
+            tracing::warn!(job_id = %job.id, reason = %r, "result URL refused");
+            return fail_claimed(
+                state,
+                settings,
+                job,
+                holder,
+                &format!("Result URL not allowed: {r}"),
+            )
+            .await;
+        }
+        Err(e @ FetchError::Gone(_)) => {
+            return fail_claimed(state, settings, job, holder, &e.to_string()).await;
+        }
+        Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
+    };
+    let (mime_type, ext) = content_type_and_ext(
+        media.content_type.as_deref(),
+        found.content_type.as_deref(),
+        found.result_type,
+    );
+    let key = result_key(job, ext);
+    let bucket = &settings.config.workspace_bucket;
+    let stored = match state
+        .storage
+        .put_stream(
+            bucket,
+            &key,
+            &mime_type,
+            media.body,
+            Some(settings.config.media_max_bytes),
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(StorageError::TooLarge { limit }) => {
+            let msg = format!("Result larger than the limit of {limit} bytes");
+            return fail_claimed(state, settings, job, holder, &msg).await;
+        }
+        Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
+        Err(e) => return Err(CompletionError::Storage(e)),
+    };
+    let thumbnail_path = if found.result_type == ResultType::Video {
+        copy_thumbnail(state, settings, job).await
+    } else {
+        None
+    };
+
+    let seed = output_seed(c.output).unwrap_or_else(|| fallback_seed(job.id));
+    let meta = &job.metadata;
+    let meta_str = |k: &str| meta.get(k).cloned().unwrap_or(Value::Null);
+    let generation_mode = job
+        .meta_str("generation_mode")
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if found.result_type == ResultType::Video {
+                "txt2vid"
+            } else {
+                "txt2img"
+            }
+            .to_owned()
+        });
+    let asset = db::assets::NewAsset {
+        user_id: job.user_id,
+        job_id: job.id,
+        asset_type: found.result_type.as_str().to_owned(),
+        temp_storage_path: key.clone(),
+        thumbnail_path: thumbnail_path.clone(),
+        file_size_bytes: stored.size as i64,
+        mime_type: mime_type.clone(),
+        generation_seed: seed,
+        original_prompt: job.original_prompt.clone().unwrap_or_default(),
+        model_used: job.meta_str("model_key").unwrap_or("unknown").to_owned(),
+        generation_settings: json!({
+            "model_key": meta_str("model_key"),
+            "provider": job.meta_str("provider_name").unwrap_or("fal"),
+            "content_mode": job.meta_str("content_mode").unwrap_or("nsfw"),
+            "generation_mode": generation_mode,
+            "seed": seed,
+            "scene_id": meta_str("scene_id"),
+            "scene_template_id": meta_str("scene_template_id"),
+            "scene_template_name": meta_str("scene_template_name"),
+            "original_scene_prompt": meta.get("original_scene_prompt").cloned()
+                .unwrap_or_else(|| json!(job.original_prompt)),
+            "num_characters": meta_str("num_characters"),
+        }),
+    };
+    let mut patch = json!({
+        "result_type": found.result_type.as_str(),
+        "original_fal_url": found.url,
+        "storage_path": key,
+        "thumbnail_path": thumbnail_path,
+        "mime_type": mime_type,
+        "file_size_bytes": stored.size,
+    });
+    if let (Some(p), Some(extra)) = (patch.as_object_mut(), c.metadata.as_object()) {
+        p.extend(extra.clone());
+    }
+
+    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let tx = client.transaction().await?;
+    let asset_id = db::assets::insert_once(&*tx, &asset).await?;
+    let moved = db::jobs::transition(&*tx, job.id, JobStatus::Completed, None, &patch).await?;
+    if !moved {
+        // Cancelled (or failed) while we transferred: keep it so, and leave no object behind.
+        tx.rollback().await?;
+        db::claims::release(&**client, job.id, holder).await?;
+        let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
+        if let Err(e) = state.storage.delete(bucket, &key).await {
+            tracing::warn!(job_id = %job.id, error = %e, "could not delete the result of a closed job");
+        }
+        return Ok(Outcome::AlreadyTerminal(
+            current.unwrap_or(JobStatus::Cancelled),
+        ));
+    }
+    settle_usage(&*tx, job, &c.usage).await?;
+    db::claims::release(&*tx, job.id, holder).await?;
+    tx.commit().await?;
+    tracing::info!(job_id = %job.id, key = %key, bytes = stored.size, "job completed");
+    Ok(Outcome::Completed(Completed {
+        asset_id,
+        storage_path: key,
+        thumbnail_path,
+        result_type: found.result_type,
+        mime_type,
+        size: stored.size,
+        original_url: found.url,
+    }))
+}
+
+async fn settle_usage<C: tokio_postgres::GenericClient>(
+    client: &C,
+    job: &JobRecord,
+    usage: &UsageSettlement,
+) -> Result<(), tokio_postgres::Error> {
+    match usage {
+        UsageSettlement::Insert(row) => {
+            db::usage::insert_once(client, row).await?;
+        }
+        UsageSettlement::CompleteQueued { request_id } => {
+            let elapsed_ms = job
+                .started_at
+                .map(|t| {
+                    (chrono::Utc::now() - t)
+                        .num_milliseconds()
+                        .clamp(0, i32::MAX as i64) as i32
+                })
+                .unwrap_or(0);
+            let meta = json!({
+                "request_id": request_id,
+                "webhook": true,
+                "cost_source": "estimated",
+                "webhook_completed": true,
+            });
+            let updated = db::usage::complete(
+                client,
+                job.id,
+                request_id.as_deref(),
+                200,
+                elapsed_ms,
+                &meta,
+            )
+            .await?;
+            if updated == 0 {
+                let provider = job.meta_str("provider_name").unwrap_or("fal");
+                db::usage::insert_for_job(client, job.id, provider, elapsed_ms, &meta).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks the job failed with our verdict, under the claim.
+async fn fail_claimed(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    holder: Uuid,
+    message: &str,
+) -> Result<Outcome, CompletionError> {
+    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let tx = client.transaction().await?;
+    let moved = fail_in(&*tx, job, message).await?;
+    db::claims::release(&*tx, job.id, holder).await?;
+    tx.commit().await?;
+    if moved {
+        tracing::info!(job_id = %job.id, reason = message, "job failed");
+        Ok(Outcome::Failed(message.to_owned()))
+    } else {
+        let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
+        Ok(Outcome::AlreadyTerminal(
+            current.unwrap_or(JobStatus::Cancelled),
+        ))
+    }
+}
+
+/// Fails an open job (and its storyboard clip) in the caller's transaction; false when it was not open.
+pub async fn fail_in<C: tokio_postgres::GenericClient>(
+    client: &C,
+    job: &JobRecord,
+    message: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let moved =
+        db::jobs::transition(client, job.id, JobStatus::Failed, Some(message), &json!({})).await?;
+    if moved
+        && let Some(clip) = job
+            .meta_str("storyboard_clip_id")
+            .and_then(|s| Uuid::parse_str(s).ok())
+    {
+        db::postprocess::fail_storyboard_clip(client, clip).await?;
+    }
+    Ok(moved)
+}
+
+/// Fails an open job with fal's or our message (no claim needed: the guarded transition decides).
+pub async fn fail(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    message: &str,
+) -> Result<bool, CompletionError> {
+    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let tx = client.transaction().await?;
+    let moved = fail_in(&*tx, job, message).await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// The video thumbnail: the reference image handed to fal, copied server-side when it lives in our workspace
+/// bucket (no fetch of a URL, no second signing). Best effort, as in the original.
+async fn copy_thumbnail(state: &AppState, settings: &Settings, job: &JobRecord) -> Option<String> {
+    let (bucket, key) = job.metadata.get("reference_image_storage").and_then(|r| {
+        Some((
+            r.get("bucket")?.as_str()?.to_owned(),
+            r.get("key")?.as_str()?.to_owned(),
+        ))
+    })?;
+    let target = thumbnail_key(job);
+    match state
+        .storage
+        .copy(&bucket, &key, &settings.config.workspace_bucket, &target)
+        .await
+    {
+        Ok(()) => Some(target),
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "thumbnail copy failed");
+            None
+        }
+    }
+}
+
+/// fal seeds are up to ~2^63; anything larger is folded into the column's range.
+fn output_seed(output: &Value) -> Option<i64> {
+    let seed = output.get("seed")?;
+    seed.as_i64()
+        .or_else(|| seed.as_u64().map(|u| (u % (i64::MAX as u64)) as i64))
+        .or_else(|| seed.as_f64().map(|f| f as i64))
+}
+
+/// A stable stand-in seed (the column is NOT NULL): the same for every retry of the job.
+fn fallback_seed(job_id: Uuid) -> i64 {
+    let b = job_id.as_bytes();
+    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % 1_000_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_url_priority_follows_the_original() {
+        let o = json!({"video":{"url":"https://v3.fal.media/v.mp4"},"images":[{"url":"https://v3.fal.media/i.png"}]});
+        assert_eq!(
+            result_media(&o, None).unwrap().result_type,
+            ResultType::Video
+        );
+        let o =
+            json!({"images":[{"url":"https://v3.fal.media/i.png","content_type":"image/jpeg"}]});
+        let m = result_media(&o, Some("video")).unwrap();
+        assert_eq!(
+            (m.result_type, m.content_type.as_deref()),
+            (ResultType::Image, Some("image/jpeg"))
+        );
+        let o = json!({"output":{"url":"https://v3.fal.media/o"}});
+        assert_eq!(
+            result_media(&o, Some("video")).unwrap().result_type,
+            ResultType::Video
+        );
+        assert_eq!(
+            result_media(&o, Some("image")).unwrap().result_type,
+            ResultType::Image
+        );
+        for none in [
+            json!({}),
+            json!({"images":[]}),
+            json!({"video":{"url":""}}),
+            json!({"video":{"url":7}}),
+            json!(null),
+        ] {
+            assert_eq!(result_media(&none, None), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn stored_type_and_extension_are_the_real_ones() {
+        assert_eq!(
+            content_type_and_ext(Some("image/jpeg"), Some("image/png"), ResultType::Image),
+            ("image/jpeg".into(), "jpg")
+        );
+        assert_eq!(
+            content_type_and_ext(Some("image/webp; q=1"), None, ResultType::Image),
+            ("image/webp".into(), "webp")
+        );
+        assert_eq!(
+            content_type_and_ext(
+                Some("application/octet-stream"),
+                Some("video/webm"),
+                ResultType::Video
+            ),
+            ("video/webm".into(), "webm")
+        );
+        assert_eq!(
+            content_type_and_ext(None, None, ResultType::Video),
+            ("video/mp4".into(), "mp4")
+        );
+        assert_eq!(
+            content_type_and_ext(Some("text/html"), None, ResultType::Image),
+            ("image/png".into(), "png")
+        );
+    }
+
+    #[test]
+    fn seeds_fit_bigint_and_the_fallback_is_stable() {
+        assert_eq!(
+            output_seed(&json!({"seed": 196619188014358660u64})),
+            Some(196619188014358660)
+        );
+        assert_eq!(
+            output_seed(&json!({"seed": u64::MAX})),
+            Some((u64::MAX % i64::MAX as u64) as i64)
+        );
+        assert_eq!(output_seed(&json!({})), None);
+        let id = Uuid::new_v4();
+        assert_eq!(fallback_seed(id), fallback_seed(id));
+        assert!((0..1_000_000_000).contains(&fallback_seed(id)));
+    }
+}

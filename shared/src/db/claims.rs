@@ -1,0 +1,76 @@
+//! `job_completion_claims`: who may complete a job right now. A claim is a lease: its holder renews it while it
+//! works, and a holder that died stops renewing, so the next delivery takes the job over after the lease ends.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+/// Takes the job's claim if it is free or its lease has run out. True when `holder` now holds it.
+pub async fn try_claim<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let secs = lease.as_secs_f64();
+    let rows = client
+        .query_typed(
+            "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (job_id) DO UPDATE
+                SET holder = EXCLUDED.holder,
+                    claimed_at = now(),
+                    lease_expires_at = EXCLUDED.lease_expires_at,
+                    attempts = public.job_completion_claims.attempts + 1
+              WHERE public.job_completion_claims.lease_expires_at < now()
+             RETURNING holder",
+            &[
+                (&job_id, Type::UUID),
+                (&holder, Type::UUID),
+                (&secs, Type::FLOAT8),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Extends the lease; false when the claim was lost (expired and taken by another holder).
+pub async fn renew<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let secs = lease.as_secs_f64();
+    let rows = client
+        .query_typed(
+            "UPDATE public.job_completion_claims
+                SET lease_expires_at = now() + make_interval(secs => $3)
+              WHERE job_id = $1 AND holder = $2
+             RETURNING job_id",
+            &[
+                (&job_id, Type::UUID),
+                (&holder, Type::UUID),
+                (&secs, Type::FLOAT8),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Gives the claim up (after finishing, or after a transient failure so a retry need not wait for the lease).
+pub async fn release<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    holder: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "DELETE FROM public.job_completion_claims WHERE job_id = $1 AND holder = $2",
+            &[(&job_id, Type::UUID), (&holder, Type::UUID)],
+        )
+        .await?;
+    Ok(())
+}

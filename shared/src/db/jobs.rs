@@ -1,0 +1,193 @@
+//! The `jobs` table: one INSERT per generation, guarded transitions, metadata merges.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::jobs::JobStatus;
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: JobStatus,
+    pub job_type: String,
+    pub format: Option<String>,
+    pub original_prompt: Option<String>,
+    pub error_message: Option<String>,
+    pub metadata: Value,
+    pub api_model_id: Option<Uuid>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl JobRecord {
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+}
+
+const COLUMNS: &str = "id, user_id, status, job_type, format, original_prompt, error_message,
+    coalesce(metadata, '{}'::jsonb), api_model_id, created_at, started_at, completed_at";
+
+fn from_row(r: &tokio_postgres::Row) -> JobRecord {
+    let status: Option<String> = r.get(2);
+    JobRecord {
+        id: r.get(0),
+        user_id: r.get(1),
+        // The column's CHECK admits only the five values; a NULL status is treated as the column default.
+        status: status
+            .as_deref()
+            .and_then(JobStatus::parse)
+            .unwrap_or(JobStatus::Queued),
+        job_type: r.get(3),
+        format: r.get(4),
+        original_prompt: r.get(5),
+        error_message: r.get(6),
+        metadata: r.get(7),
+        api_model_id: r.get(8),
+        created_at: r.get(9),
+        started_at: r.get(10),
+        completed_at: r.get(11),
+    }
+}
+
+/// Everything the single INSERT writes.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub user_id: Uuid,
+    pub job_type: String,
+    pub original_prompt: String,
+    /// `queued` for the queue route, `processing` for sync: the final status, in the INSERT itself.
+    pub status: JobStatus,
+    pub quality: String,
+    pub api_model_id: Uuid,
+    pub format: String,
+    pub metadata: Value,
+}
+
+pub async fn insert<C: GenericClient>(
+    client: &C,
+    job: &NewJob,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let status = job.status.as_str();
+    let row = client
+        .query_typed_one(
+            "INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality,
+                                      api_model_id, model_type, format, metadata)
+             VALUES ($1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8)
+             RETURNING id",
+            &[
+                (&job.user_id, Type::UUID),
+                (&job.job_type, Type::TEXT),
+                (&job.original_prompt, Type::TEXT),
+                (&status, Type::TEXT),
+                (&job.quality, Type::TEXT),
+                (&job.api_model_id, Type::UUID),
+                (&job.format, Type::TEXT),
+                (&job.metadata, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn get<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+) -> Result<Option<JobRecord>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE id = $1");
+    Ok(client
+        .query_typed_opt(&sql, &[(&id, Type::UUID)])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// The job only if it belongs to the user (others' jobs look absent).
+pub async fn get_for_user<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<JobRecord>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE id = $1 AND user_id = $2");
+    Ok(client
+        .query_typed_opt(&sql, &[(&id, Type::UUID), (&user_id, Type::UUID)])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// The job submitted to fal under this request id (uses the unique expression index).
+pub async fn by_request_id<C: GenericClient>(
+    client: &C,
+    request_id: &str,
+) -> Result<Option<JobRecord>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE metadata->>'fal_request_id' = $1");
+    Ok(client
+        .query_typed_opt(&sql, &[(&request_id, Type::TEXT)])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// Merges keys into the job's metadata in one statement (no read-modify-write of the whole document).
+pub async fn merge_metadata<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    patch: &Value,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.jobs SET metadata = coalesce(metadata, '{}'::jsonb) || $2 WHERE id = $1",
+            &[(&id, Type::UUID), (patch, Type::JSONB)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves an open job to `to` (only along [`JobStatus::can_become`]), merging `patch` into its metadata and setting
+/// `completed_at` for terminal states. Returns false when the job was no longer in a state that allows it.
+pub async fn transition<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    to: JobStatus,
+    error_message: Option<&str>,
+    patch: &Value,
+) -> Result<bool, tokio_postgres::Error> {
+    let from: &[&str] = match to {
+        JobStatus::Processing => &["queued"],
+        t if t.is_terminal() => &["queued", "processing"],
+        _ => return Ok(false),
+    };
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let to_str = to.as_str();
+    let terminal = to.is_terminal();
+    let rows = client
+        .query_typed(
+            "UPDATE public.jobs
+                SET status = $2,
+                    error_message = coalesce($3, error_message),
+                    completed_at = CASE WHEN $4 THEN now() ELSE completed_at END,
+                    metadata = coalesce(metadata, '{}'::jsonb) || $5
+              WHERE id = $1 AND status = ANY ($6)
+              RETURNING id",
+            &[
+                (&id, Type::UUID),
+                (&to_str, Type::TEXT),
+                (&error_message, Type::TEXT),
+                (&terminal, Type::BOOL),
+                (patch, Type::JSONB),
+                (&from, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}

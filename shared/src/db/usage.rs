@@ -1,0 +1,121 @@
+//! `api_usage_logs`: one row per generation, keyed by `job_id` (unique), inserted at submit and completed later.
+
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct NewUsage {
+    pub job_id: Uuid,
+    pub provider_id: Uuid,
+    pub model_id: Uuid,
+    pub user_id: Uuid,
+    pub request_type: String,
+    pub endpoint_path: String,
+    pub request_payload: Value,
+    pub cost_usd: Option<f64>,
+    pub response_status: Option<i32>,
+    pub response_time_ms: i32,
+    pub response_payload: Option<Value>,
+    pub error_message: Option<String>,
+    pub provider_metadata: Value,
+}
+
+/// Inserts the generation's row unless it has one already. True when inserted.
+pub async fn insert_once<C: GenericClient>(
+    client: &C,
+    u: &NewUsage,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
+                 request_payload, cost_usd, response_status, response_time_ms, response_payload, error_message,
+                 provider_metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::float8::numeric(10,6), $9, $10, $11, $12, $13)
+             ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+             RETURNING id",
+            &[
+                (&u.job_id, Type::UUID),
+                (&u.provider_id, Type::UUID),
+                (&u.model_id, Type::UUID),
+                (&u.user_id, Type::UUID),
+                (&u.request_type, Type::TEXT),
+                (&u.endpoint_path, Type::TEXT),
+                (&u.request_payload, Type::JSONB),
+                (&u.cost_usd, Type::FLOAT8),
+                (&u.response_status, Type::INT4),
+                (&u.response_time_ms, Type::INT4),
+                (&u.response_payload, Type::JSONB),
+                (&u.error_message, Type::TEXT),
+                (&u.provider_metadata, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Completes the generation's row (matched by job, or by fal request id for rows written before the port).
+/// Returns the number of rows updated (0 when the generation has no row yet).
+pub async fn complete<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    request_id: Option<&str>,
+    response_status: i32,
+    response_time_ms: i32,
+    metadata_patch: &Value,
+) -> Result<u64, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "UPDATE public.api_usage_logs
+                SET response_status = $3, response_time_ms = $4,
+                    provider_metadata = coalesce(provider_metadata, '{}'::jsonb) || $5
+              WHERE id = (SELECT id FROM public.api_usage_logs
+                           WHERE job_id = $1 OR ($2::text IS NOT NULL AND provider_metadata->>'request_id' = $2)
+                           ORDER BY (job_id = $1) DESC NULLS LAST, created_at LIMIT 1)
+             RETURNING id",
+            &[
+                (&job_id, Type::UUID),
+                (&request_id, Type::TEXT),
+                (&response_status, Type::INT4),
+                (&response_time_ms, Type::INT4),
+                (metadata_patch, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(rows.len() as u64)
+}
+
+/// Inserts the row of a queued generation that has none (submitted before the port): provider by name,
+/// cost from the job's estimate. No-op when the job has a row.
+pub async fn insert_for_job<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    provider_name: &str,
+    response_time_ms: i32,
+    provider_metadata: &Value,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
+                 cost_usd, response_status, response_time_ms, provider_metadata)
+             SELECT j.id, p.id, j.api_model_id, j.user_id,
+                    CASE WHEN j.format = 'video' THEN 'video' ELSE 'image' END,
+                    '/' || coalesce(j.metadata->>'model_key', ''),
+                    CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number'
+                         THEN (j.metadata->>'estimated_cost')::numeric(10,6) END,
+                    200, $3, $4
+               FROM public.jobs j JOIN public.api_providers p ON p.name = $2
+              WHERE j.id = $1
+             ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+             RETURNING id",
+            &[
+                (&job_id, Type::UUID),
+                (&provider_name, Type::TEXT),
+                (&response_time_ms, Type::INT4),
+                (provider_metadata, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
