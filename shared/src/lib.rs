@@ -1,6 +1,8 @@
 //! The generation pipeline's shared crate: configuration, secrets, Postgres, S3, the fal client and the
 //! state both Lambda functions build once per cold start.
 
+pub mod after_response;
+pub mod auth;
 pub mod aws;
 pub mod completion;
 pub mod config;
@@ -10,9 +12,12 @@ pub mod input;
 pub mod jobs;
 pub mod media;
 pub mod migrations;
+pub mod postprocess;
+pub mod pricing;
 pub mod secrets;
 pub mod state;
 pub mod storage;
+pub mod submission;
 pub mod telemetry;
 pub mod webhook;
 

@@ -66,3 +66,266 @@ pub async fn authenticate(
             }
         })
 }
+
+/// What a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Completed {
+        job_id: uuid::Uuid,
+    },
+    Failed {
+        job_id: uuid::Uuid,
+    },
+    /// The job was already terminal: nothing changed.
+    Skipped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("Invalid JSON body")]
+    BadJson,
+    #[error("Missing request_id")]
+    MissingRequestId,
+    #[error("Job not found")]
+    JobNotFound,
+    #[error("request_id does not match the job")]
+    RequestMismatch,
+    /// Another delivery is completing the job right now; fal's retry will find it done.
+    #[error("completion in progress")]
+    Busy,
+    /// A fault of ours (database, storage, media host); the job is unchanged and fal should retry.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+impl From<crate::db::DbError> for DeliveryError {
+    fn from(e: crate::db::DbError) -> Self {
+        DeliveryError::Transient(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for DeliveryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DeliveryError::Transient(e.to_string())
+    }
+}
+
+/// The webhook body, parsed once (`fal-api.md`: `{request_id, gateway_request_id, status, payload, error?,
+/// payload_error?}`; older shapes put the output at the top level).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookOutcome {
+    /// `status: OK` with the model output.
+    Ok(serde_json::Value),
+    /// `status: ERROR`, with fal's message.
+    Error(String),
+    /// `status: OK`, `payload: null`: the output is at fal's `response_url`.
+    PayloadError,
+}
+
+pub struct WebhookBody {
+    pub request_id: Option<String>,
+    pub outcome: WebhookOutcome,
+}
+
+const OUTPUT_KEYS: [&str; 3] = ["video", "images", "output"];
+
+pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
+    use serde_json::Value;
+    let v: Value = serde_json::from_slice(body).map_err(|_| DeliveryError::BadJson)?;
+    let obj = v.as_object().ok_or(DeliveryError::BadJson)?;
+    let request_id = obj
+        .get("request_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let status = obj.get("status").and_then(Value::as_str).unwrap_or("OK");
+    let outcome = if status == "ERROR" {
+        let message = [
+            obj.get("error"),
+            obj.get("detail"),
+            obj.get("payload").and_then(|p| p.get("detail")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|m| !m.is_null())
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| "fal.ai returned status: ERROR".to_owned());
+        WebhookOutcome::Error(message)
+    } else {
+        match obj.get("payload") {
+            Some(p) if p.is_object() => WebhookOutcome::Ok(p.clone()),
+            _ if OUTPUT_KEYS.iter().any(|k| obj.contains_key(*k)) => WebhookOutcome::Ok(v.clone()),
+            _ => WebhookOutcome::PayloadError,
+        }
+    };
+    Ok(WebhookBody {
+        request_id,
+        outcome,
+    })
+}
+
+/// `complete_from_webhook`: finds the job, then fails it with fal's message or completes it through the
+/// completion core. Returns the delivery's effect and whether post-processing should run after the answer.
+pub async fn complete_from_webhook(
+    state: &AppState,
+    settings: &Settings,
+    job_id_param: Option<&str>,
+    header_request_id: Option<&str>,
+    body: &[u8],
+) -> Result<(Delivery, Option<uuid::Uuid>), DeliveryError> {
+    use crate::completion::{self, Completion, Outcome, UsageSettlement};
+    use crate::db;
+
+    let parsed = parse_body(body)?;
+    let request_id = parsed
+        .request_id
+        .clone()
+        .or_else(|| {
+            header_request_id
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+        .ok_or(DeliveryError::MissingRequestId)?;
+    let job = {
+        let client = state.db.client(&settings.secrets.database_url).await?;
+        match job_id_param.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(id) => {
+                let id = uuid::Uuid::parse_str(id).map_err(|_| DeliveryError::JobNotFound)?;
+                let job = db::jobs::get(&**client, id)
+                    .await?
+                    .ok_or(DeliveryError::JobNotFound)?;
+                // A job that already knows its fal request must be this delivery's (an early delivery may
+                // arrive before the id is stored; the job id came with our secret-bearing URL).
+                if job
+                    .meta_str("fal_request_id")
+                    .is_some_and(|stored| stored != request_id)
+                {
+                    return Err(DeliveryError::RequestMismatch);
+                }
+                job
+            }
+            None => db::jobs::by_request_id(&**client, &request_id)
+                .await?
+                .ok_or(DeliveryError::JobNotFound)?,
+        }
+    };
+    if job.status.is_terminal() {
+        return Ok((Delivery::Skipped, None));
+    }
+    let output = match parsed.outcome {
+        WebhookOutcome::Error(message) => {
+            return match completion::fail(state, settings, &job, &message).await {
+                Ok(true) => Ok((Delivery::Failed { job_id: job.id }, None)),
+                Ok(false) => Ok((Delivery::Skipped, None)),
+                Err(e) => Err(DeliveryError::Transient(e.to_string())),
+            };
+        }
+        WebhookOutcome::Ok(output) => output,
+        WebhookOutcome::PayloadError => {
+            let Some(url) = job.meta_str("fal_response_url") else {
+                return Err(DeliveryError::Transient(
+                    "result not yet known: no response_url stored".into(),
+                ));
+            };
+            match state.fal(settings).result(url).await {
+                Ok(output) => output,
+                Err(e) if e.is_caller_error() => {
+                    let message = format!("fal.ai result failed: {e}");
+                    completion::fail(state, settings, &job, &message)
+                        .await
+                        .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+                    return Ok((Delivery::Failed { job_id: job.id }, None));
+                }
+                Err(e) => return Err(DeliveryError::Transient(format!("fal result fetch: {e}"))),
+            }
+        }
+    };
+    let summary = serde_json::json!({
+        "request_id": request_id,
+        "seed": output.get("seed"),
+        "timings": output.get("timings"),
+    });
+    let outcome = completion::complete(
+        state,
+        settings,
+        Completion {
+            job: &job,
+            output: &output,
+            metadata: serde_json::json!({
+                "fal_webhook_payload": summary,
+                "webhook_processed": true,
+                "video_duration": output.get("video").and_then(|v| v.get("duration")),
+            }),
+            usage: UsageSettlement::CompleteQueued {
+                request_id: Some(request_id),
+            },
+        },
+    )
+    .await
+    .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+    match outcome {
+        Outcome::Completed(_) => Ok((Delivery::Completed { job_id: job.id }, Some(job.id))),
+        Outcome::Failed(_) => Ok((Delivery::Failed { job_id: job.id }, None)),
+        Outcome::AlreadyTerminal(_) => Ok((Delivery::Skipped, None)),
+        Outcome::Busy => Err(DeliveryError::Busy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> WebhookBody {
+        parse_body(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_payload_shape_parses() {
+        let ok = parse(json!({"request_id":"r","status":"OK","payload":{"images":[{"url":"u"}]}}));
+        assert_eq!(ok.request_id.as_deref(), Some("r"));
+        assert_eq!(
+            ok.outcome,
+            WebhookOutcome::Ok(json!({"images":[{"url":"u"}]}))
+        );
+        let top = parse(json!({"request_id":"r","video":{"url":"u"}}));
+        assert!(matches!(top.outcome, WebhookOutcome::Ok(ref o) if o["video"]["url"] == "u"));
+        let null =
+            parse(json!({"request_id":"r","status":"OK","payload":null,"payload_error":"too big"}));
+        assert_eq!(null.outcome, WebhookOutcome::PayloadError);
+        let err = parse(
+            json!({"request_id":"r","status":"ERROR","error":"Invalid status code: 422","payload":{"detail":[]}}),
+        );
+        assert_eq!(
+            err.outcome,
+            WebhookOutcome::Error("Invalid status code: 422".into())
+        );
+        let err = parse(json!({"status":"ERROR","payload":{"detail":[{"msg":"bad"}]}}));
+        assert_eq!(
+            err.outcome,
+            WebhookOutcome::Error(r#"[{"msg":"bad"}]"#.into())
+        );
+        assert_eq!(err.request_id, None);
+        let bare = parse(json!({"status":"ERROR"}));
+        assert_eq!(
+            bare.outcome,
+            WebhookOutcome::Error("fal.ai returned status: ERROR".into())
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        for body in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"\"s\"",
+            b"",
+            b"{\"request_id\":",
+        ] {
+            assert!(matches!(parse_body(body), Err(DeliveryError::BadJson)));
+        }
+    }
+}

@@ -4,16 +4,20 @@ mod http;
 
 use std::sync::Arc;
 
-use gen_pipeline::AppState;
+use gen_pipeline::{AppState, after_response};
 use lambda_http::{Error, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gen_pipeline::telemetry::init();
     let state = Arc::new(AppState::from_env().await?);
-    run(service_fn(move |req| {
+    let (background, runner) = after_response::channel();
+    let extension = runner.register().await?;
+    let handler = service_fn(move |req| {
         let state = state.clone();
-        async move { http::handle(&state, req).await }
-    }))
-    .await
+        let ticket = background.ticket();
+        async move { http::handle(state, req, ticket).await }
+    });
+    tokio::try_join!(run(handler), extension)?;
+    Ok(())
 }

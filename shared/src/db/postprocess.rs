@@ -17,3 +17,160 @@ pub async fn fail_storyboard_clip<C: GenericClient>(
         .await?;
     Ok(())
 }
+
+/// Records a finished step inside the caller's transaction. False when it was already recorded (the caller
+/// rolls back: the step's effects exist once).
+pub async fn record_step<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    step: &str,
+    detail: &serde_json::Value,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "INSERT INTO public.job_postprocessing (job_id, step, detail) VALUES ($1, $2, $3)
+             ON CONFLICT (job_id, step) DO NOTHING RETURNING job_id",
+            &[
+                (&job_id, Type::UUID),
+                (&step, Type::TEXT),
+                (detail, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+pub async fn step_done<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    step: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM public.job_postprocessing WHERE job_id = $1 AND step = $2)",
+            &[(&job_id, Type::UUID), (&step, Type::TEXT)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A `user_library` row as post-processing writes it.
+#[derive(Debug, Clone)]
+pub struct LibraryRow {
+    pub user_id: Uuid,
+    pub asset_type: String,
+    pub storage_path: String,
+    pub thumbnail_path: Option<String>,
+    pub file_size_bytes: i64,
+    pub mime_type: String,
+    pub original_prompt: String,
+    pub model_used: String,
+    pub generation_seed: Option<i64>,
+    pub tags: Vec<String>,
+    pub character_id: Option<Uuid>,
+    pub output_type: Option<String>,
+    pub content_category: String,
+    pub roleplay_metadata: serde_json::Value,
+    pub generation_metadata: serde_json::Value,
+}
+
+pub async fn insert_library<C: GenericClient>(
+    client: &C,
+    r: &LibraryRow,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let row = client
+        .query_typed_one(
+            "INSERT INTO public.user_library (user_id, asset_type, storage_path, thumbnail_path, file_size_bytes,
+                 mime_type, original_prompt, model_used, generation_seed, tags, character_id, output_type,
+                 content_category, roleplay_metadata, generation_metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             RETURNING id",
+            &[
+                (&r.user_id, Type::UUID),
+                (&r.asset_type, Type::TEXT),
+                (&r.storage_path, Type::TEXT),
+                (&r.thumbnail_path, Type::TEXT),
+                (&r.file_size_bytes, Type::INT8),
+                (&r.mime_type, Type::TEXT),
+                (&r.original_prompt, Type::TEXT),
+                (&r.model_used, Type::TEXT),
+                (&r.generation_seed, Type::INT8),
+                (&r.tags, Type::TEXT_ARRAY),
+                (&r.character_id, Type::UUID),
+                (&r.output_type, Type::TEXT),
+                (&r.content_category, Type::TEXT),
+                (&r.roleplay_metadata, Type::JSONB),
+                (&r.generation_metadata, Type::JSONB),
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Points a character of the user at its portrait (`<bucket>/<key>`), locking the seed when it fits int4.
+pub async fn set_character_image<C: GenericClient>(
+    client: &C,
+    character_id: Uuid,
+    user_id: Uuid,
+    image_url: &str,
+    seed: Option<i64>,
+) -> Result<bool, tokio_postgres::Error> {
+    let seed = seed.and_then(|s| i32::try_from(s).ok());
+    let rows = client
+        .query_typed(
+            "UPDATE public.characters
+                SET image_url = $3, reference_image_url = $3, seed_locked = coalesce($4, seed_locked), updated_at = now()
+              WHERE id = $1 AND user_id = $2
+             RETURNING id",
+            &[(&character_id, Type::UUID), (&user_id, Type::UUID), (&image_url, Type::TEXT), (&seed, Type::INT4)],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Points a scene at its image (`<bucket>/<key>`), only for scenes of the user's characters.
+pub async fn set_scene_image<C: GenericClient>(
+    client: &C,
+    scene_id: Uuid,
+    user_id: Uuid,
+    image_url: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "UPDATE public.character_scenes s SET image_url = $3, updated_at = now()
+               FROM public.characters c
+              WHERE s.id = $1 AND c.id = s.character_id AND c.user_id = $2
+             RETURNING s.id",
+            &[
+                (&scene_id, Type::UUID),
+                (&user_id, Type::UUID),
+                (&image_url, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+pub async fn complete_storyboard_clip<C: GenericClient>(
+    client: &C,
+    clip_id: Uuid,
+    video_url: &str,
+    duration_seconds: f64,
+    thumbnail_url: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.storyboard_clips
+                SET status = 'completed', video_url = $2, duration_seconds = $3::float8::numeric,
+                    thumbnail_url = $4, updated_at = now()
+              WHERE id = $1",
+            &[
+                (&clip_id, Type::UUID),
+                (&video_url, Type::TEXT),
+                (&duration_seconds, Type::FLOAT8),
+                (&thumbnail_url, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The one place where use-case errors become HTTP statuses and `{error, details?}` bodies.
+
+use gen_pipeline::auth::AuthError;
+use gen_pipeline::fal::FalError;
+use gen_pipeline::input::InputError;
+use gen_pipeline::submission::SubmitError;
+use lambda_http::http::StatusCode;
+use serde_json::{Value, json};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &str) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": error }),
+        }
+    }
+
+    pub fn with_details(status: StatusCode, error: &str, details: impl Into<Value>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": error, "details": details.into() }),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, &e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match &e {
+            SubmitError::ModelNotFound | SubmitError::ProviderNotFal => {
+                ApiError::new(StatusCode::BAD_REQUEST, &e.to_string())
+            }
+            SubmitError::NoModels => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+            SubmitError::UnsupportedEndpoint(path) => ApiError::with_details(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported endpoint_path",
+                path.as_str(),
+            ),
+            SubmitError::Input(InputError::MissingFields { fields }) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({
+                    "error": e.to_string(),
+                    "details": format!("Missing required fields: {}", fields.join(", ")),
+                    "missing_fields": fields,
+                }),
+            },
+            SubmitError::Input(input) => ApiError::new(StatusCode::BAD_REQUEST, &input.to_string()),
+            SubmitError::Misconfigured(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Server misconfigured")
+            }
+            SubmitError::Fal { job_id, error } => fal_error(*job_id, error),
+            SubmitError::ResultFailed { job_id, message } => ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                body: json!({ "error": "Generation failed", "details": message, "jobId": job_id }),
+            },
+            SubmitError::Closed { job_id, status } => ApiError {
+                status: StatusCode::CONFLICT,
+                body: json!({ "error": format!("Job was {status}"), "jobId": job_id, "status": status.as_str() }),
+            },
+            SubmitError::Db(_) | SubmitError::Storage(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
+            }
+        }
+    }
+}
+
+/// fal's own refusals keep fal's status; fal being down or slow is 503 (retry later) or 502 (bad answer).
+fn fal_error(job_id: uuid::Uuid, error: &FalError) -> ApiError {
+    let (status, title) = match error {
+        e if e.is_caller_error() => (
+            e.status()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            "fal.ai API request failed",
+        ),
+        FalError::Api {
+            status: 429 | 503 | 504,
+            ..
+        }
+        | FalError::Timeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Model temporarily unavailable",
+        ),
+        _ => (StatusCode::BAD_GATEWAY, "Failed to call fal.ai API"),
+    };
+    let mut body = json!({ "error": title, "details": error.to_string(), "jobId": job_id });
+    if let FalError::Api {
+        status: s, detail, ..
+    } = error
+    {
+        body["status"] = json!(s);
+        if let Some(d) = detail {
+            body["fal_detail"] = d.clone();
+        }
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        body["retryable"] = json!(true);
+    }
+    ApiError { status, body }
+}
