@@ -1,0 +1,69 @@
+//! Dev tooling for the generation pipeline: the local stack, the fal emulator, migrations, tokens, demo, tests.
+
+mod emulator;
+mod stack;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Local stack and dev tooling for the generation pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start or stop the local stack of real parts.
+    Stack {
+        #[command(subcommand)]
+        action: StackAction,
+    },
+    /// Bring the stack up, run every test of the workspace against it, bring it down.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bring the stack up and run the end-to-end demo.
+    Demo,
+    /// Apply the migrations to DATABASE_URL.
+    Migrate,
+    /// Print a JWT for the user, valid on the local stack, and make sure the user exists.
+    Token { user_id: uuid::Uuid },
+    /// Run the fal emulator in the foreground (the stack starts it in the background).
+    FalEmulator {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum StackAction {
+    Up,
+    Down,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Stack {
+            action: StackAction::Up,
+        } => rt.block_on(stack::up()).map(|_| ()),
+        Command::Stack {
+            action: StackAction::Down,
+        } => stack::down(),
+        Command::Test { args } => {
+            let code = rt.block_on(stack::test(args))?;
+            std::process::exit(code);
+        }
+        Command::Demo => rt.block_on(stack::demo()),
+        Command::Migrate => rt.block_on(stack::migrate_from_env()),
+        Command::Token { user_id } => rt.block_on(stack::token(user_id)),
+        Command::FalEmulator { listen } => rt.block_on(emulator::serve(listen)),
+    }
+}

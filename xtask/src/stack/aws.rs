@@ -1,0 +1,87 @@
+//! The AWS side of the stack in moto: the two buckets and the app secret, created idempotently with the SDK.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Credentials, Region};
+
+pub const REGION: &str = "us-east-1";
+pub const ACCESS_KEY: &str = "test";
+pub const SECRET_KEY: &str = "test";
+pub const WORKSPACE_BUCKET: &str = "workspace-temp";
+pub const LIBRARY_BUCKET: &str = "user-library";
+pub const SECRET_ID: &str = "gen-pipeline/local";
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            None,
+            "xtask-stack",
+        ))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Creates the buckets and the secret (or updates the secret's value when it exists).
+pub async fn provision(endpoint: &str, secret_json: &str) -> anyhow::Result<()> {
+    let config = sdk_config(endpoint).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    for bucket in [WORKSPACE_BUCKET, LIBRARY_BUCKET] {
+        match s3.create_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error().is_some_and(|se| {
+                    se.is_bucket_already_owned_by_you() || se.is_bucket_already_exists()
+                }) => {}
+            Err(e) => {
+                return Err(aws_sdk_s3::Error::from(e))
+                    .with_context(|| format!("cannot create bucket {bucket}"));
+            }
+        }
+    }
+
+    let sm = aws_sdk_secretsmanager::Client::new(&config);
+    match sm
+        .create_secret()
+        .name(SECRET_ID)
+        .secret_string(secret_json)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_resource_exists_exception()) =>
+        {
+            sm.put_secret_value()
+                .secret_id(SECRET_ID)
+                .secret_string(secret_json)
+                .send()
+                .await
+                .map_err(aws_sdk_secretsmanager::Error::from)
+                .context("cannot update the app secret")?;
+        }
+        Err(e) => {
+            return Err(aws_sdk_secretsmanager::Error::from(e))
+                .context("cannot create the app secret");
+        }
+    }
+    Ok(())
+}
