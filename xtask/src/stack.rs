@@ -409,6 +409,8 @@ async fn up_fresh(paths: &Paths, clock: &Clock) -> anyhow::Result<StackEnv> {
         ("FAL_JWKS_URL", jwks_url.clone()),
         ("MEDIA_ALLOWED_HOSTS", media_hosts.clone()),
         ("MEDIA_ALLOW_HTTP", "true".to_string()),
+        // Short backoff so fault tests of sync retries take a second, not seven.
+        ("FAL_RETRY_BASE_MS", "100".to_string()),
         ("RUST_LOG", "info".to_string()),
     ];
     let venv_bin = paths.venv.join("bin");

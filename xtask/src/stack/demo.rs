@@ -1,5 +1,7 @@
-//! The demo, first version: one queue request submitted straight to the fal emulator, whose signed webhook
-//! delivery must reach the real fal-webhook function under `cargo lambda watch` and be accepted with 200.
+//! The demo: one sync image and one async video generation end to end through the functions under
+//! `cargo lambda watch`, as a client would drive them (a user JWT, `POST /fal-image`, polling `GET /jobs/{id}`),
+//! printing each job's status transitions and where its result landed. The async one completes through a real,
+//! signed webhook delivery from the fal emulator. Exits non-zero unless both complete.
 
 use std::time::{Duration, Instant};
 
@@ -8,103 +10,151 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::envfile::StackEnv;
-use super::{Clock, http_client, seed};
+use super::{Clock, http_client, token};
 
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub async fn run(env: &StackEnv, clock: &Clock) -> anyhow::Result<()> {
+    let api = env.require("FAL_IMAGE_URL")?;
     let emulator = env.require("FAL_EMULATOR_URL")?;
-    let webhook = env.require("FAL_WEBHOOK_URL")?;
-    let secret = env.require("FAL_WEBHOOK_SECRET")?;
-    let fal_key = env.require("FAL_KEY")?;
-    let http = http_client(Duration::from_secs(30))?;
+    let http = http_client(Duration::from_secs(60))?;
 
-    let job_id = Uuid::new_v4();
-    let callback = url::Url::parse_with_params(
-        webhook,
-        &[("secret", secret), ("job_id", &job_id.to_string())],
-    )
-    .context("FAL_WEBHOOK_URL is not a URL")?;
-    let submit = url::Url::parse_with_params(
-        &format!("{emulator}/queue/{}", seed::ASYNC_MODEL_KEY),
-        &[("fal_webhook", callback.as_str())],
-    )
-    .context("FAL_EMULATOR_URL is not a URL")?;
-    clock.say(format!(
-        "submit to the emulator: POST {emulator}/queue/{} with webhook {webhook}?secret=***&job_id={job_id}",
-        seed::ASYNC_MODEL_KEY
-    ));
-    let response = http
-        .post(submit)
-        .header("Authorization", format!("Key {fal_key}"))
-        .json(&json!({"prompt": "demo round trip"}))
-        .send()
-        .await
-        .context("queue submit to the emulator failed")?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "queue submit answered {status}: {}",
-            redact(&body.to_string(), secret)
-        );
-    }
-    let request_id = body
-        .get("request_id")
-        .and_then(Value::as_str)
-        .context("queue submit answer has no request_id")?
-        .to_string();
-    clock.say(format!("emulator accepted request {request_id} ({status})"));
+    let user = Uuid::new_v4();
+    let jwt = token::ensure_user_and_token(env, user).await?;
+    clock.say(format!("user {user} created; JWT issued"));
 
-    let inspect = format!("{emulator}/_emulator/requests/{request_id}");
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    let delivery = loop {
-        if Instant::now() >= deadline {
-            bail!(
-                "no webhook delivery with an HTTP status within {DELIVERY_TIMEOUT:?} (see {inspect})"
-            );
-        }
-        let state: Value = match http.get(&inspect).send().await {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-            _ => Value::Null,
+    let mut ok = true;
+    for (label, model, prompt) in [
+        (
+            "sync image",
+            env.require("SYNC_MODEL_ID")?,
+            "demo: a lighthouse at dusk, oil painting #media-type=image/png #media-bytes=250000",
+        ),
+        (
+            "async video",
+            env.require("ASYNC_MODEL_ID")?,
+            "demo: waves rolling onto a beach #media-type=video/mp4 #media-bytes=3000000 #delay-ms=1500",
+        ),
+    ] {
+        clock.say(format!("--- {label}: POST {api}/fal-image"));
+        let started = Instant::now();
+        let response = http
+            .post(format!("{api}/fal-image"))
+            .bearer_auth(&jwt)
+            .json(&json!({ "prompt": prompt, "apiModelId": model, "metadata": { "aspectRatio": "16:9" } }))
+            .send()
+            .await
+            .context("POST /fal-image failed")?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        clock.say(format!(
+            "answered {status} in {} ms: {}",
+            started.elapsed().as_millis(),
+            summary(&body)
+        ));
+        let Some(job_id) = body.get("jobId").and_then(Value::as_str) else {
+            clock.say(format!("{label}: no job was created"));
+            ok = false;
+            continue;
         };
-        let answered = state
-            .get("deliveries")
-            .and_then(Value::as_array)
-            .and_then(|ds| {
-                ds.iter()
-                    .find(|d| d.get("http_status").is_some_and(|s| !s.is_null()))
-            })
-            .cloned();
-        if let Some(d) = answered {
-            break d;
+        let job = follow(&http, api, &jwt, job_id, clock).await?;
+        if job["status"] != "completed" {
+            clock.say(format!(
+                "{label}: job {job_id} ended {} ({})",
+                job["status"], job["errorMessage"]
+            ));
+            ok = false;
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let http_status = delivery
-        .get("http_status")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let attempt = delivery.get("attempt").cloned().unwrap_or(Value::Null);
-    let error = delivery.get("error").cloned().unwrap_or(Value::Null);
-    clock.say(redact(
-        &format!("webhook delivery attempt {attempt}: fal-webhook answered HTTP {http_status} (error: {error})"),
-        secret,
-    ));
-    if http_status != 200 {
-        bail!(
-            "the webhook function answered {http_status}, not 200; see logs/cargo-lambda-watch.log"
-        );
+        let result = &job["result"];
+        let (code, size) = fetch_size(&http, result["url"].as_str().unwrap_or_default()).await;
+        clock.say(format!(
+            "{label}: stored at s3://{}/{} ({}, {size} bytes, presigned URL answers {code})",
+            env.get("WORKSPACE_BUCKET").unwrap_or("workspace-temp"),
+            result["storagePath"].as_str().unwrap_or("?"),
+            result["mimeType"].as_str().unwrap_or("?"),
+        ));
+        if code != 200 || size == 0 {
+            ok = false;
+        }
+        if let Some(request_id) = body.get("requestId").and_then(Value::as_str) {
+            let inspect: Value = http
+                .get(format!("{emulator}/_emulator/requests/{request_id}"))
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            for d in inspect["deliveries"].as_array().into_iter().flatten() {
+                clock.say(format!(
+                    "fal emulator: signed webhook delivery {} attempt {} -> fal-webhook answered {}",
+                    d["delivery"], d["attempt"], d["http_status"]
+                ));
+            }
+        }
     }
-    clock.say("round trip complete: emulator -> signed webhook -> fal-webhook accepted it");
+    if !ok {
+        bail!("the demo did not complete both generations");
+    }
+    clock.say("both generations completed end to end");
     Ok(())
 }
 
-/// `text` with every occurrence of the secret (plain or percent-encoded) masked.
-fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        return text.to_string();
+/// Polls the job until it is terminal, printing every status change.
+async fn follow(
+    http: &reqwest::Client,
+    api: &str,
+    jwt: &str,
+    job_id: &str,
+    clock: &Clock,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let job: Value = http
+            .get(format!("{api}/jobs/{job_id}"))
+            .bearer_auth(jwt)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let status = job["status"].as_str().unwrap_or("?").to_owned();
+        if status != last {
+            clock.say(format!(
+                "job {job_id}: {} -> {status}",
+                if last.is_empty() { "(new)" } else { &last }
+            ));
+            last = status.clone();
+        }
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            return Ok(job);
+        }
+        if started.elapsed() > JOB_TIMEOUT {
+            bail!("job {job_id} still {status} after {JOB_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    text.replace(secret, "***").replace(&encoded, "***")
+}
+
+async fn fetch_size(http: &reqwest::Client, url: &str) -> (u16, usize) {
+    match http.get(url).send().await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (code, r.bytes().await.map(|b| b.len()).unwrap_or(0))
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+/// The answer without long URLs.
+fn summary(body: &Value) -> String {
+    let mut b = body.clone();
+    if let Some(o) = b.as_object_mut() {
+        for k in ["resultUrl", "originalUrl"] {
+            if o.contains_key(k) {
+                o.insert(k.into(), json!("…"));
+            }
+        }
+    }
+    b.to_string()
 }

@@ -51,6 +51,16 @@ pub async fn ensure_user(database_url: &str, user_id: Uuid) -> anyhow::Result<()
     Ok(())
 }
 
+/// Creates the user in the stack's database and returns a JWT for it, valid for an hour.
+pub async fn ensure_user_and_token(env: &super::StackEnv, user_id: Uuid) -> anyhow::Result<String> {
+    ensure_user(env.require("DATABASE_URL")?, user_id).await?;
+    make_jwt(
+        env.require("SUPABASE_JWT_SECRET")?,
+        user_id,
+        Duration::from_secs(3600),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
