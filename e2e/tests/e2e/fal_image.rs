@@ -1,0 +1,619 @@
+//! fal-image through its HTTP interface: every route and status of the contract, sync and async generations,
+//! fallback, faults, ownership, post-processing.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::common::stack_var;
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// An API Gateway HTTP API (v2) event, invoked through the Lambda runtime API as API Gateway invokes it.
+async fn invoke_http_api(method: &str, path: &str, headers: Value, claims: Option<Value>) -> Value {
+    let mut context = json!({
+        "accountId": "123456789012", "apiId": "local", "domainName": "local", "domainPrefix": "local",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "e2e"},
+        "requestId": Uuid::new_v4(), "routeKey": format!("{method} {path}"), "stage": "$default",
+        "time": "25/Nov/2026:00:00:00 +0000", "timeEpoch": 0,
+    });
+    if let Some(claims) = claims {
+        context["authorizer"] = json!({"jwt": {"claims": claims, "scopes": null}});
+    }
+    let event = json!({
+        "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path, "rawQueryString": "",
+        "headers": headers, "requestContext": context, "isBase64Encoded": false,
+    });
+    http()
+        .post(format!(
+            "{}/2015-03-31/functions/fal-image/invocations",
+            stack_var("LAMBDA_WATCH_URL")
+        ))
+        .json(&event)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn preflight_answers_ok_with_cors_headers() {
+    // Through the runtime API: `cargo lambda watch` answers OPTIONS on function URLs itself.
+    let r = invoke_http_api(
+        "OPTIONS",
+        "/fal-image",
+        json!({"origin": "https://app.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    assert_eq!(r["headers"]["access-control-allow-origin"], "*");
+    assert!(
+        r["headers"]["access-control-allow-headers"]
+            .as_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    assert_eq!(r["body"], "ok");
+}
+
+#[tokio::test]
+async fn api_gateway_jwt_authorizer_claims_identify_the_caller() {
+    let (user, jwt) = user().await;
+    let body = json!({"prompt": prompt("claims", "#no-webhook #delay-ms=60000"), "apiModelId": async_model()});
+    let (_, answer) = generate(&jwt, &body).await;
+    let path = format!("/jobs/{}", answer["jobId"].as_str().unwrap());
+    let r = invoke_http_api(
+        "GET",
+        &path,
+        json!({}),
+        Some(json!({"sub": user.to_string()})),
+    )
+    .await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let view: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(view["status"], "queued");
+    let r = invoke_http_api(
+        "GET",
+        &path,
+        json!({}),
+        Some(json!({"sub": Uuid::new_v4().to_string()})),
+    )
+    .await;
+    assert_eq!(r["statusCode"], 404, "{r}");
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused_and_create_nothing() {
+    let (user, _) = user().await;
+    let body = json!({"prompt": prompt("x", ""), "apiModelId": sync_model()});
+    let r = http()
+        .post(api("/fal-image"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "Authorization required"
+    );
+    for jwt in ["garbage".to_owned(), jwt_for(user, -3600)] {
+        let (status, answer) = generate(&jwt, &body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (401, Some("Authentication failed"))
+        );
+    }
+    let r = http()
+        .get(api(&format!("/jobs/{}", Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(jobs_of_user(user).await, 0);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_before_any_work() {
+    let (user, jwt) = user().await;
+    let post = |ct: &'static str, body: Vec<u8>| {
+        http()
+            .post(api("/fal-image"))
+            .bearer_auth(&jwt)
+            .header("content-type", ct)
+            .body(body)
+    };
+    let r = post("text/plain", b"{}".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 415);
+    let r = post("application/json", b"{\"prompt\": ".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "Invalid JSON body"
+    );
+    let r = post("application/json", b"[1,2,3]".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let huge = format!("{{\"prompt\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
+    let r = post("application/json", huge.into_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let (status, answer) = generate(&jwt, &json!({"apiModelId": sync_model()})).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("Prompt is required"))
+    );
+    for model in [Uuid::new_v4().to_string(), "not-a-uuid".into()] {
+        let (status, answer) = generate(&jwt, &json!({"prompt": "x", "apiModelId": model})).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("Specified API model not found or inactive"))
+        );
+    }
+    assert_eq!(jobs_of_user(user).await, 0);
+}
+
+#[tokio::test]
+async fn a_model_with_an_unsupported_endpoint_path_is_422() {
+    let (user, jwt) = user().await;
+    let model = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.api_models (id, provider_id, model_key, display_name, modality, tasks, endpoint_path)
+             SELECT $1, provider_id, $3, 'test', 'image', '{t2i}', 'replicate-webhook'
+               FROM public.api_models WHERE id = $2",
+            &[&model, &Uuid::parse_str(&sync_model()).unwrap(), &format!("fal-ai/test/{model}")],
+        )
+        .await
+        .unwrap();
+    let (status, answer) = generate(&jwt, &json!({"prompt": "x", "apiModelId": model})).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (422, Some("unsupported endpoint_path"))
+    );
+    assert_eq!(jobs_of_user(user).await, 0);
+}
+
+#[tokio::test]
+async fn sync_generation_stores_the_served_bytes_with_their_real_type_and_size() {
+    let (user, jwt) = user().await;
+    let body = json!({
+        "prompt": prompt("a red fox", "#media-type=image/jpeg #media-bytes=12345"),
+        "apiModelId": sync_model(),
+        "metadata": {"aspectRatio": "16:9"},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["resultType"], "image");
+    let job_id = answer["jobId"].as_str().unwrap();
+    // Our copy serves exactly what fal served.
+    let ours = digest(answer["resultUrl"].as_str().unwrap()).await;
+    let fals = digest(answer["originalUrl"].as_str().unwrap()).await;
+    assert_eq!(ours, fals);
+    assert_eq!(ours.1, 12345);
+
+    let j = job(job_id).await;
+    assert_eq!(j["status"], "completed");
+    assert!(j["started_at"].is_string() && j["completed_at"].is_string());
+    let key = format!("{user}/{job_id}_0.jpg");
+    assert_eq!(j["metadata"]["storage_path"], key);
+    assert_eq!(j["metadata"]["result_type"], "image");
+    assert_eq!(j["metadata"]["original_fal_url"], answer["originalUrl"]);
+    assert_eq!(
+        j["metadata"]["model_key"],
+        "fal-ai/bytedance/seedream/v4/text-to-image"
+    );
+    assert!(j["metadata"]["input_used"]["prompt"].is_string());
+    assert!(j["metadata"]["fal_response"]["images"].is_array());
+    assert_eq!(
+        objects_of_job(&user.to_string(), job_id).await,
+        vec![(key.clone(), 12345)]
+    );
+    assert_eq!(asset_count(job_id).await, 1);
+    assert_eq!(usage_count(job_id).await, 1);
+
+    let r = http()
+        .get(api(&format!("/jobs/{job_id}")))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(view["status"], "completed");
+    assert_eq!(view["result"]["assetId"], answer["assetId"]);
+    assert_eq!(view["result"]["storagePath"], key);
+    assert_eq!(view["result"]["mimeType"], "image/jpeg");
+    assert_eq!(digest(view["result"]["url"].as_str().unwrap()).await, fals);
+}
+
+#[tokio::test]
+async fn async_generation_answers_before_any_webhook_and_stores_the_request_id() {
+    let (_, jwt) = user().await;
+    let body = json!({"prompt": prompt("waves", "#delay-ms=2500"), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    let (job_id, request_id) = (
+        answer["jobId"].as_str().unwrap(),
+        answer["requestId"].as_str().unwrap(),
+    );
+    let j = job(job_id).await;
+    assert_eq!(j["status"], "queued");
+    assert_eq!(j["metadata"]["fal_request_id"], request_id);
+    for k in ["fal_status_url", "fal_response_url", "fal_cancel_url"] {
+        assert!(
+            j["metadata"][k]
+                .as_str()
+                .is_some_and(|u| u.contains(request_id)),
+            "{k}"
+        );
+    }
+    assert_eq!(inspect(request_id).await["deliveries"], json!([]));
+    assert_eq!(usage_count(job_id).await, 1);
+
+    let done = wait_terminal(job_id, WAIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["metadata"]["result_type"], "video");
+    assert_eq!(asset_count(job_id).await, 1);
+    assert_eq!(usage_count(job_id).await, 1);
+}
+
+#[tokio::test]
+async fn a_queue_503_falls_back_to_the_sync_host_and_completes() {
+    let (_, jwt) = user().await;
+    let body =
+        json!({"prompt": prompt("fallback", "#queue-status=503"), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed");
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "completed");
+    assert_eq!(j["metadata"]["sync_fallback"], true);
+    assert_eq!(usage_count(answer["jobId"].as_str().unwrap()).await, 1);
+}
+
+#[tokio::test]
+async fn a_queue_422_fails_the_job_with_fals_message() {
+    let (_, jwt) = user().await;
+    let body =
+        json!({"prompt": prompt("refused", "#queue-status=422"), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 422, "{answer}");
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Async submission failed: 422"),
+        "{j}"
+    );
+}
+
+#[tokio::test]
+async fn sync_model_errors_fail_the_job_with_the_status_fal_gave() {
+    let (_, jwt) = user().await;
+    for (directive, expected) in [("#error", 422), ("#run-status=503", 503)] {
+        let body = json!({"prompt": prompt("broken", directive), "apiModelId": sync_model()});
+        let (status, answer) = generate(&jwt, &body).await;
+        assert_eq!(status, expected, "{directive}: {answer}");
+        let job_id = answer["jobId"].as_str().unwrap();
+        let j = job(job_id).await;
+        assert_eq!(j["status"], "failed", "{directive}");
+        assert!(
+            j["error_message"]
+                .as_str()
+                .unwrap()
+                .starts_with("fal.ai API error"),
+            "{j}"
+        );
+        assert_eq!(asset_count(job_id).await, 0);
+        assert_eq!(usage_count(job_id).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_sync_503_then_success_is_retried_and_completes() {
+    let (_, jwt) = user().await;
+    let body = json!({"prompt": prompt("flaky", "#run-fail-first=2"), "apiModelId": sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("completed")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_100_mib_sync_video_passes_with_bounded_memory() {
+    let (user, jwt) = user().await;
+    let size = 100 * 1024 * 1024;
+    let body = json!({
+        "prompt": prompt("long video", &format!("#media-type=video/mp4 #media-bytes={size}")),
+        "apiModelId": sync_model(),
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    assert_eq!(
+        objects_of_job(&user.to_string(), job_id).await,
+        vec![(format!("{user}/{job_id}_0.mp4"), size)]
+    );
+    let peaks = function_peak_rss("fal-image");
+    assert!(!peaks.is_empty());
+    for (pid, peak) in peaks {
+        assert!(
+            peak < 120 * 1024 * 1024,
+            "fal-image pid {pid} peaked at {} MiB",
+            peak / (1024 * 1024)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_result_on_a_disallowed_host_fails_the_job_without_being_fetched() {
+    let (_, jwt) = user().await;
+    let trap = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let body = json!({
+        "prompt": prompt("elsewhere", &format!("#media-url=http://127.0.0.2:{port}/x.png")),
+        "apiModelId": sync_model(),
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 502, "{answer}");
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["error_message"].as_str().unwrap().contains("not allowed"),
+        "{j}"
+    );
+    assert_eq!(
+        trap.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}
+
+#[tokio::test]
+async fn users_cannot_read_or_cancel_each_others_jobs_and_cancel_is_once() {
+    let (_, owner) = user().await;
+    let (_, other) = user().await;
+    let body = json!({"prompt": prompt("slow", "#no-webhook #delay-ms=60000"), "apiModelId": async_model()});
+    let (status, answer) = generate(&owner, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let (job_id, request_id) = (
+        answer["jobId"].as_str().unwrap(),
+        answer["requestId"].as_str().unwrap(),
+    );
+    let get = |jwt: &str| {
+        http()
+            .get(api(&format!("/jobs/{job_id}")))
+            .bearer_auth(jwt.to_owned())
+            .send()
+    };
+    let cancel = |jwt: &str| {
+        http()
+            .post(api(&format!("/jobs/{job_id}/cancel")))
+            .bearer_auth(jwt.to_owned())
+            .send()
+    };
+
+    assert_eq!(get(&other).await.unwrap().status(), 404);
+    assert_eq!(cancel(&other).await.unwrap().status(), 404);
+    assert_eq!(job(job_id).await["status"], "queued");
+    let r = get(&owner).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(
+        (view["status"].as_str(), &view["result"]),
+        (Some("queued"), &Value::Null)
+    );
+
+    let r = cancel(&owner).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    let j = job(job_id).await;
+    assert_eq!(j["status"], "cancelled");
+    assert!(j["completed_at"].is_string());
+    assert_eq!(inspect(request_id).await["cancelled"], true);
+    assert_eq!(cancel(&owner).await.unwrap().status(), 409);
+    let r = http()
+        .get(api(&format!("/jobs/{}", Uuid::new_v4())))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// Waits until post-processing recorded `step` for the job.
+async fn wait_step(job_id: &str, step: &str) {
+    let id = Uuid::parse_str(job_id).unwrap();
+    for _ in 0..100 {
+        let n: i64 = db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM public.job_postprocessing WHERE job_id = $1 AND step = $2",
+                &[&id, &step],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("post-processing step {step} of job {job_id} never finished");
+}
+
+/// Runs post-processing again, as the reconciler would, in this process.
+async fn rerun_post_processing(job_id: &str) -> Vec<&'static str> {
+    crate::common::export_aws_env();
+    for k in ["APP_SECRET_ID", "WORKSPACE_BUCKET", "LIBRARY_BUCKET"] {
+        unsafe { std::env::set_var(k, stack_var(k)) };
+    }
+    let state = gen_pipeline::AppState::from_env().await.unwrap();
+    let settings = state.settings().await.unwrap();
+    gen_pipeline::postprocess::run_steps(&state, &settings, Uuid::parse_str(job_id).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn library_rows(user: Uuid) -> Vec<Value> {
+    db().await
+        .query(
+            "SELECT to_jsonb(l) FROM public.user_library l WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_character_portrait_updates_the_character_and_library_once_even_when_run_twice() {
+    let (user, jwt) = user().await;
+    let character = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Ada')",
+            &[&character, &user],
+        )
+        .await
+        .unwrap();
+    let body = json!({
+        "prompt": prompt("portrait of Ada", ""),
+        "apiModelId": sync_model(),
+        "metadata": {"destination": "character_portrait", "character_id": character, "character_name": "Ada"},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    wait_step(job_id, "character_portrait").await;
+    assert!(rerun_post_processing(job_id).await.is_empty());
+
+    let rows = library_rows(user).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let key = format!("{user}/{job_id}_{character}.png");
+    assert_eq!(rows[0]["storage_path"], key);
+    assert_eq!(rows[0]["tags"], json!(["character", "portrait"]));
+    assert_eq!(rows[0]["output_type"], "portrait");
+    let c: Value = db()
+        .await
+        .query_one(
+            "SELECT to_jsonb(c) FROM public.characters c WHERE id = $1",
+            &[&character],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        c["image_url"],
+        format!("{}/{key}", stack_var("LIBRARY_BUCKET"))
+    );
+    assert_eq!(c["reference_image_url"], c["image_url"]);
+}
+
+#[tokio::test]
+async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
+    let (user, jwt) = user().await;
+    let character = Uuid::new_v4();
+    let scene = Uuid::new_v4();
+    let client = db().await;
+    client
+        .execute(
+            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Bo')",
+            &[&character, &user],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO public.character_scenes (id, character_id, scene_prompt) VALUES ($1, $2, 'a harbour')",
+            &[&scene, &character],
+        )
+        .await
+        .unwrap();
+    let body = json!({
+        "prompt": prompt("a harbour at night", ""),
+        "apiModelId": sync_model(),
+        "metadata": {"destination": "roleplay_scene", "scene_id": scene, "character_id": character},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    wait_step(job_id, "scene_image").await;
+    assert!(rerun_post_processing(job_id).await.is_empty());
+    let rows = library_rows(user).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["tags"], json!(["scene", "roleplay"]));
+    let image_url: Option<String> = client
+        .query_one(
+            "SELECT image_url FROM public.character_scenes WHERE id = $1",
+            &[&scene],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        image_url.unwrap(),
+        format!(
+            "{}/{user}/scenes/{scene}_{job_id}.png",
+            stack_var("LIBRARY_BUCKET")
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_storyboard_clip_is_completed_with_its_video() {
+    let (_, jwt) = user().await;
+    let clip = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.storyboard_clips (id, status) VALUES ($1, 'generating')",
+            &[&clip],
+        )
+        .await
+        .unwrap();
+    let body = json!({
+        "prompt": prompt("clip", "#delay-ms=100"),
+        "apiModelId": async_model(),
+        "metadata": {"storyboard_clip_id": clip},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
+    wait_step(job_id, "storyboard_clip").await;
+    let row = db()
+        .await
+        .query_one(
+            "SELECT status, video_url FROM public.storyboard_clips WHERE id = $1",
+            &[&clip],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("completed")
+    );
+    let url: String = row.get::<_, Option<String>>(1).unwrap();
+    assert_eq!(digest(&url).await.0, 200);
+}
