@@ -6,6 +6,7 @@ mod demo;
 mod envfile;
 mod postgres;
 mod procs;
+mod secret_scan;
 mod seed;
 mod state;
 mod token;
@@ -683,6 +684,22 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
     clock.done(step, format!("cargo test exited with {code}"));
     let stopped = tokio::task::spawn_blocking(down).await;
     interrupts.abort();
+    let code = match secret_scan::scan(&env, &paths.logs) {
+        Ok(found) if found.is_empty() => {
+            clock.say("secret scan: no secret value in any log file of the stack");
+            code
+        }
+        Ok(found) => {
+            for (file, name) in &found {
+                eprintln!("secret scan: {name} appears in {file}");
+            }
+            if code == 0 { 1 } else { code }
+        }
+        Err(e) => {
+            eprintln!("secret scan failed: {e:#}");
+            if code == 0 { 1 } else { code }
+        }
+    };
     let code = match stopped {
         Ok(Ok(())) => code,
         Ok(Err(e)) => {
