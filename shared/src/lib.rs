@@ -14,6 +14,7 @@ pub mod media;
 pub mod migrations;
 pub mod postprocess;
 pub mod pricing;
+pub mod reconcile;
 pub mod secrets;
 pub mod state;
 pub mod storage;

@@ -34,6 +34,12 @@ enum Command {
     Migrate,
     /// Print a JWT for the user, valid on the local stack, and make sure the user exists.
     Token { user_id: uuid::Uuid },
+    /// One pass of the lost-webhook reconciler against the local stack.
+    Reconcile {
+        /// Queued jobs younger than this many seconds are left to their webhook.
+        #[arg(long, default_value_t = 900)]
+        older_than: u64,
+    },
     /// Run the fal emulator in the foreground (the stack starts it in the background).
     FalEmulator {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -64,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => rt.block_on(stack::demo()),
         Command::Migrate => rt.block_on(stack::migrate_from_env()),
         Command::Token { user_id } => rt.block_on(stack::token(user_id)),
+        Command::Reconcile { older_than } => rt.block_on(stack::reconcile(older_than)),
         Command::FalEmulator { listen } => rt.block_on(emulator::serve(listen)),
     }
 }

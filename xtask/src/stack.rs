@@ -762,3 +762,33 @@ pub async fn token(user_id: Uuid) -> anyhow::Result<()> {
     println!("{}", make_jwt(&secret, user_id, Duration::from_secs(3600))?);
     Ok(())
 }
+
+/// One reconciler pass in this process, configured as the functions are (from `stack.env`).
+pub async fn reconcile(older_than_secs: u64) -> anyhow::Result<()> {
+    let env = StackEnv::read(&Paths::new().env_file)
+        .context("the stack is not up (cargo xtask stack up)")?;
+    for key in [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "APP_SECRET_ID",
+        "WORKSPACE_BUCKET",
+        "LIBRARY_BUCKET",
+        "FAL_JWKS_URL",
+        "MEDIA_ALLOWED_HOSTS",
+        "MEDIA_ALLOW_HTTP",
+    ] {
+        // Set before any client of this process reads the environment.
+        unsafe { std::env::set_var(key, env.require(key)?) };
+    }
+    let state = gen_pipeline::AppState::from_env().await?;
+    let settings = state.settings().await?;
+    let options = gen_pipeline::reconcile::ReconcileOptions {
+        older_than: Duration::from_secs(older_than_secs),
+        ..gen_pipeline::reconcile::ReconcileOptions::from_env()
+    };
+    let report = gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

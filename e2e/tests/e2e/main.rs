@@ -7,3 +7,4 @@ mod support;
 
 mod fal_image;
 mod fal_webhook;
+mod reconciler;

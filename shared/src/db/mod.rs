@@ -7,6 +7,7 @@ pub mod claims;
 pub mod jobs;
 pub mod models;
 pub mod postprocess;
+pub mod reconcile;
 pub mod usage;
 pub mod users;
 

@@ -92,6 +92,13 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
     let tmp = TempDb::new().await;
     let client = db::connect(&tmp.url).await.unwrap();
     client.batch_execute(ORIGINAL_SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO public.api_providers (name, display_name, base_url, auth_scheme, secret_name)
+             VALUES ('fal', 'fal.ai', 'https://queue.fal.run', 'api_key_header', 'FAL_KEY')",
+        )
+        .await
+        .unwrap();
     let before = schema(&client).await;
     migrations::apply(&tmp.url).await.unwrap();
     let after = schema(&client).await;
@@ -117,6 +124,22 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
         );
     }
     assert!(added.iter().any(|i| i.contains("jobs_fal_request_id_key")));
+    // The original fal row gains fal's sync host beside its queue host.
+    let row = client
+        .query_one(
+            "SELECT base_url, sync_base_url FROM public.api_providers WHERE name = 'fal'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("https://queue.fal.run")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("https://fal.run")
+    );
     drop(client);
     tmp.drop().await;
 }

@@ -1,0 +1,24 @@
+//! reconciler: cold-start wiring only; each scheduled event runs one bounded pass.
+
+use std::sync::Arc;
+
+use gen_pipeline::AppState;
+use gen_pipeline::reconcile::{ReconcileOptions, reconcile_stale_jobs};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    gen_pipeline::telemetry::init();
+    let state = Arc::new(AppState::from_env().await?);
+    let options = ReconcileOptions::from_env();
+    run(service_fn(move |_event: LambdaEvent<Value>| {
+        let state = state.clone();
+        async move {
+            let settings = state.settings().await?;
+            let report = reconcile_stale_jobs(&state, &settings, options).await;
+            Ok::<Value, Error>(serde_json::to_value(report)?)
+        }
+    }))
+    .await
+}
