@@ -207,8 +207,8 @@ pub async fn complete(
         return Ok(Outcome::AlreadyTerminal(job.status));
     }
     let holder = Uuid::new_v4();
-    if !claim(state, settings, job.id, holder).await? {
-        return wait_for_holder(state, settings, job.id).await;
+    if let Some(done) = acquire(state, settings, job.id, holder).await? {
+        return Ok(done);
     }
     let heartbeat = spawn_heartbeat(state, settings, job.id, holder);
     let result = complete_claimed(state, settings, &c, holder).await;
@@ -232,22 +232,33 @@ async fn claim(
     Ok(db::claims::try_claim(&**client, job_id, holder, LEASE).await?)
 }
 
-async fn wait_for_holder(
+/// Takes the job's claim, waiting up to [`BUSY_WAIT`] while another caller holds it: `None` once we hold it,
+/// else what the wait found (the job became terminal, or the holder is still at work). A claim whose holder died
+/// is taken over as soon as its lease ends.
+async fn acquire(
     state: &AppState,
     settings: &Settings,
     job_id: Uuid,
-) -> Result<Outcome, CompletionError> {
+    holder: Uuid,
+) -> Result<Option<Outcome>, CompletionError> {
     let started = Instant::now();
-    while started.elapsed() < BUSY_WAIT {
+    loop {
+        if claim(state, settings, job_id, holder).await? {
+            return Ok(None);
+        }
+        if started.elapsed() >= BUSY_WAIT {
+            return Ok(Some(Outcome::Busy));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let client = state.db.client(&settings.secrets.database_url).await?;
         match db::jobs::get(&**client, job_id).await? {
-            Some(j) if j.status.is_terminal() => return Ok(Outcome::AlreadyTerminal(j.status)),
+            Some(j) if j.status.is_terminal() => {
+                return Ok(Some(Outcome::AlreadyTerminal(j.status)));
+            }
             Some(_) => {}
-            None => return Ok(Outcome::AlreadyTerminal(JobStatus::Cancelled)),
+            None => return Ok(Some(Outcome::AlreadyTerminal(JobStatus::Cancelled))),
         }
     }
-    Ok(Outcome::Busy)
 }
 
 fn spawn_heartbeat(
@@ -404,25 +415,28 @@ async fn complete_claimed(
         p.extend(extra.clone());
     }
 
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
-    let tx = client.transaction().await?;
-    let asset_id = db::assets::insert_once(&*tx, &asset).await?;
-    let moved = db::jobs::transition(&*tx, job.id, JobStatus::Completed, None, &patch).await?;
-    if !moved {
-        // Cancelled (or failed) while we transferred: keep it so, and leave no object behind.
-        tx.rollback().await?;
-        db::claims::release(&**client, job.id, holder).await?;
-        let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
-        if let Err(e) = state.storage.delete(bucket, &key).await {
-            tracing::warn!(job_id = %job.id, error = %e, "could not delete the result of a closed job");
+    let committed = commit_completion(state, settings, c, holder, &asset, &patch).await;
+    let asset_id = match committed {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            // Cancelled (or failed) while we transferred: keep it so, and leave no object behind.
+            remove_objects(state, settings, job).await;
+            let client = state.db.client(&settings.secrets.database_url).await?;
+            let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
+            return Ok(Outcome::AlreadyTerminal(
+                current.unwrap_or(JobStatus::Cancelled),
+            ));
         }
-        return Ok(Outcome::AlreadyTerminal(
-            current.unwrap_or(JobStatus::Cancelled),
-        ));
-    }
-    settle_usage(&*tx, job, &c.usage).await?;
-    db::claims::release(&*tx, job.id, holder).await?;
-    tx.commit().await?;
+        Err(e) => {
+            // The commit's fate is unknown until the job is read back: only a job seen still open loses the
+            // object (the retry that completes it writes it again). If the database cannot tell, the object
+            // stays; cancelling or failing the job later removes it.
+            if still_open(state, settings, job.id).await == Some(true) {
+                remove_objects(state, settings, job).await;
+            }
+            return Err(e);
+        }
+    };
     tracing::info!(job_id = %job.id, key = %key, bytes = stored.size, "job completed");
     Ok(Outcome::Completed(Completed {
         asset_id,
@@ -433,6 +447,49 @@ async fn complete_claimed(
         size: stored.size,
         original_url: found.url,
     }))
+}
+
+/// The completing transaction: asset, job transition, usage, claim release. `None` when the job was no longer
+/// open (nothing committed).
+async fn commit_completion(
+    state: &AppState,
+    settings: &Settings,
+    c: &Completion<'_>,
+    holder: Uuid,
+    asset: &db::assets::NewAsset,
+    patch: &Value,
+) -> Result<Option<Uuid>, CompletionError> {
+    let job = c.job;
+    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let tx = client.transaction().await?;
+    let asset_id = db::assets::insert_once(&*tx, asset).await?;
+    if !db::jobs::transition(&*tx, job.id, JobStatus::Completed, None, patch).await? {
+        tx.rollback().await?;
+        db::claims::release(&**client, job.id, holder).await?;
+        return Ok(None);
+    }
+    settle_usage(&*tx, job, &c.usage).await?;
+    db::claims::release(&*tx, job.id, holder).await?;
+    tx.commit().await?;
+    Ok(Some(asset_id))
+}
+
+async fn still_open(state: &AppState, settings: &Settings, job_id: Uuid) -> Option<bool> {
+    let client = state.db.client(&settings.secrets.database_url).await.ok()?;
+    let job = db::jobs::get(&**client, job_id).await.ok()??;
+    Some(!job.status.is_terminal())
+}
+
+/// Deletes the job's result objects (`<user>/<job>_0.*`), best effort: the bucket's expiry is the backstop.
+pub async fn remove_objects(state: &AppState, settings: &Settings, job: &JobRecord) {
+    let prefix = format!("{}/{}_0.", job.user_id, job.id);
+    if let Err(e) = state
+        .storage
+        .delete_prefix(&settings.config.workspace_bucket, &prefix)
+        .await
+    {
+        tracing::warn!(job_id = %job.id, error = %e, "could not delete the objects of an unfinished job");
+    }
 }
 
 async fn settle_usage<C: tokio_postgres::GenericClient>(
@@ -492,6 +549,7 @@ async fn fail_claimed(
     tx.commit().await?;
     if moved {
         tracing::info!(job_id = %job.id, reason = message, "job failed");
+        remove_objects(state, settings, job).await;
         Ok(Outcome::Failed(message.to_owned()))
     } else {
         let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
@@ -530,6 +588,10 @@ pub async fn fail(
     let tx = client.transaction().await?;
     let moved = fail_in(&*tx, job, message).await?;
     tx.commit().await?;
+    if moved {
+        // An earlier attempt may have stored the result before its commit failed.
+        remove_objects(state, settings, job).await;
+    }
     Ok(moved)
 }
 

@@ -625,6 +625,8 @@ pub async fn cancel_job(
             .unwrap_or(JobStatus::Cancelled);
         return Ok(CancelResult::AlreadyTerminal(status));
     }
+    // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
+    completion::remove_objects(state, settings, &job).await;
     if job.status == JobStatus::Queued
         && let Some(cancel_url) = job.meta_str("fal_cancel_url")
         && let Err(e) = state.fal(settings).cancel(cancel_url).await

@@ -101,7 +101,8 @@ pub fn check_envelope(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now_unix - ts).abs() > MAX_CLOCK_SKEW_SECS {
+    // abs_diff: no overflow whatever the header says.
+    if now_unix.abs_diff(ts) > MAX_CLOCK_SKEW_SECS as u64 {
         return Err(SignatureError::StaleTimestamp);
     }
     if let Some(pinned) = pinned_user_id
@@ -219,6 +220,17 @@ mod tests {
             verify(&headers(&sig, "1000"), b"x", &keys, 1300, None),
             Ok(())
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_crash() {
+        let keys = [key(7).verifying_key()];
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            assert_eq!(
+                verify(&headers("00", &ts), b"x", &keys, 1000, None),
+                Err(SignatureError::StaleTimestamp)
+            );
+        }
     }
 
     #[test]
