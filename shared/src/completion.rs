@@ -414,6 +414,8 @@ async fn complete_claimed(
     if let (Some(p), Some(extra)) = (patch.as_object_mut(), c.metadata.as_object()) {
         p.extend(extra.clone());
     }
+    // fal's output is stored as given, less what Postgres cannot store (U+0000 would fail every retry).
+    let patch = crate::json::without_nul(&patch);
 
     let committed = commit_completion(state, settings, c, holder, &asset, &patch).await;
     let asset_id = match committed {

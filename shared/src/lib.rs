@@ -10,6 +10,7 @@ pub mod db;
 pub mod fal;
 pub mod input;
 pub mod jobs;
+pub mod json;
 pub mod media;
 pub mod migrations;
 pub mod postprocess;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::completion::{self, Completion, Outcome, UsageSettlement};
 use crate::config::Settings;
 use crate::db::{self, DbError, models::ModelRow};
+use crate::fal::endpoint::EndpointError;
 use crate::fal::{FalError, QueueEndpoint, SyncEndpoint};
 use crate::input::{
     self, GenerationRequest, InputError, Modality, ModelSpec, StoredBucket, StoredReference,
@@ -58,6 +59,9 @@ pub enum SubmitError {
     Input(#[from] InputError),
     #[error("provider configuration is incomplete: {0}")]
     Misconfigured(String),
+    /// The client's `model_key_override` is not a fal model id.
+    #[error("Invalid model_key_override")]
+    BadModelOverride,
     /// fal refused the request (its 4xx), or failed it; the job is `failed`.
     #[error("fal.ai API request failed")]
     Fal { job_id: Uuid, error: FalError },
@@ -144,13 +148,18 @@ pub async fn submit_generation(
 
     // Both endpoints are derived up front from the provider's configured hosts: a misconfiguration is an error
     // before any row is written, and the sync route can only ever use the sync host.
+    let overridden = model_key != model.model_key;
+    let endpoint_error = |host: &str, e: EndpointError| match e {
+        EndpointError::BadModelKey(_) if overridden => SubmitError::BadModelOverride,
+        e => SubmitError::Misconfigured(format!("{host} host: {e}")),
+    };
     let sync_endpoint = SyncEndpoint::new(model.sync_base_url.as_deref(), &model_key)
-        .map_err(|e| SubmitError::Misconfigured(format!("sync host: {e}")))?;
+        .map_err(|e| endpoint_error("sync", e))?;
     let webhook = webhook_url(settings);
     let queue = match (route, webhook) {
         (RouteKind::Queue, Some(w)) => Some((
             QueueEndpoint::new(model.base_url.as_deref(), &model_key)
-                .map_err(|e| SubmitError::Misconfigured(format!("queue host: {e}")))?,
+                .map_err(|e| endpoint_error("queue", e))?,
             w,
         )),
         (RouteKind::Queue, None) => {
@@ -315,7 +324,7 @@ pub async fn submit_generation(
     let usage = usage_base.row(
         Some(200),
         elapsed_ms(started),
-        Some(output.clone()),
+        Some(crate::json::without_nul(&output)),
         None,
         json!({
             "request_id": output.get("request_id"),

@@ -1,6 +1,9 @@
-//! Dev tooling for the generation pipeline: the local stack, the fal emulator, migrations, tokens, demo, tests.
+//! Dev tooling for the generation pipeline: the local stack, the fal emulator, migrations, tokens, demo, tests,
+//! release packaging.
 
+mod bench;
 mod emulator;
+mod package;
 mod stack;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +43,17 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         older_than: u64,
     },
+    /// Measure the performance figures on the local stack (release builds): target/bench/report.json and a table.
+    Bench {
+        /// Debug builds and tiny sizes; checks only that every figure is produced (`cargo xtask test` runs it).
+        #[arg(long)]
+        smoke: bool,
+        /// Internal: the plan of the measuring process that `cargo xtask bench` starts.
+        #[arg(long, hide = true)]
+        plan: Option<std::path::PathBuf>,
+    },
+    /// Build the functions' release zips for Lambda (arm64) with cargo-lambda, and print their sizes.
+    Package,
     /// Run the fal emulator in the foreground (the stack starts it in the background).
     FalEmulator {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -49,7 +63,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum StackAction {
-    Up,
+    Up {
+        /// Put PgBouncer (transaction mode) between the functions and Postgres; tests stay direct.
+        #[arg(long)]
+        pooler: bool,
+    },
     Down,
 }
 
@@ -58,8 +76,8 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Stack {
-            action: StackAction::Up,
-        } => rt.block_on(stack::up()).map(|_| ()),
+            action: StackAction::Up { pooler },
+        } => rt.block_on(stack::up(pooler)).map(|_| ()),
         Command::Stack {
             action: StackAction::Down,
         } => stack::down(),
@@ -71,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate => rt.block_on(stack::migrate_from_env()),
         Command::Token { user_id } => rt.block_on(stack::token(user_id)),
         Command::Reconcile { older_than } => rt.block_on(stack::reconcile(older_than)),
+        Command::Bench { smoke, plan } => rt.block_on(bench::run(smoke, plan)),
+        Command::Package => rt.block_on(package::run()),
         Command::FalEmulator { listen } => rt.block_on(emulator::serve(listen)),
     }
 }

@@ -4,13 +4,14 @@
 mod aws;
 mod demo;
 mod envfile;
+mod pooler;
 mod postgres;
 mod procs;
 mod secret_scan;
 mod seed;
 mod state;
 mod token;
-mod tools;
+pub(crate) mod tools;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -134,7 +135,7 @@ fn inherited_cargo_vars() -> Vec<std::ffi::OsString> {
 }
 
 /// `cmd` without the variables of [`inherited_cargo_vars`].
-fn without_cargo_vars(mut cmd: Command) -> Command {
+pub(crate) fn without_cargo_vars(mut cmd: Command) -> Command {
     for k in inherited_cargo_vars() {
         cmd.env_remove(k);
     }
@@ -219,8 +220,9 @@ fn function_url(watch_port: u16, function: &str) -> String {
     format!("http://127.0.0.1:{watch_port}/lambda-url/{function}")
 }
 
-/// Starts the stack (or finds it already up) and returns its environment.
-pub async fn up() -> anyhow::Result<StackEnv> {
+/// Starts the stack (or finds it already up) and returns its environment. With `pooler`, the functions reach
+/// Postgres through PgBouncer in transaction mode; a stack up in the other mode is restarted.
+pub async fn up(pooler: bool) -> anyhow::Result<StackEnv> {
     let paths = Paths::new();
     let clock = Clock::new();
     std::fs::create_dir_all(&paths.logs)
@@ -228,12 +230,20 @@ pub async fn up() -> anyhow::Result<StackEnv> {
 
     match State::load(&paths.state) {
         Ok(Some(state)) => {
-            if stack_answers(&state, &paths).await {
+            let has_pooler = state.process(pooler::NAME).is_some();
+            if has_pooler == pooler && stack_answers(&state, &paths).await {
                 clock.say("stack already up");
                 println!("{}", paths.env_file.display());
                 return StackEnv::read(&paths.env_file);
             }
-            clock.say("a previous stack is partly up: stopping its leftovers");
+            if has_pooler != pooler {
+                clock.say(format!(
+                    "the stack is up {} PgBouncer: restarting it",
+                    if has_pooler { "with" } else { "without" }
+                ));
+            } else {
+                clock.say("a previous stack is partly up: stopping its leftovers");
+            }
             stop_stack(&paths, &state, &clock)?;
         }
         Ok(None) => {}
@@ -243,7 +253,7 @@ pub async fn up() -> anyhow::Result<StackEnv> {
         }
     }
 
-    match up_fresh(&paths, &clock).await {
+    match up_fresh(&paths, &clock, pooler).await {
         Ok(env) => Ok(env),
         Err(e) => {
             eprintln!("stack up failed: {e:#}");
@@ -276,6 +286,9 @@ async fn stack_answers(state: &State, paths: &Paths) -> bool {
     {
         return false;
     }
+    if !pooler::answers(state) {
+        return false;
+    }
     let Ok(http) = http_client(Duration::from_secs(20)) else {
         return false;
     };
@@ -302,7 +315,7 @@ async fn stack_answers(state: &State, paths: &Paths) -> bool {
     true
 }
 
-async fn up_fresh(paths: &Paths, clock: &Clock) -> anyhow::Result<StackEnv> {
+async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<StackEnv> {
     let _ = std::fs::remove_file(&paths.env_file);
     tools::ensure(paths, clock).await?;
 
@@ -325,6 +338,13 @@ async fn up_fresh(paths: &Paths, clock: &Clock) -> anyhow::Result<StackEnv> {
             let bin = postgres::ensure_bin_dir(paths, clock).await?;
             postgres::create(paths, &bin, pg_port, &mut state, clock).await?
         }
+    };
+
+    // PgBouncer: only the functions (through the secret) go through it; tests and migrations stay direct.
+    let functions_database_url = if pooler {
+        pooler::start(paths, &database_url, &mut state, clock).await?
+    } else {
+        database_url.clone()
     };
 
     // moto
@@ -357,7 +377,7 @@ async fn up_fresh(paths: &Paths, clock: &Clock) -> anyhow::Result<StackEnv> {
     let secret_json = json!({
         "FAL_KEY": fal_key,
         "FAL_WEBHOOK_SECRET": webhook_secret,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": functions_database_url,
         "SUPABASE_JWT_SECRET": jwt_secret,
     })
     .to_string();
@@ -545,6 +565,10 @@ async fn up_fresh(paths: &Paths, clock: &Clock) -> anyhow::Result<StackEnv> {
     env.set("ASYNC_MODEL_KEY", seed::ASYNC_MODEL_KEY);
     env.set("LAMBDA_WATCH_URL", format!("http://127.0.0.1:{watch_port}"));
     env.set("STACK_LOG_DIR", paths.logs.display().to_string());
+    if pooler {
+        env.set("POOLER_DATABASE_URL", functions_database_url);
+        env.set("STACK_POOLER", "1");
+    }
     env.write(&paths.env_file)?;
     clock.say(format!(
         "stack up; environment in {} (load it with: set -a; . {}; set +a)",
@@ -603,6 +627,7 @@ fn stop_stack(paths: &Paths, state: &State, clock: &Clock) -> anyhow::Result<()>
     if !problems.is_empty() {
         bail!("the stack did not stop cleanly: {}", problems.join("; "));
     }
+    pooler::remove_files(paths);
     let _ = std::fs::remove_file(&paths.state);
     let _ = std::fs::remove_file(&paths.env_file);
     Ok(())
@@ -652,22 +677,76 @@ pub fn down() -> anyhow::Result<()> {
     down_at(&paths, &clock)
 }
 
-/// `up`, `cargo test --workspace <args>` with the stack's environment, then `down` whatever happened.
+/// `cargo test --workspace <args>` against a fresh stack, then the integration-test binaries again
+/// (`cargo test --workspace --test '*' <args>`, the e2e suite among them) against one whose functions reach
+/// Postgres through PgBouncer in transaction mode; each round brings its stack down whatever happened. Fails
+/// when either round fails.
 pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
     let clock = Clock::new();
-    let paths = Paths::new();
-    let env = up().await?;
-    // Ctrl-C reaches cargo test (same process group); we stay to bring the stack down.
-    let interrupts = tokio::spawn(async {
+    // Ctrl-C reaches cargo test (same process group); we stay to bring the stack down, and skip the next round.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let interrupts = tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("interrupted: the stack is stopped once the tests have exited");
         }
     });
-    clock.say(format!("cargo test --workspace {}", args.join(" ")));
+    let direct = test_round(&clock, false, &["test", "--workspace"], &args).await;
+    let pooled = match &direct {
+        Ok(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => None,
+        // Every integration-test binary (e2e, faults, load, …), not `-p e2e`: that unifies features differently
+        // and would rebuild ~100 crates that round 1 already built.
+        Ok(_) => {
+            Some(test_round(&clock, true, &["test", "--workspace", "--test", "*"], &args).await)
+        }
+        Err(_) => None,
+    };
+    interrupts.abort();
+    let direct = direct?;
+    let code = match pooled {
+        None => {
+            clock.say("the round through PgBouncer was skipped");
+            if direct == 0 { 130 } else { direct }
+        }
+        Some(Ok(pooled)) => {
+            clock.say(format!(
+                "direct to Postgres: exit {direct}; through PgBouncer: exit {pooled}"
+            ));
+            if direct != 0 { direct } else { pooled }
+        }
+        Some(Err(e)) => {
+            eprintln!("the round through PgBouncer failed to start: {e:#}");
+            if direct == 0 { 1 } else { direct }
+        }
+    };
+    clock.say(format!(
+        "total {:.1}s, exit code {code}",
+        clock.start.elapsed().as_secs_f64()
+    ));
+    Ok(code)
+}
+
+/// `up`, `cargo <cargo_args> <args>` with the stack's environment, the bench's smoke run (direct round), `down`,
+/// then the secret scan of the logs.
+async fn test_round(
+    clock: &Clock,
+    pooler: bool,
+    cargo_args: &[&str],
+    args: &[String],
+) -> anyhow::Result<i32> {
+    let paths = Paths::new();
+    let env = up(pooler).await?;
+    let command = format!("cargo {} {}", cargo_args.join(" "), args.join(" "));
+    clock.say(if pooler {
+        format!("{command} (functions through PgBouncer)")
+    } else {
+        command
+    });
     let step = clock.step();
     let status = tokio::process::Command::from(without_cargo_vars(Command::new(cargo())))
-        .args(["test", "--workspace"])
-        .args(&args)
+        .args(cargo_args)
+        .args(args)
         .current_dir(&paths.root)
         .envs(env.iter())
         .status()
@@ -682,8 +761,20 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
         }
     };
     clock.done(step, format!("cargo test exited with {code}"));
+    // The bench's smoke run on the same stack (direct round only), so the bench cannot rot unnoticed.
+    let code = if pooler {
+        code
+    } else {
+        clock.say("cargo xtask bench --smoke");
+        match crate::bench::run(true, None).await {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("bench smoke run failed: {e:#}");
+                if code == 0 { 1 } else { code }
+            }
+        }
+    };
     let stopped = tokio::task::spawn_blocking(down).await;
-    interrupts.abort();
     let code = match secret_scan::scan(&env, &paths.logs) {
         Ok(found) if found.is_empty() => {
             clock.say("secret scan: no secret value in any log file of the stack");
@@ -700,7 +791,7 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
             if code == 0 { 1 } else { code }
         }
     };
-    let code = match stopped {
+    Ok(match stopped {
         Ok(Ok(())) => code,
         Ok(Err(e)) => {
             eprintln!("stack down failed: {e:#}");
@@ -710,18 +801,13 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
             eprintln!("stack down panicked: {e}");
             if code == 0 { 1 } else { code }
         }
-    };
-    clock.say(format!(
-        "total {:.1}s, exit code {code}",
-        clock.start.elapsed().as_secs_f64()
-    ));
-    Ok(code)
+    })
 }
 
 /// `up`, then one round trip through the emulator and the webhook function. Leaves the stack up.
 pub async fn demo() -> anyhow::Result<()> {
     let clock = Clock::new();
-    let env = up().await?;
+    let env = up(false).await?;
     let result = demo::run(&env, &clock).await;
     clock.say("the stack is left up (stop it with `cargo xtask stack down`)");
     result

@@ -41,10 +41,10 @@ async fn submit(text: &str, directives: &str) -> (Uuid, String, String) {
 
 /// One webhook delivery as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Captured {
+pub(crate) struct Captured {
     /// Header names lower-cased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Captured {
@@ -57,7 +57,7 @@ impl Captured {
     }
 
     /// Only fal's signature headers (and the content type), ready to replay.
-    fn fal_headers(&self) -> Vec<(String, String)> {
+    pub(crate) fn fal_headers(&self) -> Vec<(String, String)> {
         self.headers
             .iter()
             .filter(|(k, _)| k.starts_with("x-fal-webhook-") || k == "content-type")
@@ -81,7 +81,7 @@ impl Captured {
 
 /// A real, fresh, emulator-signed delivery: the emulator is made to deliver one webhook to a listener of this
 /// test on 127.0.0.1, which records it and answers 200.
-async fn capture_delivery() -> Captured {
+pub(crate) async fn capture_delivery() -> Captured {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     let mut url = url::Url::parse(&format!(
@@ -157,7 +157,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Captured {
 }
 
 /// POSTs to the webhook function URL with the given query, headers and raw body; returns status and body text.
-async fn post_webhook(
+pub(crate) async fn post_webhook(
     query: &[(&str, &str)],
     headers: &[(String, String)],
     body: Vec<u8>,

@@ -5,6 +5,8 @@
 mod common;
 mod support;
 
+mod bad_input;
+mod events;
 mod fal_image;
 mod fal_webhook;
 mod reconciler;

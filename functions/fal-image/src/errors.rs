@@ -39,7 +39,9 @@ impl From<AuthError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match &e {
-            SubmitError::ModelNotFound | SubmitError::ProviderNotFal => {
+            SubmitError::ModelNotFound
+            | SubmitError::ProviderNotFal
+            | SubmitError::BadModelOverride => {
                 ApiError::new(StatusCode::BAD_REQUEST, &e.to_string())
             }
             SubmitError::NoModels => {

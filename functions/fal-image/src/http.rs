@@ -134,6 +134,13 @@ fn parse_body(state: &AppState, req: &Request) -> Result<GenerationRequest, ApiE
             "Request body must be a JSON object",
         ));
     }
+    // Postgres cannot store U+0000; such a request can never succeed, so it is the caller's error.
+    if gen_pipeline::json::has_nul(&value) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Request contains NUL characters",
+        ));
+    }
     serde_json::from_value(value).map_err(|e| {
         ApiError::with_details(
             StatusCode::BAD_REQUEST,

@@ -1,5 +1,6 @@
 //! The stack's own tools, pinned, in a Python virtualenv under `target/stack/venv`: moto (S3 and Secrets
-//! Manager) and cargo-lambda (which runs the functions). Nothing installed system-wide is used for these.
+//! Manager), cargo-lambda (which runs the functions) and, for release builds, zig. Nothing installed
+//! system-wide is used for these.
 
 use std::fs::OpenOptions;
 use std::process::Stdio;
@@ -10,6 +11,8 @@ use super::{Clock, Paths};
 
 pub const MOTO: &str = "moto[server]==5.2.5";
 pub const CARGO_LAMBDA: &str = "cargo-lambda==1.9.2";
+/// The zig that cargo-lambda cross-compiles release builds with (`cargo xtask package`, `sam build`).
+pub const ZIGLANG: &str = "ziglang==0.17.1";
 
 /// Creates the venv and installs the pinned packages that are missing (or whose pin changed).
 pub async fn ensure(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
@@ -52,15 +55,44 @@ pub async fn ensure(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
         clock.say(format!("tools present: {MOTO}, {CARGO_LAMBDA}"));
         return Ok(());
     }
+    pip_install(paths, clock, &wanted).await?;
+    std::fs::write(&marker, pins)?;
+    Ok(())
+}
+
+/// Installs ziglang, pinned, into the venv (made by [`ensure`]) unless that version is there already.
+pub async fn ensure_ziglang(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
+    let wanted = ZIGLANG.trim_start_matches("ziglang==");
+    let out = tokio::process::Command::new(paths.venv.join("bin").join("python"))
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('ziglang'))",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .context("cannot run the venv's python")?;
+    let installed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && installed == wanted {
+        clock.say(format!("tools present: {ZIGLANG}"));
+        return Ok(());
+    }
+    pip_install(paths, clock, &[ZIGLANG]).await
+}
+
+/// `pip install` of pinned packages into the venv, logged to `logs/pip.log`.
+async fn pip_install(paths: &Paths, clock: &Clock, wanted: &[&str]) -> anyhow::Result<()> {
+    let log = paths.logs.join("pip.log");
     let step = clock.step();
     clock.say(format!(
         "pip install {} (log: logs/pip.log)",
         wanted.join(" ")
     ));
     let out = OpenOptions::new().create(true).append(true).open(&log)?;
-    let status = tokio::process::Command::new(bin.join("pip"))
+    let status = tokio::process::Command::new(paths.venv.join("bin").join("pip"))
         .args(["install", "--disable-pip-version-check", "--no-input"])
-        .args(&wanted)
+        .args(wanted)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -70,7 +102,6 @@ pub async fn ensure(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
     if !status.success() {
         bail!("pip install failed ({status}); see {}", log.display());
     }
-    std::fs::write(&marker, pins)?;
     clock.done(step, format!("pip installed {}", wanted.join(" ")));
     Ok(())
 }

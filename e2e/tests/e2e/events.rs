@@ -1,0 +1,135 @@
+//! The files of `events/`, replayed through the runtime API of the running `cargo lambda watch` exactly as
+//! `cargo lambda invoke --data-file` sends them, answer what the README's "Replaying events" table says.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::common::{stack_var, workspace_root};
+use crate::support::{db, http};
+
+/// The `sub` claim of the authenticated fal-image events.
+const EVENTS_USER: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_00000000e0e0);
+/// Stands for the deployment's webhook secret in the webhook events' query strings.
+const SECRET_PLACEHOLDER: &str = "REPLACE_WITH_FAL_WEBHOOK_SECRET";
+const README_SECTION: &str = "## Replaying events";
+
+/// `events/<function>/<name>.json` paths (relative to the workspace root) with their function.
+fn event_files() -> Vec<(String, String)> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(root.join("events")).expect("events/ exists") {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let function = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            if file.extension().is_some_and(|e| e == "json") {
+                let rel = file
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, function.clone()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The README's table: event file -> documented status code (the first number of the "answer" cell).
+fn documented_outcomes() -> BTreeMap<String, u16> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let section = readme
+        .split_once(README_SECTION)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("README.md has no \"{README_SECTION}\" section"));
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().trim_matches('|').split('|').collect();
+            let file = cells.first()?.trim().strip_prefix("`events/")?;
+            let file = format!("events/{}", file.strip_suffix('`')?);
+            let status: String = cells
+                .get(1)?
+                .trim()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            Some((file, status.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn invoke(function: &str, event: &Value) -> Value {
+    http()
+        .post(format!(
+            "{}/2015-03-31/functions/{function}/invocations",
+            stack_var("LAMBDA_WATCH_URL")
+        ))
+        .json(event)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn load(rel: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(Path::new(rel))).unwrap()
+}
+
+#[tokio::test]
+async fn every_event_file_answers_its_documented_status() {
+    // The authenticated events name a fixed user; the job ids of the status and cancel events exist for no one.
+    gen_pipeline::db::users::ensure(&db().await, EVENTS_USER)
+        .await
+        .unwrap();
+    let files = event_files();
+    let documented = documented_outcomes();
+    let on_disk: Vec<&String> = files.iter().map(|(f, _)| f).collect();
+    let in_readme: Vec<&String> = documented.keys().collect();
+    assert_eq!(
+        on_disk, in_readme,
+        "every file of events/ needs a row in the README's \"Replaying events\" table, and every row a file"
+    );
+    assert!(!files.is_empty());
+
+    let mut wrong = Vec::new();
+    for (file, function) in &files {
+        let event: Value = serde_json::from_str(&load(file)).unwrap();
+        let answer = invoke(function, &event).await;
+        let expected = documented[file];
+        if answer["statusCode"] != expected {
+            wrong.push(format!("{file}: expected {expected}, got {answer}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_is_refused_even_with_the_right_secret() {
+    let secret = stack_var("FAL_WEBHOOK_SECRET");
+    let replayable: Vec<(String, String)> = event_files()
+        .into_iter()
+        .filter(|(f, function)| function == "fal-webhook" && load(f).contains(SECRET_PLACEHOLDER))
+        .collect();
+    assert!(
+        replayable.len() >= 3,
+        "the OK, ERROR and payload-null events carry the placeholder"
+    );
+    for (file, function) in replayable {
+        // Past the secret check, the stale signature headers must still be refused.
+        let event: Value =
+            serde_json::from_str(&load(&file).replace(SECRET_PLACEHOLDER, &secret)).unwrap();
+        let answer = invoke(&function, &event).await;
+        assert_eq!(answer["statusCode"], 401, "{file}: {answer}");
+    }
+}

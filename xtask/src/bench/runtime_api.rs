@@ -1,0 +1,228 @@
+//! A minimal Lambda runtime API on 127.0.0.1, enough to start a function binary as Lambda does: the Extensions
+//! API's register and event/next (held open), the runtime's invocation/next (arrival recorded; an event served
+//! when one is queued, else held open) and the response and error posts.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::watch;
+
+/// What the function posted for an invocation (or for its init).
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub request_id: String,
+    /// `response`, `error` or `init-error`.
+    pub kind: &'static str,
+    pub body: Bytes,
+}
+
+struct Shared {
+    /// When the first `GET /runtime/invocation/next` arrived: the end of init.
+    first_next: watch::Sender<Option<Instant>>,
+    events: Mutex<VecDeque<(String, Vec<u8>)>>,
+    posted: watch::Sender<Vec<Posted>>,
+    /// Flipped on drop, so held-open requests end and their connections close.
+    shutdown: watch::Sender<bool>,
+}
+
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RuntimeApi {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind the runtime API")?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            first_next: watch::channel(None).0,
+            events: Mutex::new(VecDeque::new()),
+            posted: watch::channel(Vec::new()).0,
+            shutdown: watch::channel(false).0,
+        });
+        let app = Router::new()
+            .route("/2020-01-01/extension/register", post(register))
+            .route("/2020-01-01/extension/event/next", get(extension_next))
+            .route("/2018-06-01/runtime/invocation/next", get(invocation_next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(invocation_response),
+            )
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(invocation_error),
+            )
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .with_state(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        Ok(RuntimeApi {
+            addr,
+            shared,
+            server,
+        })
+    }
+
+    /// Queues an event for the next `invocation/next`.
+    pub fn push_event(&self, request_id: &str, event: Vec<u8>) {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((request_id.to_owned(), event));
+    }
+
+    /// When the first `invocation/next` arrived, waiting for it up to `timeout`.
+    pub async fn first_next(&self, timeout: Duration) -> anyhow::Result<Instant> {
+        let mut rx = self.shared.first_next.subscribe();
+        match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(at)) => Ok(at.expect("waited for Some")),
+            Ok(Err(_)) => bail!("runtime API closed"),
+            Err(_) => bail!("no invocation/next within {timeout:?}"),
+        }
+    }
+
+    /// The first response or error posted for `request_id`, or an init error, waiting up to `timeout`.
+    pub async fn posted(&self, request_id: &str, timeout: Duration) -> anyhow::Result<Posted> {
+        let mut rx = self.shared.posted.subscribe();
+        let found = |all: &Vec<Posted>| {
+            all.iter()
+                .find(|p| p.request_id == request_id || p.kind == "init-error")
+                .cloned()
+        };
+        match tokio::time::timeout(timeout, rx.wait_for(|all| found(all).is_some())).await {
+            Ok(Ok(all)) => Ok(found(&all).expect("waited for it")),
+            Ok(Err(_)) => bail!("runtime API closed"),
+            Err(_) => bail!("no response for invocation {request_id} within {timeout:?}"),
+        }
+    }
+
+    /// An init error, if the function reported one.
+    pub fn init_error(&self) -> Option<Posted> {
+        self.shared
+            .posted
+            .borrow()
+            .iter()
+            .find(|p| p.kind == "init-error")
+            .cloned()
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        // Graceful shutdown waits for open connections; a killed function's are already gone, and nothing else
+        // needs this server once its owner is done.
+        self.server.abort();
+    }
+}
+
+async fn register() -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "Lambda-Extension-Identifier",
+        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a uuid is a header value"),
+    );
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    (
+        StatusCode::OK,
+        headers,
+        r#"{"functionName":"f","functionVersion":"$LATEST","handler":"bootstrap"}"#,
+    )
+        .into_response()
+}
+
+/// Held open: the bench never sends extension events (the after-response extension has nothing to wait for).
+async fn extension_next(State(shared): State<Arc<Shared>>) -> Response {
+    hold(&shared).await
+}
+
+async fn invocation_next(State(shared): State<Arc<Shared>>) -> Response {
+    let now = Instant::now();
+    shared.first_next.send_if_modified(|at| {
+        if at.is_none() {
+            *at = Some(now);
+            true
+        } else {
+            false
+        }
+    });
+    let event = shared
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front();
+    let Some((request_id, body)) = event else {
+        return hold(&shared).await;
+    };
+    let deadline_ms = chrono::Utc::now().timestamp_millis() + 15 * 60 * 1000;
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("lambda-runtime-aws-request-id", request_id);
+    put("lambda-runtime-deadline-ms", deadline_ms.to_string());
+    put(
+        "lambda-runtime-invoked-function-arn",
+        "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+    );
+    put("content-type", "application/json".into());
+    (StatusCode::OK, headers, body).into_response()
+}
+
+async fn hold(shared: &Shared) -> Response {
+    let mut stop = shared.shutdown.subscribe();
+    let _ = stop.wait_for(|s| *s).await;
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
+fn record(shared: &Shared, request_id: String, kind: &'static str, body: Bytes) -> Response {
+    shared.posted.send_modify(|all| {
+        all.push(Posted {
+            request_id,
+            kind,
+            body,
+        })
+    });
+    (StatusCode::ACCEPTED, r#"{"status":"OK"}"#).into_response()
+}
+
+async fn invocation_response(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    record(&shared, id, "response", body)
+}
+
+async fn invocation_error(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    record(&shared, id, "error", body)
+}
+
+async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    record(&shared, String::new(), "init-error", body)
+}
