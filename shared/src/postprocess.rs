@@ -113,17 +113,13 @@ fn seed_of(job: &db::jobs::JobRecord) -> Option<i64> {
     s.as_i64()
 }
 
-fn library_row(
-    job: &db::jobs::JobRecord,
-    asset: &db::assets::AssetRow,
-    storage_path: String,
-    thumbnail_path: Option<String>,
-) -> pp::LibraryRow {
+fn library_row(job: &db::jobs::JobRecord, asset: &db::assets::AssetRow) -> pp::LibraryRow {
     pp::LibraryRow {
         user_id: job.user_id,
         asset_type: asset.asset_type.clone(),
-        storage_path,
-        thumbnail_path,
+        // Set by the step that copies the file.
+        storage_path: String::new(),
+        thumbnail_path: None,
         file_size_bytes: asset.file_size_bytes,
         mime_type: asset.mime_type.clone(),
         original_prompt: job.original_prompt.clone().unwrap_or_default(),
@@ -138,6 +134,79 @@ fn library_row(
     }
 }
 
+/// What a library step points at its copy once it is in the library.
+enum Pointer {
+    Character { id: Uuid, seed: Option<i64> },
+    Scene { id: Uuid },
+}
+
+/// A step that copies the result (and its thumbnail) into the library under deterministic keys, then in ONE
+/// transaction records the step, inserts the library row and points the character or scene at the copy.
+struct LibraryStep {
+    step: &'static str,
+    key: String,
+    thumbnail_key: Option<String>,
+    row: pp::LibraryRow,
+    pointer: Pointer,
+}
+
+async fn run_library_step(
+    state: &AppState,
+    settings: &Settings,
+    job: &db::jobs::JobRecord,
+    asset: &db::assets::AssetRow,
+    mut s: LibraryStep,
+) -> Result<bool, PostProcessError> {
+    let c = &settings.config;
+    {
+        let client = state.db.client(&settings.secrets.database_url).await?;
+        if pp::step_done(&**client, job.id, s.step).await? {
+            return Ok(false);
+        }
+    }
+    state
+        .storage
+        .copy(
+            &c.workspace_bucket,
+            &asset.temp_storage_path,
+            &c.library_bucket,
+            &s.key,
+        )
+        .await?;
+    s.row.storage_path = s.key.clone();
+    s.row.thumbnail_path = match (&asset.thumbnail_path, s.thumbnail_key) {
+        (Some(thumb), Some(tkey)) => state
+            .storage
+            .copy(&c.workspace_bucket, thumb, &c.library_bucket, &tkey)
+            .await
+            .ok()
+            .map(|_| tkey),
+        _ => None,
+    };
+    let url = format!("{}/{}", c.library_bucket, s.key);
+    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let tx = client.transaction().await?;
+    if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    pp::insert_library(&*tx, &s.row).await?;
+    match s.pointer {
+        Pointer::Character { id, seed } => {
+            pp::set_character_image(&*tx, id, job.user_id, &url, seed).await?
+        }
+        Pointer::Scene { id } => pp::set_scene_image(&*tx, id, job.user_id, &url).await?,
+    };
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn character_name(job: &db::jobs::JobRecord) -> Option<&Value> {
+    job.metadata
+        .get("character_name")
+        .or_else(|| job.metadata.get("characterName"))
+}
+
 /// `character_portrait`: the character points at the portrait, copied into the library.
 async fn portrait(
     state: &AppState,
@@ -148,42 +217,8 @@ async fn portrait(
     let Some(character_id) = uuid_in(&job.metadata, "character_id") else {
         return Ok(false);
     };
-    let c = &settings.config;
-    {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        if pp::step_done(&**client, job.id, STEP_PORTRAIT).await? {
-            return Ok(false);
-        }
-    }
-    let key = format!(
-        "{}/{}_{}.{}",
-        job.user_id,
-        job.id,
-        character_id,
-        ext_of(&asset.temp_storage_path)
-    );
-    state
-        .storage
-        .copy(
-            &c.workspace_bucket,
-            &asset.temp_storage_path,
-            &c.library_bucket,
-            &key,
-        )
-        .await?;
-    let thumb = match &asset.thumbnail_path {
-        Some(t) => {
-            let tkey = format!("{}/{}_{}.thumb.webp", job.user_id, job.id, character_id);
-            state
-                .storage
-                .copy(&c.workspace_bucket, t, &c.library_bucket, &tkey)
-                .await
-                .ok()
-                .map(|_| tkey)
-        }
-        None => None,
-    };
-    let mut row = library_row(job, asset, key.clone(), thumb);
+    let base = format!("{}/{}_{}", job.user_id, job.id, character_id);
+    let mut row = library_row(job, asset);
     row.tags = vec!["character".into(), "portrait".into()];
     row.character_id = Some(character_id);
     row.output_type = Some("portrait".into());
@@ -191,26 +226,20 @@ async fn portrait(
     row.roleplay_metadata = json!({
         "type": "character_portrait",
         "character_id": character_id,
-        "character_name": job.metadata.get("character_name").or_else(|| job.metadata.get("characterName")),
+        "character_name": character_name(job),
         "job_id": job.id,
     });
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
-    let tx = client.transaction().await?;
-    if !pp::record_step(&*tx, job.id, STEP_PORTRAIT, &json!({ "storage_path": key })).await? {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    pp::insert_library(&*tx, &row).await?;
-    pp::set_character_image(
-        &*tx,
-        character_id,
-        job.user_id,
-        &format!("{}/{key}", c.library_bucket),
-        seed_of(job),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    let step = LibraryStep {
+        step: STEP_PORTRAIT,
+        key: format!("{base}.{}", ext_of(&asset.temp_storage_path)),
+        thumbnail_key: Some(format!("{base}.thumb.webp")),
+        row,
+        pointer: Pointer::Character {
+            id: character_id,
+            seed: seed_of(job),
+        },
+    };
+    run_library_step(state, settings, job, asset, step).await
 }
 
 /// `character_scene` / `roleplay_scene`: the scene image, copied into the library.
@@ -223,31 +252,7 @@ async fn scene(
     let Some(scene_id) = uuid_in(&job.metadata, "scene_id") else {
         return Ok(false);
     };
-    let c = &settings.config;
-    {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        if pp::step_done(&**client, job.id, STEP_SCENE).await? {
-            return Ok(false);
-        }
-    }
-    // Deterministic instead of the original's timestamp, so a re-run writes the same object.
-    let key = format!(
-        "{}/scenes/{}_{}.{}",
-        job.user_id,
-        scene_id,
-        job.id,
-        ext_of(&asset.temp_storage_path)
-    );
-    state
-        .storage
-        .copy(
-            &c.workspace_bucket,
-            &asset.temp_storage_path,
-            &c.library_bucket,
-            &key,
-        )
-        .await?;
-    let mut row = library_row(job, asset, key.clone(), None);
+    let mut row = library_row(job, asset);
     row.tags = vec!["scene".into(), "roleplay".into()];
     row.character_id = uuid_in(&job.metadata, "character_id");
     row.content_category = "scene".into();
@@ -255,25 +260,24 @@ async fn scene(
         "type": "roleplay_scene",
         "scene_id": scene_id,
         "character_id": job.metadata.get("character_id"),
-        "character_name": job.metadata.get("character_name").or_else(|| job.metadata.get("characterName")),
+        "character_name": character_name(job),
         "conversation_id": job.metadata.get("conversation_id"),
     });
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
-    let tx = client.transaction().await?;
-    if !pp::record_step(&*tx, job.id, STEP_SCENE, &json!({ "storage_path": key })).await? {
-        tx.rollback().await?;
-        return Ok(false);
-    }
-    pp::insert_library(&*tx, &row).await?;
-    pp::set_scene_image(
-        &*tx,
-        scene_id,
-        job.user_id,
-        &format!("{}/{key}", c.library_bucket),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    let step = LibraryStep {
+        step: STEP_SCENE,
+        // Deterministic instead of the original's timestamp, so a re-run writes the same object.
+        key: format!(
+            "{}/scenes/{}_{}.{}",
+            job.user_id,
+            scene_id,
+            job.id,
+            ext_of(&asset.temp_storage_path)
+        ),
+        thumbnail_key: None,
+        row,
+        pointer: Pointer::Scene { id: scene_id },
+    };
+    run_library_step(state, settings, job, asset, step).await
 }
 
 /// A storyboard clip's video: completed with a 7-day URL of the stored result.
