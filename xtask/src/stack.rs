@@ -692,14 +692,26 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
             eprintln!("interrupted: the stack is stopped once the tests have exited");
         }
     });
-    let direct = test_round(&clock, false, &["test", "--workspace"], &args).await;
+    let direct = test_round(
+        &clock,
+        false,
+        &["test", "--workspace", "--no-fail-fast"],
+        &args,
+    )
+    .await;
     let pooled = match &direct {
         Ok(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => None,
         // Every integration-test binary (e2e, faults, load, …), not `-p e2e`: that unifies features differently
         // and would rebuild ~100 crates that round 1 already built.
-        Ok(_) => {
-            Some(test_round(&clock, true, &["test", "--workspace", "--test", "*"], &args).await)
-        }
+        Ok(_) => Some(
+            test_round(
+                &clock,
+                true,
+                &["test", "--workspace", "--no-fail-fast", "--test", "*"],
+                &args,
+            )
+            .await,
+        ),
         Err(_) => None,
     };
     interrupts.abort();
