@@ -112,7 +112,10 @@ pub async fn submit_generation(
     user_id: Uuid,
     req: GenerationRequest,
 ) -> Result<SubmitResult, SubmitError> {
-    let model = resolve_model(state, settings, &req).await?;
+    // One connection for the queue route's statements: each checkout costs a liveness round trip. Released
+    // before anything that takes connections of its own (sync completion, failing the job).
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    let model = resolve_model(&client, &req).await?;
     if model.provider_name != "fal" {
         return Err(SubmitError::ProviderNotFal);
     }
@@ -216,10 +219,7 @@ pub async fn submit_generation(
         format: modality.as_str().to_owned(),
         metadata: Value::Object(metadata),
     };
-    let job_id = {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        db::jobs::insert(&**client, &new_job).await?
-    };
+    let job_id = db::jobs::insert(&**client, &new_job).await?;
     tracing::info!(%job_id, %model_key, route = ?route, "job created");
     let usage_base = UsageBase {
         job_id,
@@ -240,30 +240,25 @@ pub async fn submit_generation(
             .await
         {
             Ok(submitted) => {
-                let client = state.db.client(&settings.secrets.database_url).await?;
-                db::jobs::merge_metadata(
-                    &**client,
-                    job_id,
-                    &json!({
-                        "fal_request_id": submitted.request_id,
-                        "fal_gateway_request_id": submitted.gateway_request_id,
-                        "fal_status_url": submitted.status_url,
-                        "fal_response_url": submitted.response_url,
-                        "fal_cancel_url": submitted.cancel_url,
-                    }),
-                )
-                .await?;
-                db::usage::insert_once(
-                    &**client,
-                    &usage_base.row(
-                        None,
-                        0,
-                        None,
-                        None,
-                        json!({"request_id": submitted.request_id, "async": true, "model_key": model_key}),
-                    ),
-                )
-                .await?;
+                let urls = json!({
+                    "fal_request_id": submitted.request_id,
+                    "fal_gateway_request_id": submitted.gateway_request_id,
+                    "fal_status_url": submitted.status_url,
+                    "fal_response_url": submitted.response_url,
+                    "fal_cancel_url": submitted.cancel_url,
+                });
+                let usage = usage_base.row(
+                    None,
+                    0,
+                    None,
+                    None,
+                    json!({"request_id": submitted.request_id, "async": true, "model_key": model_key}),
+                );
+                // Independent statements, pipelined on the one connection.
+                tokio::try_join!(
+                    db::jobs::merge_metadata(&**client, job_id, &urls),
+                    db::usage::insert_once(&**client, &usage),
+                )?;
                 return Ok(SubmitResult {
                     answer: Submitted::Queued {
                         job_id,
@@ -273,6 +268,7 @@ pub async fn submit_generation(
                 });
             }
             Err(error) if error.is_caller_error() => {
+                drop(client);
                 let message = format!("Async submission failed: {}", describe(&error));
                 fail_job(state, settings, job_id, &message).await?;
                 return Err(SubmitError::Fal { job_id, error });
@@ -280,7 +276,6 @@ pub async fn submit_generation(
             Err(error) => {
                 // Not the caller's fault: run it on the sync host instead.
                 tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
-                let client = state.db.client(&settings.secrets.database_url).await?;
                 db::jobs::transition(
                     &**client,
                     job_id,
@@ -293,6 +288,7 @@ pub async fn submit_generation(
         }
     }
 
+    drop(client);
     let started = Instant::now();
     let output = match state.fal(settings).run(&sync_endpoint, &built.input).await {
         Ok(o) => o,
@@ -472,11 +468,9 @@ impl UsageBase {
 }
 
 async fn resolve_model(
-    state: &AppState,
-    settings: &Settings,
+    client: &tokio_postgres::Client,
     req: &GenerationRequest,
 ) -> Result<ModelRow, SubmitError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
     if let Some(id) = req
         .api_model_id
         .as_deref()
@@ -484,7 +478,7 @@ async fn resolve_model(
         .filter(|s| !s.is_empty())
     {
         let id = Uuid::parse_str(id).map_err(|_| SubmitError::ModelNotFound)?;
-        return db::models::active_by_id(&**client, id)
+        return db::models::active_by_id(client, id)
             .await?
             .ok_or(SubmitError::ModelNotFound);
     }
@@ -492,7 +486,7 @@ async fn resolve_model(
         Modality::Video => ("video", "t2v"),
         Modality::Image => ("image", "t2i"),
     };
-    db::models::default_for(&**client, modality, task)
+    db::models::default_for(client, modality, task)
         .await?
         .ok_or(SubmitError::NoModels)
 }
