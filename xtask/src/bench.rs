@@ -5,6 +5,7 @@
 
 mod capture;
 mod child;
+mod cpu;
 mod deliveries;
 mod init;
 mod memory;
@@ -109,7 +110,13 @@ async fn bench(
         (bin_dir, exe)
     } else {
         let build_dir = paths.root.join(BUILD_DIR);
-        cargo_build(paths, clock, &["--release", "--bin", "xtask"], Some(&build_dir)).await?;
+        cargo_build(
+            paths,
+            clock,
+            &["--release", "--bin", "xtask"],
+            Some(&build_dir),
+        )
+        .await?;
         let release = build_dir.join("release");
         (release.clone(), release.join("xtask"))
     };

@@ -110,7 +110,9 @@ impl Capture {
                 return Ok(d);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                bail!("the emulator did not deliver the webhook of {request_id} within {timeout:?}");
+                bail!(
+                    "the emulator did not deliver the webhook of {request_id} within {timeout:?}"
+                );
             }
         }
     }
@@ -149,7 +151,11 @@ async fn receive(
 }
 
 /// A generation request for the seeded async (queue) model.
-pub fn queue_request(model_id: &str, text: &str, directives: &str) -> anyhow::Result<gen_pipeline::input::GenerationRequest> {
+pub fn queue_request(
+    model_id: &str,
+    text: &str,
+    directives: &str,
+) -> anyhow::Result<gen_pipeline::input::GenerationRequest> {
     serde_json::from_value(json!({
         "prompt": format!("{text} {} {directives}", Uuid::new_v4().simple()),
         "apiModelId": model_id,

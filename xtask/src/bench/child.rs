@@ -170,12 +170,14 @@ impl Ctx {
 }
 
 fn var(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} is not set (the bench passes the stack's environment)"))
+    std::env::var(name)
+        .with_context(|| format!("{name} is not set (the bench passes the stack's environment)"))
 }
 
 pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_slice(
-        &std::fs::read(plan_path).with_context(|| format!("cannot read {}", plan_path.display()))?,
+        &std::fs::read(plan_path)
+            .with_context(|| format!("cannot read {}", plan_path.display()))?,
     )?;
     let webhook_url = var("FAL_WEBHOOK_URL")?;
     let capture_addr: SocketAddr = url::Url::parse(&webhook_url)?
@@ -210,46 +212,65 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let say = |msg: String| println!("[bench {:>6.1}s] {msg}", started.elapsed().as_secs_f64());
 
-    say(format!("cold init: {} starts of each function", sizes.init_starts));
-    m.init = record(&mut m, "init", init::measure(&ctx.plan, sizes.init_starts)).await;
-    say(format!(
-        "submit overhead: {} use-case/floor pairs",
-        sizes.submit_iterations
-    ));
-    m.submit = record(&mut m, "submit", submit::measure(&ctx, sizes.submit_iterations)).await;
-    say(format!(
-        "transfer: {} MiB x {} repetitions",
-        sizes.transfer_bytes >> 20,
-        sizes.transfer_reps
-    ));
-    m.transfer = record(
-        &mut m,
-        "transfer",
-        transfer::measure(&ctx, sizes.transfer_bytes, sizes.transfer_reps),
-    )
-    .await;
-    say(format!(
-        "memory: fal-webhook moving {} MiB, {} processes",
-        sizes.memory_bytes >> 20,
-        sizes.memory_reps
-    ));
-    let webhook_bin = ctx.plan.bin_dir.join("fal-webhook");
-    m.memory = record(
-        &mut m,
-        "memory",
-        memory::measure(&ctx, &webhook_bin, sizes.memory_bytes, sizes.memory_reps),
-    )
-    .await;
-    say(format!(
-        "deliveries: {} jobs x {} deliveries, {} in flight",
-        sizes.jobs, sizes.deliveries_per_job, sizes.in_flight
-    ));
-    m.deliveries = record(
-        &mut m,
-        "deliveries",
-        deliveries::measure(&ctx, sizes.jobs, sizes.deliveries_per_job, sizes.in_flight),
-    )
-    .await;
+    // A size of 0 skips a figure (for profiling one figure with a hand-written plan).
+    if sizes.init_starts > 0 {
+        say(format!(
+            "cold init: {} starts of each function",
+            sizes.init_starts
+        ));
+        m.init = record(&mut m, "init", init::measure(&ctx.plan, sizes.init_starts)).await;
+    }
+    if sizes.submit_iterations > 0 {
+        say(format!(
+            "submit overhead: {} use-case/floor pairs",
+            sizes.submit_iterations
+        ));
+        m.submit = record(
+            &mut m,
+            "submit",
+            submit::measure(&ctx, sizes.submit_iterations),
+        )
+        .await;
+    }
+    if sizes.transfer_reps > 0 {
+        say(format!(
+            "transfer: {} MiB x {} repetitions",
+            sizes.transfer_bytes >> 20,
+            sizes.transfer_reps
+        ));
+        m.transfer = record(
+            &mut m,
+            "transfer",
+            transfer::measure(&ctx, sizes.transfer_bytes, sizes.transfer_reps),
+        )
+        .await;
+    }
+    if sizes.memory_reps > 0 {
+        say(format!(
+            "memory: fal-webhook moving {} MiB, {} processes",
+            sizes.memory_bytes >> 20,
+            sizes.memory_reps
+        ));
+        let webhook_bin = ctx.plan.bin_dir.join("fal-webhook");
+        m.memory = record(
+            &mut m,
+            "memory",
+            memory::measure(&ctx, &webhook_bin, sizes.memory_bytes, sizes.memory_reps),
+        )
+        .await;
+    }
+    if sizes.jobs > 0 && sizes.deliveries_per_job > 0 && sizes.in_flight > 0 {
+        say(format!(
+            "deliveries: {} jobs x {} deliveries, {} in flight",
+            sizes.jobs, sizes.deliveries_per_job, sizes.in_flight
+        ));
+        m.deliveries = record(
+            &mut m,
+            "deliveries",
+            deliveries::measure(&ctx, sizes.jobs, sizes.deliveries_per_job, sizes.in_flight),
+        )
+        .await;
+    }
     say("measurements done".into());
     std::fs::write(&ctx.plan.out, serde_json::to_vec_pretty(&m)?)
         .with_context(|| format!("cannot write {}", ctx.plan.out.display()))?;

@@ -82,8 +82,12 @@ pub async fn measure(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for state in workers {
-        let (work, next, answers, latencies) =
-            (work.clone(), next.clone(), answers.clone(), latencies.clone());
+        let (work, next, answers, latencies) = (
+            work.clone(),
+            next.clone(),
+            answers.clone(),
+            latencies.clone(),
+        );
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -102,7 +106,9 @@ pub async fn measure(
                     tokio::time::sleep(RETRY_PAUSE).await;
                 };
                 if kind == "retry" {
-                    bail!("a delivery of job {job_id} still answered 503 after {MAX_ATTEMPTS} tries");
+                    bail!(
+                        "a delivery of job {job_id} still answered 503 after {MAX_ATTEMPTS} tries"
+                    );
                 }
                 latencies.lock().await.push(ms(t.elapsed()));
             }
@@ -192,7 +198,11 @@ async fn count_duplicates(
         .await
         .context("duplicate check query")?;
     if rows.len() != ids.len() {
-        bail!("{} of {} jobs are missing", ids.len() - rows.len(), ids.len());
+        bail!(
+            "{} of {} jobs are missing",
+            ids.len() - rows.len(),
+            ids.len()
+        );
     }
     let objects = objects_per_job(ctx).await?;
     let surplus = |n: i64| n.saturating_sub(1).max(0) as usize;
@@ -230,7 +240,12 @@ async fn objects_per_job(ctx: &Ctx) -> anyhow::Result<HashMap<Uuid, i64>> {
             .await
             .context("listing the bench user's objects")?;
         for o in page.contents() {
-            let name = o.key().unwrap_or_default().rsplit('/').next().unwrap_or_default();
+            let name = o
+                .key()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
             if let Some((job, rest)) = name.split_once('_')
                 && rest.chars().next().is_some_and(|c| c.is_ascii_digit())
                 && !rest.contains(".thumb.")

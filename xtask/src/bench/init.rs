@@ -72,7 +72,12 @@ async fn cold_start(bin: &Path, function: &str, plan: &Plan) -> anyhow::Result<(
             String::from_utf8_lossy(&e.body)
         );
     }
-    measured.with_context(|| format!("see {}", plan.logs.join(format!("{function}.log")).display()))
+    measured.with_context(|| {
+        format!(
+            "see {}",
+            plan.logs.join(format!("{function}.log")).display()
+        )
+    })
 }
 
 /// The function binary with Lambda's environment: the runtime API, the function's identity and 128 MB, and the
@@ -92,7 +97,11 @@ pub fn lambda_command(
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     use std::io::Write as _;
     let mut marker = &log;
-    let _ = writeln!(marker, "--- bench {phase}: {}", chrono::Utc::now().to_rfc3339());
+    let _ = writeln!(
+        marker,
+        "--- bench {phase}: {}",
+        chrono::Utc::now().to_rfc3339()
+    );
     let mut cmd = tokio::process::Command::new(bin);
     cmd.env_clear()
         .envs(plan.function_env.iter().map(|(k, v)| (k, v)))
@@ -101,7 +110,10 @@ pub fn lambda_command(
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function}"))
+        .env(
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{function}"),
+        )
         .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
         .env("TZ", ":UTC")
         .env("LANG", "en_US.UTF-8")

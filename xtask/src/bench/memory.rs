@@ -29,7 +29,12 @@ pub struct MemorySamples {
 }
 
 /// `reps` fresh processes, each serving one delivery of a fresh job whose result is `bytes` long.
-pub async fn measure(ctx: &Ctx, bin: &Path, bytes: u64, reps: usize) -> anyhow::Result<MemorySamples> {
+pub async fn measure(
+    ctx: &Ctx,
+    bin: &Path,
+    bytes: u64,
+    reps: usize,
+) -> anyhow::Result<MemorySamples> {
     let mut out = MemorySamples {
         bytes,
         ..MemorySamples::default()

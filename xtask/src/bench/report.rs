@@ -1,6 +1,8 @@
 //! `target/bench/report.json` and the table printed from it: one key per figure (named after it), its target,
 //! the summaries (median and spread) and the raw samples.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
 
 use super::child::{Measured, Plan};
@@ -48,20 +50,19 @@ pub fn required_keys(smoke: bool) -> Vec<String> {
         .map(String::from),
     );
     if !smoke {
-        keys.extend(FUNCTIONS.iter().map(|f| format!("zip_mib_{}", f.replace('-', "_"))));
+        keys.extend(
+            FUNCTIONS
+                .iter()
+                .map(|f| format!("zip_mib_{}", f.replace('-', "_"))),
+        );
     }
     keys
 }
 
-pub fn build(
-    m: &Measured,
-    zips: &[Zip],
-    plan: &Plan,
-    started_at: &str,
-    seconds: f64,
-) -> Value {
+pub fn build(m: &Measured, zips: &[Zip], plan: &Plan, started_at: &str, seconds: f64) -> Value {
     let mut figures = Map::new();
     let mut summaries = Map::new();
+    let mut profile = Map::new();
     let mut put_summary = |name: String, s: Option<Summary>| {
         if let Some(s) = s {
             summaries.insert(name, json!(s));
@@ -109,6 +110,43 @@ pub fn build(
         put_summary("transfer_upload_ms".into(), Summary::of(&t.upload_ms));
         put_summary("transfer_download_ms".into(), Summary::of(&t.download_ms));
         put_summary("transfer_webhook_ms".into(), Summary::of(&t.webhook_ms));
+        put_summary(
+            "transfer_concurrent_ms".into(),
+            Summary::of(&t.concurrent_ms),
+        );
+        put_summary("transfer_sdk_parts_ms".into(), Summary::of(&t.sdk_parts_ms));
+        put_summary(
+            "transfer_sdk_complete_ms".into(),
+            Summary::of(&t.sdk_complete_ms),
+        );
+        let floor_ratio = Summary::of(&t.ratio_to_streaming_floor);
+        if let Some(r) = &floor_ratio {
+            figures.insert("transfer_ratio_to_streaming_floor".into(), json!(r.median));
+        }
+        put_summary("transfer_ratio_to_streaming_floor".into(), floor_ratio);
+        // The profile: median cores busy per phase, machine-wide and per process.
+        let mut cores: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+        for p in &t.cpu {
+            let phase = cores.entry(p.phase.clone()).or_default();
+            phase
+                .entry("machine".into())
+                .or_default()
+                .push(p.used.machine_cores);
+            for (name, c) in &p.used.by_process {
+                phase.entry(name.clone()).or_default().push(*c);
+            }
+        }
+        let medians: BTreeMap<String, BTreeMap<String, f64>> = cores
+            .into_iter()
+            .map(|(phase, by)| {
+                let by = by
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, Summary::of(&v)?.median)))
+                    .collect();
+                (phase, by)
+            })
+            .collect();
+        profile.insert("transfer_cores_busy_median".into(), json!(medians));
     }
     if let Some(mem) = &m.memory {
         let rss = Summary::of(&mem.peak_rss_mib);
@@ -117,7 +155,10 @@ pub fn build(
             figures.insert("webhook_peak_rss_mib_1gib".into(), json!(r.max));
         }
         put_summary("webhook_peak_rss_mib".into(), rss);
-        put_summary("webhook_invocation_ms".into(), Summary::of(&mem.invocation_ms));
+        put_summary(
+            "webhook_invocation_ms".into(),
+            Summary::of(&mem.invocation_ms),
+        );
     }
     if let Some(d) = &m.deliveries {
         figures.insert("deliveries_per_s".into(), json!(d.deliveries_per_s));
@@ -136,7 +177,10 @@ pub fn build(
         .filter_map(|k| target(k).map(|t| (k.clone(), json!({ "max": t }))))
         .collect();
     let mut report = figures;
-    report.insert("mode".into(), json!(if plan.smoke { "smoke" } else { "full" }));
+    report.insert(
+        "mode".into(),
+        json!(if plan.smoke { "smoke" } else { "full" }),
+    );
     report.insert("started_at".into(), json!(started_at));
     report.insert("bench_seconds".into(), json!(seconds));
     report.insert(
@@ -157,6 +201,7 @@ pub fn build(
     );
     report.insert("targets".into(), Value::Object(targets));
     report.insert("summaries".into(), Value::Object(summaries));
+    report.insert("profile".into(), Value::Object(profile));
     report.insert("errors".into(), json!(m.errors));
     report.insert("samples".into(), json!(m));
     Value::Object(report)
@@ -209,7 +254,11 @@ pub fn print_table(report: &Value) {
     };
     for f in FUNCTIONS {
         let f = f.replace('-', "_");
-        row(&format!("init_ms_p50_{f}"), 2, Some(&format!("init_ms_{f}")));
+        row(
+            &format!("init_ms_p50_{f}"),
+            2,
+            Some(&format!("init_ms_{f}")),
+        );
         row(&format!("init_ms_p95_{f}"), 2, None);
         row(
             &format!("init_peak_rss_mib_{f}"),
@@ -220,6 +269,11 @@ pub fn print_table(report: &Value) {
     }
     row("submit_overhead_ratio", 3, Some("submit_overhead_ratio"));
     row("transfer_ratio_256mib", 3, Some("transfer_ratio"));
+    row(
+        "transfer_ratio_to_streaming_floor",
+        3,
+        Some("transfer_ratio_to_streaming_floor"),
+    );
     row("transfer_media_rate_mb_per_s", 1, None);
     row("webhook_peak_rss_mib_1gib", 1, Some("webhook_peak_rss_mib"));
     row("deliveries_per_s", 1, None);
@@ -248,6 +302,21 @@ pub fn print_table(report: &Value) {
             None => (String::new(), ""),
         };
         println!("{key:<width$}  {value:>10}  {target:<10}  {met:<4}  {spread}");
+    }
+    if let Some(phases) = report["profile"]["transfer_cores_busy_median"].as_object() {
+        println!(
+            "\ntransfer phases, median cores busy (of {}):",
+            report["machine"]["cpus"]
+        );
+        for (phase, by) in phases {
+            let by: Vec<String> = by
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
+                .collect();
+            println!("  {phase:<10}  {}", by.join(", "));
+        }
     }
     if let Some(errors) = report["errors"].as_object()
         && !errors.is_empty()

@@ -32,18 +32,6 @@ impl Summary {
             max: s[s.len() - 1],
         })
     }
-
-    /// "median (p25–p75, n)" for the table.
-    pub fn short(&self, digits: usize) -> String {
-        format!(
-            "{:.d$} (IQR {:.d$}–{:.d$}, n={})",
-            self.median,
-            self.p25,
-            self.p75,
-            self.n,
-            d = digits
-        )
-    }
 }
 
 /// Linear interpolation between closest ranks, on sorted samples.
