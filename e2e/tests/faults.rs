@@ -965,12 +965,23 @@ async fn a_job_cancelled_after_a_failed_commit_keeps_no_object() {
         "after the failed commit: job {}, objects {stored:?}",
         job(&job_id).await["status"]
     );
-    let r = http()
-        .post(support::api(&format!("/jobs/{job_id}/cancel")))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap();
+    // 503 means "retry" (the database just came back); a client retries it.
+    let mut r = None;
+    for _ in 0..10 {
+        let answer = http()
+            .post(support::api(&format!("/jobs/{job_id}/cancel")))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+        let retry = answer.status().as_u16() == 503;
+        r = Some(answer);
+        if !retry {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = r.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
     let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(120)).await;
     eprintln!("deliveries:\n{}", describe(&attempts, t0));

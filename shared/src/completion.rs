@@ -576,6 +576,9 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
     {
         db::postprocess::fail_storyboard_clip(client, clip).await?;
     }
+    if moved {
+        db::claims::clear(client, job.id).await?;
+    }
     Ok(moved)
 }
 

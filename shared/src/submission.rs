@@ -628,6 +628,8 @@ pub async fn cancel_job(
             .unwrap_or(JobStatus::Cancelled);
         return Ok(CancelResult::AlreadyTerminal(status));
     }
+    // No one completes it any more: drop a claim a holder could not release.
+    db::claims::clear(&**client, job_id).await?;
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
     if job.status == JobStatus::Queued

@@ -74,3 +74,18 @@ pub async fn release<C: GenericClient>(
         .await?;
     Ok(())
 }
+
+/// Drops any claim on a job that just became terminal (cancelled or failed): a holder that lost its database
+/// connection could not release it, and nobody will complete the job any more.
+pub async fn clear<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "DELETE FROM public.job_completion_claims WHERE job_id = $1",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
+}

@@ -113,6 +113,7 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
         // Additions to original tables are nullable columns, indexes or the port's own tables.
         let ours = [
             "job_completion_claims",
+            "job_reconcile_checks",
             "job_postprocessing",
             "gen_pipeline_migrations",
         ]

@@ -157,6 +157,7 @@ fn config_text(
          auth_type = scram-sha-256\n\
          auth_file = {auth_file}\n\
          pool_mode = transaction\n\
+         server_check_delay = 0\n\
          {prepared}\
          max_client_conn = 500\n\
          default_pool_size = 20\n\
