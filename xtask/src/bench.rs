@@ -21,7 +21,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::AsyncBufReadExt;
 
 use crate::stack::{self, Clock, Paths, StackEnv, without_cargo_vars};
 
@@ -53,9 +52,14 @@ pub async fn run(smoke: bool, plan: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     let paths = Paths::new();
     let clock = Clock::new();
+    let dir = paths.root.join("target").join("bench");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    // Builds first: the stack is up only while measuring, so a long build neither holds it nor loses it.
+    let built = build(&paths, &clock, smoke, &logs).await?;
     let was_up = stack_answers(&paths).await;
     let env = stack::up(false).await?;
-    let result = bench(&paths, &clock, &env, smoke, started).await;
+    let result = measure(&paths, &clock, &env, smoke, started, built).await;
     if !was_up {
         clock.say("stopping the stack the bench started");
         match tokio::task::spawn_blocking(stack::down).await {
@@ -65,6 +69,49 @@ pub async fn run(smoke: bool, plan: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// What the measurements run on.
+struct Built {
+    /// The function binaries.
+    bin_dir: PathBuf,
+    /// The xtask binary that measures (release in a full run).
+    measurer: PathBuf,
+    /// The arm64 release zips (full run).
+    zips: anyhow::Result<Vec<report::Zip>>,
+}
+
+/// Smoke: the debug binaries (built by the stack). Full: the host release build of the functions and of xtask,
+/// with the arm64 zips (`cargo xtask package`) building in the background meanwhile, so the two builds share the
+/// cores; both are finished before anything is measured.
+async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow::Result<Built> {
+    if smoke {
+        let bin_dir = paths.root.join("target").join("debug");
+        if FUNCTIONS.iter().any(|f| !bin_dir.join(f).exists()) {
+            cargo_build(paths, clock, &[], None).await?;
+        }
+        return Ok(Built {
+            bin_dir,
+            measurer: std::env::current_exe().context("cannot find the xtask executable")?,
+            zips: Ok(Vec::new()),
+        });
+    }
+    let package = Package::start(paths, clock, &logs.join("package.log"))?;
+    let build_dir = paths.root.join(BUILD_DIR);
+    cargo_build(
+        paths,
+        clock,
+        &["--release", "--bin", "xtask"],
+        Some(&build_dir),
+    )
+    .await?;
+    let zips = package.finish(clock).await;
+    let release = build_dir.join("release");
+    Ok(Built {
+        bin_dir: release.clone(),
+        measurer: release.join("xtask"),
+        zips,
+    })
 }
 
 /// Whether a stack is up and answering already (then the bench leaves it up).
@@ -89,38 +136,21 @@ async fn stack_answers(paths: &Paths) -> bool {
     true
 }
 
-async fn bench(
+async fn measure(
     paths: &Paths,
     clock: &Clock,
     env: &StackEnv,
     smoke: bool,
     started: Instant,
+    built: Built,
 ) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let dir = paths.root.join("target").join("bench");
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-
-    let (bin_dir, measurer) = if smoke {
-        let bin_dir = paths.root.join("target").join("debug");
-        if FUNCTIONS.iter().any(|f| !bin_dir.join(f).exists()) {
-            cargo_build(paths, clock, &[], None).await?;
-        }
-        let exe = std::env::current_exe().context("cannot find the xtask executable")?;
-        (bin_dir, exe)
-    } else {
-        let build_dir = paths.root.join(BUILD_DIR);
-        cargo_build(
-            paths,
-            clock,
-            &["--release", "--bin", "xtask"],
-            Some(&build_dir),
-        )
-        .await?;
-        let release = build_dir.join("release");
-        (release.clone(), release.join("xtask"))
-    };
-
+    let Built {
+        bin_dir,
+        measurer,
+        zips,
+    } = built;
     let capture_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .context("cannot find a free port for the webhook capture")?
@@ -130,7 +160,7 @@ async fn bench(
         smoke,
         bin_dir,
         out: dir.join("measured.json"),
-        logs: logs.clone(),
+        logs: dir.join("logs"),
         function_env: FUNCTION_ENV
             .iter()
             .filter_map(|k| Some((k.to_string(), env.get(k)?.to_owned())))
@@ -162,19 +192,18 @@ async fn bench(
         .await
         .context("cannot start the measuring process")?;
     clock.done(step, format!("measurements ({status})"));
-    let measured: child::Measured = serde_json::from_slice(
-        &std::fs::read(&plan.out)
-            .with_context(|| format!("the measuring process wrote no {}", plan.out.display()))?,
-    )?;
+    let measured: child::Measured =
+        serde_json::from_slice(&std::fs::read(&plan.out).with_context(|| {
+            format!(
+                "the measuring process ({status}) wrote no {}",
+                plan.out.display()
+            )
+        })?)?;
 
-    let zips = if smoke {
+    let zips = zips.unwrap_or_else(|e| {
+        eprintln!("bench: the release zips are missing: {e:#}");
         Vec::new()
-    } else {
-        let step = clock.step();
-        let zips = package_zips(paths, clock).await?;
-        clock.done(step, "release zips");
-        zips
-    };
+    });
 
     let seconds = started.elapsed().as_secs_f64();
     let report = report::build(&measured, &zips, &plan, &started_at, seconds);
@@ -229,46 +258,87 @@ async fn cargo_build(
     Ok(())
 }
 
-/// The arm64 release zips, as `cargo xtask package` builds them; sizes read from the files it names.
-async fn package_zips(paths: &Paths, clock: &Clock) -> anyhow::Result<Vec<report::Zip>> {
-    clock.say("cargo xtask package (release zips for Lambda)");
-    let exe = std::env::current_exe().context("cannot find the xtask executable")?;
-    let mut child = tokio::process::Command::from(without_cargo_vars(Command::new(exe)))
-        .arg("package")
-        .current_dir(&paths.root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot run cargo xtask package")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut zips = Vec::new();
-    while let Some(line) = lines.next_line().await? {
-        println!("{line}");
-        // "<path>/<function>/bootstrap.zip  6.71 MiB  (arm64)"
-        let Some(path) = line.split_whitespace().next() else {
-            continue;
-        };
-        for f in FUNCTIONS {
-            if path.ends_with(&format!("/{f}/bootstrap.zip")) {
-                let bytes = std::fs::metadata(path)
-                    .with_context(|| format!("cannot read {path}"))?
-                    .len();
-                let arch = line
-                    .rsplit_once('(')
-                    .map(|(_, a)| a.trim_end_matches(')').to_owned())
-                    .unwrap_or_default();
-                zips.push(report::Zip {
-                    function: f.to_owned(),
-                    bytes,
-                    arch,
-                });
+/// `cargo xtask package` running in the background (its own process group, so a failed bench stops all of it),
+/// its output going to a log file.
+struct Package {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Package {
+    fn start(paths: &Paths, clock: &Clock, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let exe = std::env::current_exe().context("cannot find the xtask executable")?;
+        let mut cmd = without_cargo_vars(Command::new(exe));
+        cmd.arg("package")
+            .current_dir(&paths.root)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = tokio::process::Command::from(cmd)
+            .spawn()
+            .context("cannot run cargo xtask package")?;
+        clock.say(format!(
+            "cargo xtask package (arm64 release zips) in the background; log: {}",
+            log.display()
+        ));
+        Ok(Package {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Waits for it, then reads the zips it names (lines `<path>/<function>/bootstrap.zip  6.71 MiB  (arm64)`).
+    async fn finish(mut self, clock: &Clock) -> anyhow::Result<Vec<report::Zip>> {
+        let step = clock.step();
+        let status = self.child.wait().await?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            bail!(
+                "cargo xtask package failed ({status}); see {}",
+                self.log.display()
+            );
+        }
+        let mut zips = Vec::new();
+        for line in text.lines() {
+            let Some(path) = line.split_whitespace().next() else {
+                continue;
+            };
+            for f in FUNCTIONS {
+                if path.ends_with(&format!("/{f}/bootstrap.zip")) {
+                    println!("{line}");
+                    let bytes = std::fs::metadata(path)
+                        .with_context(|| format!("cannot read {path}"))?
+                        .len();
+                    let arch = line
+                        .rsplit_once('(')
+                        .map(|(_, a)| a.trim_end_matches(')').to_owned())
+                        .unwrap_or_default();
+                    zips.push(report::Zip {
+                        function: f.to_owned(),
+                        bytes,
+                        arch,
+                    });
+                }
             }
         }
+        clock.done(step, "release zips");
+        Ok(zips)
     }
-    let status = child.wait().await?;
-    if !status.success() {
-        bail!("cargo xtask package failed ({status})");
+}
+
+impl Drop for Package {
+    /// A bench that fails before waiting for the package build stops it (cargo and all), by its process group.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait()
+            && let Some(pid) = self.child.id()
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
-    Ok(zips)
 }
