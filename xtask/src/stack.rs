@@ -701,9 +701,8 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
     .await;
     let pooled = match &direct {
         Ok(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => None,
-        // The adapter, end-to-end and load suites again (as `--workspace` targets, not `-p e2e`: that unifies
-        // features differently and would rebuild ~100 crates). Not the fault-injection suite: after a Postgres
-        // restart behind PgBouncer the functions kept answering 503 (open, see the issue note).
+        // The adapter, end-to-end, fault-injection and load suites again (as `--workspace` targets, not
+        // `-p e2e`: that unifies features differently and would rebuild ~100 crates).
         Ok(_) => Some(
             test_round(
                 &clock,
@@ -716,6 +715,8 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
                     "adapters",
                     "--test",
                     "e2e",
+                    "--test",
+                    "faults",
                     "--test",
                     "load",
                 ],

@@ -158,6 +158,9 @@ fn config_text(
          auth_file = {auth_file}\n\
          pool_mode = transaction\n\
          server_check_delay = 0\n\
+         ; after a failed server login PgBouncer refuses every client for this long (default 15 s): one second,\n\
+         ; so a Postgres restart costs the functions a second of 503s, not fifteen\n\
+         server_login_retry = 1\n\
          {prepared}\
          max_client_conn = 500\n\
          default_pool_size = 20\n\
