@@ -54,6 +54,8 @@ pub struct Config {
     pub fal_retry_max: usize,
     /// Largest request body the functions accept.
     pub max_body_bytes: usize,
+    /// How long an instance keeps a model row it looked up (0: looked up on every request).
+    pub model_cache_ttl: Duration,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
             fal_retry_base: Duration::from_millis(parse_num(&var, "FAL_RETRY_BASE_MS", 1000)?),
             fal_retry_max: parse_num(&var, "FAL_RETRY_MAX", 3)?,
             max_body_bytes: parse_num(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
+            model_cache_ttl: Duration::from_secs(parse_num(&var, "MODEL_CACHE_TTL_SECS", 30)?),
         })
     }
 }
@@ -191,6 +194,7 @@ mod tests {
         ));
         for (k, v) in [
             ("SECRET_TTL_SECS", "soon"),
+            ("MODEL_CACHE_TTL_SECS", "-1"),
             ("MEDIA_ALLOW_HTTP", "maybe"),
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),

@@ -20,6 +20,8 @@ pub struct AppState {
     /// For result media: allow-listed hosts, public addresses only, redirects re-checked.
     pub media_http: reqwest::Client,
     pub jwks: JwksCache,
+    /// Model rows looked up by id, kept for `config.model_cache_ttl`.
+    pub models: crate::db::models::ModelCache,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             db: Db::new(),
             storage: Storage::new(crate::aws::s3(&sdk)),
             jwks: JwksCache::new(http.clone(), config.fal_jwks_url.clone()),
+            models: crate::db::models::ModelCache::new(config.model_cache_ttl),
             media_http: crate::media::http_client(&crate::media::MediaPolicy::from_config(
                 &config,
             ))?,

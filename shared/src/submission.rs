@@ -112,10 +112,10 @@ pub async fn submit_generation(
     user_id: Uuid,
     req: GenerationRequest,
 ) -> Result<SubmitResult, SubmitError> {
-    // One connection for the queue route's statements: each checkout costs a liveness round trip. Released
-    // before anything that takes connections of its own (sync completion, failing the job).
+    // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
+    // trip). Released before anything that takes connections of its own (sync completion, failing the job).
     let client = state.db.client(&settings.secrets.database_url).await?;
-    let model = resolve_model(&client, &req).await?;
+    let model = resolve_model(state, &client, &req).await?;
     if model.provider_name != "fal" {
         return Err(SubmitError::ProviderNotFal);
     }
@@ -254,11 +254,7 @@ pub async fn submit_generation(
                     None,
                     json!({"request_id": submitted.request_id, "async": true, "model_key": model_key}),
                 );
-                // Independent statements, pipelined on the one connection.
-                tokio::try_join!(
-                    db::jobs::merge_metadata(&**client, job_id, &urls),
-                    db::usage::insert_once(&**client, &usage),
-                )?;
+                db::usage::insert_once_and_patch_job(&**client, &usage, &urls).await?;
                 return Ok(SubmitResult {
                     answer: Submitted::Queued {
                         job_id,
@@ -468,6 +464,7 @@ impl UsageBase {
 }
 
 async fn resolve_model(
+    state: &AppState,
     client: &tokio_postgres::Client,
     req: &GenerationRequest,
 ) -> Result<ModelRow, SubmitError> {
@@ -478,7 +475,9 @@ async fn resolve_model(
         .filter(|s| !s.is_empty())
     {
         let id = Uuid::parse_str(id).map_err(|_| SubmitError::ModelNotFound)?;
-        return db::models::active_by_id(client, id)
+        return state
+            .models
+            .active_by_id(client, id)
             .await?
             .ok_or(SubmitError::ModelNotFound);
     }

@@ -1,5 +1,5 @@
 //! Postgres through tokio-postgres: TLS with rustls when the URL asks for it, connections checked before reuse
-//! (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
+//! once they have been idle (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
 //! (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode pooler.
 
 pub mod assets;
@@ -14,7 +14,7 @@ pub mod users;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -25,6 +25,10 @@ pub use tokio_postgres::types::Type;
 /// Connections kept per function instance: one request at a time, plus after-response work.
 const POOL_SIZE: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle longer than this is checked with a round trip before reuse (a frozen environment's
+/// connection may have been closed by the server meanwhile); one reused sooner is only checked for having been
+/// closed, which costs nothing. A failed check replaces it with a new connection.
+const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -64,7 +68,7 @@ impl Db {
         Self::default()
     }
 
-    /// A live connection: a pooled one is checked (`Verified` recycling) and replaced when the server closed it.
+    /// A live connection: a pooled one is checked (see [`VERIFY_AFTER_IDLE`]) and replaced when the server closed it.
     pub async fn client(&self, database_url: &SecretString) -> Result<Client, DbError> {
         let pool = self.pool(database_url)?;
         pool.get()
@@ -101,10 +105,22 @@ fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
         pg,
         tls()?,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Verified,
+            recycling_method: RecyclingMethod::Fast,
         },
     );
     Pool::builder(manager)
+        .post_recycle(deadpool_postgres::Hook::async_fn(|client, metrics| {
+            Box::pin(async move {
+                if metrics.last_used() < VERIFY_AFTER_IDLE {
+                    return Ok(());
+                }
+                match tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query("")).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(HookError::Backend(e)),
+                    Err(_) => Err(HookError::message("connection check timed out")),
+                }
+            })
+        }))
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))

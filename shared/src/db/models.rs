@@ -1,5 +1,9 @@
 //! `api_models` joined to `api_providers`: the model a generation runs on and where its provider lives.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
@@ -73,4 +77,118 @@ pub async fn default_for<C: GenericClient>(
         .await?
         .as_ref()
         .map(from_row))
+}
+
+/// Active models by id, kept by each instance for a short time: the model lookup is the one query of a submission
+/// that does not change between requests, and it sat on every request's critical path. A model deactivated or
+/// edited in the table is seen by running instances within the TTL (`MODEL_CACHE_TTL_SECS`, 0 turns the cache
+/// off). Misses (unknown or inactive ids) are never kept.
+pub struct ModelCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Uuid, (Instant, ModelRow)>>,
+}
+
+/// Entries kept at most; beyond it expired ones are dropped, and if none has expired all are.
+const MODEL_CACHE_MAX: usize = 256;
+
+impl ModelCache {
+    pub fn new(ttl: Duration) -> Self {
+        ModelCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The active model with this id, from the cache while fresh, else from the table.
+    pub async fn active_by_id<C: GenericClient>(
+        &self,
+        client: &C,
+        id: Uuid,
+    ) -> Result<Option<ModelRow>, tokio_postgres::Error> {
+        if let Some(row) = self.get(id) {
+            return Ok(Some(row));
+        }
+        let row = active_by_id(client, id).await?;
+        if let Some(row) = &row {
+            self.put(row.clone());
+        }
+        Ok(row)
+    }
+
+    fn get(&self, id: Uuid) -> Option<ModelRow> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn put(&self, row: ModelRow) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MODEL_CACHE_MAX {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if entries.len() >= MODEL_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(row.id, (Instant::now(), row));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: Uuid) -> ModelRow {
+        ModelRow {
+            id,
+            provider_id: Uuid::new_v4(),
+            provider_name: "fal".into(),
+            model_key: "fal-ai/flux/dev".into(),
+            modality: "image".into(),
+            endpoint_path: None,
+            input_defaults: Value::Null,
+            capabilities: Value::Null,
+            pricing: None,
+            base_url: Some("https://queue.fal.run".into()),
+            sync_base_url: Some("https://fal.run".into()),
+        }
+    }
+
+    #[test]
+    fn a_kept_model_is_served_until_its_ttl_ends() {
+        let cache = ModelCache::new(Duration::from_millis(50));
+        let id = Uuid::new_v4();
+        assert!(cache.get(id).is_none());
+        cache.put(row(id));
+        assert_eq!(cache.get(id).map(|r| r.id), Some(id));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.get(id).is_none(), "served after its TTL");
+    }
+
+    #[test]
+    fn a_zero_ttl_keeps_nothing() {
+        let cache = ModelCache::new(Duration::ZERO);
+        let id = Uuid::new_v4();
+        cache.put(row(id));
+        assert!(cache.get(id).is_none());
+        assert!(cache.entries.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let cache = ModelCache::new(Duration::from_secs(60));
+        let ids: Vec<Uuid> = (0..MODEL_CACHE_MAX * 2 + 1)
+            .map(|_| Uuid::new_v4())
+            .collect();
+        for id in &ids {
+            cache.put(row(*id));
+            assert!(cache.entries.lock().unwrap().len() <= MODEL_CACHE_MAX);
+        }
+        let last = *ids.last().unwrap();
+        assert_eq!(cache.get(last).map(|r| r.id), Some(last));
+    }
 }

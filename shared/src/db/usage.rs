@@ -22,37 +22,58 @@ pub struct NewUsage {
     pub provider_metadata: Value,
 }
 
+/// The INSERT of [`insert_once`]: `$1`…`$13` are the row's columns.
+const INSERT_ONCE: &str = "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type,
+         endpoint_path, request_payload, cost_usd, response_status, response_time_ms, response_payload, error_message,
+         provider_metadata)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::float8::numeric(10,6), $9, $10, $11, $12, $13)
+     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+     RETURNING id";
+
 /// Inserts the generation's row unless it has one already. True when inserted.
 pub async fn insert_once<C: GenericClient>(
     client: &C,
     u: &NewUsage,
 ) -> Result<bool, tokio_postgres::Error> {
-    let rows = client
-        .query_typed(
-            "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
-                 request_payload, cost_usd, response_status, response_time_ms, response_payload, error_message,
-                 provider_metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::float8::numeric(10,6), $9, $10, $11, $12, $13)
-             ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
-             RETURNING id",
-            &[
-                (&u.job_id, Type::UUID),
-                (&u.provider_id, Type::UUID),
-                (&u.model_id, Type::UUID),
-                (&u.user_id, Type::UUID),
-                (&u.request_type, Type::TEXT),
-                (&u.endpoint_path, Type::TEXT),
-                (&u.request_payload, Type::JSONB),
-                (&u.cost_usd, Type::FLOAT8),
-                (&u.response_status, Type::INT4),
-                (&u.response_time_ms, Type::INT4),
-                (&u.response_payload, Type::JSONB),
-                (&u.error_message, Type::TEXT),
-                (&u.provider_metadata, Type::JSONB),
-            ],
-        )
-        .await?;
+    let rows = client.query_typed(INSERT_ONCE, &params(u)).await?;
     Ok(!rows.is_empty())
+}
+
+/// [`insert_once`] and, in the same statement, `patch` merged into the metadata of the row's job: one round trip
+/// and one commit for both (the queue route's last step, on the submit's critical path).
+pub async fn insert_once_and_patch_job<C: GenericClient>(
+    client: &C,
+    u: &NewUsage,
+    patch: &Value,
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH patched AS (
+             UPDATE public.jobs SET metadata = coalesce(metadata, '{{}}'::jsonb) || $14 WHERE id = $1
+         )
+         {INSERT_ONCE}"
+    );
+    let mut params = params(u).to_vec();
+    params.push((patch, Type::JSONB));
+    let rows = client.query_typed(&sql, &params).await?;
+    Ok(!rows.is_empty())
+}
+
+fn params(u: &NewUsage) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 13] {
+    [
+        (&u.job_id, Type::UUID),
+        (&u.provider_id, Type::UUID),
+        (&u.model_id, Type::UUID),
+        (&u.user_id, Type::UUID),
+        (&u.request_type, Type::TEXT),
+        (&u.endpoint_path, Type::TEXT),
+        (&u.request_payload, Type::JSONB),
+        (&u.cost_usd, Type::FLOAT8),
+        (&u.response_status, Type::INT4),
+        (&u.response_time_ms, Type::INT4),
+        (&u.response_payload, Type::JSONB),
+        (&u.error_message, Type::TEXT),
+        (&u.provider_metadata, Type::JSONB),
+    ]
 }
 
 /// Completes the generation's row (matched by job, or by fal request id for rows written before the port).
