@@ -58,7 +58,8 @@ pub async fn run(smoke: bool, plan: Option<PathBuf>) -> anyhow::Result<()> {
     // Builds first: the stack is up only while measuring, so a long build neither holds it nor loses it.
     let built = build(&paths, &clock, smoke, &logs).await?;
     let was_up = stack_answers(&paths).await;
-    let env = stack::up(false).await?;
+    // No functions under `cargo lambda watch`: the bench runs its own release builds of them.
+    let env = stack::up_with(false, false).await?;
     let result = measure(&paths, &clock, &env, smoke, started, built).await;
     if !was_up {
         clock.say("stopping the stack the bench started");
@@ -122,11 +123,10 @@ async fn stack_answers(paths: &Paths) -> bool {
     let Ok(http) = stack::http_client(Duration::from_secs(5)) else {
         return false;
     };
-    for url in [
-        env.get("FAL_EMULATOR_URL")
-            .map(|u| format!("{u}/_emulator/health")),
-        env.get("FAL_IMAGE_URL").map(|u| format!("{u}/health")),
-    ] {
+    for url in [env
+        .get("FAL_EMULATOR_URL")
+        .map(|u| format!("{u}/_emulator/health"))]
+    {
         let Some(url) = url else { return false };
         match http.get(&url).send().await {
             Ok(r) if r.status().as_u16() < 500 => {}
@@ -271,7 +271,9 @@ impl Package {
             .with_context(|| format!("cannot create {}", log.display()))?;
         let exe = std::env::current_exe().context("cannot find the xtask executable")?;
         let mut cmd = without_cargo_vars(Command::new(exe));
+        // Only the functions whose size is a figure.
         cmd.arg("package")
+            .args(FUNCTIONS)
             .current_dir(&paths.root)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

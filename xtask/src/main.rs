@@ -53,7 +53,10 @@ enum Command {
         plan: Option<std::path::PathBuf>,
     },
     /// Build the functions' release zips for Lambda (arm64) with cargo-lambda, and print their sizes.
-    Package,
+    Package {
+        /// Only these functions (default: all of them).
+        functions: Vec<String>,
+    },
     /// Run the fal emulator in the foreground (the stack starts it in the background).
     FalEmulator {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -90,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token { user_id } => rt.block_on(stack::token(user_id)),
         Command::Reconcile { older_than } => rt.block_on(stack::reconcile(older_than)),
         Command::Bench { smoke, plan } => rt.block_on(bench::run(smoke, plan)),
-        Command::Package => rt.block_on(package::run()),
+        Command::Package { functions } => rt.block_on(package::run(functions)),
         Command::FalEmulator { listen } => rt.block_on(emulator::serve(listen)),
     }
 }

@@ -35,7 +35,18 @@ impl Arch {
     }
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// Builds the zips of `only` (every function when empty).
+pub async fn run(only: Vec<String>) -> anyhow::Result<()> {
+    if let Some(unknown) = only.iter().find(|f| !FUNCTIONS.contains(&f.as_str())) {
+        bail!(
+            "no function {unknown:?}; the functions are {}",
+            FUNCTIONS.join(", ")
+        );
+    }
+    let functions: Vec<&str> = FUNCTIONS
+        .into_iter()
+        .filter(|f| only.is_empty() || only.iter().any(|o| o == f))
+        .collect();
     let paths = Paths::new();
     let clock = Clock::new();
     std::fs::create_dir_all(&paths.logs)
@@ -59,12 +70,12 @@ pub async fn run() -> anyhow::Result<()> {
     clock.say(format!(
         "cargo lambda build --release {} --output-format zip ({}) into {TARGET_DIR}",
         arch.flag(),
-        FUNCTIONS.join(", ")
+        functions.join(", ")
     ));
     let mut cmd = without_cargo_vars(Command::new(venv_bin.join("cargo-lambda")));
     cmd.args(["lambda", "build", "--release", arch.flag()])
         .args(["--output-format", "zip"])
-        .args(FUNCTIONS.iter().flat_map(|f| ["--bin", f]))
+        .args(functions.iter().flat_map(|f| ["--bin", f]))
         .current_dir(&paths.root)
         // cargo-lambda's own --target-dir is broken with this cargo; the variable works.
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -79,10 +90,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
     clock.done(
         step,
-        format!("built {} for {}", FUNCTIONS.join(", "), arch.name()),
+        format!("built {} for {}", functions.join(", "), arch.name()),
     );
 
-    for function in FUNCTIONS {
+    for function in functions {
         let zip = zip_path(&target_dir, function);
         let bytes = std::fs::metadata(&zip)
             .with_context(|| format!("cargo-lambda did not write {}", zip.display()))?

@@ -223,6 +223,13 @@ fn function_url(watch_port: u16, function: &str) -> String {
 /// Starts the stack (or finds it already up) and returns its environment. With `pooler`, the functions reach
 /// Postgres through PgBouncer in transaction mode; a stack up in the other mode is restarted.
 pub async fn up(pooler: bool) -> anyhow::Result<StackEnv> {
+    up_with(pooler, true).await
+}
+
+/// [`up`], or without the functions (`functions == false`: no debug build of them, no `cargo lambda watch`) for
+/// the bench, which runs its own release builds. A stack already up is reused either way; one without functions
+/// counts as partly up for the next plain [`up`], which starts it again.
+pub async fn up_with(pooler: bool, functions: bool) -> anyhow::Result<StackEnv> {
     let paths = Paths::new();
     let clock = Clock::new();
     std::fs::create_dir_all(&paths.logs)
@@ -231,7 +238,7 @@ pub async fn up(pooler: bool) -> anyhow::Result<StackEnv> {
     match State::load(&paths.state) {
         Ok(Some(state)) => {
             let has_pooler = state.process(pooler::NAME).is_some();
-            if has_pooler == pooler && stack_answers(&state, &paths).await {
+            if has_pooler == pooler && stack_answers(&state, &paths, functions).await {
                 clock.say("stack already up");
                 println!("{}", paths.env_file.display());
                 return StackEnv::read(&paths.env_file);
@@ -253,7 +260,7 @@ pub async fn up(pooler: bool) -> anyhow::Result<StackEnv> {
         }
     }
 
-    match up_fresh(&paths, &clock, pooler).await {
+    match up_fresh(&paths, &clock, pooler, functions).await {
         Ok(env) => Ok(env),
         Err(e) => {
             eprintln!("stack up failed: {e:#}");
@@ -270,12 +277,17 @@ pub async fn up(pooler: bool) -> anyhow::Result<StackEnv> {
 }
 
 /// Whether every part recorded in `state` still runs and answers.
-async fn stack_answers(state: &State, paths: &Paths) -> bool {
+async fn stack_answers(state: &State, paths: &Paths, functions: bool) -> bool {
     if !paths.env_file.exists() {
         return false;
     }
     let mut ports = Vec::new();
-    for name in [MOTO, EMULATOR, WATCH] {
+    let names: &[&str] = if functions {
+        &[MOTO, EMULATOR, WATCH]
+    } else {
+        &[MOTO, EMULATOR]
+    };
+    for &name in names {
         match state.process(name) {
             Some(p) if procs::is_ours(p.pid, p.start_ticks) => ports.push(p.port),
             _ => return false,
@@ -292,7 +304,7 @@ async fn stack_answers(state: &State, paths: &Paths) -> bool {
     let Ok(http) = http_client(Duration::from_secs(20)) else {
         return false;
     };
-    let checks = [
+    let mut checks = vec![
         (
             format!("http://127.0.0.1:{}/moto-api/", ports[0]),
             below_500 as fn(_) -> bool,
@@ -301,11 +313,13 @@ async fn stack_answers(state: &State, paths: &Paths) -> bool {
             format!("{}/_emulator/health", emulator_url(ports[1])),
             success,
         ),
-        (
-            format!("{}/health", function_url(ports[2], "fal-image")),
-            below_500,
-        ),
     ];
+    if let Some(watch) = ports.get(2) {
+        checks.push((
+            format!("{}/health", function_url(*watch, "fal-image")),
+            below_500,
+        ));
+    }
     for (url, ready) in checks {
         match http.get(&url).send().await {
             Ok(r) if ready(r.status()) => {}
@@ -315,7 +329,12 @@ async fn stack_answers(state: &State, paths: &Paths) -> bool {
     true
 }
 
-async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<StackEnv> {
+async fn up_fresh(
+    paths: &Paths,
+    clock: &Clock,
+    pooler: bool,
+    functions: bool,
+) -> anyhow::Result<StackEnv> {
     let _ = std::fs::remove_file(&paths.env_file);
     tools::ensure(paths, clock).await?;
 
@@ -444,22 +463,24 @@ async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<
     )
     .context("PATH cannot hold the venv's bin directory")?;
 
-    // Build the functions now, selected as watch's `cargo run --bin X` selects them (by binary, so features
-    // unify over the whole workspace like there) and with its environment, so no request waits for a compile.
-    let step = clock.step();
-    let status = tokio::process::Command::from(without_cargo_vars(Command::new(cargo())))
-        .args(["build", "--quiet", "--manifest-path", "Cargo.toml"])
-        .args(FUNCTIONS.iter().flat_map(|f| ["--bin", f]))
-        .current_dir(&paths.root)
-        .envs(function_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("PATH", &path_var)
-        .status()
-        .await
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build of {} failed ({status})", FUNCTIONS.join(", "));
+    if functions {
+        // Build the functions now, selected as watch's `cargo run --bin X` selects them (by binary, so features
+        // unify over the whole workspace like there) and with its environment, so no request waits for a compile.
+        let step = clock.step();
+        let status = tokio::process::Command::from(without_cargo_vars(Command::new(cargo())))
+            .args(["build", "--quiet", "--manifest-path", "Cargo.toml"])
+            .args(FUNCTIONS.iter().flat_map(|f| ["--bin", f]))
+            .current_dir(&paths.root)
+            .envs(function_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PATH", &path_var)
+            .status()
+            .await
+            .context("cannot run cargo build")?;
+        if !status.success() {
+            bail!("cargo build of {} failed ({status})", FUNCTIONS.join(", "));
+        }
+        clock.done(step, format!("built {}", FUNCTIONS.join(", ")));
     }
-    clock.done(step, format!("built {}", FUNCTIONS.join(", ")));
 
     // fal emulator
     let step = clock.step();
@@ -496,55 +517,57 @@ async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<
         ),
     );
 
-    // The functions under cargo lambda watch
-    let step = clock.step();
-    let mut cmd = without_cargo_vars(Command::new(venv_bin.join("cargo-lambda")));
-    cmd.args([
-        "lambda",
-        "watch",
-        "-A",
-        "127.0.0.1",
-        "-P",
-        &watch_port.to_string(),
-    ])
-    .args(["--concurrency", "4", "--ignore-changes"])
-    .current_dir(&paths.root)
-    .envs(function_env.iter().map(|(k, v)| (*k, v.as_str())))
-    .env("PATH", &path_var);
-    let watch = procs::spawn_background(
-        WATCH,
-        watch_port,
-        &mut cmd,
-        &paths.logs.join("cargo-lambda-watch.log"),
-    )?;
-    state.processes.push(watch.clone());
-    state.save(&paths.state)?;
-    let slow = http_client(FUNCTION_READY_TIMEOUT)?;
-    let status = wait_http(
-        &slow,
-        &format!("{fal_image_url}/health"),
-        &watch,
-        FUNCTION_READY_TIMEOUT,
-        below_500,
-    )
-    .await?;
-    clock.say(format!("fal-image answers GET /health with {status}"));
-    let status = wait_http(
-        &slow,
-        &fal_webhook_url,
-        &watch,
-        FUNCTION_READY_TIMEOUT,
-        below_500,
-    )
-    .await?;
-    clock.say(format!("fal-webhook answers GET with {status}"));
-    clock.done(
-        step,
-        format!(
-            "functions up under cargo lambda watch on 127.0.0.1:{watch_port} (pid {})",
-            watch.pid
-        ),
-    );
+    if functions {
+        // The functions under cargo lambda watch
+        let step = clock.step();
+        let mut cmd = without_cargo_vars(Command::new(venv_bin.join("cargo-lambda")));
+        cmd.args([
+            "lambda",
+            "watch",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &watch_port.to_string(),
+        ])
+        .args(["--concurrency", "4", "--ignore-changes"])
+        .current_dir(&paths.root)
+        .envs(function_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PATH", &path_var);
+        let watch = procs::spawn_background(
+            WATCH,
+            watch_port,
+            &mut cmd,
+            &paths.logs.join("cargo-lambda-watch.log"),
+        )?;
+        state.processes.push(watch.clone());
+        state.save(&paths.state)?;
+        let slow = http_client(FUNCTION_READY_TIMEOUT)?;
+        let status = wait_http(
+            &slow,
+            &format!("{fal_image_url}/health"),
+            &watch,
+            FUNCTION_READY_TIMEOUT,
+            below_500,
+        )
+        .await?;
+        clock.say(format!("fal-image answers GET /health with {status}"));
+        let status = wait_http(
+            &slow,
+            &fal_webhook_url,
+            &watch,
+            FUNCTION_READY_TIMEOUT,
+            below_500,
+        )
+        .await?;
+        clock.say(format!("fal-webhook answers GET with {status}"));
+        clock.done(
+            step,
+            format!(
+                "functions up under cargo lambda watch on 127.0.0.1:{watch_port} (pid {})",
+                watch.pid
+            ),
+        );
+    }
 
     let mut env = StackEnv::default();
     env.set("DATABASE_URL", database_url);
@@ -555,7 +578,10 @@ async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<
     }
     env.set("FAL_EMULATOR_URL", emu_url);
     env.set("FAL_EMULATOR_USER_ID", EMULATOR_USER_ID);
-    env.set("FAL_IMAGE_URL", fal_image_url);
+    if functions {
+        env.set("FAL_IMAGE_URL", fal_image_url);
+        env.set("LAMBDA_WATCH_URL", format!("http://127.0.0.1:{watch_port}"));
+    }
     env.set("FAL_WEBHOOK_SECRET", webhook_secret);
     env.set("FAL_KEY", fal_key);
     env.set("SUPABASE_JWT_SECRET", jwt_secret);
@@ -563,7 +589,6 @@ async fn up_fresh(paths: &Paths, clock: &Clock, pooler: bool) -> anyhow::Result<
     env.set("ASYNC_MODEL_ID", seed::ASYNC_MODEL_ID.to_string());
     env.set("SYNC_MODEL_KEY", seed::SYNC_MODEL_KEY);
     env.set("ASYNC_MODEL_KEY", seed::ASYNC_MODEL_KEY);
-    env.set("LAMBDA_WATCH_URL", format!("http://127.0.0.1:{watch_port}"));
     env.set("STACK_LOG_DIR", paths.logs.display().to_string());
     if pooler {
         env.set("POOLER_DATABASE_URL", functions_database_url);
