@@ -107,14 +107,16 @@ impl Storage {
                     let take = (self.part_size - buffer.len()).min(rest.len());
                     buffer.extend_from_slice(&rest.split_to(take));
                     if buffer.len() == self.part_size {
-                        let part =
-                            std::mem::replace(&mut buffer, BytesMut::with_capacity(self.part_size));
+                        // The next buffer is allocated only once this part has an upload slot: at most the
+                        // parts in flight plus the one filling are held, not one more waiting for a slot.
+                        let part = std::mem::take(&mut buffer);
                         if upload.is_none() {
                             upload = Some(Multipart::start(&self.s3, &stored).await?);
                         }
                         if let Some(u) = upload.as_mut() {
                             u.send(part.freeze()).await?;
                         }
+                        buffer.reserve(self.part_size);
                     }
                 }
             }

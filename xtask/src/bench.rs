@@ -82,7 +82,8 @@ struct Built {
     zips: anyhow::Result<Vec<report::Zip>>,
 }
 
-/// Smoke: the debug binaries (built by the stack). Full: the host release build of the functions and of xtask,
+/// Smoke: the debug binaries (built by the stack). Full: the host build of the functions and of xtask in the
+/// `measure` profile (release without LTO, see `Cargo.toml`),
 /// with the arm64 zips (`cargo xtask package`) building in the background meanwhile, so the two builds share the
 /// cores; both are finished before anything is measured.
 async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow::Result<Built> {
@@ -102,12 +103,12 @@ async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow
     cargo_build(
         paths,
         clock,
-        &["--release", "--bin", "xtask"],
+        &["--profile", "measure", "--bin", "xtask"],
         Some(&build_dir),
     )
     .await?;
     let zips = package.finish(clock).await;
-    let release = build_dir.join("release");
+    let release = build_dir.join("measure");
     Ok(Built {
         bin_dir: release.clone(),
         measurer: release.join("xtask"),

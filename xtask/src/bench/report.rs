@@ -181,6 +181,11 @@ pub fn build(m: &Measured, zips: &[Zip], plan: &Plan, started_at: &str, seconds:
         "mode".into(),
         json!(if plan.smoke { "smoke" } else { "full" }),
     );
+    // The cargo profile the measured host binaries were built with (`Cargo.toml`).
+    report.insert(
+        "build_profile".into(),
+        json!(if plan.smoke { "dev" } else { "measure" }),
+    );
     report.insert("started_at".into(), json!(started_at));
     report.insert("bench_seconds".into(), json!(seconds));
     report.insert(
