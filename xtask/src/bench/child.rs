@@ -55,7 +55,7 @@ impl Sizes {
             init_starts: 25,
             submit_iterations: 200,
             transfer_bytes: 256 << 20,
-            transfer_reps: 5,
+            transfer_reps: 3,
             memory_bytes: 1 << 30,
             memory_reps: 3,
             jobs: 200,
