@@ -2,7 +2,6 @@
 //! Supabase's pooler sits in production: proves that every statement the functions send works through it. Tests
 //! and migrations keep connecting directly. PgBouncer refuses to run as root, so as root it runs as `postgres`.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,32 +40,7 @@ async fn ensure_bin(paths: &Paths, clock: &Clock) -> anyhow::Result<PathBuf> {
     if !geteuid().is_root() {
         bail!("no pgbouncer on PATH or in /usr/sbin; install the `pgbouncer` package");
     }
-    let step = clock.step();
-    clock.say("pgbouncer missing: apt-get install -y pgbouncer (log: logs/apt.log)");
-    let log = paths.logs.join("apt.log");
-    for args in [
-        &["update"][..],
-        &["install", "-y", "--no-install-recommends", "pgbouncer"][..],
-    ] {
-        let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let status = tokio::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()
-            .await
-            .context("cannot run apt-get")?;
-        if !status.success() {
-            bail!(
-                "apt-get {} failed ({status}); see {}",
-                args.join(" "),
-                log.display()
-            );
-        }
-    }
-    clock.done(step, "pgbouncer installed");
+    super::tools::apt_install(paths, clock, "pgbouncer").await?;
     find_bin().context("pgbouncer installed but still not found")
 }
 

@@ -48,34 +48,7 @@ pub async fn ensure_bin_dir(paths: &Paths, clock: &Clock) -> anyhow::Result<Path
             "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin; install the `postgresql` package or set DATABASE_URL"
         );
     }
-    let step = clock.step();
-    clock.say(
-        "PostgreSQL server binaries missing: apt-get install -y postgresql (log: logs/apt.log)",
-    );
-    let log = paths.logs.join("apt.log");
-    for args in [
-        &["update"][..],
-        &["install", "-y", "--no-install-recommends", "postgresql"][..],
-    ] {
-        let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let status = tokio::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()
-            .await
-            .context("cannot run apt-get")?;
-        if !status.success() {
-            bail!(
-                "apt-get {} failed ({status}); see {}",
-                args.join(" "),
-                log.display()
-            );
-        }
-    }
-    clock.done(step, "PostgreSQL installed");
+    super::tools::apt_install(paths, clock, "postgresql").await?;
     find_bin_dir().context("postgresql installed but initdb/pg_ctl still not found")
 }
 

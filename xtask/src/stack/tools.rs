@@ -105,3 +105,42 @@ async fn pip_install(paths: &Paths, clock: &Clock, wanted: &[&str]) -> anyhow::R
     clock.done(step, format!("pip installed {}", wanted.join(" ")));
     Ok(())
 }
+
+/// `apt-get update` then `apt-get install -y --no-install-recommends <package>` (as root only), output to
+/// `logs/apt.log`: system packages the stack needs and the distribution provides (PostgreSQL, PgBouncer).
+pub async fn apt_install(paths: &Paths, clock: &Clock, package: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "`{package}` is missing and only root may install it: install the `{package}` package"
+        );
+    }
+    let step = clock.step();
+    clock.say(format!(
+        "{package} missing: apt-get install -y {package} (log: logs/apt.log)"
+    ));
+    let log = paths.logs.join("apt.log");
+    for args in [
+        &["update"][..],
+        &["install", "-y", "--no-install-recommends", package][..],
+    ] {
+        let out = OpenOptions::new().create(true).append(true).open(&log)?;
+        let status = tokio::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()
+            .await
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!(
+                "apt-get {} failed ({status}); see {}",
+                args.join(" "),
+                log.display()
+            );
+        }
+    }
+    clock.done(step, format!("{package} installed"));
+    Ok(())
+}
