@@ -1036,3 +1036,35 @@ async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
     reconcile_only(&job_id).await;
     assert_exactly_once(user_id, &job_id, "completed").await;
 }
+
+/// (f) Media stalling beyond the webhook's media read timeout (`MEDIA_READ_TIMEOUT_SECS`, 5 s on the local stack):
+/// the fetch gives up, the delivery is answered 5xx with nothing stored, fal's retry fetches again and completes
+/// the job once.
+#[tokio::test]
+async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once() {
+    let _turn = FAULTS.lock().await;
+    let timeout_ms: u64 = stack_var("MEDIA_READ_TIMEOUT_SECS").parse::<u64>().unwrap() * 1000;
+    let stall_ms = timeout_ms + 4000;
+    let t0 = unix_ms();
+    let (user_id, job_id, request_id) = submit(
+        "fault slow media",
+        &format!("#media-slow-ms={stall_ms} #media-slow-first=1"),
+    )
+    .await;
+    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(60)).await;
+    eprintln!("deliveries:\n{}", describe(&attempts, t0));
+    let first = &attempts[0];
+    assert!(
+        first["http_status"].as_u64().is_some_and(|s| s >= 500),
+        "the stalled fetch should be answered 5xx: {first}"
+    );
+    let took = first["duration_ms"].as_u64().unwrap();
+    assert!(
+        took >= timeout_ms && took < stall_ms,
+        "the first delivery took {took} ms: not ended by the {timeout_ms} ms read timeout"
+    );
+    assert!(is_2xx(attempts.last().unwrap()), "{attempts:?}");
+    assert_eq!(inspect(&request_id).await["media_fetches"], 2);
+    assert_exactly_once(user_id, &job_id, "completed").await;
+    assert_eq!(all_objects_of_user(user_id).await.len(), 1);
+}

@@ -44,6 +44,9 @@ pub struct Config {
     pub media_allow_http: bool,
     /// Largest result file accepted.
     pub media_max_bytes: u64,
+    /// Longest wait for the next bytes of a media response (its headers included): a stalled fetch fails as a
+    /// transient fault (5xx, fal retries).
+    pub media_read_timeout: Duration,
     /// Bound of one sync fal run, well inside API Gateway's 30 s.
     pub fal_sync_timeout: Duration,
     /// Bound of every other fal call (submit, status, result, cancel).
@@ -95,6 +98,11 @@ impl Config {
             media_allowed_hosts,
             media_allow_http: parse_bool(&var, "MEDIA_ALLOW_HTTP", false)?,
             media_max_bytes: parse_num(&var, "MEDIA_MAX_BYTES", 2 * 1024 * 1024 * 1024)?,
+            media_read_timeout: Duration::from_secs(parse_num(
+                &var,
+                "MEDIA_READ_TIMEOUT_SECS",
+                30,
+            )?),
             fal_sync_timeout: Duration::from_secs(parse_num(&var, "FAL_SYNC_TIMEOUT_SECS", 25)?),
             fal_request_timeout: Duration::from_secs(parse_num(
                 &var,
@@ -195,6 +203,7 @@ mod tests {
         for (k, v) in [
             ("SECRET_TTL_SECS", "soon"),
             ("MODEL_CACHE_TTL_SECS", "-1"),
+            ("MEDIA_READ_TIMEOUT_SECS", "1.5"),
             ("MEDIA_ALLOW_HTTP", "maybe"),
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),

@@ -37,11 +37,16 @@ pub enum FetchError {
     Transient(String),
 }
 
-/// Which URLs may be fetched.
+/// The media read timeout unless configured (`MEDIA_READ_TIMEOUT_SECS`).
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which URLs may be fetched, and how long a fetch may stall.
 #[derive(Debug, Clone)]
 pub struct MediaPolicy {
     allowed_hosts: Vec<String>,
     allow_http: bool,
+    /// Longest wait for a response's headers or its next bytes.
+    read_timeout: Duration,
 }
 
 impl MediaPolicy {
@@ -52,11 +57,15 @@ impl MediaPolicy {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             allow_http,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 
     pub fn from_config(c: &Config) -> Self {
-        Self::new(c.media_allowed_hosts.clone(), c.media_allow_http)
+        Self {
+            read_timeout: c.media_read_timeout,
+            ..Self::new(c.media_allowed_hosts.clone(), c.media_allow_http)
+        }
     }
 
     /// Checks scheme and host of a URL before any connection is made.
@@ -201,7 +210,7 @@ pub fn http_client(policy: &MediaPolicy) -> reqwest::Result<reqwest::Client> {
             }
         }))
         .connect_timeout(Duration::from_secs(5))
-        .read_timeout(Duration::from_secs(30))
+        .read_timeout(policy.read_timeout)
         .build()
 }
 

@@ -451,6 +451,8 @@ async fn up_fresh(
         ("MEDIA_ALLOW_HTTP", "true".to_string()),
         // Short backoff so fault tests of sync retries take a second, not seven.
         ("FAL_RETRY_BASE_MS", "100".to_string()),
+        // A stalled media fetch gives up after 5 s, not 30, so the slow-media fault test takes seconds.
+        ("MEDIA_READ_TIMEOUT_SECS", "5".to_string()),
         ("RUST_LOG", "info".to_string()),
     ];
     let venv_bin = paths.venv.join("bin");

@@ -34,6 +34,8 @@ pub struct Directives {
     pub media_status: Option<u16>,
     pub media_fail_first: u32,
     pub media_slow_ms: u64,
+    /// Only the first K fetches are slowed by `media_slow_ms` (0: every fetch).
+    pub media_slow_first: u32,
     pub media_rate: Option<u64>,
     pub media_url: Option<String>,
     pub output_shape: OutputShape,
@@ -58,6 +60,7 @@ impl Default for Directives {
             media_status: None,
             media_fail_first: 0,
             media_slow_ms: 0,
+            media_slow_first: 0,
             media_rate: None,
             media_url: None,
             output_shape: OutputShape::Media,
@@ -113,6 +116,7 @@ impl Directives {
             ("media-status", Some(v)) => self.media_status = v.parse().ok().or(self.media_status),
             ("media-fail-first", Some(v)) => set(&mut self.media_fail_first, v.parse().ok()),
             ("media-slow-ms", Some(v)) => set(&mut self.media_slow_ms, v.parse().ok()),
+            ("media-slow-first", Some(v)) => set(&mut self.media_slow_first, v.parse().ok()),
             // A rate of 0 would never finish the body: treat it as "unlimited".
             ("media-rate", Some(v)) => {
                 self.media_rate = v.parse().ok().filter(|r| *r > 0).or(self.media_rate)
@@ -169,7 +173,7 @@ mod tests {
         let d = Directives::parse(
             "#deliveries=3 #delay-ms=2000 #queue-status=503 #run-status=429 #run-fail-first=2 \
              #run-delay-ms=700 #media-bytes=1073741824 #media-status=404 #media-fail-first=1 \
-             #media-slow-ms=250 #media-rate=1000",
+             #media-slow-ms=250 #media-slow-first=2 #media-rate=1000",
         );
         assert_eq!(d.deliveries, 3);
         assert_eq!(d.delay_ms, 2000);
@@ -181,6 +185,7 @@ mod tests {
         assert_eq!(d.media_status, Some(404));
         assert_eq!(d.media_fail_first, 1);
         assert_eq!(d.media_slow_ms, 250);
+        assert_eq!(d.media_slow_first, 2);
         assert_eq!(d.media_rate, Some(1000));
     }
 

@@ -92,7 +92,9 @@ pub async fn serve_media(
     if fetch.fetch_number <= u64::from(d.media_fail_first) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "emulated media failure").into_response();
     }
-    if d.media_slow_ms > 0 {
+    if d.media_slow_ms > 0
+        && (d.media_slow_first == 0 || fetch.fetch_number <= u64::from(d.media_slow_first))
+    {
         tokio::time::sleep(Duration::from_millis(d.media_slow_ms)).await;
     }
     let body = Body::from_stream(body_stream(request_id, fetch.media.size, d.media_rate));
