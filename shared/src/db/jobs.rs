@@ -138,21 +138,6 @@ pub async fn by_request_id<C: GenericClient>(
         .map(from_row))
 }
 
-/// Merges keys into the job's metadata in one statement (no read-modify-write of the whole document).
-pub async fn merge_metadata<C: GenericClient>(
-    client: &C,
-    id: Uuid,
-    patch: &Value,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .query_typed(
-            "UPDATE public.jobs SET metadata = coalesce(metadata, '{}'::jsonb) || $2 WHERE id = $1",
-            &[(&id, Type::UUID), (patch, Type::JSONB)],
-        )
-        .await?;
-    Ok(())
-}
-
 /// Moves an open job to `to` (only along [`JobStatus::can_become`]), merging `patch` into its metadata and setting
 /// `completed_at` for terminal states. Returns false when the job was no longer in a state that allows it.
 pub async fn transition<C: GenericClient>(
