@@ -286,6 +286,22 @@ fn spawn_heartbeat(
     })
 }
 
+/// The result as stored by [`transfer`].
+struct Stored {
+    media: ResultMedia,
+    key: String,
+    mime_type: String,
+    size: u64,
+    thumbnail_path: Option<String>,
+}
+
+/// What the transfer came to: stored, or our final verdict against the result (the job fails with it).
+enum Transfer {
+    Stored(Stored),
+    Refused(String),
+}
+
+/// claim → transfer → record → commit, under the claim `holder` holds.
 async fn complete_claimed(
     state: &AppState,
     settings: &Settings,
@@ -293,141 +309,24 @@ async fn complete_claimed(
     holder: Uuid,
 ) -> Result<Outcome, CompletionError> {
     let job = c.job;
-    // Re-read under the claim: the job may have finished between the caller's read and our claim.
-    {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        if let Some(current) = db::jobs::get(&**client, job.id).await?
-            && current.status.is_terminal()
-        {
-            db::claims::release(&**client, job.id, holder).await?;
-            return Ok(Outcome::AlreadyTerminal(current.status));
-        }
+    if let Some(status) = terminal_under_claim(state, settings, job.id, holder).await? {
+        return Ok(Outcome::AlreadyTerminal(status));
     }
-    let Some(found) = result_media(c.output, job.format.as_deref()) else {
-        return fail_claimed(
-            state,
-            settings,
-            job,
-            holder,
-            "No result URL in fal.ai webhook payload",
-        )
-        .await;
-    };
-    let policy = MediaPolicy::from_config(&settings.config);
-    let media = match media::fetch(&state.media_http, &policy, &found.url).await {
-        Ok(m) => m,
-        Err(FetchError::Rejected(r)) => {
-            tracing::warn!(job_id = %job.id, reason = %r, "result URL refused");
-            return fail_claimed(
-                state,
-                settings,
-                job,
-                holder,
-                &format!("Result URL not allowed: {r}"),
-            )
-            .await;
+    let stored = match transfer(state, settings, c).await? {
+        Transfer::Stored(s) => s,
+        Transfer::Refused(message) => {
+            return fail_claimed(state, settings, job, holder, &message).await;
         }
-        Err(e @ FetchError::Gone(_)) => {
-            return fail_claimed(state, settings, job, holder, &e.to_string()).await;
-        }
-        Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
     };
-    let (mime_type, ext) = content_type_and_ext(
-        media.content_type.as_deref(),
-        found.content_type.as_deref(),
-        found.result_type,
-    );
-    let key = result_key(job, ext);
-    let bucket = &settings.config.workspace_bucket;
-    let stored = match state
-        .storage
-        .put_stream(
-            bucket,
-            &key,
-            &mime_type,
-            media.body,
-            Some(settings.config.media_max_bytes),
-        )
-        .await
-    {
-        Ok(s) => s,
-        Err(StorageError::TooLarge { limit }) => {
-            let msg = format!("Result larger than the limit of {limit} bytes");
-            return fail_claimed(state, settings, job, holder, &msg).await;
-        }
-        Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
-        Err(e) => return Err(CompletionError::Storage(e)),
-    };
-    let thumbnail_path = if found.result_type == ResultType::Video {
-        copy_thumbnail(state, settings, job).await
-    } else {
-        None
-    };
-
-    let seed = output_seed(c.output).unwrap_or_else(|| fallback_seed(job.id));
-    let meta = &job.metadata;
-    let meta_str = |k: &str| meta.get(k).cloned().unwrap_or(Value::Null);
-    let generation_mode = job
-        .meta_str("generation_mode")
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            if found.result_type == ResultType::Video {
-                "txt2vid"
-            } else {
-                "txt2img"
-            }
-            .to_owned()
-        });
-    let asset = db::assets::NewAsset {
-        user_id: job.user_id,
-        job_id: job.id,
-        asset_type: found.result_type.as_str().to_owned(),
-        temp_storage_path: key.clone(),
-        thumbnail_path: thumbnail_path.clone(),
-        file_size_bytes: stored.size as i64,
-        mime_type: mime_type.clone(),
-        generation_seed: seed,
-        original_prompt: job.original_prompt.clone().unwrap_or_default(),
-        model_used: job.meta_str("model_key").unwrap_or("unknown").to_owned(),
-        generation_settings: json!({
-            "model_key": meta_str("model_key"),
-            "provider": job.meta_str("provider_name").unwrap_or("fal"),
-            "content_mode": job.meta_str("content_mode").unwrap_or("nsfw"),
-            "generation_mode": generation_mode,
-            "seed": seed,
-            "scene_id": meta_str("scene_id"),
-            "scene_template_id": meta_str("scene_template_id"),
-            "scene_template_name": meta_str("scene_template_name"),
-            "original_scene_prompt": meta.get("original_scene_prompt").cloned()
-                .unwrap_or_else(|| json!(job.original_prompt)),
-            "num_characters": meta_str("num_characters"),
-        }),
-    };
-    let mut patch = json!({
-        "result_type": found.result_type.as_str(),
-        "original_fal_url": found.url,
-        "storage_path": key,
-        "thumbnail_path": thumbnail_path,
-        "mime_type": mime_type,
-        "file_size_bytes": stored.size,
-    });
-    if let (Some(p), Some(extra)) = (patch.as_object_mut(), c.metadata.as_object()) {
-        p.extend(extra.clone());
-    }
-    // fal's output is stored as given, less what Postgres cannot store (U+0000 would fail every retry).
-    let patch = crate::json::without_nul(&patch);
-
-    let committed = commit_completion(state, settings, c, holder, &asset, &patch).await;
+    let (asset, patch) = record_of(c, &stored);
+    let committed = commit_completion(state, settings, c, holder, &asset, &patch, &stored).await;
     let asset_id = match committed {
         Ok(Some(id)) => id,
         Ok(None) => {
             // Cancelled (or failed) while we transferred: keep it so, and leave no object behind.
             remove_objects(state, settings, job).await;
-            let client = state.db.client(&settings.secrets.database_url).await?;
-            let current = db::jobs::get(&**client, job.id).await?.map(|j| j.status);
-            return Ok(Outcome::AlreadyTerminal(
-                current.unwrap_or(JobStatus::Cancelled),
-            ));
+            let status = current_status(state, settings, job.id).await?;
+            return Ok(Outcome::AlreadyTerminal(status));
         }
         Err(e) => {
             // The commit's fate is unknown until the job is read back: only a job seen still open loses the
@@ -439,20 +338,157 @@ async fn complete_claimed(
             return Err(e);
         }
     };
-    tracing::info!(job_id = %job.id, key = %key, bytes = stored.size, "job completed");
+    tracing::info!(job_id = %job.id, key = %stored.key, bytes = stored.size, "job completed");
     Ok(Outcome::Completed(Completed {
         asset_id,
-        storage_path: key,
-        thumbnail_path,
-        result_type: found.result_type,
-        mime_type,
+        storage_path: stored.key,
+        thumbnail_path: stored.thumbnail_path,
+        result_type: stored.media.result_type,
+        mime_type: stored.mime_type,
         size: stored.size,
-        original_url: found.url,
+        original_url: stored.media.url,
     }))
 }
 
-/// The completing transaction: asset, job transition, usage, claim release. `None` when the job was no longer
-/// open (nothing committed).
+/// Re-read under the claim: the job may have finished between the caller's read and our claim.
+async fn terminal_under_claim(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+    holder: Uuid,
+) -> Result<Option<JobStatus>, CompletionError> {
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    match db::jobs::get(&**client, job_id).await? {
+        Some(current) if current.status.is_terminal() => {
+            db::claims::release(&**client, job_id, holder).await?;
+            Ok(Some(current.status))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn current_status(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+) -> Result<JobStatus, CompletionError> {
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    let current = db::jobs::get(&**client, job_id).await?.map(|j| j.status);
+    Ok(current.unwrap_or(JobStatus::Cancelled))
+}
+
+/// Streams the result named by the output from the media host into S3 under the job's deterministic key, and
+/// copies the video thumbnail. Transient faults are errors (the job stays open); final verdicts are `Refused`.
+async fn transfer(
+    state: &AppState,
+    settings: &Settings,
+    c: &Completion<'_>,
+) -> Result<Transfer, CompletionError> {
+    let job = c.job;
+    let Some(found) = result_media(c.output, job.format.as_deref()) else {
+        return Ok(Transfer::Refused(
+            "No result URL in fal.ai webhook payload".into(),
+        ));
+    };
+    let policy = MediaPolicy::from_config(&settings.config);
+    let media = match media::fetch(&state.media_http, &policy, &found.url).await {
+        Ok(m) => m,
+        Err(FetchError::Rejected(r)) => {
+            tracing::warn!(job_id = %job.id, reason = %r, "result URL refused");
+            return Ok(Transfer::Refused(format!("Result URL not allowed: {r}")));
+        }
+        Err(e @ FetchError::Gone(_)) => return Ok(Transfer::Refused(e.to_string())),
+        Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
+    };
+    let (mime_type, ext) = content_type_and_ext(
+        media.content_type.as_deref(),
+        found.content_type.as_deref(),
+        found.result_type,
+    );
+    let key = result_key(job, ext);
+    let limit = Some(settings.config.media_max_bytes);
+    let bucket = &settings.config.workspace_bucket;
+    let size = match state
+        .storage
+        .put_stream(bucket, &key, &mime_type, media.body, limit)
+        .await
+    {
+        Ok(s) => s.size,
+        Err(StorageError::TooLarge { limit }) => {
+            let message = format!("Result larger than the limit of {limit} bytes");
+            return Ok(Transfer::Refused(message));
+        }
+        Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
+        Err(e) => return Err(CompletionError::Storage(e)),
+    };
+    let thumbnail_path = if found.result_type == ResultType::Video {
+        copy_thumbnail(state, settings, job).await
+    } else {
+        None
+    };
+    Ok(Transfer::Stored(Stored {
+        media: found,
+        key,
+        mime_type,
+        size,
+        thumbnail_path,
+    }))
+}
+
+/// The asset row and the job's metadata copies for a stored result. Pure.
+fn record_of(c: &Completion<'_>, stored: &Stored) -> (db::assets::NewAsset, Value) {
+    let job = c.job;
+    let result_type = stored.media.result_type;
+    let seed = output_seed(c.output).unwrap_or_else(|| fallback_seed(job.id));
+    let meta = |k: &str| job.metadata.get(k).cloned().unwrap_or(Value::Null);
+    let default_mode = match result_type {
+        ResultType::Video => "txt2vid",
+        ResultType::Image => "txt2img",
+    };
+    let model_key = job.run.as_ref().map_or("unknown", |r| r.model_key.as_str());
+    let provider = job.run.as_ref().map_or("fal", |r| r.provider_name.as_str());
+    let asset = db::assets::NewAsset {
+        user_id: job.user_id,
+        job_id: job.id,
+        asset_type: result_type.as_str().to_owned(),
+        temp_storage_path: stored.key.clone(),
+        thumbnail_path: stored.thumbnail_path.clone(),
+        file_size_bytes: stored.size as i64,
+        mime_type: stored.mime_type.clone(),
+        generation_seed: seed,
+        original_prompt: job.original_prompt.clone().unwrap_or_default(),
+        model_used: model_key.to_owned(),
+        generation_settings: json!({
+            "model_key": model_key,
+            "provider": provider,
+            "content_mode": job.meta_str("content_mode").unwrap_or("nsfw"),
+            "generation_mode": job.meta_str("generation_mode").unwrap_or(default_mode),
+            "seed": seed,
+            "scene_id": meta("scene_id"),
+            "scene_template_id": meta("scene_template_id"),
+            "scene_template_name": meta("scene_template_name"),
+            "original_scene_prompt": job.metadata.get("original_scene_prompt").cloned()
+                .unwrap_or_else(|| json!(job.original_prompt)),
+            "num_characters": meta("num_characters"),
+        }),
+    };
+    let mut patch = json!({
+        "result_type": result_type.as_str(),
+        "original_fal_url": stored.media.url,
+        "storage_path": stored.key,
+        "thumbnail_path": stored.thumbnail_path,
+        "mime_type": stored.mime_type,
+        "file_size_bytes": stored.size,
+    });
+    if let (Some(p), Some(extra)) = (patch.as_object_mut(), c.metadata.as_object()) {
+        p.extend(extra.clone());
+    }
+    // fal's output is stored as given, less what Postgres cannot store (U+0000 would fail every retry).
+    (asset, crate::json::without_nul(&patch))
+}
+
+/// The completing transaction: asset, result keys, job transition, usage, claim release. `None` when the job was
+/// no longer open (nothing committed).
 async fn commit_completion(
     state: &AppState,
     settings: &Settings,
@@ -460,6 +496,7 @@ async fn commit_completion(
     holder: Uuid,
     asset: &db::assets::NewAsset,
     patch: &Value,
+    stored: &Stored,
 ) -> Result<Option<Uuid>, CompletionError> {
     let job = c.job;
     let mut client = state.db.client(&settings.secrets.database_url).await?;
@@ -470,6 +507,8 @@ async fn commit_completion(
         db::claims::release(&**client, job.id, holder).await?;
         return Ok(None);
     }
+    let thumbnail = stored.thumbnail_path.as_deref();
+    db::runs::record_result(&*tx, job.id, &stored.key, thumbnail).await?;
     settle_usage(&*tx, job, &c.usage).await?;
     db::claims::release(&*tx, job.id, holder).await?;
     tx.commit().await?;
@@ -482,12 +521,13 @@ async fn still_open(state: &AppState, settings: &Settings, job_id: Uuid) -> Opti
     Some(!job.status.is_terminal())
 }
 
-/// Deletes the job's result objects (`<user>/<job>_0.*`), best effort: the bucket's expiry is the backstop.
+/// Deletes the job's result objects by their exact keys (every key a result of the job can have), best effort:
+/// the bucket's expiry is the backstop. Exact keys need only `s3:DeleteObject`, no listing.
 pub async fn remove_objects(state: &AppState, settings: &Settings, job: &JobRecord) {
-    let prefix = format!("{}/{}_0.", job.user_id, job.id);
+    let keys = crate::storage::result_key_candidates(job.user_id, job.id);
     if let Err(e) = state
         .storage
-        .delete_prefix(&settings.config.workspace_bucket, &prefix)
+        .delete_keys(&settings.config.workspace_bucket, &keys)
         .await
     {
         tracing::warn!(job_id = %job.id, error = %e, "could not delete the objects of an unfinished job");
@@ -528,7 +568,7 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
             )
             .await?;
             if updated == 0 {
-                let provider = job.meta_str("provider_name").unwrap_or("fal");
+                let provider = job.run.as_ref().map_or("fal", |r| r.provider_name.as_str());
                 db::usage::insert_for_job(client, job.id, provider, elapsed_ms, &meta).await?;
             }
         }
@@ -569,12 +609,8 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
 ) -> Result<bool, tokio_postgres::Error> {
     let moved =
         db::jobs::transition(client, job.id, JobStatus::Failed, Some(message), &json!({})).await?;
-    if moved
-        && let Some(clip) = job
-            .meta_str("storyboard_clip_id")
-            .and_then(|s| Uuid::parse_str(s).ok())
-    {
-        db::postprocess::fail_storyboard_clip(client, clip).await?;
+    if moved && let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
+        db::postprocess::fail_storyboard_clip(client, clip, job.user_id).await?;
     }
     if moved {
         db::claims::clear(client, job.id).await?;
@@ -600,19 +636,20 @@ pub async fn fail(
     Ok(moved)
 }
 
-/// The video thumbnail: the reference image handed to fal, copied server-side when it lives in our workspace
-/// bucket (no fetch of a URL, no second signing). Best effort, as in the original.
+/// The video thumbnail: the reference image handed to fal, copied server-side when it is the owner's object in
+/// one of our buckets (no fetch of a URL, no second signing). Best effort, as in the original.
 async fn copy_thumbnail(state: &AppState, settings: &Settings, job: &JobRecord) -> Option<String> {
-    let (bucket, key) = job.metadata.get("reference_image_storage").and_then(|r| {
-        Some((
-            r.get("bucket")?.as_str()?.to_owned(),
-            r.get("key")?.as_str()?.to_owned(),
-        ))
-    })?;
+    let source = job.run.as_ref()?.reference.as_ref()?;
+    let c = &settings.config;
+    if ![&c.workspace_bucket, &c.library_bucket].contains(&&source.bucket) {
+        tracing::warn!(job_id = %job.id, "thumbnail source outside our buckets refused");
+        return None;
+    }
+    let key = crate::ownership::owned_key(job.user_id, &source.key)?;
     let target = thumbnail_key(job);
     match state
         .storage
-        .copy(&bucket, &key, &settings.config.workspace_bucket, &target)
+        .copy(&source.bucket, key, &c.workspace_bucket, &target)
         .await
     {
         Ok(()) => Some(target),

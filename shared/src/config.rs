@@ -12,6 +12,8 @@ use crate::secrets::AppSecrets;
 pub const DEFAULT_FAL_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
 /// fal's result media hosts (a leading `*.` allows every subdomain).
 pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str = "fal.media,*.fal.media";
+/// Lambda's longest function timeout (fal-webhook's and the reconciler's in `template.yaml`).
+const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +49,9 @@ pub struct Config {
     /// Longest wait for the next bytes of a media response (its headers included): a stalled fetch fails as a
     /// transient fault (5xx, fal retries).
     pub media_read_timeout: Duration,
+    /// Longest time one result download may take as a whole, so a slow drip fails as a transient fault (5xx, fal
+    /// retries) instead of holding the function to its timeout; below that timeout (900 s in `template.yaml`).
+    pub media_download_deadline: Duration,
     /// Bound of one sync fal run, well inside API Gateway's 30 s.
     pub fal_sync_timeout: Duration,
     /// Bound of every other fal call (submit, status, result, cancel).
@@ -59,6 +64,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long an instance keeps a model row it looked up (0: looked up on every request).
     pub model_cache_ttl: Duration,
+    /// Most open (`queued`/`processing`) jobs one user may have; a submission beyond it is answered 429.
+    pub max_open_jobs_per_user: u32,
+    /// Model keys `model_key_override` may name besides the active models of `api_models`.
+    pub model_override_allowed: Vec<String>,
+    /// How long after a rotation webhook URLs made with the previous secret are still accepted.
+    pub webhook_secret_grace: Duration,
 }
 
 impl Config {
@@ -103,6 +114,12 @@ impl Config {
                 "MEDIA_READ_TIMEOUT_SECS",
                 30,
             )?),
+            media_download_deadline: Duration::from_secs(parse_num_in(
+                &var,
+                "MEDIA_DOWNLOAD_DEADLINE_SECS",
+                600,
+                1..MAX_FUNCTION_TIMEOUT_SECS,
+            )?),
             fal_sync_timeout: Duration::from_secs(parse_num(&var, "FAL_SYNC_TIMEOUT_SECS", 25)?),
             fal_request_timeout: Duration::from_secs(parse_num(
                 &var,
@@ -113,6 +130,20 @@ impl Config {
             fal_retry_max: parse_num(&var, "FAL_RETRY_MAX", 3)?,
             max_body_bytes: parse_num(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
             model_cache_ttl: Duration::from_secs(parse_num(&var, "MODEL_CACHE_TTL_SECS", 30)?),
+            // In range by the check, so the cast cannot truncate.
+            max_open_jobs_per_user: parse_num_in(&var, "MAX_OPEN_JOBS_PER_USER", 20, 1..1_000_001)?
+                as u32,
+            model_override_allowed: var("MODEL_OVERRIDE_ALLOWED")
+                .unwrap_or_default()
+                .split(',')
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect(),
+            webhook_secret_grace: Duration::from_secs(parse_num(
+                &var,
+                "WEBHOOK_SECRET_GRACE_SECS",
+                24 * 3600,
+            )?),
         })
     }
 }
@@ -143,6 +174,26 @@ fn parse_num<T: std::str::FromStr>(
             reason: format!("expected a number, got {v:?}"),
         }),
     }
+}
+
+/// A number within `range` (e.g. a bound that must stay below the function timeout).
+fn parse_num_in(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::Range<u64>,
+) -> Result<u64, ConfigError> {
+    let n = parse_num(var, name, default)?;
+    if !range.contains(&n) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "must be at least {} and below {}, got {n}",
+                range.start, range.end
+            ),
+        });
+    }
+    Ok(n)
 }
 
 fn parse_bool(
@@ -192,6 +243,7 @@ mod tests {
         assert!(!c.media_allow_http);
         assert!(c.fal_webhook_url.is_none());
         assert!(c.fal_sync_timeout < Duration::from_secs(30));
+        assert_eq!(c.media_download_deadline, Duration::from_secs(600));
     }
 
     #[test]
@@ -204,6 +256,9 @@ mod tests {
             ("SECRET_TTL_SECS", "soon"),
             ("MODEL_CACHE_TTL_SECS", "-1"),
             ("MEDIA_READ_TIMEOUT_SECS", "1.5"),
+            ("MEDIA_DOWNLOAD_DEADLINE_SECS", "ten"),
+            ("MEDIA_DOWNLOAD_DEADLINE_SECS", "0"),
+            ("MEDIA_DOWNLOAD_DEADLINE_SECS", "900"),
             ("MEDIA_ALLOW_HTTP", "maybe"),
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),

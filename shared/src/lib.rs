@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod json;
 pub mod media;
 pub mod migrations;
+pub mod ownership;
 pub mod postprocess;
 pub mod pricing;
 pub mod reconcile;
@@ -22,6 +23,7 @@ pub mod storage;
 pub mod submission;
 pub mod telemetry;
 pub mod webhook;
+pub mod webhook_auth;
 
 pub use config::{Config, ConfigError, Settings};
 pub use state::AppState;

@@ -1,13 +1,13 @@
 //! Fetching result media from fal: only from allowed hosts, only over https (plain http only where configured,
 //! for the local emulator), never from a private, loopback or link-local address unless that exact address is
-//! allow-listed, with redirects re-checked, and streamed (the body is never held whole).
+//! allow-listed, with redirects re-checked, and streamed (the body is never held whole) within an overall deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use url::{Host, Url};
 
 use crate::config::Config;
@@ -37,16 +37,31 @@ pub enum FetchError {
     Transient(String),
 }
 
+/// Reading the body of a result failed part-way; worth retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The whole download (headers and body) took longer than its deadline: a slow drip, not a stall.
+    #[error("result download did not finish within {} s", .0.as_secs())]
+    Deadline(Duration),
+    /// The connection broke off or stalled beyond the read timeout.
+    #[error("result download broke off: {0}")]
+    Read(String),
+}
+
 /// The media read timeout unless configured (`MEDIA_READ_TIMEOUT_SECS`).
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The deadline of one whole result download unless configured (`MEDIA_DOWNLOAD_DEADLINE_SECS`).
+const DEFAULT_DOWNLOAD_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Which URLs may be fetched, and how long a fetch may stall.
+/// Which URLs may be fetched, how long a fetch may stall, and how long it may last.
 #[derive(Debug, Clone)]
 pub struct MediaPolicy {
     allowed_hosts: Vec<String>,
     allow_http: bool,
     /// Longest wait for a response's headers or its next bytes.
     read_timeout: Duration,
+    /// Longest time for one whole download, headers and body.
+    download_deadline: Duration,
 }
 
 impl MediaPolicy {
@@ -58,12 +73,14 @@ impl MediaPolicy {
                 .collect(),
             allow_http,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            download_deadline: DEFAULT_DOWNLOAD_DEADLINE,
         }
     }
 
     pub fn from_config(c: &Config) -> Self {
         Self {
             read_timeout: c.media_read_timeout,
+            download_deadline: c.media_download_deadline,
             ..Self::new(c.media_allowed_hosts.clone(), c.media_allow_http)
         }
     }
@@ -214,27 +231,38 @@ pub fn http_client(policy: &MediaPolicy) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// The body of a media response, as it arrives.
+pub type Body = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
 /// A media response whose body has not been read yet.
 pub struct Media {
     pub content_type: Option<String>,
     pub content_length: Option<u64>,
-    pub body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    /// Ends with a [`BodyError`] when the download breaks off or outlives its deadline.
+    pub body: Body,
 }
 
-/// Starts fetching an allowed URL. Client errors are final verdicts, everything else transient.
+/// Starts fetching an allowed URL. Client errors are final verdicts, everything else transient. The whole
+/// download, body included, must finish within the policy's deadline.
 pub async fn fetch(
     client: &reqwest::Client,
     policy: &MediaPolicy,
     raw_url: &str,
 ) -> Result<Media, FetchError> {
     let url = policy.check(raw_url)?;
-    let response = client.get(url).send().await.map_err(|e| {
-        if e.is_redirect() {
-            FetchError::Rejected(Rejection::HostNotAllowed("redirect target".into()))
-        } else {
-            FetchError::Transient(e.without_url().to_string())
-        }
-    })?;
+    let deadline = tokio::time::Instant::now() + policy.download_deadline;
+    let response = tokio::time::timeout_at(deadline, client.get(url).send())
+        .await
+        .map_err(|_| {
+            FetchError::Transient(BodyError::Deadline(policy.download_deadline).to_string())
+        })?
+        .map_err(|e| {
+            if e.is_redirect() {
+                FetchError::Rejected(Rejection::HostNotAllowed("redirect target".into()))
+            } else {
+                FetchError::Transient(e.without_url().to_string())
+            }
+        })?;
     let status = response.status();
     if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
         return Err(FetchError::Gone(status.as_u16()));
@@ -250,11 +278,43 @@ pub async fn fetch(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty());
+    let content_length = response.content_length();
+    let body = response
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(|e| BodyError::Read(e.without_url().to_string())));
     Ok(Media {
         content_type,
-        content_length: response.content_length(),
-        body: Box::pin(response.bytes_stream()),
+        content_length,
+        body: until_deadline(body, deadline, policy.download_deadline),
     })
+}
+
+/// Passes `body` through until `deadline`, then yields one [`BodyError::Deadline`] and ends; ends after any error.
+fn until_deadline(
+    body: impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+) -> Body {
+    let state = (
+        Box::pin(body),
+        Box::pin(tokio::time::sleep_until(deadline)),
+        false,
+    );
+    Box::pin(futures::stream::unfold(
+        state,
+        move |(mut body, mut expiry, ended)| async move {
+            if ended {
+                return None;
+            }
+            let item = tokio::select! {
+                biased;
+                () = &mut expiry => Err(BodyError::Deadline(limit)),
+                next = body.next() => next?,
+            };
+            let ended = item.is_err();
+            Some((item, (body, expiry, ended)))
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -358,6 +418,86 @@ mod tests {
             p.check("http://127.0.0.1:9101/media/r/output.png"),
             Err(Rejection::HostNotAllowed(_))
         ));
+    }
+
+    /// A loopback media host that sends its headers at once, then one byte every `every` (of 1000 promised).
+    async fn dripping_host(every: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: 1000\r\n\r\n";
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..1000 {
+                        tokio::time::sleep(every).await;
+                        if conn.write_all(b"x").await.is_err() || conn.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        format!("{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_body_dripping_past_the_download_deadline_is_cut_off_as_a_transient_source_error() {
+        let host = dripping_host(Duration::from_millis(50)).await;
+        let policy = MediaPolicy {
+            download_deadline: Duration::from_millis(400),
+            ..MediaPolicy::new(vec![host.clone()], true)
+        };
+        let client = http_client(&policy).unwrap();
+        let started = std::time::Instant::now();
+        let media = fetch(&client, &policy, &format!("http://{host}/media/r/out.mp4"))
+            .await
+            .unwrap();
+        assert_eq!(media.content_length, Some(1000));
+        // Each byte arrives well within the read timeout; only the overall deadline ends the download.
+        let mut body = media.body;
+        let mut read = 0;
+        let err = loop {
+            match body.next().await {
+                Some(Ok(b)) => read += b.len(),
+                Some(Err(e)) => break e,
+                None => panic!("the body ended after {read} bytes without an error"),
+            }
+        };
+        assert_eq!(err, BodyError::Deadline(Duration::from_millis(400)));
+        assert!(read > 0 && read < 1000, "{read}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(body.next().await.is_none(), "nothing after the deadline");
+
+        // Stored through the S3 adapter, the cut-off is a source failure (the completion's transient media
+        // fault: 5xx, fal retries), raised before any S3 call.
+        let media = fetch(&client, &policy, &format!("http://{host}/media/r/out.mp4"))
+            .await
+            .unwrap();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .build(),
+        );
+        let err = crate::storage::Storage::new(s3)
+            .put_stream("bucket", "key", "video/mp4", media.body, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::storage::StorageError::Source(ref m) if m.contains("did not finish within")),
+            "{err}"
+        );
     }
 
     #[test]

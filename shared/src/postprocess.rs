@@ -10,8 +10,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::db::runs::PostTargets;
 use crate::db::{self, postprocess as pp};
 use crate::jobs::JobStatus;
+use crate::ownership;
 use crate::state::AppState;
 
 pub const STEP_PORTRAIT: &str = "character_portrait";
@@ -35,19 +37,17 @@ impl From<tokio_postgres::Error> for PostProcessError {
     }
 }
 
-/// The steps a job's metadata asks for.
-pub fn steps_for(metadata: &Value) -> Vec<&'static str> {
+/// The steps a job's targets ask for: the one rule of post-processing eligibility.
+pub fn steps_for(targets: &PostTargets) -> Vec<&'static str> {
     let mut steps = Vec::new();
-    match metadata.get("destination").and_then(Value::as_str) {
-        Some("character_portrait") => steps.push(STEP_PORTRAIT),
-        Some("character_scene" | "roleplay_scene") => steps.push(STEP_SCENE),
+    match targets.destination.as_deref() {
+        Some("character_portrait") if targets.character_id.is_some() => steps.push(STEP_PORTRAIT),
+        Some("character_scene" | "roleplay_scene") if targets.scene_id.is_some() => {
+            steps.push(STEP_SCENE)
+        }
         _ => {}
     }
-    if metadata
-        .get("storyboard_clip_id")
-        .and_then(Value::as_str)
-        .is_some()
-    {
+    if targets.storyboard_clip_id.is_some() {
         steps.push(STEP_STORYBOARD);
     }
     steps
@@ -72,29 +72,55 @@ pub async fn run_steps(
     if job.status != JobStatus::Completed {
         return Ok(Vec::new());
     }
-    let Some(asset) = db::assets::for_job(&**client, job_id).await? else {
+    let Some(mut asset) = db::assets::for_job(&**client, job_id).await? else {
         return Ok(Vec::new());
     };
     drop(client);
+    let Some(run) = job.run.clone() else {
+        return Ok(Vec::new());
+    };
+    // The stored result as the completion recorded it, never the asset row's paths (the owner can rewrite them).
+    let Some(key) = run
+        .result_key
+        .as_deref()
+        .and_then(|k| ownership::owned_key(job.user_id, k))
+    else {
+        return Ok(Vec::new());
+    };
+    asset.temp_storage_path = key.to_owned();
+    asset.thumbnail_path = run
+        .thumbnail_key
+        .as_deref()
+        .and_then(|k| ownership::owned_key(job.user_id, k))
+        .map(str::to_owned);
+    let t = &run.targets;
     let mut done = Vec::new();
-    for step in steps_for(&job.metadata) {
-        let ran = match step {
-            STEP_PORTRAIT => portrait(state, settings, &job, &asset).await?,
-            STEP_SCENE => scene(state, settings, &job, &asset).await?,
-            STEP_STORYBOARD => storyboard(state, settings, &job, &asset).await?,
-            _ => false,
+    for step in &run.post_steps {
+        let (name, ran) = match (
+            step.as_str(),
+            t.character_id,
+            t.scene_id,
+            t.storyboard_clip_id,
+        ) {
+            (STEP_PORTRAIT, Some(id), _, _) => (
+                STEP_PORTRAIT,
+                portrait(state, settings, &job, &asset, id).await?,
+            ),
+            (STEP_SCENE, _, Some(id), _) => (
+                STEP_SCENE,
+                scene(state, settings, &job, &asset, id, t).await?,
+            ),
+            (STEP_STORYBOARD, _, _, Some(id)) => (
+                STEP_STORYBOARD,
+                storyboard(state, settings, &job, &asset, id).await?,
+            ),
+            _ => continue,
         };
         if ran {
-            done.push(step);
+            done.push(name);
         }
     }
     Ok(done)
-}
-
-fn uuid_in(meta: &Value, key: &str) -> Option<Uuid> {
-    meta.get(key)
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 fn ext_of(path: &str) -> &str {
@@ -123,7 +149,11 @@ fn library_row(job: &db::jobs::JobRecord, asset: &db::assets::AssetRow) -> pp::L
         file_size_bytes: asset.file_size_bytes,
         mime_type: asset.mime_type.clone(),
         original_prompt: job.original_prompt.clone().unwrap_or_default(),
-        model_used: job.meta_str("model_key").unwrap_or("unknown").to_owned(),
+        model_used: job
+            .run
+            .as_ref()
+            .map_or("unknown", |r| r.model_key.as_str())
+            .to_owned(),
         generation_seed: seed_of(job),
         tags: Vec::new(),
         character_id: None,
@@ -213,10 +243,8 @@ async fn portrait(
     settings: &Settings,
     job: &db::jobs::JobRecord,
     asset: &db::assets::AssetRow,
+    character_id: Uuid,
 ) -> Result<bool, PostProcessError> {
-    let Some(character_id) = uuid_in(&job.metadata, "character_id") else {
-        return Ok(false);
-    };
     let base = format!("{}/{}_{}", job.user_id, job.id, character_id);
     let mut row = library_row(job, asset);
     row.tags = vec!["character".into(), "portrait".into()];
@@ -248,18 +276,17 @@ async fn scene(
     settings: &Settings,
     job: &db::jobs::JobRecord,
     asset: &db::assets::AssetRow,
+    scene_id: Uuid,
+    targets: &PostTargets,
 ) -> Result<bool, PostProcessError> {
-    let Some(scene_id) = uuid_in(&job.metadata, "scene_id") else {
-        return Ok(false);
-    };
     let mut row = library_row(job, asset);
     row.tags = vec!["scene".into(), "roleplay".into()];
-    row.character_id = uuid_in(&job.metadata, "character_id");
+    row.character_id = targets.character_id;
     row.content_category = "scene".into();
     row.roleplay_metadata = json!({
         "type": "roleplay_scene",
         "scene_id": scene_id,
-        "character_id": job.metadata.get("character_id"),
+        "character_id": targets.character_id,
         "character_name": character_name(job),
         "conversation_id": job.metadata.get("conversation_id"),
     });
@@ -286,10 +313,8 @@ async fn storyboard(
     settings: &Settings,
     job: &db::jobs::JobRecord,
     asset: &db::assets::AssetRow,
+    clip_id: Uuid,
 ) -> Result<bool, PostProcessError> {
-    let Some(clip_id) = uuid_in(&job.metadata, "storyboard_clip_id") else {
-        return Ok(false);
-    };
     if asset.asset_type != "video" {
         return Ok(false);
     }
@@ -319,7 +344,8 @@ async fn storyboard(
         tx.rollback().await?;
         return Ok(false);
     }
-    pp::complete_storyboard_clip(&*tx, clip_id, &url, duration, thumb.as_deref()).await?;
+    pp::complete_storyboard_clip(&*tx, clip_id, job.user_id, &url, duration, thumb.as_deref())
+        .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -329,21 +355,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn destinations_map_to_steps() {
+    fn targets_map_to_steps() {
+        let id = Some(Uuid::new_v4());
+        let t =
+            |destination: Option<&str>, character_id, scene_id, storyboard_clip_id| PostTargets {
+                destination: destination.map(str::to_owned),
+                character_id,
+                scene_id,
+                storyboard_clip_id,
+            };
         assert_eq!(
-            steps_for(&json!({"destination":"character_portrait"})),
+            steps_for(&t(Some("character_portrait"), id, None, None)),
             vec![STEP_PORTRAIT]
         );
         assert_eq!(
-            steps_for(&json!({"destination":"roleplay_scene"})),
+            steps_for(&t(Some("roleplay_scene"), None, id, None)),
             vec![STEP_SCENE]
         );
         assert_eq!(
-            steps_for(&json!({"destination":"character_scene","storyboard_clip_id":"x"})),
+            steps_for(&t(Some("character_scene"), None, id, id)),
             vec![STEP_SCENE, STEP_STORYBOARD]
         );
-        assert!(steps_for(&json!({"destination":"scene_preview"})).is_empty());
-        assert!(steps_for(&json!({})).is_empty());
+        // A storyboard clip alone is post-processed, whatever the route that completed the job.
+        assert_eq!(steps_for(&t(None, None, None, id)), vec![STEP_STORYBOARD]);
+        assert!(steps_for(&t(Some("character_portrait"), None, None, None)).is_empty());
+        assert!(steps_for(&t(Some("scene_preview"), id, id, None)).is_empty());
+        assert!(steps_for(&PostTargets::default()).is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::completion::{self, Completion, Outcome, UsageSettlement};
 use crate::config::Settings;
 use crate::db;
+use crate::db::runs::ProviderRequest;
 use crate::fal::FalError;
 use crate::fal::types::QueueState;
 use crate::state::AppState;
@@ -174,9 +175,13 @@ async fn reconcile_one(
             })
         }
     };
+    // The provider's URLs as the submission recorded them, each on the provider's own hosts.
+    let run = job.run.as_ref();
+    let url =
+        |pick: fn(&ProviderRequest) -> Option<&String>| run.and_then(|r| r.provider_url(pick));
     let (Some(status_url), Some(response_url)) = (
-        job.meta_str("fal_status_url"),
-        job.meta_str("fal_response_url"),
+        url(|q| q.status_url.as_ref()),
+        url(|q| q.response_url.as_ref()),
     ) else {
         return if past_deadline {
             fail("No fal.ai request was recorded for this job before the deadline".into()).await
@@ -185,11 +190,11 @@ async fn reconcile_one(
         };
     };
     let fal = state.fal(settings);
-    match fal.status(status_url).await {
+    match fal.status(&status_url).await {
         Ok(QueueState::Completed) => {}
         Ok(_) if past_deadline => {
-            if let Some(cancel_url) = job.meta_str("fal_cancel_url") {
-                let _ = fal.cancel(cancel_url).await;
+            if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
+                let _ = fal.cancel(&cancel_url).await;
             }
             return fail(format!(
                 "fal.ai did not finish within {} s",
@@ -203,12 +208,12 @@ async fn reconcile_one(
         }
         Err(e) => return Err(e.into()),
     }
-    let output = match fal.result(response_url).await {
+    let output = match fal.result(&response_url).await {
         Ok(o) => o,
         Err(e) if e.is_caller_error() => return fail(format!("fal.ai request failed: {e}")).await,
         Err(e) => return Err(e.into()),
     };
-    let request_id = job.meta_str("fal_request_id").map(str::to_owned);
+    let request_id = run.and_then(|r| r.request_id()).map(str::to_owned);
     let outcome = completion::complete(
         state,
         settings,

@@ -15,6 +15,10 @@ struct SecretJson {
     fal_key: String,
     #[serde(rename = "FAL_WEBHOOK_SECRET", default)]
     fal_webhook_secret: Option<String>,
+    #[serde(rename = "FAL_WEBHOOK_SECRET_PREVIOUS", default)]
+    fal_webhook_secret_previous: Option<String>,
+    #[serde(rename = "FAL_WEBHOOK_SECRET_ROTATED_AT", default)]
+    fal_webhook_secret_rotated_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(rename = "DATABASE_URL")]
     database_url: String,
     #[serde(rename = "SUPABASE_JWT_SECRET")]
@@ -27,6 +31,9 @@ pub struct AppSecrets {
     pub fal_key: SecretString,
     /// `None` (absent or empty) disables the queue route: submissions fall back to sync runs.
     pub fal_webhook_secret: Option<SecretString>,
+    /// The secret before the last rotation and when it was rotated: webhook URLs made with it keep working for
+    /// `WEBHOOK_SECRET_GRACE_SECS` after that instant.
+    pub fal_webhook_secret_previous: Option<(SecretString, chrono::DateTime<chrono::Utc>)>,
     pub database_url: SecretString,
     /// HS256 key that verifies Supabase user JWTs.
     pub jwt_secret: SecretString,
@@ -58,6 +65,10 @@ impl AppSecrets {
         Ok(AppSecrets {
             fal_key: SecretString::from(raw.fal_key),
             fal_webhook_secret: raw.fal_webhook_secret.and_then(non_empty),
+            fal_webhook_secret_previous: raw
+                .fal_webhook_secret_previous
+                .and_then(non_empty)
+                .zip(raw.fal_webhook_secret_rotated_at),
             database_url: SecretString::from(raw.database_url),
             jwt_secret: SecretString::from(raw.jwt_secret),
         })

@@ -1,20 +1,38 @@
 //! S3: streaming uploads of any length with bounded memory (one buffer of `part_size` being filled, at most
-//! [`PARTS_IN_FLIGHT`] parts uploading, so download and upload overlap), presigned GETs, and object metadata.
+//! [`PARTS_IN_FLIGHT`] parts uploading, so download and upload overlap), presigned GETs, object metadata, and
+//! deletes by exact key (no listing: the functions' roles hold no s3:ListBucket).
 
 use std::time::Duration;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 /// 8 MiB: above S3's 5 MiB minimum part size, small enough for a 128 MB Lambda.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploading while the next one is read.
 pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// S3's limit of keys in one DeleteObjects request.
+const MAX_KEYS_PER_DELETE: usize = 1000;
+
+/// Every extension a result can be stored under: all that `completion::content_type_and_ext` produces.
+pub const RESULT_EXTENSIONS: [&str; 7] = ["png", "jpg", "webp", "gif", "mp4", "webm", "mov"];
+
+/// Every key a job's result objects can have in the workspace bucket: `<user>/<job>_0.<ext>` for each result
+/// extension, and the video thumbnail `<user>/<job>_0.thumb.webp`. Deleting these needs no listing.
+pub fn result_key_candidates(user_id: Uuid, job_id: Uuid) -> Vec<String> {
+    RESULT_EXTENSIONS
+        .iter()
+        .map(|ext| format!("{user_id}/{job_id}_0.{ext}"))
+        .chain([format!("{user_id}/{job_id}_0.thumb.webp")])
+        .collect()
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -217,6 +235,46 @@ impl Storage {
         Ok(())
     }
 
+    /// Deletes exactly these keys (DeleteObjects, up to 1000 keys a request); a key that does not exist is not an
+    /// error. Needs s3:DeleteObject only.
+    pub async fn delete_keys(&self, bucket: &str, keys: &[String]) -> Result<(), StorageError> {
+        for batch in keys.chunks(MAX_KEYS_PER_DELETE) {
+            let objects = batch
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(s3_err("DeleteObjects"))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(s3_err("DeleteObjects"))?;
+            let out = self
+                .s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(s3_err("DeleteObjects"))?;
+            // Quiet mode: only the keys that could not be deleted come back.
+            if let Some(failed) = out.errors().first() {
+                return Err(StorageError::S3 {
+                    operation: "DeleteObjects",
+                    reason: format!(
+                        "{} of {} keys not deleted, e.g. {}: {} {}",
+                        out.errors().len(),
+                        batch.len(),
+                        failed.key().unwrap_or("?"),
+                        failed.code().unwrap_or("?"),
+                        failed.message().unwrap_or("")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every object whose key starts with `prefix` (a job's result and thumbnail). Returns how many.
     pub async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<usize, StorageError> {
         let listed = self
@@ -392,6 +450,41 @@ impl Multipart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_key_candidates_cover_every_key_a_result_can_have() {
+        let user = Uuid::from_u128(1);
+        let job = Uuid::from_u128(2);
+        let keys = result_key_candidates(user, job);
+        assert_eq!(keys.len(), RESULT_EXTENSIONS.len() + 1);
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(&format!("{user}/{job}_0.")))
+        );
+        assert!(keys.contains(&format!("{user}/{job}_0.thumb.webp")));
+        // Every extension the completion can choose, from a served or named type or the defaults.
+        use crate::completion::ResultType;
+        use crate::completion::content_type_and_ext;
+        for ct in [
+            "image/png",
+            "image/jpeg",
+            "image/jpg",
+            "image/webp",
+            "image/gif",
+            "video/mp4",
+            "video/webm",
+            "video/quicktime",
+            "application/octet-stream",
+        ] {
+            for t in [ResultType::Image, ResultType::Video] {
+                let (_, ext) = content_type_and_ext(Some(ct), None, t);
+                assert!(
+                    keys.contains(&format!("{user}/{job}_0.{ext}")),
+                    "{ct}: {ext}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn copy_source_keys_are_encoded_per_segment() {

@@ -5,21 +5,24 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 use url::Url;
 use uuid::Uuid;
 
 use crate::completion::{self, Completion, Outcome, UsageSettlement};
 use crate::config::Settings;
+use crate::db::jobs::JobRecord;
+use crate::db::runs::{NewRun, ObjectRef, PostTargets, ProviderRequest, WebhookAuth};
 use crate::db::{self, DbError, models::ModelRow};
 use crate::fal::endpoint::EndpointError;
 use crate::fal::{FalError, QueueEndpoint, SyncEndpoint};
 use crate::input::{
-    self, GenerationRequest, InputError, Modality, ModelSpec, StoredBucket, StoredReference,
+    self, BuiltInput, GenerationRequest, InputError, Modality, ModelSpec, StoredBucket,
+    StoredReference,
 };
 use crate::jobs::JobStatus;
 use crate::state::AppState;
+use crate::{ownership, postprocess, webhook_auth};
 
 /// Presigned reference URLs live this long (fal fetches them soon after submission).
 const REFERENCE_URL_TTL: Duration = Duration::from_secs(3600);
@@ -27,8 +30,8 @@ const REFERENCE_URL_TTL: Duration = Duration::from_secs(3600);
 pub const RESULT_URL_TTL: Duration = Duration::from_secs(3600);
 /// `api_models.endpoint_path` of the queue route.
 pub const QUEUE_ROUTE: &str = "fal-webhook";
-/// Post-processing destinations (`metadata.destination`).
-pub const DESTINATIONS: &[&str] = &["character_portrait", "character_scene", "roleplay_scene"];
+/// How long a client told it has too many open jobs should wait before trying again.
+pub const OPEN_JOBS_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How a model runs, from `api_models.endpoint_path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +62,15 @@ pub enum SubmitError {
     Input(#[from] InputError),
     #[error("provider configuration is incomplete: {0}")]
     Misconfigured(String),
-    /// The client's `model_key_override` is not a fal model id.
+    /// The client's `model_key_override` is not an active model of the provider.
     #[error("Invalid model_key_override")]
     BadModelOverride,
+    /// A post-processing target (character, scene, storyboard clip) that is not the caller's.
+    #[error("{0}")]
+    TargetNotFound(&'static str),
+    /// The caller has `MAX_OPEN_JOBS_PER_USER` open jobs already.
+    #[error("Too many generations in progress")]
+    TooManyOpenJobs,
     /// fal refused the request (its 4xx), or failed it; the job is `failed`.
     #[error("fal.ai API request failed")]
     Fal { job_id: Uuid, error: FalError },
@@ -105,7 +114,38 @@ pub struct SubmitResult {
     pub post_process: Option<Uuid>,
 }
 
-/// Creates a generation for `user_id`.
+/// Everything decided before the job row is written: the model and how it runs, the fal input, the endpoints,
+/// and the server-owned run.
+struct Plan {
+    model: ModelRow,
+    model_key: String,
+    modality: Modality,
+    prompt: String,
+    built: BuiltInput,
+    sync_endpoint: SyncEndpoint,
+    /// The queue endpoint and the webhook URL without the job, when the queue route is taken.
+    queue: Option<(QueueEndpoint, Url)>,
+    targets: PostTargets,
+    reference: Option<ObjectRef>,
+    estimated_cost: f64,
+}
+
+impl Plan {
+    fn usage(&self, job_id: Uuid, user_id: Uuid) -> UsageBase {
+        UsageBase {
+            job_id,
+            provider_id: self.model.provider_id,
+            model_id: self.model.id,
+            user_id,
+            request_type: self.modality.as_str().to_owned(),
+            endpoint_path: format!("/{}", self.model_key),
+            request_payload: self.built.input.clone(),
+            cost_usd: self.estimated_cost,
+        }
+    }
+}
+
+/// Creates a generation for `user_id`: plan → insert → queue (or fall back) → run sync.
 pub async fn submit_generation(
     state: &AppState,
     settings: &Settings,
@@ -115,7 +155,25 @@ pub async fn submit_generation(
     // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
     // trip). Released before anything that takes connections of its own (sync completion, failing the job).
     let client = state.db.client(&settings.secrets.database_url).await?;
-    let model = resolve_model(state, &client, &req).await?;
+    let plan = plan(state, settings, &client, user_id, &req).await?;
+    let job_id = insert_job(&client, settings, user_id, &req, &plan).await?;
+    tracing::info!(%job_id, model_key = %plan.model_key, queued = plan.queue.is_some(), "job created");
+    if let Some(queued) = submit_queued(state, settings, &client, user_id, job_id, &plan).await? {
+        return Ok(queued);
+    }
+    drop(client);
+    run_sync(state, settings, user_id, job_id, &plan).await
+}
+
+async fn plan(
+    state: &AppState,
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    user_id: Uuid,
+    req: &GenerationRequest,
+) -> Result<Plan, SubmitError> {
+    let targets = input::targets::post_targets(req.metadata.as_ref())?;
+    let model = resolve_model(state, client, req).await?;
     if model.provider_name != "fal" {
         return Err(SubmitError::ProviderNotFal);
     }
@@ -127,13 +185,7 @@ pub async fn submit_generation(
         .filter(|p| !p.is_empty())
         .ok_or(InputError::MissingPrompt)?
         .to_owned();
-    let model_key = req
-        .model_key_override
-        .as_deref()
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .unwrap_or(&model.model_key)
-        .to_owned();
+    let model_key = model_key(settings, client, &model, req).await?;
     let modality = if model.modality == "video" {
         Modality::Video
     } else {
@@ -145,25 +197,75 @@ pub async fn submit_generation(
         input_defaults: model.input_defaults.clone(),
         capabilities: model.capabilities.clone(),
     };
-    let stored = input::stored_references(&req);
+    let stored = input::stored_references(req);
     let resolved = presign_references(state, settings, user_id, &stored).await?;
-    let built = input::build_input(&req, &spec, &resolved)?;
+    let built = input::build_input(req, &spec, &resolved)?;
+    let (sync_endpoint, queue) = endpoints(settings, &model, &model_key, route)?;
+    check_targets(client, user_id, &targets).await?;
+    Ok(Plan {
+        estimated_cost: crate::pricing::estimated_cost(&model_key, modality == Modality::Video),
+        reference: reference_object(settings, req, &stored),
+        model,
+        model_key,
+        modality,
+        prompt,
+        built,
+        sync_endpoint,
+        queue,
+        targets,
+    })
+}
 
-    // Both endpoints are derived up front from the provider's configured hosts: a misconfiguration is an error
-    // before any row is written, and the sync route can only ever use the sync host.
-    let overridden = model_key != model.model_key;
+/// The model key to run: the row's, or `model_key_override` when it names an active model of the same provider
+/// (or one of `MODEL_OVERRIDE_ALLOWED`). Our key runs whatever it names, so the client cannot pick any endpoint.
+async fn model_key(
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    model: &ModelRow,
+    req: &GenerationRequest,
+) -> Result<String, SubmitError> {
+    let Some(key) = req
+        .model_key_override
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && *k != model.model_key)
+    else {
+        return Ok(model.model_key.clone());
+    };
+    let allowed = settings
+        .config
+        .model_override_allowed
+        .iter()
+        .any(|k| k == key)
+        || db::models::is_active_key_of(client, model.provider_id, key).await?;
+    if !allowed {
+        tracing::warn!("model_key_override outside the active models refused");
+        return Err(SubmitError::BadModelOverride);
+    }
+    Ok(key.to_owned())
+}
+
+/// Both endpoints from the provider's configured hosts, up front: a misconfiguration is an error before any row
+/// is written, and the sync route can only ever use the sync host. No webhook secret or URL: no queue route.
+fn endpoints(
+    settings: &Settings,
+    model: &ModelRow,
+    model_key: &str,
+    route: RouteKind,
+) -> Result<(SyncEndpoint, Option<(QueueEndpoint, Url)>), SubmitError> {
     let endpoint_error = |host: &str, e: EndpointError| match e {
-        EndpointError::BadModelKey(_) if overridden => SubmitError::BadModelOverride,
+        EndpointError::BadModelKey(_) if model_key != model.model_key => {
+            SubmitError::BadModelOverride
+        }
         e => SubmitError::Misconfigured(format!("{host} host: {e}")),
     };
-    let sync_endpoint = SyncEndpoint::new(model.sync_base_url.as_deref(), &model_key)
+    let sync = SyncEndpoint::new(model.sync_base_url.as_deref(), model_key)
         .map_err(|e| endpoint_error("sync", e))?;
-    let webhook = webhook_url(settings);
-    let queue = match (route, webhook) {
-        (RouteKind::Queue, Some(w)) => Some((
-            QueueEndpoint::new(model.base_url.as_deref(), &model_key)
+    let queue = match (route, webhook_url(settings)) {
+        (RouteKind::Queue, Some(webhook)) => Some((
+            QueueEndpoint::new(model.base_url.as_deref(), model_key)
                 .map_err(|e| endpoint_error("queue", e))?,
-            w,
+            webhook,
         )),
         (RouteKind::Queue, None) => {
             tracing::warn!(
@@ -173,11 +275,50 @@ pub async fn submit_generation(
         }
         (RouteKind::Sync, _) => None,
     };
+    Ok((sync, queue))
+}
 
-    let is_video = modality == Modality::Video;
-    let estimated_cost = crate::pricing::estimated_cost(&model_key, is_video);
-    let reference_storage = reference_storage(settings, &req, &stored);
-    let mut metadata: Map<String, Value> = req.metadata.clone().unwrap_or_default();
+/// The post-processing targets must be the caller's: 404 before anything is written otherwise.
+async fn check_targets(
+    client: &tokio_postgres::Client,
+    user_id: Uuid,
+    t: &PostTargets,
+) -> Result<(), SubmitError> {
+    if t.character_id.is_none() && t.scene_id.is_none() && t.storyboard_clip_id.is_none() {
+        return Ok(());
+    }
+    let [character, scene, clip] = db::postprocess::targets_allowed(
+        client,
+        user_id,
+        t.character_id,
+        t.scene_id,
+        t.storyboard_clip_id,
+    )
+    .await?;
+    let missing = [
+        (character, "Character not found"),
+        (scene, "Scene not found"),
+        (clip, "Storyboard clip not found"),
+    ]
+    .into_iter()
+    .find_map(|(allowed, what)| (!allowed).then_some(what));
+    match missing {
+        Some(what) => Err(SubmitError::TargetNotFound(what)),
+        None => Ok(()),
+    }
+}
+
+/// The job's `metadata` as the original's clients read it: theirs (server-owned keys were refused), plus the
+/// server's copies. Pure: nothing is read back from it to act on.
+pub fn job_metadata(
+    client_metadata: Option<&Map<String, Value>>,
+    model: &ModelRow,
+    model_key: &str,
+    built: &BuiltInput,
+    estimated_cost: f64,
+    queued: bool,
+) -> Value {
+    let mut metadata = client_metadata.cloned().unwrap_or_default();
     metadata.extend([
         ("provider_name".into(), json!(model.provider_name)),
         ("provider_id".into(), json!(model.provider_id)),
@@ -192,128 +333,156 @@ pub async fn submit_generation(
         ("input_used".into(), built.input.clone()),
         ("estimated_cost".into(), json!(estimated_cost)),
     ]);
-    if queue.is_some()
-        && let Some(signed) = &built.reference_image_url
-    {
+    if queued && let Some(signed) = &built.reference_image_url {
         metadata.insert("reference_image_signed_url".into(), json!(signed));
     }
-    if let Some(r) = reference_storage {
-        metadata.insert("reference_image_storage".into(), r);
-    }
-    let post_process = metadata
-        .get("destination")
-        .and_then(Value::as_str)
-        .filter(|d| DESTINATIONS.contains(d))
-        .is_some();
+    Value::Object(metadata)
+}
+
+/// Writes the job and its run in one statement; 429 when the caller already has the most open jobs allowed.
+async fn insert_job(
+    client: &tokio_postgres::Client,
+    settings: &Settings,
+    user_id: Uuid,
+    req: &GenerationRequest,
+    plan: &Plan,
+) -> Result<Uuid, SubmitError> {
+    let queued = plan.queue.is_some();
     let new_job = db::jobs::NewJob {
         user_id,
-        job_type: input::normalize_job_type(req.job_type.as_deref(), modality, req.quality()),
-        original_prompt: prompt,
-        status: if queue.is_some() {
+        job_type: input::normalize_job_type(req.job_type.as_deref(), plan.modality, req.quality()),
+        original_prompt: plan.prompt.clone(),
+        status: if queued {
             JobStatus::Queued
         } else {
             JobStatus::Processing
         },
         quality: req.quality().as_str().to_owned(),
-        api_model_id: model.id,
-        format: modality.as_str().to_owned(),
-        metadata: Value::Object(metadata),
+        api_model_id: plan.model.id,
+        format: plan.modality.as_str().to_owned(),
+        metadata: job_metadata(
+            req.metadata.as_ref(),
+            &plan.model,
+            &plan.model_key,
+            &plan.built,
+            plan.estimated_cost,
+            queued,
+        ),
+        run: NewRun {
+            provider_id: plan.model.provider_id,
+            provider_name: plan.model.provider_name.clone(),
+            model_key: plan.model_key.clone(),
+            webhook_auth: if queued {
+                WebhookAuth::Token
+            } else {
+                WebhookAuth::None
+            },
+            reference: plan.reference.clone(),
+            targets: plan.targets.clone(),
+            post_steps: postprocess::steps_for(&plan.targets)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        },
+        max_open: i64::from(settings.config.max_open_jobs_per_user),
     };
-    let job_id = db::jobs::insert(&**client, &new_job).await?;
-    tracing::info!(%job_id, %model_key, route = ?route, "job created");
-    let usage_base = UsageBase {
-        job_id,
-        provider_id: model.provider_id,
-        model_id: model.id,
-        user_id,
-        request_type: modality.as_str().to_owned(),
-        endpoint_path: format!("/{model_key}"),
-        request_payload: built.input.clone(),
-        cost_usd: estimated_cost,
-    };
+    db::jobs::insert(client, &new_job)
+        .await?
+        .ok_or(SubmitError::TooManyOpenJobs)
+}
 
-    if let Some((endpoint, webhook)) = queue {
-        let webhook = with_job(&webhook, settings, job_id);
-        match state
-            .fal(settings)
-            .submit(&endpoint, &built.input, Some(&webhook))
-            .await
-        {
-            Ok(submitted) => {
-                let urls = json!({
-                    "fal_request_id": submitted.request_id,
-                    "fal_gateway_request_id": submitted.gateway_request_id,
-                    "fal_status_url": submitted.status_url,
-                    "fal_response_url": submitted.response_url,
-                    "fal_cancel_url": submitted.cancel_url,
-                });
-                let usage = usage_base.row(
-                    None,
-                    0,
-                    None,
-                    None,
-                    json!({"request_id": submitted.request_id, "async": true, "model_key": model_key}),
-                );
-                db::usage::insert_once_and_patch_job(&**client, &usage, &urls).await?;
-                return Ok(SubmitResult {
-                    answer: Submitted::Queued {
-                        job_id,
-                        request_id: submitted.request_id,
-                    },
-                    post_process: None,
-                });
-            }
-            Err(error) if error.is_caller_error() => {
-                drop(client);
-                let message = format!("Async submission failed: {}", describe(&error));
-                fail_job(state, settings, job_id, &message).await?;
-                return Err(SubmitError::Fal { job_id, error });
-            }
-            Err(error) => {
-                // Not the caller's fault: run it on the sync host instead.
-                tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
-                db::jobs::transition(
-                    &**client,
+/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input → the job fails; any other
+/// fault → `None`, and the job (now `processing`) runs on the sync host instead.
+async fn submit_queued(
+    state: &AppState,
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    user_id: Uuid,
+    job_id: Uuid,
+    plan: &Plan,
+) -> Result<Option<SubmitResult>, SubmitError> {
+    let Some((endpoint, webhook)) = &plan.queue else {
+        return Ok(None);
+    };
+    let webhook = with_job(webhook, settings, job_id);
+    match state
+        .fal(settings)
+        .submit(endpoint, &plan.built.input, Some(&webhook))
+        .await
+    {
+        Ok(submitted) => {
+            let request = ProviderRequest {
+                request_id: submitted.request_id.clone(),
+                gateway_request_id: submitted.gateway_request_id.clone(),
+                status_url: Some(submitted.status_url.clone()),
+                response_url: Some(submitted.response_url.clone()),
+                cancel_url: Some(submitted.cancel_url.clone()),
+            };
+            let provider_metadata = json!({"request_id": submitted.request_id, "async": true, "model_key": plan.model_key});
+            let usage = plan
+                .usage(job_id, user_id)
+                .row(None, 0, None, None, provider_metadata);
+            db::usage::insert_once_and_record_request(client, &usage, &request).await?;
+            Ok(Some(SubmitResult {
+                answer: Submitted::Queued {
                     job_id,
-                    JobStatus::Processing,
-                    None,
-                    &json!({"sync_fallback": true}),
-                )
-                .await?;
-            }
+                    request_id: submitted.request_id,
+                },
+                post_process: None,
+            }))
+        }
+        Err(error) if error.is_caller_error() => {
+            let message = format!("Async submission failed: {}", describe(&error));
+            fail_job(state, settings, job_id, &message).await?;
+            Err(SubmitError::Fal { job_id, error })
+        }
+        Err(error) => {
+            tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
+            db::jobs::transition(
+                client,
+                job_id,
+                JobStatus::Processing,
+                None,
+                &json!({"sync_fallback": true}),
+            )
+            .await?;
+            Ok(None)
         }
     }
+}
 
-    drop(client);
+/// The sync route: run on fal's sync host, then complete through the completion core.
+async fn run_sync(
+    state: &AppState,
+    settings: &Settings,
+    user_id: Uuid,
+    job_id: Uuid,
+    plan: &Plan,
+) -> Result<SubmitResult, SubmitError> {
     let started = Instant::now();
-    let output = match state.fal(settings).run(&sync_endpoint, &built.input).await {
+    let usage = plan.usage(job_id, user_id);
+    let output = match state
+        .fal(settings)
+        .run(&plan.sync_endpoint, &plan.built.input)
+        .await
+    {
         Ok(o) => o,
         Err(error) => {
             let message = format!("fal.ai API error: {}", describe(&error));
+            fail_job(state, settings, job_id, &message).await?;
             let client = state.db.client(&settings.secrets.database_url).await?;
-            let job = db::jobs::get(&**client, job_id).await?;
-            drop(client);
-            if let Some(job) = job {
-                completion::fail(state, settings, &job, &message)
-                    .await
-                    .map_err(to_submit)?;
-            }
-            let client = state.db.client(&settings.secrets.database_url).await?;
-            db::usage::insert_once(
-                &**client,
-                &usage_base.row(
-                    error.status().map(i32::from),
-                    elapsed_ms(started),
-                    None,
-                    Some(message),
-                    json!({"model_key": model_key}),
-                ),
-            )
-            .await?;
+            let failed = usage.row(
+                error.status().map(i32::from),
+                elapsed_ms(started),
+                None,
+                Some(message),
+                json!({"model_key": plan.model_key}),
+            );
+            db::usage::insert_once(&**client, &failed).await?;
             return Err(SubmitError::Fal { job_id, error });
         }
     };
-    let usage = usage_base.row(
+    let usage = usage.row(
         Some(200),
         elapsed_ms(started),
         Some(crate::json::without_nul(&output)),
@@ -321,31 +490,39 @@ pub async fn submit_generation(
         json!({
             "request_id": output.get("request_id"),
             "status": "completed",
-            "model": model_key,
+            "model": plan.model_key,
             "created_at": chrono::Utc::now().to_rfc3339(),
             "cost_source": "static_pricing",
         }),
     );
-    let job = {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        db::jobs::get(&**client, job_id)
-            .await?
-            .ok_or(SubmitError::Closed {
-                job_id,
-                status: JobStatus::Cancelled,
-            })?
-    };
+    let job = current_job(state, settings, job_id)
+        .await?
+        .ok_or(SubmitError::Closed {
+            job_id,
+            status: JobStatus::Cancelled,
+        })?;
     let outcome = completion::complete(
         state,
         settings,
         Completion {
             job: &job,
             output: &output,
-            metadata: json!({ "fal_response": output, "input_used": built.input }),
+            metadata: json!({ "fal_response": output, "input_used": plan.built.input }),
             usage: UsageSettlement::Insert(Box::new(usage)),
         },
     )
     .await;
+    sync_answer(state, settings, &job, outcome).await
+}
+
+/// What the caller of a sync run is answered, from the completion's outcome.
+async fn sync_answer(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    outcome: Result<Outcome, completion::CompletionError>,
+) -> Result<SubmitResult, SubmitError> {
+    let job_id = job.id;
     match outcome {
         Ok(Outcome::Completed(done)) => {
             let result_url = state
@@ -357,6 +534,7 @@ pub async fn submit_generation(
                 )
                 .await
                 .map_err(|e| SubmitError::Storage(e.to_string()))?;
+            let post_process = job.run.as_ref().is_some_and(|r| !r.post_steps.is_empty());
             Ok(SubmitResult {
                 answer: Submitted::Completed {
                     job_id,
@@ -391,17 +569,23 @@ fn to_submit(e: completion::CompletionError) -> SubmitError {
     }
 }
 
+async fn current_job(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+) -> Result<Option<JobRecord>, SubmitError> {
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    Ok(db::jobs::get(&**client, job_id).await?)
+}
+
+/// Fails the job with the reason, through the completion core's one failing path.
 async fn fail_job(
     state: &AppState,
     settings: &Settings,
     job_id: Uuid,
     message: &str,
 ) -> Result<(), SubmitError> {
-    let job = {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        db::jobs::get(&**client, job_id).await?
-    };
-    if let Some(job) = job {
+    if let Some(job) = current_job(state, settings, job_id).await? {
         completion::fail(state, settings, &job, message)
             .await
             .map_err(to_submit)?;
@@ -496,13 +680,14 @@ fn webhook_url(settings: &Settings) -> Option<Url> {
     settings.config.fal_webhook_url.clone()
 }
 
-/// `FAL_WEBHOOK_URL?secret=…&job_id=…`: the callback finds its job even before `fal_request_id` is stored.
+/// `FAL_WEBHOOK_URL?job_id=…&token=…`: the job's own credential (an HMAC of its id), so the URL fal holds
+/// authenticates deliveries for this job only, and the callback finds its job before the request id is recorded.
 fn with_job(base: &Url, settings: &Settings, job_id: Uuid) -> Url {
     let mut url = base.clone();
     if let Some(secret) = &settings.secrets.fal_webhook_secret {
         url.query_pairs_mut()
-            .append_pair("secret", secret.expose_secret())
-            .append_pair("job_id", &job_id.to_string());
+            .append_pair("job_id", &job_id.to_string())
+            .append_pair("token", &webhook_auth::job_token(secret, job_id));
     }
     url
 }
@@ -524,19 +709,17 @@ async fn presign_references(
     user_id: Uuid,
     stored: &[StoredReference],
 ) -> Result<HashMap<String, String>, SubmitError> {
-    let own_prefix = format!("{user_id}/");
     let mut resolved = HashMap::new();
     for r in stored {
-        if !r.key.starts_with(&own_prefix) {
-            tracing::warn!("reference outside the caller's own storage refused");
+        let Some(key) = ownership::owned_key(user_id, &r.key) else {
             continue;
-        }
+        };
         let Some(bucket) = bucket_of(settings, r) else {
             continue;
         };
         let url = state
             .storage
-            .presign_get(&bucket, &r.key, REFERENCE_URL_TTL)
+            .presign_get(&bucket, key, REFERENCE_URL_TTL)
             .await
             .map_err(|e| SubmitError::Storage(e.to_string()))?;
         resolved.insert(r.original.clone(), url);
@@ -544,15 +727,19 @@ async fn presign_references(
     Ok(resolved)
 }
 
-/// Where the reference image lives in our storage, for the video thumbnail (copied server-side later).
-fn reference_storage(
+/// Where the reference image lives in our storage, for the video thumbnail (copied server-side later). Only the
+/// caller's own objects: the presigning above resolved nothing else.
+fn reference_object(
     settings: &Settings,
     req: &GenerationRequest,
     stored: &[StoredReference],
-) -> Option<Value> {
+) -> Option<ObjectRef> {
     let image_url = req.input.as_ref()?.get("image_url")?.as_str()?;
     let r = stored.iter().find(|r| r.original == image_url)?;
-    Some(json!({ "bucket": bucket_of(settings, r)?, "key": r.key }))
+    Some(ObjectRef {
+        bucket: bucket_of(settings, r)?,
+        key: r.key.clone(),
+    })
 }
 
 /// The caller's view of a job (`GET /jobs/{id}`).
@@ -573,21 +760,32 @@ pub async fn job_status(
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(None);
     };
-    let asset = match db::assets::for_job(&**client, job_id).await? {
-        Some(a) => {
-            let url = state
+    let Some(asset) = db::assets::for_job(&**client, job_id).await? else {
+        return Ok(Some(JobView { job, asset: None }));
+    };
+    drop(client);
+    // The key the completion stored, not the asset row's path (the owner can rewrite that); jobs completed
+    // before the port have only the row's, which is signed only when it is the owner's.
+    let key = job
+        .run
+        .as_ref()
+        .and_then(|r| r.result_key.clone())
+        .unwrap_or_else(|| asset.temp_storage_path.clone());
+    let url = match ownership::owned_key(job.user_id, &key) {
+        Some(key) => Some(
+            state
                 .storage
-                .presign_get(
-                    &settings.config.workspace_bucket,
-                    &a.temp_storage_path,
-                    RESULT_URL_TTL,
-                )
+                .presign_get(&settings.config.workspace_bucket, key, RESULT_URL_TTL)
                 .await
-                .map_err(|e| SubmitError::Storage(e.to_string()))?;
-            Some((a, url))
-        }
+                .map_err(|e| SubmitError::Storage(e.to_string()))?,
+        ),
         None => None,
     };
+    let asset = url.map(|url| {
+        let mut asset = asset;
+        asset.temp_storage_path = key;
+        (asset, url)
+    });
     Ok(Some(JobView { job, asset }))
 }
 
@@ -631,9 +829,13 @@ pub async fn cancel_job(
     db::claims::clear(&**client, job_id).await?;
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
+    let cancel_url = job
+        .run
+        .as_ref()
+        .and_then(|r| r.provider_url(|q| q.cancel_url.as_ref()));
     if job.status == JobStatus::Queued
-        && let Some(cancel_url) = job.meta_str("fal_cancel_url")
-        && let Err(e) = state.fal(settings).cancel(cancel_url).await
+        && let Some(cancel_url) = cancel_url
+        && let Err(e) = state.fal(settings).cancel(&cancel_url).await
     {
         tracing::warn!(%job_id, error = %e, "fal cancel failed; the job stays cancelled");
     }
@@ -643,6 +845,63 @@ pub async fn cancel_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model() -> ModelRow {
+        ModelRow {
+            id: Uuid::new_v4(),
+            provider_id: Uuid::new_v4(),
+            provider_name: "fal".into(),
+            model_key: "fal-ai/row".into(),
+            modality: "image".into(),
+            endpoint_path: None,
+            input_defaults: json!({}),
+            capabilities: json!({}),
+            pricing: None,
+            base_url: None,
+            sync_base_url: None,
+        }
+    }
+
+    fn built() -> BuiltInput {
+        BuiltInput {
+            input: json!({"prompt": "p", "image_url": "https://signed"}),
+            generation_mode: "i2i".into(),
+            content_mode: "sfw".into(),
+            reference_image_url: Some("https://signed".into()),
+        }
+    }
+
+    #[test]
+    fn job_metadata_keeps_the_clients_keys_and_adds_the_servers_copies() {
+        let m = model();
+        let client = json!({"destination": "character_portrait", "generation_mode": "client's"});
+        let meta = job_metadata(
+            client.as_object(),
+            &m,
+            "fal-ai/override",
+            &built(),
+            0.5,
+            true,
+        );
+        assert_eq!(meta["destination"], "character_portrait");
+        assert_eq!(meta["generation_mode"], "i2i", "the server's value wins");
+        assert_eq!(meta["model_key"], "fal-ai/override");
+        assert_eq!(meta["database_model_key"], "fal-ai/row");
+        assert_eq!(meta["is_model_overridden"], true);
+        assert_eq!(meta["provider_id"], json!(m.provider_id));
+        assert_eq!(meta["input_used"]["prompt"], "p");
+        assert_eq!(meta["estimated_cost"], 0.5);
+        assert_eq!(meta["reference_image_signed_url"], "https://signed");
+    }
+
+    #[test]
+    fn a_sync_job_metadata_has_no_signed_reference_url() {
+        let m = model();
+        let meta = job_metadata(None, &m, "fal-ai/row", &built(), 0.0, false);
+        assert_eq!(meta["is_model_overridden"], false);
+        assert!(meta.get("reference_image_signed_url").is_none());
+        assert!(meta.get("destination").is_none());
+    }
 
     #[test]
     fn endpoint_path_decides_the_route() {

@@ -1,71 +1,9 @@
-//! Authentication of fal's webhook deliveries: the shared secret in the URL (constant-time), then fal's Ed25519
-//! signature over the raw body. Both must pass before anything else happens.
-
-use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
+//! `complete_from_webhook`: the webhook use case. A delivery authenticated by [`crate::webhook_auth`] finds its
+//! job, then fails it with fal's message or completes it through the completion core.
 
 use crate::config::Settings;
-use crate::fal::jwks::WebhookAuthError;
-use crate::fal::signature::SignatureHeaders;
 use crate::state::AppState;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// No webhook secret is configured: every delivery is refused until one is.
-    #[error("server misconfigured: no webhook secret")]
-    NotConfigured,
-    #[error("wrong or missing webhook secret")]
-    BadSecret,
-    #[error("bad signature: {0}")]
-    BadSignature(String),
-    /// fal's keys could not be fetched: our fault, fal should retry.
-    #[error(transparent)]
-    KeysUnavailable(WebhookAuthError),
-}
-
-/// Compares the `secret` query parameter with the configured one in constant time.
-pub fn check_secret(settings: &Settings, given: Option<&str>) -> Result<(), AuthError> {
-    let expected = settings
-        .secrets
-        .fal_webhook_secret
-        .as_ref()
-        .ok_or(AuthError::NotConfigured)?;
-    let given = given.ok_or(AuthError::BadSecret)?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
-        Ok(())
-    } else {
-        Err(AuthError::BadSecret)
-    }
-}
-
-/// Both checks, secret first (no key fetch for a caller that does not even know the secret).
-pub async fn authenticate(
-    state: &AppState,
-    settings: &Settings,
-    secret: Option<&str>,
-    headers: Option<SignatureHeaders<'_>>,
-    body: &[u8],
-) -> Result<(), AuthError> {
-    check_secret(settings, secret)?;
-    let headers =
-        headers.ok_or_else(|| AuthError::BadSignature("signature headers missing".into()))?;
-    let now = chrono::Utc::now().timestamp();
-    state
-        .jwks
-        .verify(
-            &headers,
-            body,
-            now,
-            settings.config.fal_webhook_user_id.as_deref(),
-        )
-        .await
-        .map_err(|e| match e {
-            WebhookAuthError::Rejected(r) => AuthError::BadSignature(r.to_string()),
-            unavailable @ WebhookAuthError::KeysUnavailable(_) => {
-                AuthError::KeysUnavailable(unavailable)
-            }
-        })
-}
+use crate::webhook_auth::{AuthError, Authenticated};
 
 /// What a delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +20,9 @@ pub enum Delivery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The URL's credential does not cover this job.
+    #[error(transparent)]
+    Unauthorized(AuthError),
     #[error("Invalid JSON body")]
     BadJson,
     #[error("Missing request_id")]
@@ -172,12 +113,12 @@ pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
 pub async fn complete_from_webhook(
     state: &AppState,
     settings: &Settings,
+    auth: Authenticated,
     job_id_param: Option<&str>,
     header_request_id: Option<&str>,
     body: &[u8],
 ) -> Result<(Delivery, Option<uuid::Uuid>), DeliveryError> {
     use crate::completion::{self, Completion, Outcome, UsageSettlement};
-    use crate::db;
 
     let parsed = parse_body(body)?;
     let request_id = parsed
@@ -189,29 +130,7 @@ pub async fn complete_from_webhook(
                 .map(str::to_owned)
         })
         .ok_or(DeliveryError::MissingRequestId)?;
-    let job = {
-        let client = state.db.client(&settings.secrets.database_url).await?;
-        match job_id_param.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(id) => {
-                let id = uuid::Uuid::parse_str(id).map_err(|_| DeliveryError::JobNotFound)?;
-                let job = db::jobs::get(&**client, id)
-                    .await?
-                    .ok_or(DeliveryError::JobNotFound)?;
-                // A job that already knows its fal request must be this delivery's (an early delivery may
-                // arrive before the id is stored; the job id came with our secret-bearing URL).
-                if job
-                    .meta_str("fal_request_id")
-                    .is_some_and(|stored| stored != request_id)
-                {
-                    return Err(DeliveryError::RequestMismatch);
-                }
-                job
-            }
-            None => db::jobs::by_request_id(&**client, &request_id)
-                .await?
-                .ok_or(DeliveryError::JobNotFound)?,
-        }
-    };
+    let job = find_job(state, settings, auth, job_id_param, &request_id).await?;
     if job.status.is_terminal() {
         return Ok((Delivery::Skipped, None));
     }
@@ -225,12 +144,16 @@ pub async fn complete_from_webhook(
         }
         WebhookOutcome::Ok(output) => output,
         WebhookOutcome::PayloadError => {
-            let Some(url) = job.meta_str("fal_response_url") else {
+            let Some(url) = job
+                .run
+                .as_ref()
+                .and_then(|r| r.provider_url(|q| q.response_url.as_ref()))
+            else {
                 return Err(DeliveryError::Transient(
-                    "result not yet known: no response_url stored".into(),
+                    "result not yet known: no response URL recorded".into(),
                 ));
             };
-            match state.fal(settings).result(url).await {
+            match state.fal(settings).result(&url).await {
                 Ok(output) => output,
                 Err(e) if e.is_caller_error() => {
                     let message = format!("fal.ai result failed: {e}");
@@ -272,6 +195,45 @@ pub async fn complete_from_webhook(
         Outcome::AlreadyTerminal(_) => Ok((Delivery::Skipped, None)),
         Outcome::Busy => Err(DeliveryError::Busy),
     }
+}
+
+/// The delivery's job: the token's, else the URL's `job_id` or the body's request id (pre-token URLs). A job that
+/// already knows its request must be this delivery's (an early delivery may arrive before the id is recorded).
+async fn find_job(
+    state: &AppState,
+    settings: &Settings,
+    auth: Authenticated,
+    job_id_param: Option<&str>,
+    request_id: &str,
+) -> Result<crate::db::jobs::JobRecord, DeliveryError> {
+    use crate::db;
+    let client = state.db.client(&settings.secrets.database_url).await?;
+    let job_id = match auth {
+        Authenticated::Job(id) => Some(id),
+        Authenticated::LegacySecret => {
+            match job_id_param.map(str::trim).filter(|s| !s.is_empty()) {
+                Some(id) => {
+                    Some(uuid::Uuid::parse_str(id).map_err(|_| DeliveryError::JobNotFound)?)
+                }
+                None => None,
+            }
+        }
+    };
+    let job = match job_id {
+        Some(id) => db::jobs::get(&**client, id).await?,
+        None => db::jobs::by_request_id(&**client, "fal", request_id).await?,
+    }
+    .ok_or(DeliveryError::JobNotFound)?;
+    let run = job.run.as_ref();
+    auth.may_complete(job.id, run.map(|r| r.webhook_auth))
+        .map_err(DeliveryError::Unauthorized)?;
+    if run
+        .and_then(|r| r.request_id())
+        .is_some_and(|stored| stored != request_id)
+    {
+        return Err(DeliveryError::RequestMismatch);
+    }
+    Ok(job)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod procs;
 mod secret_scan;
 mod seed;
 mod state;
+mod supabase;
 mod token;
 pub(crate) mod tools;
 
@@ -411,8 +412,14 @@ async fn up_fresh(
         ),
     );
 
-    // Migrations and seed data
+    // Supabase's roles and default grants, migrations, the original's RLS policies, seed data
     let emu_url = emulator_url(emu_port);
+    let step = clock.step();
+    supabase::before_migrations(&database_url).await?;
+    clock.done(
+        step,
+        "supabase: roles anon, authenticated, service_role; auth.uid(); default grants on public",
+    );
     let step = clock.step();
     let applied = gen_pipeline::migrations::apply(&database_url)
         .await
@@ -423,12 +430,15 @@ async fn up_fresh(
                 "migrations failed"
             }
         })?;
+    clock.done(step, format!("migrations: {applied} applied"));
+    let step = clock.step();
+    supabase::after_migrations(&database_url).await?;
+    clock.done(step, "supabase: the original's RLS policies on its tables");
+    let step = clock.step();
     seed::apply(&database_url, &emu_url).await?;
     clock.done(
         step,
-        format!(
-            "migrations: {applied} applied; seed: fal provider -> {emu_url}, sync and async models"
-        ),
+        format!("seed: fal provider -> {emu_url}, sync and async models"),
     );
 
     // The functions' environment (also used for the build, so watch finds the binaries fresh).
@@ -745,6 +755,8 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
                     "--test",
                     "faults",
                     "--test",
+                    "hostile",
+                    "--test",
                     "load",
                 ],
                 &args,
@@ -825,8 +837,16 @@ async fn test_round(
             }
         }
     };
+    // Every value the app secret held (a test may rotate it), read while moto still runs.
+    let secret_values = match env.require("AWS_ENDPOINT_URL") {
+        Ok(endpoint) => aws::secret_values(endpoint).await,
+        Err(e) => Err(e),
+    };
     let stopped = tokio::task::spawn_blocking(down).await;
-    let code = match secret_scan::scan(&env, &paths.logs) {
+    let scanned = secret_values.and_then(|versions| {
+        secret_scan::scan(&secret_scan::secret_values(&env, &versions), &paths.logs)
+    });
+    let code = match scanned {
         Ok(found) if found.is_empty() => {
             clock.say("secret scan: no secret value in any log file of the stack");
             code

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::common::stack_var;
-use crate::fal_webhook::{capture_delivery, post_webhook};
+use crate::fal_webhook::{capture_delivery, post_webhook, token_of, token_query};
 use crate::support::*;
 
 const MIB: usize = 1024 * 1024;
@@ -1059,94 +1059,89 @@ async fn malformed_and_hostile_requests_get_their_status_and_change_nothing() {
         rows.push(row(name, target, Vec::new(), status, Effect::Nothing).await);
     }
 
-    // --- fal-webhook: secret, signature, replay, size; all aimed at the other user's queued job ----------
+    // --- fal-webhook: token, signature, replay, size; all aimed at the other user's queued job -----------
     let rid = v.queued_request_id.clone();
-    let job_q = |secret: Option<&str>| {
+    let token = token_of(&v.queued_job);
+    let job_q = |token: Option<&str>| {
         let mut q = vec![("job_id", v.queued_job.clone())];
-        if let Some(s) = secret {
-            q.push(("secret", s.to_owned()));
+        if let Some(t) = token {
+            q.push(("token", t.to_owned()));
         }
         q
     };
     let fresh = || forged_headers(&rid, now().to_string());
     for (name, query, headers, body, status) in [
+        ("no token", job_q(None), fresh(), completing_body(&rid), 401),
         (
-            "no secret",
-            job_q(None),
+            "wrong token",
+            job_q(Some(&"0".repeat(64))),
             fresh(),
             completing_body(&rid),
             401,
         ),
         (
-            "wrong secret",
-            job_q(Some("not-the-secret")),
-            fresh(),
-            completing_body(&rid),
-            401,
-        ),
-        (
-            "empty secret",
+            "empty token",
             job_q(Some("")),
             fresh(),
             completing_body(&rid),
             401,
         ),
         (
-            "secret is SQL",
+            "token is SQL",
             job_q(Some(OR_TRUE)),
             fresh(),
             completing_body(&rid),
             401,
         ),
         (
-            "a wrong secret first, the right one second",
+            "a wrong token first, the right one second",
             vec![
                 ("job_id", v.queued_job.clone()),
-                ("secret", "nope".into()),
-                ("secret", secret.clone()),
+                ("token", "nope".into()),
+                ("token", token.clone()),
             ],
             fresh(),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, no signature headers",
-            job_q(Some(&secret)),
+            "right token, no signature headers",
+            job_q(Some(&token)),
             Vec::new(),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, replay: timestamp 10 minutes old, random signature",
-            job_q(Some(&secret)),
+            "right token, replay: timestamp 10 minutes old, random signature",
+            job_q(Some(&token)),
             forged_headers(&rid, (now() - 600).to_string()),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, timestamp 10 minutes ahead",
-            job_q(Some(&secret)),
+            "right token, timestamp 10 minutes ahead",
+            job_q(Some(&token)),
             forged_headers(&rid, (now() + 600).to_string()),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, timestamp i64::MIN",
-            job_q(Some(&secret)),
+            "right token, timestamp i64::MIN",
+            job_q(Some(&token)),
             forged_headers(&rid, i64::MIN.to_string()),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, timestamp not a number",
-            job_q(Some(&secret)),
+            "right token, timestamp not a number",
+            job_q(Some(&token)),
             forged_headers(&rid, "now".into()),
             completing_body(&rid),
             401,
         ),
         (
-            "right secret, signature not hex",
-            job_q(Some(&secret)),
+            "right token, signature not hex",
+            job_q(Some(&token)),
             fresh()
                 .into_iter()
                 .map(|(k, val)| {
@@ -1162,22 +1157,22 @@ async fn malformed_and_hostile_requests_get_their_status_and_change_nothing() {
         ),
         // The signature covers the raw body and is checked before parsing, so malformed JSON is a 401, not a 400.
         (
-            "right secret, malformed JSON body",
-            job_q(Some(&secret)),
+            "right token, malformed JSON body",
+            job_q(Some(&token)),
             fresh(),
             b"{\"request_id\":".to_vec(),
             401,
         ),
         (
-            "right secret, SQL in the request id (header and body)",
-            job_q(Some(&secret)),
+            "right token, SQL in the request id (header and body)",
+            job_q(Some(&token)),
             forged_headers(DROP, now().to_string()),
             completing_body(DROP),
             401,
         ),
         (
-            "right secret, body over 1 MiB",
-            job_q(Some(&secret)),
+            "right token, body over 1 MiB",
+            job_q(Some(&token)),
             fresh(),
             vec![b' '; MIB + 1],
             413,
@@ -1211,24 +1206,64 @@ async fn malformed_and_hostile_requests_get_their_status_and_change_nothing() {
     );
     // A real, emulator-signed delivery of another request: it passes both checks, then finds nothing to change.
     let real = capture_delivery().await;
-    for (name, job_id, status) in [
-        ("job_id is SQL", Some(DROP.to_owned()), 404),
+    let unknown = Uuid::new_v4().to_string();
+    let with_secret = |job_id: &str, secret: &str| {
+        vec![("job_id", job_id.to_owned()), ("secret", secret.to_owned())]
+    };
+    for (name, query, status) in [
+        // A token is made for a job id, so a job_id that is no UUID cannot carry one.
         (
-            "job_id is ../../etc/passwd",
-            Some("../../etc/passwd".to_owned()),
+            "job_id is SQL, with a token",
+            vec![("job_id", DROP.to_owned()), ("token", token.clone())],
+            401,
+        ),
+        // The global secret (still accepted where no run says otherwise) reaches the job lookup with them.
+        (
+            "job_id is SQL, with the global secret",
+            with_secret(DROP, &secret),
             404,
         ),
         (
-            "job_id is another request's job",
-            Some(v.queued_job.clone()),
-            409,
+            "job_id is ../../etc/passwd, with the global secret",
+            with_secret("../../etc/passwd", &secret),
+            404,
         ),
-        ("no job_id and an unknown request id", None, 404),
+        ("job_id is another request's job", job_q(Some(&token)), 409),
+        (
+            "an unknown job with its own token",
+            token_query(&unknown),
+            404,
+        ),
+        (
+            "no job_id and an unknown request id, with the global secret",
+            vec![("secret", secret.clone())],
+            404,
+        ),
+        (
+            "the global secret for a job whose URL carries a token",
+            with_secret(&v.queued_job, &secret),
+            401,
+        ),
+        (
+            "another job's token",
+            job_q(Some(&token_of(&v.completed_job))),
+            401,
+        ),
+        (
+            "the job's token presented for another job",
+            vec![
+                ("job_id", v.completed_job.clone()),
+                ("token", token.clone()),
+            ],
+            401,
+        ),
+        ("wrong token", job_q(Some(&"0".repeat(64))), 401),
+        (
+            "truncated token",
+            job_q(Some(&token[..token.len() - 1])),
+            401,
+        ),
     ] {
-        let mut query = vec![("secret", secret.clone())];
-        if let Some(id) = job_id {
-            query.push(("job_id", id));
-        }
         rows.push(
             row(
                 format!("webhook, authentic delivery: {name}"),
@@ -1240,16 +1275,6 @@ async fn malformed_and_hostile_requests_get_their_status_and_change_nothing() {
             .await,
         );
     }
-    rows.push(
-        row(
-            "webhook, authentic delivery: wrong secret",
-            webhook(job_q(Some("not-the-secret")), real.fal_headers()),
-            real.body.clone(),
-            401,
-            Effect::Nothing,
-        )
-        .await,
-    );
 
     // --- Run the table ---------------------------------------------------------------------------------
     assert!(rows.len() >= 40, "only {} rows", rows.len());

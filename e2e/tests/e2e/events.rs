@@ -12,8 +12,9 @@ use crate::support::{db, http};
 
 /// The `sub` claim of the authenticated fal-image events.
 const EVENTS_USER: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_00000000e0e0);
-/// Stands for the deployment's webhook secret in the webhook events' query strings.
-const SECRET_PLACEHOLDER: &str = "REPLACE_WITH_FAL_WEBHOOK_SECRET";
+/// Stands for the job's webhook token (HMAC-SHA256 of its `job_id` with the webhook secret) in the webhook events'
+/// query strings.
+const TOKEN_PLACEHOLDER: &str = "REPLACE_WITH_JOB_TOKEN";
 const README_SECTION: &str = "## Replaying events";
 
 /// `events/<function>/<name>.json` paths (relative to the workspace root) with their function.
@@ -115,20 +116,32 @@ async fn every_event_file_answers_its_documented_status() {
 }
 
 #[tokio::test]
-async fn a_replayed_delivery_is_refused_even_with_the_right_secret() {
+async fn a_replayed_delivery_is_refused_even_with_the_right_token() {
     let secret = stack_var("FAL_WEBHOOK_SECRET");
     let replayable: Vec<(String, String)> = event_files()
         .into_iter()
-        .filter(|(f, function)| function == "fal-webhook" && load(f).contains(SECRET_PLACEHOLDER))
+        .filter(|(f, function)| function == "fal-webhook" && load(f).contains(TOKEN_PLACEHOLDER))
         .collect();
     assert!(
         replayable.len() >= 3,
         "the OK, ERROR and payload-null events carry the placeholder"
     );
     for (file, function) in replayable {
-        // Past the secret check, the stale signature headers must still be refused.
-        let event: Value =
-            serde_json::from_str(&load(&file).replace(SECRET_PLACEHOLDER, &secret)).unwrap();
+        // Past the token check (the token of the event's own job id), the stale signature headers must still be
+        // refused.
+        let raw = load(&file);
+        let template: Value = serde_json::from_str(&raw).unwrap();
+        let job_id = template["queryStringParameters"]["job_id"]
+            .as_str()
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .unwrap_or_else(|| panic!("{file}: no job_id in queryStringParameters"));
+        let token = e2e::job_token(&secret, job_id);
+        let event: Value = serde_json::from_str(&raw.replace(TOKEN_PLACEHOLDER, &token)).unwrap();
+        assert_eq!(
+            event["rawQueryString"],
+            format!("job_id={job_id}&token={token}"),
+            "{file}"
+        );
         let answer = invoke(&function, &event).await;
         assert_eq!(answer["statusCode"], 401, "{file}: {answer}");
     }

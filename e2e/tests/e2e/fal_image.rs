@@ -581,6 +581,48 @@ async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
     );
 }
 
+/// The queue refuses the submission, so the video runs on the sync host: its storyboard clip is still finished
+/// after the answer (post-processing eligibility is one rule, whatever the route that completed the job).
+#[tokio::test]
+async fn a_storyboard_video_that_falls_back_to_the_sync_run_completes_its_clip() {
+    let (_, jwt) = user().await;
+    let clip = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.storyboard_clips (id, status) VALUES ($1, 'generating')",
+            &[&clip],
+        )
+        .await
+        .unwrap();
+    let body = json!({
+        "prompt": prompt("clip fallback", "#queue-status=503"),
+        "apiModelId": async_model(),
+        "metadata": {"storyboard_clip_id": clip},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["status"], "completed",
+        "fell back to the sync run: {answer}"
+    );
+    let job_id = answer["jobId"].as_str().unwrap();
+    wait_step(job_id, "storyboard_clip").await;
+    let row = db()
+        .await
+        .query_one(
+            "SELECT status, video_url FROM public.storyboard_clips WHERE id = $1",
+            &[&clip],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("completed")
+    );
+    let url: String = row.get::<_, Option<String>>(1).unwrap();
+    assert_eq!(digest(&url).await.0, 200);
+}
+
 #[tokio::test]
 async fn a_storyboard_clip_is_completed_with_its_video() {
     let (_, jwt) = user().await;

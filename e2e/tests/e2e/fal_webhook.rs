@@ -156,9 +156,25 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Captured {
     Captured { headers, body }
 }
 
+/// The job's own webhook credential, `job_id=…&token=…`, as fal-image puts it on the job's URL.
+pub(crate) fn token_query(job_id: &str) -> Vec<(&'static str, String)> {
+    e2e::webhook_query(
+        &stack_var("FAL_WEBHOOK_SECRET"),
+        Uuid::parse_str(job_id).unwrap(),
+    )
+}
+
+/// The job's webhook token alone.
+pub(crate) fn token_of(job_id: &str) -> String {
+    e2e::job_token(
+        &stack_var("FAL_WEBHOOK_SECRET"),
+        Uuid::parse_str(job_id).unwrap(),
+    )
+}
+
 /// POSTs to the webhook function URL with the given query, headers and raw body; returns status and body text.
-pub(crate) async fn post_webhook(
-    query: &[(&str, &str)],
+pub(crate) async fn post_webhook<K: AsRef<str>, V: AsRef<str>>(
+    query: &[(K, V)],
     headers: &[(String, String)],
     body: Vec<u8>,
 ) -> (u16, String) {
@@ -166,7 +182,7 @@ pub(crate) async fn post_webhook(
     if !query.is_empty() {
         let mut pairs = url.query_pairs_mut();
         for (k, v) in query {
-            pairs.append_pair(k, v);
+            pairs.append_pair(k.as_ref(), v.as_ref());
         }
     }
     let mut req = http().post(url).body(body);
@@ -339,52 +355,47 @@ async fn assert_unchanged(user_id: Uuid, job_id: &str, before: &Value) {
 #[tokio::test]
 async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
     let (user_id, job_id, request_id) = submit("webhook auth", "#no-webhook").await;
+    // Another queued job: its token must open neither this job nor anything but itself.
+    let (other_user, other_job, _) = submit("webhook auth other", "#no-webhook").await;
     let before = job(&job_id).await;
+    let other_before = job(&other_job).await;
     assert_eq!(before["status"], "queued");
     let secret = stack_var("FAL_WEBHOOK_SECRET");
+    let token = token_of(&job_id);
+    let own = token_query(&job_id);
+    let with_token = |t: &str| vec![("job_id", job_id.clone()), ("token", t.to_owned())];
+    let with_secret = |s: &str| vec![("job_id", job_id.clone()), ("secret", s.to_owned())];
     let body = completing_body(&request_id);
     let forged = self_signed_headers(&request_id, &body);
 
-    // Wrong secret (headers otherwise well-formed).
-    let (s, text) = post_webhook(
-        &[("secret", "not-the-secret"), ("job_id", &job_id)],
+    // Wrong token (headers otherwise well-formed).
+    let (s, text) = post_webhook(&with_token(&"0".repeat(64)), &forged, body.clone()).await;
+    assert_eq!((s, text.as_str()), (401, "Unauthorized"), "wrong token");
+    // The token cut short by one digit.
+    let (s, _) = post_webhook(
+        &with_token(&token[..token.len() - 1]),
         &forged,
         body.clone(),
     )
     .await;
-    assert_eq!((s, text.as_str()), (401, "Unauthorized"), "wrong secret");
-    // A secret that is a prefix of the real one.
-    let (s, _) = post_webhook(
-        &[("secret", &secret[..secret.len() - 1]), ("job_id", &job_id)],
-        &forged,
-        body.clone(),
-    )
-    .await;
-    assert_eq!(s, 401, "truncated secret");
-    // No secret.
-    let (s, _) = post_webhook(&[("job_id", &job_id)], &forged, body.clone()).await;
-    assert_eq!(s, 401, "no secret");
-    // Right secret, no signature headers.
-    let (s, _) = post_webhook(
-        &[("secret", &secret), ("job_id", &job_id)],
-        &[],
-        body.clone(),
-    )
-    .await;
+    assert_eq!(s, 401, "truncated token");
+    // No credential.
+    let (s, _) = post_webhook(&[("job_id", job_id.as_str())], &forged, body.clone()).await;
+    assert_eq!(s, 401, "no token");
+    // The token without the job id it was made for.
+    let (s, _) = post_webhook(&[("token", token.as_str())], &forged, body.clone()).await;
+    assert_eq!(s, 401, "token without job_id");
+    // Right token, no signature headers.
+    let (s, _) = post_webhook(&own, &[], body.clone()).await;
     assert_eq!(s, 401, "no signature headers");
-    // Right secret, a fresh signature by a key that is not fal's.
-    let (s, text) = post_webhook(
-        &[("secret", &secret), ("job_id", &job_id)],
-        &forged,
-        body.clone(),
-    )
-    .await;
+    // Right token, a fresh signature by a key that is not fal's.
+    let (s, text) = post_webhook(&own, &forged, body.clone()).await;
     assert_eq!((s, text.as_str()), (401, "Unauthorized"), "self-signed");
     assert_unchanged(user_id, &job_id, &before).await;
 
     // A real, fresh emulator delivery (for another request), replayed with changes.
     let real = capture_delivery().await;
-    let query = [("secret", secret.as_str()), ("job_id", job_id.as_str())];
+    let query = own.clone();
     // One body byte changed: the last hex digit of the request id inside the body.
     let mut tampered = real.body.clone();
     let rid = real.header(HEADER_REQUEST_ID).to_owned();
@@ -422,35 +433,81 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
     )
     .await;
     assert_eq!(s, 401, "request id header changed");
-    // Wrong secret with an authentic delivery.
-    let (s, _) = post_webhook(
-        &[("secret", "nope"), ("job_id", &job_id)],
-        &real.fal_headers(),
-        real.body.clone(),
-    )
-    .await;
-    assert_eq!(s, 401, "authentic signature, wrong secret");
-    // Unchanged and authentic, aimed at our job: passes auth, refused because the request ids differ.
+    // An authentic delivery with a credential that is not this job's: refused by the URL's check alone.
+    let mut altered = token.clone().into_bytes();
+    altered[0] = if altered[0] == b'0' { b'1' } else { b'0' };
+    let altered = String::from_utf8(altered).unwrap();
+    for (what, query) in [
+        ("another job's token", with_token(&token_of(&other_job))),
+        (
+            "this job's token presented for another job",
+            vec![("job_id", other_job.clone()), ("token", token.clone())],
+        ),
+        (
+            "this job's token with one digit altered",
+            with_token(&altered),
+        ),
+        (
+            "this job's token cut short",
+            with_token(&token[..token.len() - 1]),
+        ),
+        ("a wrong global secret", with_secret("nope")),
+        // The global secret is right, but this job's URL was made with a token.
+        ("the global secret for a token job", with_secret(&secret)),
+    ] {
+        let (s, text) = post_webhook(&query, &real.fal_headers(), real.body.clone()).await;
+        assert_eq!(
+            (s, text.as_str()),
+            (401, "Unauthorized"),
+            "authentic signature, {what}"
+        );
+    }
+    // Unchanged and authentic, with this job's own token: passes auth, refused because the request ids differ.
     let (s, text) = post_webhook(&query, &real.fal_headers(), real.body.clone()).await;
-    assert_ne!(
-        s, 401,
-        "an authentic delivery was refused as unauthenticated: {text}"
+    assert_eq!(
+        s, 409,
+        "an authentic delivery of another request with the job's token: {text}"
     );
-    assert!(
-        (400..500).contains(&s),
-        "a delivery of another request must be refused, got {s}: {text}"
-    );
-    eprintln!("authentic delivery of another request -> {s} {text}");
 
     // Oversized body: refused before anything else.
     let big = vec![b' '; 1024 * 1024 + 1];
     let (s, _) = post_webhook(&query, &real.fal_headers(), big).await;
     assert_eq!(s, 413, "body over 1 MiB");
 
+    // A job submitted before tokens (its run says its URL carries the global secret): the global secret
+    // authenticates it, so the authentic delivery of another request gets as far as the token did.
+    let updated = db()
+        .await
+        .execute(
+            "UPDATE public.job_runs SET webhook_auth = 'secret' WHERE job_id = $1",
+            &[&Uuid::parse_str(&job_id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1, "the job has a run");
+    let (s, text) = post_webhook(
+        &with_secret(&secret),
+        &real.fal_headers(),
+        real.body.clone(),
+    )
+    .await;
+    assert_eq!(s, 409, "the global secret for a pre-token job: {text}");
+    // ... and still only with fal's signature and the whole secret.
+    let (s, _) = post_webhook(&with_secret(&secret), &forged, body.clone()).await;
+    assert_eq!(s, 401, "the global secret for a pre-token job, self-signed");
+    let (s, _) = post_webhook(
+        &with_secret(&secret[..secret.len() - 1]),
+        &real.fal_headers(),
+        real.body.clone(),
+    )
+    .await;
+    assert_eq!(s, 401, "truncated global secret for a pre-token job");
+
     assert_unchanged(user_id, &job_id, &before).await;
+    assert_unchanged(other_user, &other_job, &other_before).await;
     // The emulator never delivered anything for this job.
     assert_eq!(inspect(&request_id).await["deliveries"], json!([]));
-    // The secret never reaches the functions' log.
+    // Neither the secret nor a token reaches the functions' log.
     let log = std::fs::read_to_string(format!(
         "{}/cargo-lambda-watch.log",
         stack_var("STACK_LOG_DIR")
@@ -460,6 +517,7 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
         !log.contains(&secret),
         "the webhook secret appears in the log"
     );
+    assert!(!log.contains(&token), "a webhook token appears in the log");
 }
 
 #[tokio::test]
@@ -467,13 +525,22 @@ async fn unknown_job_id_with_an_authentic_delivery_is_404() {
     let real = capture_delivery().await;
     let secret = stack_var("FAL_WEBHOOK_SECRET");
     let unknown = Uuid::new_v4().to_string();
+    // A valid token for an id that names no job: authenticated, then there is nothing to find.
     let (s, text) = post_webhook(
-        &[("secret", &secret), ("job_id", &unknown)],
+        &token_query(&unknown),
         &real.fal_headers(),
         real.body.clone(),
     )
     .await;
-    assert_eq!(s, 404, "{text}");
+    assert_eq!(s, 404, "token: {text}");
+    // The global secret is accepted for jobs without a run, and finds nothing either.
+    let (s, text) = post_webhook(
+        &[("job_id", unknown.as_str()), ("secret", secret.as_str())],
+        &real.fal_headers(),
+        real.body.clone(),
+    )
+    .await;
+    assert_eq!(s, 404, "global secret: {text}");
     let n: i64 = db()
         .await
         .query_one(

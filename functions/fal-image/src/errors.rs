@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 pub struct ApiError {
     pub status: StatusCode,
     pub body: Value,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
         ApiError {
             status,
             body: json!({ "error": error }),
+            retry_after: None,
         }
     }
 
@@ -26,6 +29,7 @@ impl ApiError {
         ApiError {
             status,
             body: json!({ "error": error, "details": details.into() }),
+            retry_after: None,
         }
     }
 }
@@ -44,6 +48,15 @@ impl From<SubmitError> for ApiError {
             | SubmitError::BadModelOverride => {
                 ApiError::new(StatusCode::BAD_REQUEST, &e.to_string())
             }
+            SubmitError::TargetNotFound(what) => ApiError::new(StatusCode::NOT_FOUND, what),
+            SubmitError::TooManyOpenJobs => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                body: json!({
+                    "error": e.to_string(),
+                    "details": "Wait for a generation to finish, or cancel one, then try again",
+                }),
+                retry_after: Some(gen_pipeline::submission::OPEN_JOBS_RETRY_AFTER.as_secs()),
+            },
             SubmitError::NoModels => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
             }
@@ -59,6 +72,7 @@ impl From<SubmitError> for ApiError {
                     "details": format!("Missing required fields: {}", fields.join(", ")),
                     "missing_fields": fields,
                 }),
+                retry_after: None,
             },
             SubmitError::Input(input) => ApiError::new(StatusCode::BAD_REQUEST, &input.to_string()),
             SubmitError::Misconfigured(_) => {
@@ -68,10 +82,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::ResultFailed { job_id, message } => ApiError {
                 status: StatusCode::BAD_GATEWAY,
                 body: json!({ "error": "Generation failed", "details": message, "jobId": job_id }),
+                retry_after: None,
             },
             SubmitError::Closed { job_id, status } => ApiError {
                 status: StatusCode::CONFLICT,
                 body: json!({ "error": format!("Job was {status}"), "jobId": job_id, "status": status.as_str() }),
+                retry_after: None,
             },
             SubmitError::Db(_) | SubmitError::Storage(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
@@ -112,5 +128,9 @@ fn fal_error(job_id: uuid::Uuid, error: &FalError) -> ApiError {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         body["retryable"] = json!(true);
     }
-    ApiError { status, body }
+    ApiError {
+        status,
+        body,
+        retry_after: None,
+    }
 }

@@ -67,7 +67,13 @@ pub async fn handle(
             } else {
                 tracing::info!(status = e.status.as_u16(), error = %e.body["error"], "request refused");
             }
-            json_response(e.status, &e.body)
+            let mut response = json_response(e.status, &e.body)?;
+            if let Some(secs) = e.retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", lambda_http::http::HeaderValue::from(secs));
+            }
+            Ok(response)
         }
     }
 }
@@ -222,6 +228,7 @@ async fn cancel(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, 
         CancelResult::AlreadyTerminal(s) => Err(ApiError {
             status: StatusCode::CONFLICT,
             body: json!({ "error": format!("Job already {s}"), "jobId": job_id, "status": s.as_str() }),
+            retry_after: None,
         }),
     }
 }

@@ -8,7 +8,10 @@ use gen_pipeline::after_response::Ticket;
 use gen_pipeline::fal::signature::{
     HEADER_REQUEST_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_USER_ID, SignatureHeaders,
 };
-use gen_pipeline::webhook::{self, AuthError, Delivery, DeliveryError};
+use gen_pipeline::webhook::{self, Delivery};
+use gen_pipeline::webhook_auth::{self, UrlCredential};
+
+use crate::errors::{self, Refusal};
 use lambda_http::http::{HeaderMap, Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use serde_json::json;
@@ -39,48 +42,42 @@ pub async fn handle(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "settings unavailable");
-            return json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "error": "Temporarily unavailable" }),
-            );
+            return refuse(errors::unavailable());
         }
     };
     let query = req
         .query_string_parameters_ref()
         .cloned()
         .unwrap_or_default();
+    let credential = UrlCredential {
+        job_id: query.first("job_id"),
+        token: query.first("token"),
+        secret: query.first("secret"),
+    };
     let headers = signature_headers(req.headers());
-    if let Err(e) =
-        webhook::authenticate(&state, &settings, query.first("secret"), headers, body).await
-    {
-        // One line, without the secret or the URL.
-        tracing::warn!(error = %e, "webhook delivery refused");
-        return match e {
-            AuthError::NotConfigured => {
-                text(StatusCode::INTERNAL_SERVER_ERROR, "Server misconfigured")
-            }
-            AuthError::KeysUnavailable(_) => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "error": "Temporarily unavailable" }),
-            ),
-            AuthError::BadSecret | AuthError::BadSignature(_) => {
-                text(StatusCode::UNAUTHORIZED, "Unauthorized")
+    let authenticated =
+        match webhook_auth::authenticate(&state, &settings, credential, headers, body).await {
+            Ok(a) => a,
+            Err(e) => {
+                // One line, without the secret, the token or the URL.
+                tracing::warn!(error = %e, "webhook delivery refused");
+                return refuse(Refusal::from(&e));
             }
         };
-    }
     let header_request_id = req
         .headers()
         .get(HEADER_REQUEST_ID)
         .and_then(|v| v.to_str().ok());
-    match webhook::complete_from_webhook(
+    let delivered = webhook::complete_from_webhook(
         &state,
         &settings,
+        authenticated,
         query.first("job_id"),
         header_request_id,
         body,
     )
-    .await
-    {
+    .await;
+    match delivered {
         Ok((delivery, post_process)) => {
             if let Some(job_id) = post_process {
                 let state = state.clone();
@@ -88,36 +85,33 @@ pub async fn handle(
                     gen_pipeline::postprocess::run(&state, &settings, job_id).await;
                 })));
             }
-            match delivery {
-                Delivery::Completed { job_id } => json_response(
-                    StatusCode::OK,
-                    &json!({ "ok": true, "job_id": job_id, "status": "completed" }),
-                ),
-                Delivery::Failed { job_id } => json_response(
-                    StatusCode::OK,
-                    &json!({ "ok": true, "job_id": job_id, "status": "failed" }),
-                ),
-                Delivery::Skipped => {
-                    json_response(StatusCode::OK, &json!({ "ok": true, "skipped": true }))
+            let answer = match delivery {
+                Delivery::Completed { job_id } => {
+                    json!({ "ok": true, "job_id": job_id, "status": "completed" })
                 }
-            }
+                Delivery::Failed { job_id } => {
+                    json!({ "ok": true, "job_id": job_id, "status": "failed" })
+                }
+                Delivery::Skipped => json!({ "ok": true, "skipped": true }),
+            };
+            json_response(StatusCode::OK, &answer)
         }
         Err(e) => {
-            let status = match &e {
-                DeliveryError::BadJson | DeliveryError::MissingRequestId => StatusCode::BAD_REQUEST,
-                DeliveryError::JobNotFound => StatusCode::NOT_FOUND,
-                DeliveryError::RequestMismatch => StatusCode::CONFLICT,
-                DeliveryError::Busy | DeliveryError::Transient(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            };
-            if status.is_server_error() {
+            let refusal = Refusal::from(&e);
+            if refusal.status.is_server_error() {
                 tracing::warn!(error = %e, "webhook delivery not finished; fal will retry");
             } else {
-                tracing::info!(error = %e, status = status.as_u16(), "webhook delivery refused");
+                tracing::info!(error = %e, status = refusal.status.as_u16(), "webhook delivery refused");
             }
-            json_response(status, &json!({ "error": e.to_string() }))
+            refuse(refusal)
         }
+    }
+}
+
+fn refuse(r: Refusal) -> Result<Response<Body>, Error> {
+    match r.body {
+        errors::Body::Text(t) => text(r.status, t),
+        errors::Body::Json(v) => json_response(r.status, &v),
     }
 }
 

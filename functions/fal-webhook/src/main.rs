@@ -1,5 +1,6 @@
 //! fal-webhook: cold-start wiring only.
 
+mod errors;
 mod http;
 
 use std::sync::Arc;

@@ -30,18 +30,26 @@ pub struct AssetRow {
     pub file_size_bytes: i64,
 }
 
-/// Inserts asset 0 of the job unless it exists; returns its id either way (a duplicate is impossible).
+/// Writes asset 0 of the job and returns its id. It is called only in the transaction that completes the job, so
+/// a row already there is not ours: clients may insert `workspace_assets` rows of their own under any `job_id`
+/// (RLS checks only `user_id`), so such a row is overwritten with the job's owner and result, never trusted.
 pub async fn insert_once<C: GenericClient>(
     client: &C,
     a: &NewAsset,
 ) -> Result<Uuid, tokio_postgres::Error> {
-    let inserted = client
-        .query_typed_opt(
+    let row = client
+        .query_typed_one(
             "INSERT INTO public.workspace_assets (user_id, job_id, asset_index, asset_type, temp_storage_path,
                  thumbnail_path, file_size_bytes, mime_type, generation_seed, original_prompt, model_used,
                  generation_settings)
              VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (job_id, asset_index) DO NOTHING
+             ON CONFLICT (job_id, asset_index) DO UPDATE
+                SET user_id = EXCLUDED.user_id, asset_type = EXCLUDED.asset_type,
+                    temp_storage_path = EXCLUDED.temp_storage_path, thumbnail_path = EXCLUDED.thumbnail_path,
+                    file_size_bytes = EXCLUDED.file_size_bytes, mime_type = EXCLUDED.mime_type,
+                    generation_seed = EXCLUDED.generation_seed, original_prompt = EXCLUDED.original_prompt,
+                    model_used = EXCLUDED.model_used, generation_settings = EXCLUDED.generation_settings,
+                    created_at = now(), expires_at = now() + interval '7 days'
              RETURNING id",
             &[
                 (&a.user_id, Type::UUID),
@@ -58,18 +66,7 @@ pub async fn insert_once<C: GenericClient>(
             ],
         )
         .await?;
-    match inserted {
-        Some(row) => Ok(row.get(0)),
-        None => {
-            let row = client
-                .query_typed_one(
-                    "SELECT id FROM public.workspace_assets WHERE job_id = $1 AND asset_index = 0",
-                    &[(&a.job_id, Type::UUID)],
-                )
-                .await?;
-            Ok(row.get(0))
-        }
-    }
+    Ok(row.get(0))
 }
 
 /// The job's first asset.

@@ -6,6 +6,7 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+use super::runs::{self, JobRun, NewRun};
 use crate::jobs::JobStatus;
 
 /// A job as stored.
@@ -23,6 +24,8 @@ pub struct JobRecord {
     pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The server-owned state: what the functions act on (never `metadata`, which the owner can rewrite).
+    pub run: Option<JobRun>,
 }
 
 impl JobRecord {
@@ -34,8 +37,17 @@ impl JobRecord {
     }
 }
 
-const COLUMNS: &str = "id, user_id, status, job_type, format, original_prompt, error_message,
-    coalesce(metadata, '{}'::jsonb), api_model_id, created_at, started_at, completed_at";
+/// The job's columns (`j`), then its run's ([`runs::COLUMNS`]).
+fn select(filter: &str) -> String {
+    format!(
+        "SELECT j.id, j.user_id, j.status, j.job_type, j.format, j.original_prompt, j.error_message,
+                coalesce(j.metadata, '{{}}'::jsonb), j.api_model_id, j.created_at, j.started_at, j.completed_at,
+                {}
+           FROM public.jobs j {} WHERE {filter}",
+        runs::COLUMNS,
+        runs::JOINS
+    )
+}
 
 fn from_row(r: &tokio_postgres::Row) -> JobRecord {
     let status: Option<String> = r.get(2);
@@ -56,6 +68,7 @@ fn from_row(r: &tokio_postgres::Row) -> JobRecord {
         created_at: r.get(9),
         started_at: r.get(10),
         completed_at: r.get(11),
+        run: runs::from_row(r, 12),
     }
 }
 
@@ -71,19 +84,41 @@ pub struct NewJob {
     pub api_model_id: Uuid,
     pub format: String,
     pub metadata: Value,
+    pub run: NewRun,
+    /// The most open (`queued`/`processing`) jobs the user may have, this one excluded from the count.
+    pub max_open: i64,
 }
 
+/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`).
 pub async fn insert<C: GenericClient>(
     client: &C,
     job: &NewJob,
-) -> Result<Uuid, tokio_postgres::Error> {
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
     let status = job.status.as_str();
+    let run = &job.run;
+    let webhook_auth = run.webhook_auth.as_str();
+    let (ref_bucket, ref_key) = match &run.reference {
+        Some(r) => (Some(r.bucket.as_str()), Some(r.key.as_str())),
+        None => (None, None),
+    };
     let row = client
-        .query_typed_one(
-            "INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality,
-                                      api_model_id, model_type, format, metadata)
-             VALUES ($1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8)
-             RETURNING id",
+        .query_typed_opt(
+            "WITH open AS (
+                 SELECT count(*) AS n FROM (
+                     SELECT 1 FROM public.jobs
+                      WHERE user_id = $1 AND status IN ('queued', 'processing') LIMIT $9) o
+             ), j AS (
+                 INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality,
+                                          api_model_id, model_type, format, metadata)
+                 SELECT $1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8 FROM open WHERE open.n < $9
+                 RETURNING id
+             ), r AS (
+                 INSERT INTO public.job_runs (job_id, user_id, provider_id, provider_name, model_key, webhook_auth,
+                     reference_bucket, reference_key, destination, character_id, scene_id, storyboard_clip_id,
+                     post_steps)
+                 SELECT id, $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20 FROM j
+             )
+             SELECT id FROM j",
             &[
                 (&job.user_id, Type::UUID),
                 (&job.job_type, Type::TEXT),
@@ -93,17 +128,29 @@ pub async fn insert<C: GenericClient>(
                 (&job.api_model_id, Type::UUID),
                 (&job.format, Type::TEXT),
                 (&job.metadata, Type::JSONB),
+                (&job.max_open, Type::INT8),
+                (&run.provider_id, Type::UUID),
+                (&run.provider_name, Type::TEXT),
+                (&run.model_key, Type::TEXT),
+                (&webhook_auth, Type::TEXT),
+                (&ref_bucket, Type::TEXT),
+                (&ref_key, Type::TEXT),
+                (&run.targets.destination, Type::TEXT),
+                (&run.targets.character_id, Type::UUID),
+                (&run.targets.scene_id, Type::UUID),
+                (&run.targets.storyboard_clip_id, Type::UUID),
+                (&run.post_steps, Type::TEXT_ARRAY),
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn get<C: GenericClient>(
     client: &C,
     id: Uuid,
 ) -> Result<Option<JobRecord>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE id = $1");
+    let sql = select("j.id = $1");
     Ok(client
         .query_typed_opt(&sql, &[(&id, Type::UUID)])
         .await?
@@ -117,7 +164,7 @@ pub async fn get_for_user<C: GenericClient>(
     id: Uuid,
     user_id: Uuid,
 ) -> Result<Option<JobRecord>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE id = $1 AND user_id = $2");
+    let sql = select("j.id = $1 AND j.user_id = $2");
     Ok(client
         .query_typed_opt(&sql, &[(&id, Type::UUID), (&user_id, Type::UUID)])
         .await?
@@ -125,14 +172,18 @@ pub async fn get_for_user<C: GenericClient>(
         .map(from_row))
 }
 
-/// The job submitted to fal under this request id (uses the unique expression index).
+/// The job submitted to the provider under this request id (server-owned `job_runs`, unique per provider).
 pub async fn by_request_id<C: GenericClient>(
     client: &C,
+    provider_name: &str,
     request_id: &str,
 ) -> Result<Option<JobRecord>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM public.jobs WHERE metadata->>'fal_request_id' = $1");
+    let sql = select("r.provider_name = $1 AND r.request_id = $2");
     Ok(client
-        .query_typed_opt(&sql, &[(&request_id, Type::TEXT)])
+        .query_typed_opt(
+            &sql,
+            &[(&provider_name, Type::TEXT), (&request_id, Type::TEXT)],
+        )
         .await?
         .as_ref()
         .map(from_row))

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod models;
 pub mod postprocess;
 pub mod reconcile;
+pub mod runs;
 pub mod usage;
 pub mod users;
 

@@ -5,14 +5,23 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+/// A storyboard clip the functions may write for user `$2`: one in the states the client sets before a generation,
+/// and the user's where the deployment's table records an owner (`user_id`; the known schema has none).
+pub const CLIP_OPEN_FOR: &str = "c.status IN ('pending', 'generating')
+    AND coalesce(to_jsonb(c)->>'user_id', $2::text) = $2::text";
+
 pub async fn fail_storyboard_clip<C: GenericClient>(
     client: &C,
     clip_id: Uuid,
+    user_id: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .query_typed(
-            "UPDATE public.storyboard_clips SET status = 'failed', updated_at = now() WHERE id = $1",
-            &[(&clip_id, Type::UUID)],
+            &format!(
+                "UPDATE public.storyboard_clips c SET status = 'failed', updated_at = now()
+                  WHERE c.id = $1 AND {CLIP_OPEN_FOR}"
+            ),
+            &[(&clip_id, Type::UUID), (&user_id, Type::UUID)],
         )
         .await?;
     Ok(())
@@ -154,18 +163,22 @@ pub async fn set_scene_image<C: GenericClient>(
 pub async fn complete_storyboard_clip<C: GenericClient>(
     client: &C,
     clip_id: Uuid,
+    user_id: Uuid,
     video_url: &str,
     duration_seconds: f64,
     thumbnail_url: Option<&str>,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .query_typed(
-            "UPDATE public.storyboard_clips
-                SET status = 'completed', video_url = $2, duration_seconds = $3::float8::numeric,
-                    thumbnail_url = $4, updated_at = now()
-              WHERE id = $1",
+            &format!(
+                "UPDATE public.storyboard_clips c
+                    SET status = 'completed', video_url = $3, duration_seconds = $4::float8::numeric,
+                        thumbnail_url = $5, updated_at = now()
+                  WHERE c.id = $1 AND {CLIP_OPEN_FOR}"
+            ),
             &[
                 (&clip_id, Type::UUID),
+                (&user_id, Type::UUID),
                 (&video_url, Type::TEXT),
                 (&duration_seconds, Type::FLOAT8),
                 (&thumbnail_url, Type::TEXT),
@@ -173,4 +186,35 @@ pub async fn complete_storyboard_clip<C: GenericClient>(
         )
         .await?;
     Ok(())
+}
+
+/// Whether the user may target these rows: a character of theirs, a scene of one of their characters, a clip
+/// open for them ([`CLIP_OPEN_FOR`]). An absent id passes. One round trip for all three.
+pub async fn targets_allowed<C: GenericClient>(
+    client: &C,
+    user_id: Uuid,
+    character_id: Option<Uuid>,
+    scene_id: Option<Uuid>,
+    clip_id: Option<Uuid>,
+) -> Result<[bool; 3], tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT $3::uuid IS NULL OR EXISTS (SELECT 1 FROM public.characters WHERE id = $3 AND user_id = $2),
+                $4::uuid IS NULL OR EXISTS (SELECT 1 FROM public.character_scenes s
+                                              JOIN public.characters ch ON ch.id = s.character_id
+                                             WHERE s.id = $4 AND ch.user_id = $2),
+                $1::uuid IS NULL OR EXISTS (SELECT 1 FROM public.storyboard_clips c
+                                             WHERE c.id = $1 AND {CLIP_OPEN_FOR})"
+    );
+    let row = client
+        .query_typed_one(
+            &sql,
+            &[
+                (&clip_id, Type::UUID),
+                (&user_id, Type::UUID),
+                (&character_id, Type::UUID),
+                (&scene_id, Type::UUID),
+            ],
+        )
+        .await?;
+    Ok([row.get(0), row.get(1), row.get(2)])
 }

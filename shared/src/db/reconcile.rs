@@ -47,12 +47,11 @@ pub async fn completed_needing_post_processing<C: GenericClient>(
     let secs = settle.as_secs_f64();
     let rows = client
         .query_typed(
-            "SELECT j.id FROM public.jobs j
+            "SELECT j.id FROM public.jobs j JOIN public.job_runs r ON r.job_id = j.id
               WHERE j.status = 'completed'
                 AND j.completed_at > now() - interval '1 day'
                 AND j.completed_at < now() - make_interval(secs => $1)
-                AND (j.metadata->>'destination' IN ('character_portrait', 'character_scene', 'roleplay_scene')
-                     OR j.metadata ? 'storyboard_clip_id')
+                AND cardinality(r.post_steps) > 0
                 AND NOT EXISTS (SELECT 1 FROM public.job_postprocessing p WHERE p.job_id = j.id)
               ORDER BY j.completed_at
               LIMIT $2",

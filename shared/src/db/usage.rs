@@ -39,21 +39,40 @@ pub async fn insert_once<C: GenericClient>(
     Ok(!rows.is_empty())
 }
 
-/// [`insert_once`] and, in the same statement, `patch` merged into the metadata of the row's job: one round trip
-/// and one commit for both (the queue route's last step, on the submit's critical path).
-pub async fn insert_once_and_patch_job<C: GenericClient>(
+/// [`insert_once`] and, in the same statement, the provider's request recorded in the job's run (what the
+/// functions act on) and copied into its metadata (what the original's clients read): one round trip and one
+/// commit for all three (the queue route's last step, on the submit's critical path).
+pub async fn insert_once_and_record_request<C: GenericClient>(
     client: &C,
     u: &NewUsage,
-    patch: &Value,
+    r: &super::runs::ProviderRequest,
 ) -> Result<bool, tokio_postgres::Error> {
     let sql = format!(
-        "WITH patched AS (
-             UPDATE public.jobs SET metadata = coalesce(metadata, '{{}}'::jsonb) || $14 WHERE id = $1
+        "WITH run AS (
+             UPDATE public.job_runs
+                SET request_id = $14, gateway_request_id = $15, status_url = $16, response_url = $17,
+                    cancel_url = $18
+              WHERE job_id = $1
+         ), copy AS (
+             UPDATE public.jobs
+                SET metadata = coalesce(metadata, '{{}}'::jsonb) || jsonb_build_object(
+                    'fal_request_id', $14::text, 'fal_gateway_request_id', $15::text, 'fal_status_url', $16::text,
+                    'fal_response_url', $17::text, 'fal_cancel_url', $18::text)
+              WHERE id = $1
          )
          {INSERT_ONCE}"
     );
     let mut params = params(u).to_vec();
-    params.push((patch, Type::JSONB));
+    params.extend([
+        (
+            &r.request_id as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TEXT,
+        ),
+        (&r.gateway_request_id, Type::TEXT),
+        (&r.status_url, Type::TEXT),
+        (&r.response_url, Type::TEXT),
+        (&r.cancel_url, Type::TEXT),
+    ]);
     let rows = client.query_typed(&sql, &params).await?;
     Ok(!rows.is_empty())
 }

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use super::endpoint::{QueueEndpoint, SyncEndpoint};
+use super::endpoint::{ProviderUrl, QueueEndpoint, SyncEndpoint};
 use super::types::{CancelOutcome, ErrorBody, QueueState, QueueSubmitted};
 
 /// Error bodies larger than this are cut before parsing.
@@ -53,13 +53,14 @@ impl FalError {
     }
 
     fn from_reqwest(e: reqwest::Error) -> Self {
+        // Never the URL: a submit URL carries the webhook URL, whose query holds the webhook secret.
+        let e = e.without_url();
         if e.is_timeout() {
             FalError::Timeout
         } else if e.is_decode() {
             FalError::Decode(e.to_string())
         } else {
-            // Without the URL: queue URLs are ours to log, but webhook URLs carry a secret.
-            FalError::Network(e.without_url().to_string())
+            FalError::Network(e.to_string())
         }
     }
 }
@@ -181,21 +182,21 @@ impl FalClient {
     }
 
     /// The request's queue status (`GET status_url`).
-    pub async fn status(&self, status_url: &str) -> Result<QueueState, FalError> {
+    pub async fn status(&self, status_url: &ProviderUrl) -> Result<QueueState, FalError> {
         let body = self.get_json(status_url).await?;
         QueueState::from_body(&body).ok_or_else(|| FalError::Decode("unknown queue status".into()))
     }
 
     /// The request's output (`GET response_url`); a failed request answers with fal's error.
-    pub async fn result(&self, response_url: &str) -> Result<Value, FalError> {
+    pub async fn result(&self, response_url: &ProviderUrl) -> Result<Value, FalError> {
         self.get_json(response_url).await
     }
 
     /// Asks fal to cancel (`PUT cancel_url`). fal answers 202/400/404 with a `status` naming the outcome.
-    pub async fn cancel(&self, cancel_url: &str) -> Result<CancelOutcome, FalError> {
+    pub async fn cancel(&self, cancel_url: &ProviderUrl) -> Result<CancelOutcome, FalError> {
         let response = self
             .http
-            .put(parse_url(cancel_url)?)
+            .put(cancel_url.url().clone())
             .header(reqwest::header::AUTHORIZATION, self.auth())
             .timeout(self.request_timeout)
             .send()
@@ -215,10 +216,10 @@ impl FalClient {
         }
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, FalError> {
+    async fn get_json(&self, url: &ProviderUrl) -> Result<Value, FalError> {
         let response = self
             .http
-            .get(parse_url(url)?)
+            .get(url.url().clone())
             .header(reqwest::header::AUTHORIZATION, self.auth())
             .timeout(self.request_timeout)
             .send()
@@ -226,10 +227,6 @@ impl FalClient {
             .map_err(FalError::from_reqwest)?;
         json_or_error(response).await
     }
-}
-
-fn parse_url(url: &str) -> Result<Url, FalError> {
-    Url::parse(url).map_err(|e| FalError::Decode(format!("bad URL from fal: {e}")))
 }
 
 async fn json_or_error(response: reqwest::Response) -> Result<Value, FalError> {
@@ -302,6 +299,46 @@ mod tests {
         assert!(!api(429).is_caller_error());
         assert!(!api(503).is_caller_error());
         assert!(!FalError::Timeout.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_decode_error_names_no_url() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot json!")
+                    .await;
+            }
+        });
+        let client = FalClient::new(
+            reqwest::Client::builder().no_proxy().build().unwrap(),
+            SecretString::from("fal-key"),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
+        let url = format!(
+            "http://{addr}/requests/r1?fal_webhook=http%3A%2F%2Fhook%2F%3Fsecret%3Dhook-secret&secret=hook-secret"
+        );
+        let url = ProviderUrl::on_provider_hosts(&url, &[format!("http://{addr}")]).unwrap();
+        let err = client.result(&url).await.unwrap_err();
+        assert!(matches!(err, FalError::Decode(_)), "{err:?}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            for leak in [
+                "secret=",
+                "hook-secret",
+                "http://",
+                "127.0.0.1",
+                "/requests/",
+            ] {
+                assert!(!shown.contains(leak), "{leak} in {shown}");
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,39 @@ pub enum EndpointError {
     BadBase,
     #[error("model key {0:?} is not a valid fal model id")]
     BadModelKey(String),
+    /// A URL outside the provider's configured hosts: the provider's key is never sent there.
+    #[error("URL is not on the provider's hosts")]
+    ForeignHost,
+}
+
+/// A URL of a request the provider answered with (status, result, cancel), on one of the provider's own
+/// configured hosts (`api_providers.base_url` / `sync_base_url`): same scheme, host and port. The provider's key
+/// is sent only to these and to the two endpoints above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderUrl(Url);
+
+impl ProviderUrl {
+    pub fn on_provider_hosts(url: &str, provider_bases: &[String]) -> Result<Self, EndpointError> {
+        let url = Url::parse(url.trim()).map_err(|_| EndpointError::ForeignHost)?;
+        let same_origin = |base: &String| {
+            Url::parse(base.trim()).is_ok_and(|b| {
+                matches!(b.scheme(), "http" | "https")
+                    && b.origin() == url.origin()
+                    && url.username().is_empty()
+                    && url.password().is_none()
+            })
+        };
+        if provider_bases.iter().any(same_origin) {
+            Ok(ProviderUrl(url))
+        } else {
+            tracing::warn!("provider URL outside the provider's hosts refused");
+            Err(EndpointError::ForeignHost)
+        }
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
 }
 
 /// `POST <sync base>/<model_key>`: answers with the output.
@@ -71,6 +104,38 @@ fn join(base: Option<&str>, model_key: &str) -> Result<Url, EndpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_urls_only_on_the_providers_own_hosts() {
+        let bases = vec![
+            "https://queue.fal.run".to_owned(),
+            "https://fal.run/".to_owned(),
+        ];
+        for ok in [
+            "https://queue.fal.run/fal-ai/x/requests/abc/status",
+            "https://fal.run/fal-ai/x",
+            "https://queue.fal.run:443/fal-ai/x/requests/abc/cancel",
+        ] {
+            assert!(ProviderUrl::on_provider_hosts(ok, &bases).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/fal-ai/x/requests/abc",
+            "http://queue.fal.run/fal-ai/x",
+            "https://queue.fal.run:8443/x",
+            "https://queue.fal.run.evil.example/x",
+            "https://user:pw@queue.fal.run/x",
+            "https://127.0.0.1/x",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(
+                ProviderUrl::on_provider_hosts(bad, &bases),
+                Err(EndpointError::ForeignHost),
+                "{bad}"
+            );
+        }
+        assert!(ProviderUrl::on_provider_hosts("https://queue.fal.run/x", &[]).is_err());
+    }
 
     #[test]
     fn each_host_comes_only_from_its_own_base() {

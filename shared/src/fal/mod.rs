@@ -7,5 +7,5 @@ pub mod signature;
 pub mod types;
 
 pub use client::{FalClient, FalError, RetryPolicy};
-pub use endpoint::{QueueEndpoint, SyncEndpoint};
+pub use endpoint::{ProviderUrl, QueueEndpoint, SyncEndpoint};
 pub use jwks::JwksCache;

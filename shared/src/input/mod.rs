@@ -8,6 +8,7 @@ mod reference;
 mod request;
 mod sanitize;
 mod schema;
+pub mod targets;
 mod video;
 
 use std::collections::HashMap;
@@ -62,6 +63,11 @@ pub enum InputError {
     InvalidReference(String),
     #[error("This model requires: {}", fields.join(", "))]
     MissingFields { fields: Vec<String> },
+    /// The request's metadata carries a key only the server writes.
+    #[error("metadata.{0} is set by the server and cannot be sent")]
+    ServerOwnedKey(String),
+    #[error("metadata.{0} must be a UUID")]
+    BadTargetId(&'static str),
 }
 
 /// `jobs.metadata.generation_mode` (step 4).

@@ -2,7 +2,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::stack_var;
 use gen_pipeline::fal::types::{CancelOutcome, QueueState};
-use gen_pipeline::fal::{FalClient, FalError, QueueEndpoint, RetryPolicy, SyncEndpoint};
+use gen_pipeline::fal::{
+    FalClient, FalError, ProviderUrl, QueueEndpoint, RetryPolicy, SyncEndpoint,
+};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -37,6 +39,12 @@ fn queue() -> QueueEndpoint {
         MODEL,
     )
     .unwrap()
+}
+
+/// A URL fal answered with, accepted as the emulator's queue host.
+fn on_fal(url: &str) -> ProviderUrl {
+    let queue_host = format!("{}/queue", stack_var("FAL_EMULATOR_URL"));
+    ProviderUrl::on_provider_hosts(url, &[queue_host]).unwrap()
 }
 
 /// A prompt unique to the test, with the emulator directives given.
@@ -85,12 +93,12 @@ async fn queue_submit_status_and_result() {
         submitted.status_url
     );
     assert!(matches!(
-        c.status(&submitted.status_url).await.unwrap(),
+        c.status(&on_fal(&submitted.status_url)).await.unwrap(),
         QueueState::InQueue { .. } | QueueState::InProgress
     ));
     let started = Instant::now();
     loop {
-        if c.status(&submitted.status_url).await.unwrap() == QueueState::Completed {
+        if c.status(&on_fal(&submitted.status_url)).await.unwrap() == QueueState::Completed {
             break;
         }
         assert!(
@@ -99,7 +107,7 @@ async fn queue_submit_status_and_result() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = c.result(&submitted.response_url).await.unwrap();
+    let out = c.result(&on_fal(&submitted.response_url)).await.unwrap();
     assert!(out["images"][0]["url"].is_string(), "{out}");
 }
 
@@ -110,7 +118,7 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         .submit(&queue(), &prompt("#no-webhook #delay-ms=5000"), None)
         .await
         .unwrap();
-    let outcome = c.cancel(&queued.cancel_url).await.unwrap();
+    let outcome = c.cancel(&on_fal(&queued.cancel_url)).await.unwrap();
     assert!(
         matches!(
             outcome,
@@ -124,12 +132,12 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         .await
         .unwrap();
     let started = Instant::now();
-    while c.status(&quick.status_url).await.unwrap() != QueueState::Completed {
+    while c.status(&on_fal(&quick.status_url)).await.unwrap() != QueueState::Completed {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        c.cancel(&quick.cancel_url).await.unwrap(),
+        c.cancel(&on_fal(&quick.cancel_url)).await.unwrap(),
         CancelOutcome::AlreadyCompleted
     );
 }

@@ -1,7 +1,15 @@
-use crate::common::{stack_var, unique, with_database};
+use crate::common::{as_user, stack_var, unique, with_database};
 use gen_pipeline::{db, migrations};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
 
 const ORIGINAL_SCHEMA: &str = include_str!("../fixtures/original-schema.sql");
+/// The local stack's copy of Supabase's security model (`xtask/src/stack/supabase.rs`): client roles,
+/// `auth.uid()` and default grants before the migrations, the original's RLS policies after them.
+const SUPABASE_BEFORE_MIGRATIONS: &str =
+    include_str!("../../../xtask/src/stack/supabase/before_migrations.sql");
+const SUPABASE_AFTER_MIGRATIONS: &str =
+    include_str!("../../../xtask/src/stack/supabase/after_migrations.sql");
 
 /// A fresh database on the stack's server, dropped when the guard goes.
 struct TempDb {
@@ -78,11 +86,14 @@ async fn migrations_apply_to_an_empty_database_and_create_every_contract_table()
             "missing {table}"
         );
     }
+    // The webhook finds jobs by request id in the server-owned table; the metadata copy is indexed, not unique
+    // (a client could otherwise block another job's request id).
     assert!(
         tables
             .iter()
-            .any(|c| c.contains("jobs_fal_request_id_key") && c.contains("UNIQUE"))
+            .any(|c| c.contains("job_runs_request_id_key") && c.contains("UNIQUE"))
     );
+    assert!(!tables.iter().any(|c| c.contains("jobs_fal_request_id_key")));
     drop(client);
     tmp.drop().await;
 }
@@ -115,6 +126,7 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
             "job_completion_claims",
             "job_reconcile_checks",
             "job_postprocessing",
+            "job_runs",
             "gen_pipeline_migrations",
         ]
         .iter()
@@ -124,7 +136,7 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
             "unexpected change to an original table: {item}"
         );
     }
-    assert!(added.iter().any(|i| i.contains("jobs_fal_request_id_key")));
+    assert!(added.iter().any(|i| i.contains("job_runs_request_id_key")));
     // The original fal row gains fal's sync host beside its queue host.
     let row = client
         .query_one(
@@ -153,6 +165,178 @@ async fn migrations_applied_twice_change_nothing_the_second_time() {
     let first = schema(&client).await;
     assert_eq!(migrations::apply(&tmp.url).await.unwrap(), 0);
     assert_eq!(schema(&client).await, first);
+    drop(client);
+    tmp.drop().await;
+}
+
+/// The original's tables, schema-qualified, as the fixture creates them: the only tables without RLS allowed.
+fn original_tables() -> Vec<String> {
+    ORIGINAL_SCHEMA
+        .lines()
+        .filter_map(|l| l.strip_prefix("CREATE TABLE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every table of the database outside the system schemas, with whether row level security is on.
+async fn tables(client: &tokio_postgres::Client) -> Vec<(String, bool)> {
+    client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.relrowsecurity
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_table_the_migrations_create_has_rls() {
+    let tmp = TempDb::new().await;
+    migrations::apply(&tmp.url).await.unwrap();
+    let client = db::connect(&tmp.url).await.unwrap();
+    let original = original_tables();
+    assert!(original.contains(&"public.jobs".to_owned()));
+    let ours: Vec<(String, bool)> = tables(&client)
+        .await
+        .into_iter()
+        .filter(|(t, _)| !original.contains(t))
+        .collect();
+    assert!(
+        ours.iter()
+            .any(|(t, _)| t == "public.job_completion_claims"),
+        "the port's tables were not found: {ours:?}"
+    );
+    let open: Vec<&String> = ours
+        .iter()
+        .filter(|(_, rls)| !rls)
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        open.is_empty(),
+        "tables the migrations create without row level security (enable it, as V6 does): {open:?}"
+    );
+    drop(client);
+    tmp.drop().await;
+}
+
+/// A fresh database set up as the local stack sets it up; returns it with the tables that the Supabase part made
+/// before the migrations ran.
+async fn supabase_database(tmp: &TempDb) -> (tokio_postgres::Client, Vec<String>) {
+    let mut client = db::connect(&tmp.url).await.unwrap();
+    client
+        .batch_execute(SUPABASE_BEFORE_MIGRATIONS)
+        .await
+        .unwrap();
+    let before = tables(&client).await.into_iter().map(|(t, _)| t).collect();
+    migrations::apply_with(&mut client).await.unwrap();
+    client
+        .batch_execute(SUPABASE_AFTER_MIGRATIONS)
+        .await
+        .unwrap();
+    // Applied again, as on every `stack up` over a kept DATABASE_URL: nothing closed opens again.
+    client
+        .batch_execute(SUPABASE_BEFORE_MIGRATIONS)
+        .await
+        .unwrap();
+    client
+        .batch_execute(SUPABASE_AFTER_MIGRATIONS)
+        .await
+        .unwrap();
+    (client, before)
+}
+
+#[tokio::test]
+async fn a_signed_in_client_can_neither_read_nor_write_the_port_tables() {
+    let tmp = TempDb::new().await;
+    let (mut client, before) = supabase_database(&tmp).await;
+    let original = original_tables();
+    let port_tables: Vec<String> = tables(&client)
+        .await
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !original.contains(t) && !before.contains(t))
+        .collect();
+    assert!(port_tables.contains(&"public.gen_pipeline_migrations".to_owned()));
+    let user = Uuid::new_v4();
+    db::users::ensure(&client, user).await.unwrap();
+
+    // The same client reaches the original tables (through their policies), so each refusal below is the
+    // port table's own.
+    as_user(&mut client, user, async |tx| {
+        tx.query("SELECT id FROM public.jobs", &[]).await
+    })
+    .await
+    .unwrap();
+    for table in &port_tables {
+        for sql in [
+            format!("SELECT * FROM {table}"),
+            format!("INSERT INTO {table} DEFAULT VALUES"),
+        ] {
+            let err = as_user(&mut client, user, async |tx| tx.batch_execute(&sql).await)
+                .await
+                .expect_err(&sql);
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{sql}: {err}"
+            );
+        }
+    }
+    drop(client);
+    tmp.drop().await;
+}
+
+#[tokio::test]
+async fn under_the_originals_policies_a_user_reads_and_cancels_only_their_own_jobs() {
+    let tmp = TempDb::new().await;
+    let (mut client, _) = supabase_database(&tmp).await;
+    let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+    for u in [owner, other] {
+        db::users::ensure(&client, u).await.unwrap();
+    }
+    let job: Uuid = client
+        .query_one(
+            "INSERT INTO public.jobs (user_id, job_type) VALUES ($1, 'image_fast') RETURNING id",
+            &[&owner],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let cancel = "UPDATE public.jobs SET status = 'cancelled' WHERE id = $1";
+
+    let seen = as_user(&mut client, other, async |tx| {
+        tx.query("SELECT id FROM public.jobs", &[]).await
+    })
+    .await
+    .unwrap();
+    assert!(seen.is_empty(), "another user's job is visible");
+    let updated = as_user(&mut client, other, async |tx| {
+        tx.execute(cancel, &[&job]).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(updated, 0, "another user's job was updated");
+
+    let updated = as_user(&mut client, owner, async |tx| {
+        tx.execute(cancel, &[&job]).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(updated, 1, "the owner cannot cancel their job");
+    // storyboard_clips has no RLS in the original: any client writes it (the model reproduced, not a goal).
+    as_user(&mut client, other, async |tx| {
+        tx.batch_execute("INSERT INTO public.storyboard_clips DEFAULT VALUES")
+            .await
+    })
+    .await
+    .unwrap();
     drop(client);
     tmp.drop().await;
 }

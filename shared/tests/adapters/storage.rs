@@ -97,3 +97,34 @@ async fn a_source_that_breaks_off_fails_and_leaves_no_object() {
     );
     assert_eq!(s.head(&bucket, &key).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn delete_keys_removes_exactly_the_given_keys_and_ignores_missing_ones() {
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let user = uuid::Uuid::new_v4();
+    let job = uuid::Uuid::new_v4();
+    let candidates = gen_pipeline::storage::result_key_candidates(user, job);
+    let result = format!("{user}/{job}_0.mp4");
+    let thumbnail = format!("{user}/{job}_0.thumb.webp");
+    // A key under the same prefix that is no candidate (a prefix delete would take it): must survive.
+    let neighbour = format!("{user}/{job}_0.mp4.bak");
+    for key in [&result, &thumbnail, &neighbour] {
+        s.put_stream(&bucket, key, "video/mp4", pattern_stream(1_000), None)
+            .await
+            .unwrap();
+    }
+    assert!(candidates.contains(&result) && candidates.contains(&thumbnail));
+    assert!(!candidates.contains(&neighbour));
+
+    // Six of the eight candidates do not exist: not an error.
+    s.delete_keys(&bucket, &candidates).await.unwrap();
+    assert_eq!(s.head(&bucket, &result).await.unwrap(), None);
+    assert_eq!(s.head(&bucket, &thumbnail).await.unwrap(), None);
+    assert!(s.head(&bucket, &neighbour).await.unwrap().is_some());
+
+    // Again, with nothing left to delete, and with no keys at all.
+    s.delete_keys(&bucket, &candidates).await.unwrap();
+    s.delete_keys(&bucket, &[]).await.unwrap();
+    s.delete(&bucket, &neighbour).await.unwrap();
+}

@@ -75,6 +75,36 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Runs `f` in the database as a signed-in client of `user_id` meets it through PostgREST: inside one
+/// transaction, as role `authenticated` with the token's claims in `request.jwt.claims` (so `auth.uid()` is the
+/// user and the row level security policies apply). Commits when `f` succeeds, rolls back when it fails; either
+/// way the connection is back to its own role afterwards. A refused statement comes back as the Postgres error
+/// (`code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)` for "permission denied"); rows hidden by RLS are simply
+/// missing from the result.
+///
+/// ```ignore
+/// let rows = as_user(&mut db, user, async |tx| tx.query("SELECT id FROM public.jobs", &[]).await).await?;
+/// ```
+pub async fn as_user<T>(
+    db: &mut tokio_postgres::Client,
+    user_id: uuid::Uuid,
+    f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
+    let tx = db.transaction().await?;
+    tx.batch_execute("SET LOCAL ROLE authenticated").await?;
+    let claims =
+        serde_json::json!({"sub": user_id, "role": "authenticated", "aud": "authenticated"})
+            .to_string();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims],
+    )
+    .await?;
+    let out = f(&tx).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
 /// A deterministic body of `total` bytes, produced in 64 KiB chunks so it never exists whole in memory.
 pub fn pattern_stream(
     total: u64,

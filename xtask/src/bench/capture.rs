@@ -1,6 +1,6 @@
 //! Real queued jobs and their real signed deliveries: jobs are submitted through `submit_generation` by a state
 //! whose `FAL_WEBHOOK_URL` is a listener of the bench, so the emulator delivers each job's signed webhook (with
-//! `?secret=…&job_id=…`) there; the bench keeps it and replays it wherever a figure needs it.
+//! `?job_id=…&token=…`, the job's own token) there; the bench keeps it and replays it wherever a figure needs it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gen_pipeline::AppState;
 use gen_pipeline::webhook::{self, Delivery as Effect, DeliveryError};
+use gen_pipeline::webhook_auth::{self, Authenticated, UrlCredential};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -135,15 +136,29 @@ pub async fn measure(
 
 async fn warm(state: &AppState, delivery: &Delivery) -> anyhow::Result<()> {
     let settings = state.settings().await?;
-    webhook::authenticate(
-        state,
-        &settings,
-        delivery.query_param("secret").as_deref(),
-        delivery.signature_headers(),
-        &delivery.body,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("warm-up delivery refused: {e}"))
+    authenticate(state, &settings, delivery)
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("warm-up delivery refused: {e}"))
+}
+
+/// The handler's authentication of a captured delivery: its URL's credential and fal's signature.
+async fn authenticate(
+    state: &AppState,
+    settings: &gen_pipeline::Settings,
+    d: &Delivery,
+) -> Result<Authenticated, webhook_auth::AuthError> {
+    let (job_id, token, secret) = (
+        d.query_param("job_id"),
+        d.query_param("token"),
+        d.query_param("secret"),
+    );
+    let credential = UrlCredential {
+        job_id: job_id.as_deref(),
+        token: token.as_deref(),
+        secret: secret.as_deref(),
+    };
+    webhook_auth::authenticate(state, settings, credential, d.signature_headers(), &d.body).await
 }
 
 /// The handler's steps for one delivery; returns the kind of answer fal would get.
@@ -151,21 +166,15 @@ async fn deliver(state: &AppState, job_id: Uuid, d: &Delivery) -> anyhow::Result
     let Ok(settings) = state.settings().await else {
         return Ok("retry");
     };
-    if let Err(e) = webhook::authenticate(
-        state,
-        &settings,
-        d.query_param("secret").as_deref(),
-        d.signature_headers(),
-        &d.body,
-    )
-    .await
-    {
-        bail!("a real delivery was refused: {e}");
-    }
+    let authenticated = match authenticate(state, &settings, d).await {
+        Ok(a) => a,
+        Err(e) => bail!("a real delivery was refused: {e}"),
+    };
     let job = d.query_param("job_id");
     match webhook::complete_from_webhook(
         state,
         &settings,
+        authenticated,
         job.as_deref(),
         d.signature_headers().map(|h| h.request_id),
         &d.body,

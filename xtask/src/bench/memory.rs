@@ -1,6 +1,6 @@
 //! Memory: the peak RSS of the fal-webhook binary while it moves a large result. The binary runs against the
 //! bench's runtime API and is served ONE invocation: a function URL event whose body and headers are a real
-//! signed delivery of a real queued job, with `?secret=…&job_id=…` as fal calls it.
+//! signed delivery of a real queued job, with `?job_id=…&token=…` as fal calls it.
 
 use std::path::Path;
 use std::time::Duration;

@@ -7,6 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use gen_pipeline::db::Type;
 use gen_pipeline::submission::{self, Submitted};
+use gen_pipeline::webhook_auth::job_token;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -138,8 +140,11 @@ async fn floor(
     let mut webhook = url::Url::parse(&ctx.webhook_url)?;
     webhook
         .query_pairs_mut()
-        .append_pair("secret", &ctx.webhook_secret)
-        .append_pair("job_id", &job_id.to_string());
+        .append_pair("job_id", &job_id.to_string())
+        .append_pair(
+            "token",
+            &job_token(&SecretString::from(ctx.webhook_secret.as_str()), job_id),
+        );
     let mut url = url::Url::parse(&format!(
         "{}/queue/{}",
         ctx.emulator_url, ctx.async_model_key

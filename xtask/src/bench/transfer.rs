@@ -268,9 +268,11 @@ async fn through_webhook(
     delivery: &Delivery,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
+    // Authentication is measured by the delivery phase; this one times the transfer.
     let (effect, _) = webhook::complete_from_webhook(
         &ctx.state,
         &ctx.settings,
+        gen_pipeline::webhook_auth::Authenticated::Job(job_id),
         Some(&job_id.to_string()),
         delivery.signature_headers().map(|h| h.request_id),
         &delivery.body,

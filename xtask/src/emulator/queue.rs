@@ -262,10 +262,10 @@ mod tests {
 
     #[test]
     fn webhook_url_is_decoded_from_the_query() {
-        let q = "a=1&fal_webhook=http%3A%2F%2F127.0.0.1%3A9%2Fhook%3Fsecret%3Dx%26y%3D2";
+        let q = "a=1&fal_webhook=http%3A%2F%2F127.0.0.1%3A9%2Fhook%3Fjob_id%3Dj%26token%3Dx";
         assert_eq!(
             webhook_url(Some(q)).as_deref(),
-            Some("http://127.0.0.1:9/hook?secret=x&y=2")
+            Some("http://127.0.0.1:9/hook?job_id=j&token=x")
         );
         assert_eq!(webhook_url(Some("fal_webhook=")), None);
         assert_eq!(webhook_url(None), None);

@@ -123,7 +123,8 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     StatusCode::from_u16(code).unwrap()
 }
 
-/// A webhook receiver on loopback answering the given statuses in turn, then 200. Its URL carries a secret.
+/// A webhook receiver on loopback answering the given statuses in turn, then 200. Its URL carries a job's
+/// credential as fal-image makes it (`job_id`, `token`).
 async fn receiver(answers: &[u16]) -> (String, mpsc::UnboundedReceiver<Delivery>) {
     slow_receiver(answers, Duration::ZERO).await
 }
@@ -143,7 +144,7 @@ async fn slow_receiver(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
-        "http://{}/hook?secret=s3cr3t",
+        "http://{}/hook?job_id=00000000-0000-4000-a000-000000000001&token=s3cr3t",
         listener.local_addr().unwrap()
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -229,7 +230,7 @@ async fn two_signed_deliveries_verify_against_the_jwks() {
     assert_eq!(view["auth_ok"], true);
     assert!(
         !view.to_string().contains("s3cr3t"),
-        "the webhook secret leaked into inspection"
+        "the webhook token leaked into inspection"
     );
 
     let status = emu.get(submitted["status_url"].as_str().unwrap()).await;
@@ -477,13 +478,17 @@ async fn error_request_reports_error_everywhere() {
 
 #[tokio::test]
 async fn non_loopback_webhooks_are_refused_unsent() {
+    // Tests never aim at a routable address, not even to watch it refused. 0.0.0.0 is not a loopback address to
+    // the emulator's check, yet a connection to it stays on this host (Linux connects it to 127.0.0.1): a trap
+    // listening there on the same port sees the delivery if the check ever lets it through.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let hook =
+        format!("http://0.0.0.0:{port}/hook?job_id=00000000-0000-4000-a000-000000000001&token=x");
     let emu = emulator(fast()).await;
     let id = emu
-        .submit(
-            "fal-ai/flux/dev",
-            "#delay-ms=0",
-            Some("http://10.255.255.1/hook?secret=x"),
-        )
+        .submit("fal-ai/flux/dev", "#delay-ms=0", Some(&hook))
         .await["request_id"]
         .as_str()
         .unwrap()
@@ -494,6 +499,10 @@ async fn non_loopback_webhooks_are_refused_unsent() {
     let attempt = &view["deliveries"][0];
     assert!(attempt["http_status"].is_null());
     assert!(attempt["error"].as_str().unwrap().starts_with("refused"));
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the refused webhook reached the trap"
+    );
 }
 
 #[tokio::test]

@@ -85,3 +85,45 @@ pub async fn provision(endpoint: &str, secret_json: &str) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Every value the app secret has held (a test may rotate it): the current one, then the other versions moto
+/// still keeps (best effort: only the current one must be readable).
+pub async fn secret_values(endpoint: &str) -> anyhow::Result<Vec<String>> {
+    let config = sdk_config(endpoint).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&config);
+    let current = sm
+        .get_secret_value()
+        .secret_id(SECRET_ID)
+        .send()
+        .await
+        .map_err(aws_sdk_secretsmanager::Error::from)
+        .context("cannot read the app secret")?;
+    let mut values: Vec<String> = current
+        .secret_string()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let listed = sm
+        .list_secret_version_ids()
+        .secret_id(SECRET_ID)
+        .include_deprecated(true)
+        .send()
+        .await;
+    if let Ok(listed) = listed {
+        for id in listed.versions().iter().filter_map(|v| v.version_id()) {
+            if Some(id) == current.version_id() {
+                continue;
+            }
+            if let Ok(out) = sm
+                .get_secret_value()
+                .secret_id(SECRET_ID)
+                .version_id(id)
+                .send()
+                .await
+            {
+                values.extend(out.secret_string().map(str::to_owned));
+            }
+        }
+    }
+    Ok(values)
+}

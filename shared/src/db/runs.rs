@@ -1,0 +1,172 @@
+//! `job_runs`: the server-owned state of a job, one typed row per job. Only the functions write it (RLS on, no
+//! client policy, no client grants), so unlike `jobs.metadata` it is what the functions act on.
+
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+/// How a job's webhook deliveries authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAuth {
+    /// Per-job token in the URL: `?job_id=…&token=HMAC-SHA256(secret, job_id)`.
+    Token,
+    /// The global secret in the URL (`?secret=`): URLs handed to fal before per-job tokens, until those jobs end.
+    Secret,
+    /// A sync run: no webhook.
+    None,
+}
+
+impl WebhookAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookAuth::Token => "token",
+            WebhookAuth::Secret => "secret",
+            WebhookAuth::None => "none",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "token" => WebhookAuth::Token,
+            "secret" => WebhookAuth::Secret,
+            _ => WebhookAuth::None,
+        }
+    }
+}
+
+/// The provider's request for a queued job: its id and the URLs the provider answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProviderRequest {
+    pub request_id: String,
+    pub gateway_request_id: Option<String>,
+    pub status_url: Option<String>,
+    pub response_url: Option<String>,
+    pub cancel_url: Option<String>,
+}
+
+/// An object in one of our buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// What post-processing acts on, checked against the caller when the job was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PostTargets {
+    pub destination: Option<String>,
+    pub character_id: Option<Uuid>,
+    pub scene_id: Option<Uuid>,
+    pub storyboard_clip_id: Option<Uuid>,
+}
+
+/// One `job_runs` row, with its provider's configured hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    pub provider_id: Option<Uuid>,
+    pub provider_name: String,
+    pub model_key: String,
+    pub webhook_auth: WebhookAuth,
+    pub request: Option<ProviderRequest>,
+    pub reference: Option<ObjectRef>,
+    pub targets: PostTargets,
+    /// The post-processing steps decided at submission.
+    pub post_steps: Vec<String>,
+    pub result_key: Option<String>,
+    pub thumbnail_key: Option<String>,
+    /// `api_providers.base_url` and `sync_base_url`: the only hosts the provider's key is sent to.
+    pub provider_hosts: Vec<String>,
+}
+
+/// The `job_runs` columns read with a job (`r` is `job_runs`, `p` its provider), in [`from_row`]'s order.
+pub(crate) const COLUMNS: &str = "r.job_id, r.provider_id, r.provider_name, r.model_key, r.webhook_auth,
+    r.request_id, r.gateway_request_id, r.status_url, r.response_url, r.cancel_url, r.reference_bucket,
+    r.reference_key, r.destination, r.character_id, r.scene_id, r.storyboard_clip_id, r.result_key,
+    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps";
+
+/// The joins that go with [`COLUMNS`], after `FROM public.jobs j`.
+pub(crate) const JOINS: &str = "LEFT JOIN public.job_runs r ON r.job_id = j.id
+    LEFT JOIN public.api_providers p ON p.id = r.provider_id";
+
+/// The run in `row` starting at column `at`; `None` for a job without one (jobs that ended before the port).
+pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<JobRun> {
+    let _: Uuid = row.get::<_, Option<Uuid>>(at)?;
+    let s = |i: usize| row.get::<_, Option<String>>(at + i);
+    let request = s(5).map(|request_id| ProviderRequest {
+        request_id,
+        gateway_request_id: s(6),
+        status_url: s(7),
+        response_url: s(8),
+        cancel_url: s(9),
+    });
+    let reference = match (s(10), s(11)) {
+        (Some(bucket), Some(key)) => Some(ObjectRef { bucket, key }),
+        _ => None,
+    };
+    Some(JobRun {
+        provider_id: row.get(at + 1),
+        provider_name: row.get(at + 2),
+        model_key: row.get(at + 3),
+        webhook_auth: WebhookAuth::parse(&row.get::<_, String>(at + 4)),
+        request,
+        reference,
+        targets: PostTargets {
+            destination: s(12),
+            character_id: row.get(at + 13),
+            scene_id: row.get(at + 14),
+            storyboard_clip_id: row.get(at + 15),
+        },
+        result_key: s(16),
+        thumbnail_key: s(17),
+        provider_hosts: [s(18), s(19)].into_iter().flatten().collect(),
+        post_steps: row.get(at + 20),
+    })
+}
+
+/// What the submission writes with the job.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub provider_id: Uuid,
+    pub provider_name: String,
+    pub model_key: String,
+    pub webhook_auth: WebhookAuth,
+    pub reference: Option<ObjectRef>,
+    pub targets: PostTargets,
+    pub post_steps: Vec<String>,
+}
+
+/// Records the stored result's keys, in the completing transaction.
+pub async fn record_result<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    result_key: &str,
+    thumbnail_key: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.job_runs SET result_key = $2, thumbnail_key = $3 WHERE job_id = $1",
+            &[
+                (&job_id, Type::UUID),
+                (&result_key, Type::TEXT),
+                (&thumbnail_key, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+impl JobRun {
+    /// The request's status, response or cancel URL (`pick`), only when it is on the provider's own hosts:
+    /// the provider's key goes with it.
+    pub fn provider_url(
+        &self,
+        pick: impl Fn(&ProviderRequest) -> Option<&String>,
+    ) -> Option<crate::fal::ProviderUrl> {
+        let url = self.request.as_ref().and_then(pick)?;
+        crate::fal::ProviderUrl::on_provider_hosts(url, &self.provider_hosts).ok()
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request.as_ref().map(|r| r.request_id.as_str())
+    }
+}
