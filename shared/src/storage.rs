@@ -275,24 +275,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes every object whose key starts with `prefix` (a job's result and thumbnail). Returns how many.
-    pub async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<usize, StorageError> {
-        let listed = self
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(s3_err("ListObjectsV2"))?;
-        let mut deleted = 0;
-        for key in listed.contents().iter().filter_map(|o| o.key()) {
-            self.delete(bucket, key).await?;
-            deleted += 1;
-        }
-        Ok(deleted)
-    }
-
     /// Server-side copy within or across buckets.
     pub async fn copy(
         &self,
