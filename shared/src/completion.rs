@@ -196,6 +196,34 @@ pub struct Completion<'a> {
     pub usage: UsageSettlement,
 }
 
+impl<'a> Completion<'a> {
+    /// A queued job's result (webhook delivery or reconciler): the request's summary as `fal_webhook_payload`, the
+    /// caller's `extra` metadata keys, and the usage row written at submit completed.
+    pub fn queued(
+        job: &'a JobRecord,
+        output: &'a Value,
+        request_id: Option<String>,
+        extra: Value,
+    ) -> Self {
+        let mut metadata = json!({
+            "fal_webhook_payload": {
+                "request_id": request_id,
+                "seed": output.get("seed"),
+                "timings": output.get("timings"),
+            },
+        });
+        if let (Some(m), Value::Object(extra)) = (metadata.as_object_mut(), extra) {
+            m.extend(extra);
+        }
+        Completion {
+            job,
+            output,
+            metadata,
+            usage: UsageSettlement::CompleteQueued { request_id },
+        }
+    }
+}
+
 /// Completes the job from fal's output, exactly once whatever the number of concurrent callers.
 pub async fn complete(
     state: &AppState,
@@ -215,7 +243,7 @@ pub async fn complete(
     heartbeat.abort();
     if result.is_err() {
         // Free the job at once so fal's retry need not wait for the lease; if this fails too, the lease ends.
-        if let Ok(client) = state.db.client(&settings.secrets.database_url).await {
+        if let Ok(client) = state.db_client(settings).await {
             let _ = db::claims::release(&**client, job.id, holder).await;
         }
     }
@@ -228,7 +256,7 @@ async fn claim(
     job_id: Uuid,
     holder: Uuid,
 ) -> Result<bool, CompletionError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     Ok(db::claims::try_claim(&**client, job_id, holder, LEASE).await?)
 }
 
@@ -250,7 +278,7 @@ async fn acquire(
             return Ok(Some(Outcome::Busy));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let client = state.db.client(&settings.secrets.database_url).await?;
+        let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, job_id).await? {
             Some(j) if j.status.is_terminal() => {
                 return Ok(Some(Outcome::AlreadyTerminal(j.status)));
@@ -357,7 +385,7 @@ async fn terminal_under_claim(
     job_id: Uuid,
     holder: Uuid,
 ) -> Result<Option<JobStatus>, CompletionError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     match db::jobs::get(&**client, job_id).await? {
         Some(current) if current.status.is_terminal() => {
             db::claims::release(&**client, job_id, holder).await?;
@@ -372,7 +400,7 @@ async fn current_status(
     settings: &Settings,
     job_id: Uuid,
 ) -> Result<JobStatus, CompletionError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let current = db::jobs::get(&**client, job_id).await?.map(|j| j.status);
     Ok(current.unwrap_or(JobStatus::Cancelled))
 }
@@ -499,7 +527,7 @@ async fn commit_completion(
     stored: &Stored,
 ) -> Result<Option<Uuid>, CompletionError> {
     let job = c.job;
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     let asset_id = db::assets::insert_once(&*tx, asset).await?;
     if !db::jobs::transition(&*tx, job.id, JobStatus::Completed, None, patch).await? {
@@ -516,7 +544,7 @@ async fn commit_completion(
 }
 
 async fn still_open(state: &AppState, settings: &Settings, job_id: Uuid) -> Option<bool> {
-    let client = state.db.client(&settings.secrets.database_url).await.ok()?;
+    let client = state.db_client(settings).await.ok()?;
     let job = db::jobs::get(&**client, job_id).await.ok()??;
     Some(!job.status.is_terminal())
 }
@@ -584,7 +612,7 @@ async fn fail_claimed(
     holder: Uuid,
     message: &str,
 ) -> Result<Outcome, CompletionError> {
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     let moved = fail_in(&*tx, job, message).await?;
     db::claims::release(&*tx, job.id, holder).await?;
@@ -625,7 +653,7 @@ pub async fn fail(
     job: &JobRecord,
     message: &str,
 ) -> Result<bool, CompletionError> {
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     let moved = fail_in(&*tx, job, message).await?;
     tx.commit().await?;

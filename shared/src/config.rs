@@ -70,6 +70,19 @@ pub struct Config {
     pub model_override_allowed: Vec<String>,
     /// How long after a rotation webhook URLs made with the previous secret are still accepted.
     pub webhook_secret_grace: Duration,
+    /// The lost-webhook reconciler's bounds.
+    pub reconcile: ReconcileOptions,
+}
+
+/// What one pass of the lost-webhook reconciler looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileOptions {
+    /// Queued jobs younger than this are left to their webhook (`RECONCILE_OLDER_THAN_SECS`).
+    pub older_than: Duration,
+    /// Queued jobs older than this are failed whatever fal says (`RECONCILE_DEADLINE_SECS`).
+    pub deadline: Duration,
+    /// Jobs examined per run (`RECONCILE_BATCH`).
+    pub batch: i64,
 }
 
 impl Config {
@@ -92,12 +105,11 @@ impl Config {
             "FAL_JWKS_URL",
             &var("FAL_JWKS_URL").unwrap_or_else(|| DEFAULT_FAL_JWKS_URL.to_owned()),
         )?;
-        let media_allowed_hosts = var("MEDIA_ALLOWED_HOSTS")
-            .unwrap_or_else(|| DEFAULT_MEDIA_ALLOWED_HOSTS.to_owned())
-            .split(',')
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .collect();
+        let media_allowed_hosts =
+            parse_list(&var, "MEDIA_ALLOWED_HOSTS", DEFAULT_MEDIA_ALLOWED_HOSTS)
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
         Ok(Config {
             app_secret_id,
             secret_ttl: Duration::from_secs(parse_num(&var, "SECRET_TTL_SECS", 300)?),
@@ -133,19 +145,36 @@ impl Config {
             // In range by the check, so the cast cannot truncate.
             max_open_jobs_per_user: parse_num_in(&var, "MAX_OPEN_JOBS_PER_USER", 20, 1..1_000_001)?
                 as u32,
-            model_override_allowed: var("MODEL_OVERRIDE_ALLOWED")
-                .unwrap_or_default()
-                .split(',')
-                .map(|k| k.trim().to_owned())
-                .filter(|k| !k.is_empty())
-                .collect(),
+            model_override_allowed: parse_list(&var, "MODEL_OVERRIDE_ALLOWED", ""),
             webhook_secret_grace: Duration::from_secs(parse_num(
                 &var,
                 "WEBHOOK_SECRET_GRACE_SECS",
                 24 * 3600,
             )?),
+            reconcile: ReconcileOptions::from_lookup(&var)?,
         })
     }
+}
+
+impl ReconcileOptions {
+    fn from_lookup(var: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(ReconcileOptions {
+            older_than: Duration::from_secs(parse_num(var, "RECONCILE_OLDER_THAN_SECS", 900)?),
+            deadline: Duration::from_secs(parse_num(var, "RECONCILE_DEADLINE_SECS", 6 * 3600)?),
+            // In range by the check, so the cast cannot wrap.
+            batch: parse_num_in(var, "RECONCILE_BATCH", 25, 1..10_001)? as i64,
+        })
+    }
+}
+
+/// A comma-separated list, trimmed, without empty entries.
+fn parse_list(var: &impl Fn(&str) -> Option<String>, name: &str, default: &str) -> Vec<String> {
+    var(name)
+        .unwrap_or_else(|| default.to_owned())
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn parse_url(name: &'static str, value: &str) -> Result<Url, ConfigError> {
@@ -262,6 +291,11 @@ mod tests {
             ("MEDIA_ALLOW_HTTP", "maybe"),
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),
+            ("RECONCILE_OLDER_THAN_SECS", "15m"),
+            ("RECONCILE_DEADLINE_SECS", "-5"),
+            ("RECONCILE_BATCH", "0"),
+            ("MAX_OPEN_JOBS_PER_USER", "0"),
+            ("WEBHOOK_SECRET_GRACE_SECS", "a day"),
         ] {
             let r = Config::from_lookup(lookup(&[("APP_SECRET_ID", "app"), (k, v)]));
             assert!(

@@ -65,7 +65,7 @@ pub async fn run_steps(
     settings: &Settings,
     job_id: Uuid,
 ) -> Result<Vec<&'static str>, PostProcessError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let Some(job) = db::jobs::get(&**client, job_id).await? else {
         return Ok(Vec::new());
     };
@@ -139,7 +139,25 @@ fn seed_of(job: &db::jobs::JobRecord) -> Option<i64> {
     s.as_i64()
 }
 
-fn library_row(job: &db::jobs::JobRecord, asset: &db::assets::AssetRow) -> pp::LibraryRow {
+/// What a library copy is: it decides the row's tags, output type and category.
+#[derive(Clone, Copy)]
+enum LibraryKind {
+    Portrait,
+    Scene,
+}
+
+/// The `user_library` row of a job's result copied as `kind`, about `character_id`.
+fn library_row(
+    job: &db::jobs::JobRecord,
+    asset: &db::assets::AssetRow,
+    kind: LibraryKind,
+    character_id: Option<Uuid>,
+    roleplay_metadata: Value,
+) -> pp::LibraryRow {
+    let (tags, output_type, content_category) = match kind {
+        LibraryKind::Portrait => (["character", "portrait"], Some("portrait"), "character"),
+        LibraryKind::Scene => (["scene", "roleplay"], None, "scene"),
+    };
     pp::LibraryRow {
         user_id: job.user_id,
         asset_type: asset.asset_type.clone(),
@@ -155,11 +173,11 @@ fn library_row(job: &db::jobs::JobRecord, asset: &db::assets::AssetRow) -> pp::L
             .map_or("unknown", |r| r.model_key.as_str())
             .to_owned(),
         generation_seed: seed_of(job),
-        tags: Vec::new(),
-        character_id: None,
-        output_type: None,
-        content_category: "general".into(),
-        roleplay_metadata: json!({}),
+        tags: tags.map(str::to_owned).to_vec(),
+        character_id,
+        output_type: output_type.map(str::to_owned),
+        content_category: content_category.to_owned(),
+        roleplay_metadata,
         generation_metadata: json!({ "job_id": job.id, "provider": "fal" }),
     }
 }
@@ -189,7 +207,7 @@ async fn run_library_step(
 ) -> Result<bool, PostProcessError> {
     let c = &settings.config;
     {
-        let client = state.db.client(&settings.secrets.database_url).await?;
+        let client = state.db_client(settings).await?;
         if pp::step_done(&**client, job.id, s.step).await? {
             return Ok(false);
         }
@@ -214,7 +232,7 @@ async fn run_library_step(
         _ => None,
     };
     let url = format!("{}/{}", c.library_bucket, s.key);
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
         tx.rollback().await?;
@@ -246,17 +264,13 @@ async fn portrait(
     character_id: Uuid,
 ) -> Result<bool, PostProcessError> {
     let base = format!("{}/{}_{}", job.user_id, job.id, character_id);
-    let mut row = library_row(job, asset);
-    row.tags = vec!["character".into(), "portrait".into()];
-    row.character_id = Some(character_id);
-    row.output_type = Some("portrait".into());
-    row.content_category = "character".into();
-    row.roleplay_metadata = json!({
+    let meta = json!({
         "type": "character_portrait",
         "character_id": character_id,
         "character_name": character_name(job),
         "job_id": job.id,
     });
+    let row = library_row(job, asset, LibraryKind::Portrait, Some(character_id), meta);
     let step = LibraryStep {
         step: STEP_PORTRAIT,
         key: format!("{base}.{}", ext_of(&asset.temp_storage_path)),
@@ -279,17 +293,14 @@ async fn scene(
     scene_id: Uuid,
     targets: &PostTargets,
 ) -> Result<bool, PostProcessError> {
-    let mut row = library_row(job, asset);
-    row.tags = vec!["scene".into(), "roleplay".into()];
-    row.character_id = targets.character_id;
-    row.content_category = "scene".into();
-    row.roleplay_metadata = json!({
+    let meta = json!({
         "type": "roleplay_scene",
         "scene_id": scene_id,
         "character_id": targets.character_id,
         "character_name": character_name(job),
         "conversation_id": job.metadata.get("conversation_id"),
     });
+    let row = library_row(job, asset, LibraryKind::Scene, targets.character_id, meta);
     let step = LibraryStep {
         step: STEP_SCENE,
         // Deterministic instead of the original's timestamp, so a re-run writes the same object.
@@ -338,7 +349,7 @@ async fn storyboard(
         .thumbnail_path
         .as_ref()
         .map(|t| format!("{}/{t}", c.workspace_bucket));
-    let mut client = state.db.client(&settings.secrets.database_url).await?;
+    let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, STEP_STORYBOARD, &json!({})).await? {
         tx.rollback().await?;

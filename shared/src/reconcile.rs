@@ -7,42 +7,19 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::completion::{self, Completion, Outcome, UsageSettlement};
+use crate::completion::{self, Completion, Outcome};
 use crate::config::Settings;
 use crate::db;
+use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::fal::FalError;
 use crate::fal::types::QueueState;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy)]
-pub struct ReconcileOptions {
-    /// Queued jobs younger than this are left to their webhook.
-    pub older_than: Duration,
-    /// Queued jobs older than this are failed whatever fal says.
-    pub deadline: Duration,
-    /// Jobs examined per run.
-    pub batch: i64,
-}
-
-impl ReconcileOptions {
-    pub fn from_env() -> Self {
-        let secs = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
-        ReconcileOptions {
-            older_than: Duration::from_secs(secs("RECONCILE_OLDER_THAN_SECS", 900)),
-            deadline: Duration::from_secs(secs("RECONCILE_DEADLINE_SECS", 6 * 3600)),
-            batch: secs("RECONCILE_BATCH", 25) as i64,
-        }
-    }
-}
+pub use crate::config::ReconcileOptions;
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -84,7 +61,7 @@ pub async fn reconcile_stale_jobs(
         }
     }
     let pending = async {
-        let client = state.db.client(&settings.secrets.database_url).await?;
+        let client = state.db_client(settings).await?;
         Ok::<_, db::DbError>(
             db::reconcile::completed_needing_post_processing(
                 &**client,
@@ -121,7 +98,7 @@ async fn take(
     settings: &Settings,
     opts: ReconcileOptions,
 ) -> Result<Vec<Uuid>, db::DbError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     Ok(db::reconcile::take_stale_queued(&**client, opts.older_than, opts.batch).await?)
 }
 
@@ -155,83 +132,32 @@ async fn reconcile_one(
     opts: ReconcileOptions,
 ) -> Result<Verdict, ReconcileError> {
     let job = {
-        let client = state.db.client(&settings.secrets.database_url).await?;
+        let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, id).await? {
             Some(j) if !j.status.is_terminal() => j,
             _ => return Ok(Verdict::Skipped),
         }
     };
-    let past_deadline = job.started_at.is_some_and(|t| {
-        chrono::Utc::now() - t > chrono::Duration::from_std(opts.deadline).unwrap_or_default()
-    });
-    let fail = |message: String| {
-        let job = job.clone();
-        async move {
+    let output = match ask_fal(state, settings, &job, opts).await? {
+        FalAnswer::Output(output) => output,
+        FalAnswer::Running => return Ok(Verdict::Running),
+        FalAnswer::Fail(message) => {
             let moved = completion::fail(state, settings, &job, &message).await?;
-            Ok::<_, ReconcileError>(if moved {
+            return Ok(if moved {
                 Verdict::Failed
             } else {
                 Verdict::Skipped
-            })
+            });
         }
     };
-    // The provider's URLs as the submission recorded them, each on the provider's own hosts.
-    let run = job.run.as_ref();
-    let url =
-        |pick: fn(&ProviderRequest) -> Option<&String>| run.and_then(|r| r.provider_url(pick));
-    let (Some(status_url), Some(response_url)) = (
-        url(|q| q.status_url.as_ref()),
-        url(|q| q.response_url.as_ref()),
-    ) else {
-        return if past_deadline {
-            fail("No fal.ai request was recorded for this job before the deadline".into()).await
-        } else {
-            Ok(Verdict::Running)
-        };
-    };
-    let fal = state.fal(settings);
-    match fal.status(&status_url).await {
-        Ok(QueueState::Completed) => {}
-        Ok(_) if past_deadline => {
-            if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
-                let _ = fal.cancel(&cancel_url).await;
-            }
-            return fail(format!(
-                "fal.ai did not finish within {} s",
-                opts.deadline.as_secs()
-            ))
-            .await;
-        }
-        Ok(_) => return Ok(Verdict::Running),
-        Err(FalError::Api { status: 404, .. }) => {
-            return fail("fal.ai does not know this request".into()).await;
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let output = match fal.result(&response_url).await {
-        Ok(o) => o,
-        Err(e) if e.is_caller_error() => return fail(format!("fal.ai request failed: {e}")).await,
-        Err(e) => return Err(e.into()),
-    };
-    let request_id = run.and_then(|r| r.request_id()).map(str::to_owned);
-    let outcome = completion::complete(
-        state,
-        settings,
-        Completion {
-            job: &job,
-            output: &output,
-            metadata: json!({
-                "fal_webhook_payload": {
-                    "request_id": request_id,
-                    "seed": output.get("seed"),
-                    "timings": output.get("timings"),
-                },
-                "reconciled": true,
-            }),
-            usage: UsageSettlement::CompleteQueued { request_id },
-        },
-    )
-    .await?;
+    let request_id = job
+        .run
+        .as_ref()
+        .and_then(|r| r.request_id())
+        .map(str::to_owned);
+    let extra = json!({ "reconciled": true });
+    let completion = Completion::queued(&job, &output, request_id, extra);
+    let outcome = completion::complete(state, settings, completion).await?;
     Ok(match outcome {
         Outcome::Completed(_) => {
             crate::postprocess::run(state, settings, job.id).await;
@@ -240,4 +166,64 @@ async fn reconcile_one(
         Outcome::Failed(_) => Verdict::Failed,
         Outcome::AlreadyTerminal(_) | Outcome::Busy => Verdict::Skipped,
     })
+}
+
+/// What fal says about a stale job's request.
+enum FalAnswer {
+    Output(Value),
+    Running,
+    /// The job fails with this reason (fal failed it, does not know it, or the deadline passed).
+    Fail(String),
+}
+
+/// Asks fal at the URLs the submission recorded (each on the provider's own hosts); past the deadline a request
+/// still running is cancelled at fal and the job fails.
+async fn ask_fal(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    opts: ReconcileOptions,
+) -> Result<FalAnswer, ReconcileError> {
+    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or_default();
+    let past_deadline = job
+        .started_at
+        .is_some_and(|t| chrono::Utc::now() - t > deadline);
+    let run = job.run.as_ref();
+    let url =
+        |pick: fn(&ProviderRequest) -> Option<&String>| run.and_then(|r| r.provider_url(pick));
+    let (Some(status_url), Some(response_url)) = (
+        url(|q| q.status_url.as_ref()),
+        url(|q| q.response_url.as_ref()),
+    ) else {
+        return Ok(if past_deadline {
+            FalAnswer::Fail(
+                "No fal.ai request was recorded for this job before the deadline".into(),
+            )
+        } else {
+            FalAnswer::Running
+        });
+    };
+    let fal = state.fal(settings);
+    match fal.status(&status_url).await {
+        Ok(QueueState::Completed) => {}
+        Ok(_) if past_deadline => {
+            if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
+                let _ = fal.cancel(&cancel_url).await;
+            }
+            let secs = opts.deadline.as_secs();
+            return Ok(FalAnswer::Fail(format!(
+                "fal.ai did not finish within {secs} s"
+            )));
+        }
+        Ok(_) => return Ok(FalAnswer::Running),
+        Err(FalError::Api { status: 404, .. }) => {
+            return Ok(FalAnswer::Fail("fal.ai does not know this request".into()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match fal.result(&response_url).await {
+        Ok(output) => Ok(FalAnswer::Output(output)),
+        Err(e) if e.is_caller_error() => Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}"))),
+        Err(e) => Err(e.into()),
+    }
 }

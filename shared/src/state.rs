@@ -27,17 +27,21 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from the environment and the SDK's standard configuration.
     pub async fn from_env() -> anyhow::Result<Self> {
-        let config = Arc::new(Config::from_env()?);
-        let sdk = crate::aws::load().await;
+        Self::new(Config::from_env()?, &crate::aws::load().await)
+    }
+
+    /// Builds the state from a config and an AWS SDK configuration (tools and tests build both themselves).
+    pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
         let http = http_client()?;
         Ok(AppState {
             secrets: SecretsCache::new(
-                crate::aws::secrets_manager(&sdk),
+                crate::aws::secrets_manager(sdk),
                 config.app_secret_id.clone(),
                 config.secret_ttl,
             ),
             db: Db::new(),
-            storage: Storage::new(crate::aws::s3(&sdk)),
+            storage: Storage::new(crate::aws::s3(sdk)),
             jwks: JwksCache::new(http.clone(), config.fal_jwks_url.clone()),
             models: crate::db::models::ModelCache::new(config.model_cache_ttl),
             media_http: crate::media::http_client(&crate::media::MediaPolicy::from_config(
@@ -54,6 +58,14 @@ impl AppState {
             config: self.config.clone(),
             secrets: self.secrets.get().await?,
         })
+    }
+
+    /// A pooled database connection, from the current secret's `DATABASE_URL`.
+    pub async fn db_client(
+        &self,
+        settings: &Settings,
+    ) -> Result<crate::db::Client, crate::db::DbError> {
+        self.db.client(&settings.secrets.database_url).await
     }
 
     /// A fal client with the current key.

@@ -102,92 +102,111 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<BoxError>,
     {
-        let mut buffer = BytesMut::with_capacity(self.part_size);
-        let mut total: u64 = 0;
-        let mut upload: Option<Multipart> = None;
         let stored = StoredObject {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             size: 0,
             content_type: content_type.to_owned(),
         };
-        let result: Result<(), StorageError> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
-                total += chunk.len() as u64;
-                if let Some(limit) = max_bytes
-                    && total > limit
-                {
-                    return Err(StorageError::TooLarge { limit });
-                }
-                let mut rest = chunk;
-                while !rest.is_empty() {
-                    let take = (self.part_size - buffer.len()).min(rest.len());
-                    buffer.extend_from_slice(&rest.split_to(take));
-                    if buffer.len() == self.part_size {
-                        // The next buffer is allocated only once this part has an upload slot: at most the
-                        // parts in flight plus the one filling are held, not one more waiting for a slot.
-                        let part = std::mem::take(&mut buffer);
-                        if upload.is_none() {
-                            upload = Some(Multipart::start(&self.s3, &stored).await?);
-                        }
-                        if let Some(u) = upload.as_mut() {
-                            u.send(part.freeze()).await?;
-                        }
-                        buffer.reserve(self.part_size);
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
-
-        match (result, upload) {
+        let mut buffer = BytesMut::with_capacity(self.part_size);
+        let mut upload: Option<Multipart> = None;
+        let filled = self
+            .fill_parts(&stored, &mut body, max_bytes, &mut buffer, &mut upload)
+            .await;
+        let size = match (filled, upload) {
             (Err(e), Some(u)) => {
                 u.abort().await;
-                Err(e)
+                return Err(e);
             }
-            (Err(e), None) => Err(e),
-            (Ok(()), Some(mut u)) => {
-                let done = async {
-                    if !buffer.is_empty() {
-                        u.send(buffer.freeze()).await?;
-                    }
-                    u.finish_parts().await
-                }
-                .await;
-                match done {
-                    Ok(parts) => {
-                        u.complete(parts).await?;
-                        Ok(StoredObject {
-                            size: total,
-                            ..stored
-                        })
-                    }
-                    Err(e) => {
-                        u.abort().await;
-                        Err(e)
-                    }
-                }
+            (Err(e), None) => return Err(e),
+            (Ok(total), Some(u)) => {
+                Self::finish_multipart(u, buffer).await?;
+                total
             }
-            (Ok(()), None) => {
-                let len = buffer.len() as i64;
-                self.s3
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .content_type(content_type)
-                    .content_length(len)
-                    .body(ByteStream::from(buffer.freeze()))
-                    .send()
-                    .await
-                    .map_err(s3_err("PutObject"))?;
-                Ok(StoredObject {
-                    size: total,
-                    ..stored
-                })
+            (Ok(total), None) => {
+                self.put_whole(&stored, buffer).await?;
+                total
+            }
+        };
+        Ok(StoredObject { size, ..stored })
+    }
+
+    /// Reads the body into part-sized buffers, sending each full one as a part (the upload starts with the first
+    /// full part); what is left in `buffer` is the last part, or the whole object when no upload started.
+    async fn fill_parts<S, E>(
+        &self,
+        stored: &StoredObject,
+        body: &mut S,
+        max_bytes: Option<u64>,
+        buffer: &mut BytesMut,
+        upload: &mut Option<Multipart>,
+    ) -> Result<u64, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<BoxError>,
+    {
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
+            total += chunk.len() as u64;
+            if let Some(limit) = max_bytes
+                && total > limit
+            {
+                return Err(StorageError::TooLarge { limit });
+            }
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let take = (self.part_size - buffer.len()).min(rest.len());
+                buffer.extend_from_slice(&rest.split_to(take));
+                if buffer.len() == self.part_size {
+                    // The next buffer is allocated only once this part has an upload slot: at most the parts in
+                    // flight plus the one filling are held, not one more waiting for a slot.
+                    let part = std::mem::take(buffer);
+                    if upload.is_none() {
+                        *upload = Some(Multipart::start(&self.s3, stored).await?);
+                    }
+                    if let Some(u) = upload.as_mut() {
+                        u.send(part.freeze()).await?;
+                    }
+                    buffer.reserve(self.part_size);
+                }
             }
         }
+        Ok(total)
+    }
+
+    /// Sends the last part, waits for every part, completes the upload; aborts it on any failure.
+    async fn finish_multipart(mut upload: Multipart, last: BytesMut) -> Result<(), StorageError> {
+        let parts = async {
+            if !last.is_empty() {
+                upload.send(last.freeze()).await?;
+            }
+            upload.finish_parts().await
+        }
+        .await;
+        match parts {
+            Ok(parts) => upload.complete(parts).await,
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An object smaller than one part, in one request.
+    async fn put_whole(&self, stored: &StoredObject, body: BytesMut) -> Result<(), StorageError> {
+        let len = body.len() as i64;
+        self.s3
+            .put_object()
+            .bucket(&stored.bucket)
+            .key(&stored.key)
+            .content_type(&stored.content_type)
+            .content_length(len)
+            .body(ByteStream::from(body.freeze()))
+            .send()
+            .await
+            .map_err(s3_err("PutObject"))?;
+        Ok(())
     }
 
     /// A GET URL for the object, valid for `expires_in`.

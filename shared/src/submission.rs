@@ -83,7 +83,10 @@ pub enum SubmitError {
     #[error("database unavailable")]
     Db(#[from] DbError),
     #[error("storage unavailable: {0}")]
-    Storage(String),
+    Storage(#[from] crate::storage::StorageError),
+    /// Failing the job (database or storage) did not go through.
+    #[error("completion: {0}")]
+    Completion(#[source] completion::CompletionError),
 }
 
 impl From<tokio_postgres::Error> for SubmitError {
@@ -154,7 +157,7 @@ pub async fn submit_generation(
 ) -> Result<SubmitResult, SubmitError> {
     // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
     // trip). Released before anything that takes connections of its own (sync completion, failing the job).
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let plan = plan(state, settings, &client, user_id, &req).await?;
     let job_id = insert_job(&client, settings, user_id, &req, &plan).await?;
     tracing::info!(%job_id, model_key = %plan.model_key, queued = plan.queue.is_some(), "job created");
@@ -470,7 +473,7 @@ async fn run_sync(
         Err(error) => {
             let message = format!("fal.ai API error: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
-            let client = state.db.client(&settings.secrets.database_url).await?;
+            let client = state.db_client(settings).await?;
             let failed = usage.row(
                 error.status().map(i32::from),
                 elapsed_ms(started),
@@ -532,8 +535,7 @@ async fn sync_answer(
                     &done.storage_path,
                     RESULT_URL_TTL,
                 )
-                .await
-                .map_err(|e| SubmitError::Storage(e.to_string()))?;
+                .await?;
             let post_process = job.run.as_ref().is_some_and(|r| !r.post_steps.is_empty());
             Ok(SubmitResult {
                 answer: Submitted::Completed {
@@ -565,7 +567,7 @@ async fn sync_answer(
 fn to_submit(e: completion::CompletionError) -> SubmitError {
     match e {
         completion::CompletionError::Db(d) => SubmitError::Db(d),
-        other => SubmitError::Storage(other.to_string()),
+        other => SubmitError::Completion(other),
     }
 }
 
@@ -574,7 +576,7 @@ async fn current_job(
     settings: &Settings,
     job_id: Uuid,
 ) -> Result<Option<JobRecord>, SubmitError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     Ok(db::jobs::get(&**client, job_id).await?)
 }
 
@@ -720,8 +722,7 @@ async fn presign_references(
         let url = state
             .storage
             .presign_get(&bucket, key, REFERENCE_URL_TTL)
-            .await
-            .map_err(|e| SubmitError::Storage(e.to_string()))?;
+            .await?;
         resolved.insert(r.original.clone(), url);
     }
     Ok(resolved)
@@ -756,7 +757,7 @@ pub async fn job_status(
     user_id: Uuid,
     job_id: Uuid,
 ) -> Result<Option<JobView>, SubmitError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(None);
     };
@@ -776,8 +777,7 @@ pub async fn job_status(
             state
                 .storage
                 .presign_get(&settings.config.workspace_bucket, key, RESULT_URL_TTL)
-                .await
-                .map_err(|e| SubmitError::Storage(e.to_string()))?,
+                .await?,
         ),
         None => None,
     };
@@ -803,7 +803,7 @@ pub async fn cancel_job(
     user_id: Uuid,
     job_id: Uuid,
 ) -> Result<CancelResult, SubmitError> {
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(CancelResult::NotFound);
     };

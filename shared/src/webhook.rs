@@ -1,7 +1,14 @@
 //! `complete_from_webhook`: the webhook use case. A delivery authenticated by [`crate::webhook_auth`] finds its
 //! job, then fails it with fal's message or completes it through the completion core.
 
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::completion::{self, Completion, CompletionError, Outcome};
 use crate::config::Settings;
+use crate::db::DbError;
+use crate::db::jobs::JobRecord;
+use crate::fal::FalError;
 use crate::state::AppState;
 use crate::webhook_auth::{AuthError, Authenticated};
 
@@ -9,10 +16,10 @@ use crate::webhook_auth::{AuthError, Authenticated};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     Completed {
-        job_id: uuid::Uuid,
+        job_id: Uuid,
     },
     Failed {
-        job_id: uuid::Uuid,
+        job_id: Uuid,
     },
     /// The job was already terminal: nothing changed.
     Skipped,
@@ -34,20 +41,26 @@ pub enum DeliveryError {
     /// Another delivery is completing the job right now; fal's retry will find it done.
     #[error("completion in progress")]
     Busy,
+    /// `payload: null` and no response URL recorded yet: a retry may find it.
+    #[error("result not yet known: no response URL recorded")]
+    ResultUnknown,
+    /// fal could not be asked for the result; the job is unchanged and fal should retry.
+    #[error("fal result fetch: {0}")]
+    Fal(#[source] FalError),
     /// A fault of ours (database, storage, media host); the job is unchanged and fal should retry.
     #[error("transient failure: {0}")]
-    Transient(String),
+    Transient(#[from] CompletionError),
 }
 
-impl From<crate::db::DbError> for DeliveryError {
-    fn from(e: crate::db::DbError) -> Self {
-        DeliveryError::Transient(e.to_string())
+impl From<DbError> for DeliveryError {
+    fn from(e: DbError) -> Self {
+        DeliveryError::Transient(CompletionError::Db(e))
     }
 }
 
 impl From<tokio_postgres::Error> for DeliveryError {
     fn from(e: tokio_postgres::Error) -> Self {
-        DeliveryError::Transient(e.to_string())
+        DeliveryError::Transient(CompletionError::from(e))
     }
 }
 
@@ -56,7 +69,7 @@ impl From<tokio_postgres::Error> for DeliveryError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookOutcome {
     /// `status: OK` with the model output.
-    Ok(serde_json::Value),
+    Ok(Value),
     /// `status: ERROR`, with fal's message.
     Error(String),
     /// `status: OK`, `payload: null`: the output is at fal's `response_url`.
@@ -71,7 +84,6 @@ pub struct WebhookBody {
 const OUTPUT_KEYS: [&str; 3] = ["video", "images", "output"];
 
 pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
-    use serde_json::Value;
     let v: Value = serde_json::from_slice(body).map_err(|_| DeliveryError::BadJson)?;
     let obj = v.as_object().ok_or(DeliveryError::BadJson)?;
     let request_id = obj
@@ -117,9 +129,7 @@ pub async fn complete_from_webhook(
     job_id_param: Option<&str>,
     header_request_id: Option<&str>,
     body: &[u8],
-) -> Result<(Delivery, Option<uuid::Uuid>), DeliveryError> {
-    use crate::completion::{self, Completion, Outcome, UsageSettlement};
-
+) -> Result<(Delivery, Option<Uuid>), DeliveryError> {
     let parsed = parse_body(body)?;
     let request_id = parsed
         .request_id
@@ -134,67 +144,57 @@ pub async fn complete_from_webhook(
     if job.status.is_terminal() {
         return Ok((Delivery::Skipped, None));
     }
-    let output = match parsed.outcome {
-        WebhookOutcome::Error(message) => {
-            return match completion::fail(state, settings, &job, &message).await {
-                Ok(true) => Ok((Delivery::Failed { job_id: job.id }, None)),
-                Ok(false) => Ok((Delivery::Skipped, None)),
-                Err(e) => Err(DeliveryError::Transient(e.to_string())),
-            };
-        }
-        WebhookOutcome::Ok(output) => output,
-        WebhookOutcome::PayloadError => {
-            let Some(url) = job
-                .run
-                .as_ref()
-                .and_then(|r| r.provider_url(|q| q.response_url.as_ref()))
-            else {
-                return Err(DeliveryError::Transient(
-                    "result not yet known: no response URL recorded".into(),
-                ));
-            };
-            match state.fal(settings).result(&url).await {
-                Ok(output) => output,
-                Err(e) if e.is_caller_error() => {
-                    let message = format!("fal.ai result failed: {e}");
-                    completion::fail(state, settings, &job, &message)
-                        .await
-                        .map_err(|e| DeliveryError::Transient(e.to_string()))?;
-                    return Ok((Delivery::Failed { job_id: job.id }, None));
-                }
-                Err(e) => return Err(DeliveryError::Transient(format!("fal result fetch: {e}"))),
-            }
-        }
+    let output = match output_of(state, settings, &job, parsed.outcome).await? {
+        Ok(output) => output,
+        Err(failed) => return Ok((failed, None)),
     };
-    let summary = serde_json::json!({
-        "request_id": request_id,
-        "seed": output.get("seed"),
-        "timings": output.get("timings"),
+    let extra = json!({
+        "webhook_processed": true,
+        "video_duration": output.get("video").and_then(|v| v.get("duration")),
     });
-    let outcome = completion::complete(
-        state,
-        settings,
-        Completion {
-            job: &job,
-            output: &output,
-            metadata: serde_json::json!({
-                "fal_webhook_payload": summary,
-                "webhook_processed": true,
-                "video_duration": output.get("video").and_then(|v| v.get("duration")),
-            }),
-            usage: UsageSettlement::CompleteQueued {
-                request_id: Some(request_id),
-            },
-        },
-    )
-    .await
-    .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+    let completion = Completion::queued(&job, &output, Some(request_id), extra);
+    let outcome = completion::complete(state, settings, completion).await?;
     match outcome {
         Outcome::Completed(_) => Ok((Delivery::Completed { job_id: job.id }, Some(job.id))),
         Outcome::Failed(_) => Ok((Delivery::Failed { job_id: job.id }, None)),
         Outcome::AlreadyTerminal(_) => Ok((Delivery::Skipped, None)),
         Outcome::Busy => Err(DeliveryError::Busy),
     }
+}
+
+/// The model output of a delivery: its payload, or for `payload: null` the result at the request's recorded
+/// response URL. `Err(effect)` when the job was failed instead (fal's error, or fal refusing the result).
+async fn output_of(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    outcome: WebhookOutcome,
+) -> Result<Result<Value, Delivery>, DeliveryError> {
+    let message = match outcome {
+        WebhookOutcome::Ok(output) => return Ok(Ok(output)),
+        WebhookOutcome::Error(message) => message,
+        WebhookOutcome::PayloadError => {
+            let Some(url) = job
+                .run
+                .as_ref()
+                .and_then(|r| r.provider_url(|q| q.response_url.as_ref()))
+            else {
+                return Err(DeliveryError::ResultUnknown);
+            };
+            match state.fal(settings).result(&url).await {
+                Ok(output) => return Ok(Ok(output)),
+                Err(e) if e.is_caller_error() => format!("fal.ai result failed: {e}"),
+                Err(e) => return Err(DeliveryError::Fal(e)),
+            }
+        }
+    };
+    Ok(Err(
+        if completion::fail(state, settings, job, &message).await? {
+            Delivery::Failed { job_id: job.id }
+        } else {
+            Delivery::Skipped
+        },
+    ))
 }
 
 /// The delivery's job: the token's, else the URL's `job_id` or the body's request id (pre-token URLs). A job that
@@ -205,16 +205,14 @@ async fn find_job(
     auth: Authenticated,
     job_id_param: Option<&str>,
     request_id: &str,
-) -> Result<crate::db::jobs::JobRecord, DeliveryError> {
+) -> Result<JobRecord, DeliveryError> {
     use crate::db;
-    let client = state.db.client(&settings.secrets.database_url).await?;
+    let client = state.db_client(settings).await?;
     let job_id = match auth {
         Authenticated::Job(id) => Some(id),
         Authenticated::LegacySecret => {
             match job_id_param.map(str::trim).filter(|s| !s.is_empty()) {
-                Some(id) => {
-                    Some(uuid::Uuid::parse_str(id).map_err(|_| DeliveryError::JobNotFound)?)
-                }
+                Some(id) => Some(Uuid::parse_str(id).map_err(|_| DeliveryError::JobNotFound)?),
                 None => None,
             }
         }

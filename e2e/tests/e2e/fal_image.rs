@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::stack_var;
-use crate::support::*;
+use e2e::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,18 +25,7 @@ async fn invoke_http_api(method: &str, path: &str, headers: Value, claims: Optio
         "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path, "rawQueryString": "",
         "headers": headers, "requestContext": context, "isBase64Encoded": false,
     });
-    http()
-        .post(format!(
-            "{}/2015-03-31/functions/fal-image/invocations",
-            stack_var("LAMBDA_WATCH_URL")
-        ))
-        .json(&event)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    invoke("fal-image", &event).await
 }
 
 #[tokio::test]
@@ -225,14 +213,8 @@ async fn sync_generation_stores_the_served_bytes_with_their_real_type_and_size()
     assert_eq!(asset_count(job_id).await, 1);
     assert_eq!(usage_count(job_id).await, 1);
 
-    let r = http()
-        .get(api(&format!("/jobs/{job_id}")))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let view: Value = r.json().await.unwrap();
+    let (status, view) = view_job(&jwt, job_id).await;
+    assert_eq!(status, 200);
     assert_eq!(view["status"], "completed");
     assert_eq!(view["result"]["assetId"], answer["assetId"]);
     assert_eq!(view["result"]["storagePath"], key);
@@ -399,45 +381,28 @@ async fn users_cannot_read_or_cancel_each_others_jobs_and_cancel_is_once() {
         answer["jobId"].as_str().unwrap(),
         answer["requestId"].as_str().unwrap(),
     );
-    let get = |jwt: &str| {
-        http()
-            .get(api(&format!("/jobs/{job_id}")))
-            .bearer_auth(jwt.to_owned())
-            .send()
-    };
-    let cancel = |jwt: &str| {
-        http()
-            .post(api(&format!("/jobs/{job_id}/cancel")))
-            .bearer_auth(jwt.to_owned())
-            .send()
-    };
-
-    assert_eq!(get(&other).await.unwrap().status(), 404);
-    assert_eq!(cancel(&other).await.unwrap().status(), 404);
+    assert_eq!(view_job(&other, job_id).await.0, 404);
+    assert_eq!(cancel_job(&other, job_id).await.0, 404);
     assert_eq!(job(job_id).await["status"], "queued");
-    let r = get(&owner).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let view: Value = r.json().await.unwrap();
+    let (status, view) = view_job(&owner, job_id).await;
+    assert_eq!(status, 200);
     assert_eq!(
         (view["status"].as_str(), &view["result"]),
         (Some("queued"), &Value::Null)
     );
 
-    let r = cancel(&owner).await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    let (status, answer) = cancel_job(&owner, job_id).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "cancelled");
     let j = job(job_id).await;
     assert_eq!(j["status"], "cancelled");
     assert!(j["completed_at"].is_string());
     assert_eq!(inspect(request_id).await["cancelled"], true);
-    assert_eq!(cancel(&owner).await.unwrap().status(), 409);
-    let r = http()
-        .get(api(&format!("/jobs/{}", Uuid::new_v4())))
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(cancel_job(&owner, job_id).await.0, 409);
+    assert_eq!(
+        view_job(&owner, &Uuid::new_v4().to_string()).await.0,
+        404
+    );
 }
 
 /// Waits until post-processing recorded `step` for the job.
@@ -463,12 +428,7 @@ async fn wait_step(job_id: &str, step: &str) {
 
 /// Runs post-processing again, as the reconciler would, in this process.
 async fn rerun_post_processing(job_id: &str) -> Vec<&'static str> {
-    crate::common::export_aws_env();
-    for k in ["APP_SECRET_ID", "WORKSPACE_BUCKET", "LIBRARY_BUCKET"] {
-        unsafe { std::env::set_var(k, stack_var(k)) };
-    }
-    let state = gen_pipeline::AppState::from_env().await.unwrap();
-    let settings = state.settings().await.unwrap();
+    let (state, settings) = app_state().await;
     gen_pipeline::postprocess::run_steps(&state, &settings, Uuid::parse_str(job_id).unwrap())
         .await
         .unwrap()
@@ -581,10 +541,8 @@ async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
     );
 }
 
-/// The queue refuses the submission, so the video runs on the sync host: its storyboard clip is still finished
-/// after the answer (post-processing eligibility is one rule, whatever the route that completed the job).
-#[tokio::test]
-async fn a_storyboard_video_that_falls_back_to_the_sync_run_completes_its_clip() {
+/// A storyboard clip in `generating` and a video generation for it: (clip, answer).
+async fn storyboard_video(directives: &str) -> (Uuid, Value) {
     let (_, jwt) = user().await;
     let clip = Uuid::new_v4();
     db().await
@@ -595,17 +553,17 @@ async fn a_storyboard_video_that_falls_back_to_the_sync_run_completes_its_clip()
         .await
         .unwrap();
     let body = json!({
-        "prompt": prompt("clip fallback", "#queue-status=503"),
+        "prompt": prompt("clip", directives),
         "apiModelId": async_model(),
         "metadata": {"storyboard_clip_id": clip},
     });
     let (status, answer) = generate(&jwt, &body).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(
-        answer["status"], "completed",
-        "fell back to the sync run: {answer}"
-    );
-    let job_id = answer["jobId"].as_str().unwrap();
+    (clip, answer)
+}
+
+/// Post-processing finished the clip with the job's video, which can be fetched.
+async fn assert_clip_completed(job_id: &str, clip: Uuid) {
     wait_step(job_id, "storyboard_clip").await;
     let row = db()
         .await
@@ -623,39 +581,22 @@ async fn a_storyboard_video_that_falls_back_to_the_sync_run_completes_its_clip()
     assert_eq!(digest(&url).await.0, 200);
 }
 
+/// The queue refuses the submission, so the video runs on the sync host: its storyboard clip is still finished
+/// after the answer (post-processing eligibility is one rule, whatever the route that completed the job).
+#[tokio::test]
+async fn a_storyboard_video_that_falls_back_to_the_sync_run_completes_its_clip() {
+    let (clip, answer) = storyboard_video("#queue-status=503").await;
+    assert_eq!(
+        answer["status"], "completed",
+        "fell back to the sync run: {answer}"
+    );
+    assert_clip_completed(answer["jobId"].as_str().unwrap(), clip).await;
+}
+
 #[tokio::test]
 async fn a_storyboard_clip_is_completed_with_its_video() {
-    let (_, jwt) = user().await;
-    let clip = Uuid::new_v4();
-    db().await
-        .execute(
-            "INSERT INTO public.storyboard_clips (id, status) VALUES ($1, 'generating')",
-            &[&clip],
-        )
-        .await
-        .unwrap();
-    let body = json!({
-        "prompt": prompt("clip", "#delay-ms=100"),
-        "apiModelId": async_model(),
-        "metadata": {"storyboard_clip_id": clip},
-    });
-    let (status, answer) = generate(&jwt, &body).await;
-    assert_eq!(status, 200, "{answer}");
+    let (clip, answer) = storyboard_video("#delay-ms=100").await;
     let job_id = answer["jobId"].as_str().unwrap();
     assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
-    wait_step(job_id, "storyboard_clip").await;
-    let row = db()
-        .await
-        .query_one(
-            "SELECT status, video_url FROM public.storyboard_clips WHERE id = $1",
-            &[&clip],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0).as_deref(),
-        Some("completed")
-    );
-    let url: String = row.get::<_, Option<String>>(1).unwrap();
-    assert_eq!(digest(&url).await.0, 200);
+    assert_clip_completed(job_id, clip).await;
 }

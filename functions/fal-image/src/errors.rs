@@ -89,7 +89,7 @@ impl From<SubmitError> for ApiError {
                 body: json!({ "error": format!("Job was {status}"), "jobId": job_id, "status": status.as_str() }),
                 retry_after: None,
             },
-            SubmitError::Db(_) | SubmitError::Storage(_) => {
+            SubmitError::Db(_) | SubmitError::Storage(_) | SubmitError::Completion(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
             }
         }

@@ -42,11 +42,23 @@ impl From<&DeliveryError> for Refusal {
             DeliveryError::BadJson | DeliveryError::MissingRequestId => StatusCode::BAD_REQUEST,
             DeliveryError::JobNotFound => StatusCode::NOT_FOUND,
             DeliveryError::RequestMismatch => StatusCode::CONFLICT,
-            DeliveryError::Busy | DeliveryError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeliveryError::Busy
+            | DeliveryError::ResultUnknown
+            | DeliveryError::Fal(_)
+            | DeliveryError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Refusal {
             status,
             body: Body::Json(json!({ "error": e.to_string() })),
+        }
+    }
+}
+
+impl Refusal {
+    pub fn json(status: StatusCode, error: &str) -> Self {
+        Refusal {
+            status,
+            body: Body::Json(json!({ "error": error })),
         }
     }
 }

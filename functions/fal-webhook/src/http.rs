@@ -14,7 +14,7 @@ use gen_pipeline::webhook_auth::{self, UrlCredential};
 use crate::errors::{self, Refusal};
 use lambda_http::http::{HeaderMap, Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub async fn handle(
     state: Arc<AppState>,
@@ -24,27 +24,32 @@ pub async fn handle(
     if req.method() == Method::OPTIONS {
         return text(StatusCode::OK, "ok");
     }
+    match deliver(&state, &req, ticket).await {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(refusal) => refuse(refusal),
+    }
+}
+
+/// Size limit, authentication, then the use case; post-processing is left to run after the answer.
+async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<Value, Refusal> {
     if req.method() != Method::POST {
-        return json_response(
+        return Err(Refusal::json(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({ "error": "Method not allowed" }),
-        );
+            "Method not allowed",
+        ));
     }
     let body: &[u8] = req.body().as_ref();
     if body.len() > state.config.max_body_bytes {
         tracing::warn!(bytes = body.len(), "webhook body over the limit");
-        return json_response(
+        return Err(Refusal::json(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &json!({ "error": "Body too large" }),
-        );
+            "Body too large",
+        ));
     }
-    let settings = match state.settings().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "settings unavailable");
-            return refuse(errors::unavailable());
-        }
-    };
+    let settings = state.settings().await.map_err(|e| {
+        tracing::error!(error = %e, "settings unavailable");
+        errors::unavailable()
+    })?;
     let query = req
         .query_string_parameters_ref()
         .cloned()
@@ -55,57 +60,43 @@ pub async fn handle(
         secret: query.first("secret"),
     };
     let headers = signature_headers(req.headers());
-    let authenticated =
-        match webhook_auth::authenticate(&state, &settings, credential, headers, body).await {
-            Ok(a) => a,
-            Err(e) => {
-                // One line, without the secret, the token or the URL.
-                tracing::warn!(error = %e, "webhook delivery refused");
-                return refuse(Refusal::from(&e));
-            }
-        };
+    let authenticated = webhook_auth::authenticate(state, &settings, credential, headers, body)
+        .await
+        .map_err(|e| {
+            // One line, without the secret, the token or the URL.
+            tracing::warn!(error = %e, "webhook delivery refused");
+            Refusal::from(&e)
+        })?;
     let header_request_id = req
         .headers()
         .get(HEADER_REQUEST_ID)
         .and_then(|v| v.to_str().ok());
-    let delivered = webhook::complete_from_webhook(
-        &state,
-        &settings,
-        authenticated,
-        query.first("job_id"),
-        header_request_id,
-        body,
-    )
-    .await;
-    match delivered {
-        Ok((delivery, post_process)) => {
-            if let Some(job_id) = post_process {
-                let state = state.clone();
-                ticket.finish(Some(Box::pin(async move {
-                    gen_pipeline::postprocess::run(&state, &settings, job_id).await;
-                })));
-            }
-            let answer = match delivery {
-                Delivery::Completed { job_id } => {
-                    json!({ "ok": true, "job_id": job_id, "status": "completed" })
+    let job_id = query.first("job_id");
+    let (delivery, post_process) =
+        webhook::complete_from_webhook(state, &settings, authenticated, job_id, header_request_id, body)
+            .await
+            .map_err(|e| {
+                let refusal = Refusal::from(&e);
+                if refusal.status.is_server_error() {
+                    tracing::warn!(error = %e, "webhook delivery not finished; fal will retry");
+                } else {
+                    tracing::info!(error = %e, status = refusal.status.as_u16(), "webhook delivery refused");
                 }
-                Delivery::Failed { job_id } => {
-                    json!({ "ok": true, "job_id": job_id, "status": "failed" })
-                }
-                Delivery::Skipped => json!({ "ok": true, "skipped": true }),
-            };
-            json_response(StatusCode::OK, &answer)
-        }
-        Err(e) => {
-            let refusal = Refusal::from(&e);
-            if refusal.status.is_server_error() {
-                tracing::warn!(error = %e, "webhook delivery not finished; fal will retry");
-            } else {
-                tracing::info!(error = %e, status = refusal.status.as_u16(), "webhook delivery refused");
-            }
-            refuse(refusal)
-        }
+                refusal
+            })?;
+    if let Some(job_id) = post_process {
+        let state = state.clone();
+        ticket.finish(Some(Box::pin(async move {
+            gen_pipeline::postprocess::run(&state, &settings, job_id).await;
+        })));
     }
+    Ok(match delivery {
+        Delivery::Completed { job_id } => {
+            json!({ "ok": true, "job_id": job_id, "status": "completed" })
+        }
+        Delivery::Failed { job_id } => json!({ "ok": true, "job_id": job_id, "status": "failed" }),
+        Delivery::Skipped => json!({ "ok": true, "skipped": true }),
+    })
 }
 
 fn refuse(r: Refusal) -> Result<Response<Body>, Error> {

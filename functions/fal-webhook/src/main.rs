@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gen_pipeline::{AppState, after_response};
 use lambda_http::{Error, run, service_fn};
 
+// The same cold-start wiring as fal-image: each binary keeps its own main (STYLE.md: thin entry points).
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gen_pipeline::telemetry::init();

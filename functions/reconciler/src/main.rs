@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use gen_pipeline::AppState;
-use gen_pipeline::reconcile::{ReconcileOptions, reconcile_stale_jobs};
+use gen_pipeline::reconcile::reconcile_stale_jobs;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
@@ -11,7 +11,8 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     gen_pipeline::telemetry::init();
     let state = Arc::new(AppState::from_env().await?);
-    let options = ReconcileOptions::from_env();
+    // Bad settings stop the function here, with the variable named, not at the first scheduled run.
+    let options = state.config.reconcile;
     run(service_fn(move |_event: LambdaEvent<Value>| {
         let state = state.clone();
         async move {

@@ -14,26 +14,16 @@ pub async fn try_claim<C: GenericClient>(
     holder: Uuid,
     lease: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
-    let secs = lease.as_secs_f64();
-    let rows = client
-        .query_typed(
-            "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
-             VALUES ($1, $2, now() + make_interval(secs => $3))
-             ON CONFLICT (job_id) DO UPDATE
-                SET holder = EXCLUDED.holder,
-                    claimed_at = now(),
-                    lease_expires_at = EXCLUDED.lease_expires_at,
-                    attempts = public.job_completion_claims.attempts + 1
-              WHERE public.job_completion_claims.lease_expires_at < now()
-             RETURNING holder",
-            &[
-                (&job_id, Type::UUID),
-                (&holder, Type::UUID),
-                (&secs, Type::FLOAT8),
-            ],
-        )
-        .await?;
-    Ok(!rows.is_empty())
+    let sql = "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
+               VALUES ($1, $2, now() + make_interval(secs => $3))
+               ON CONFLICT (job_id) DO UPDATE
+                  SET holder = EXCLUDED.holder,
+                      claimed_at = now(),
+                      lease_expires_at = EXCLUDED.lease_expires_at,
+                      attempts = public.job_completion_claims.attempts + 1
+                WHERE public.job_completion_claims.lease_expires_at < now()
+               RETURNING holder";
+    with_lease(client, sql, job_id, holder, lease).await
 }
 
 /// Extends the lease; false when the claim was lost (expired and taken by another holder).
@@ -43,21 +33,31 @@ pub async fn renew<C: GenericClient>(
     holder: Uuid,
     lease: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
+    let sql = "UPDATE public.job_completion_claims
+                  SET lease_expires_at = now() + make_interval(secs => $3)
+                WHERE job_id = $1 AND holder = $2
+               RETURNING job_id";
+    with_lease(client, sql, job_id, holder, lease).await
+}
+
+/// Runs a claim statement over `($1 job, $2 holder, $3 lease seconds)`; true when it reached a row.
+async fn with_lease<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    job_id: Uuid,
+    holder: Uuid,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
     let secs = lease.as_secs_f64();
-    let rows = client
-        .query_typed(
-            "UPDATE public.job_completion_claims
-                SET lease_expires_at = now() + make_interval(secs => $3)
-              WHERE job_id = $1 AND holder = $2
-             RETURNING job_id",
-            &[
-                (&job_id, Type::UUID),
-                (&holder, Type::UUID),
-                (&secs, Type::FLOAT8),
-            ],
-        )
-        .await?;
-    Ok(!rows.is_empty())
+    let params = [
+        (
+            &job_id as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::UUID,
+        ),
+        (&holder, Type::UUID),
+        (&secs, Type::FLOAT8),
+    ];
+    Ok(!client.query_typed(sql, &params).await?.is_empty())
 }
 
 /// Gives the claim up (after finishing, or after a transient failure so a retry need not wait for the lease).

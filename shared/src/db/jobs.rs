@@ -198,12 +198,15 @@ pub async fn transition<C: GenericClient>(
     error_message: Option<&str>,
     patch: &Value,
 ) -> Result<bool, tokio_postgres::Error> {
-    let from: &[&str] = match to {
-        JobStatus::Processing => &["queued"],
-        t if t.is_terminal() => &["queued", "processing"],
-        _ => return Ok(false),
-    };
-    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    // The statuses `to` may be reached from: the state machine's rule, applied in the UPDATE's guard.
+    let from: Vec<&str> = JobStatus::ALL
+        .into_iter()
+        .filter(|s| s.can_become(to))
+        .map(JobStatus::as_str)
+        .collect();
+    if from.is_empty() {
+        return Ok(false);
+    }
     let to_str = to.as_str();
     let terminal = to.is_terminal();
     let rows = client

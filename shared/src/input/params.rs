@@ -275,16 +275,17 @@ mod tests {
         );
     }
 
+    /// The safety parameters `apply_safety` writes for a model's capabilities, defaults and content mode.
+    fn safety(caps: Value, defaults: Value, mode: ContentMode) -> Map<String, Value> {
+        let mut out = Map::new();
+        apply_safety(&mut out, &caps, &defaults, mode);
+        out
+    }
+
     #[test]
     fn safety_tolerance_is_six_for_nsfw_as_a_string() {
         let caps = json!({"safety_checker_param": "safety_tolerance"});
-        let mut out = Map::new();
-        apply_safety(
-            &mut out,
-            &caps,
-            &json!({"safety_tolerance": 2}),
-            ContentMode::Nsfw,
-        );
+        let out = safety(caps, json!({"safety_tolerance": 2}), ContentMode::Nsfw);
         assert_eq!(out.get("safety_tolerance"), Some(&json!("6")));
         assert!(!out.contains_key("enable_safety_checker"));
     }
@@ -292,32 +293,27 @@ mod tests {
     #[test]
     fn safety_tolerance_for_sfw_is_the_default_as_a_string_else_six() {
         let caps = json!({"safety_checker_param": "safety_tolerance"});
-        let mut out = Map::new();
-        apply_safety(
-            &mut out,
-            &caps,
-            &json!({"safety_tolerance": 2}),
+        let out = safety(
+            caps.clone(),
+            json!({"safety_tolerance": 2}),
             ContentMode::Sfw,
         );
         assert_eq!(out.get("safety_tolerance"), Some(&json!("2")));
-        apply_safety(&mut out, &caps, &json!({}), ContentMode::Sfw);
+        let out = safety(caps, json!({}), ContentMode::Sfw);
         assert_eq!(out.get("safety_tolerance"), Some(&json!("6")));
     }
 
     #[test]
     fn safety_checker_flag_comes_from_defaults_else_false() {
-        let mut out = Map::new();
-        apply_safety(
-            &mut out,
-            &json!({}),
-            &json!({"enable_safety_checker": true}),
+        let out = safety(
+            json!({}),
+            json!({"enable_safety_checker": true}),
             ContentMode::Nsfw,
         );
         assert_eq!(out.get("enable_safety_checker"), Some(&json!(true)));
-        apply_safety(
-            &mut out,
-            &json!({}),
-            &json!({"enable_safety_checker": "yes"}),
+        let out = safety(
+            json!({}),
+            json!({"enable_safety_checker": "yes"}),
             ContentMode::Sfw,
         );
         assert_eq!(out.get("enable_safety_checker"), Some(&json!(false)));

@@ -266,17 +266,19 @@ fn video_pass_throughs_are_copied_when_scalar() {
         "second_pass_skip_initial_steps": 5, "frame_rate": {"nested": 1}, "unknown_key": 1
     }});
     let input = input_of(body, &video_model());
-    for key in [
+    let passed = [
         "fps",
         "reverse_video",
         "constant_rate_factor",
         "enable_detail_pass",
-        "temporal_adain_factor",
-        "tone_map_compression_ratio",
+    ];
+    let passed_too = ["temporal_adain_factor", "tone_map_compression_ratio"];
+    let steps = [
         "first_pass_num_inference_steps",
         "second_pass_skip_initial_steps",
-    ] {
-        assert!(input.get(key).is_some(), "{key}");
+    ];
+    for key in passed.iter().chain(&passed_too).chain(&steps) {
+        assert!(input.get(*key).is_some(), "{key}");
     }
     assert_eq!(input.get("frame_rate"), None);
     assert_eq!(input.get("unknown_key"), None);

@@ -483,22 +483,16 @@ mod tests {
             )
         );
         assert!(!out.contains_key("aspect_ratio"));
-        let bad = json!({"videos": [{"video_url": "u1/v.mp4"}, 3]})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let err = conditioning(&mut Map::new(), &sources(&bad, &caps, &resolved))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some(MSG_VIDEOS));
-        let bad = json!({"images": [{"image_url": "ftp://x"}]})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let err = conditioning(&mut Map::new(), &sources(&bad, &caps, &resolved))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some(MSG_MULTI));
+        let error_of = |input: Value| {
+            let input = input.as_object().cloned().unwrap_or_default();
+            conditioning(&mut Map::new(), &sources(&input, &caps, &resolved))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let bad_videos = json!({"videos": [{"video_url": "u1/v.mp4"}, 3]});
+        assert_eq!(error_of(bad_videos).as_deref(), Some(MSG_VIDEOS));
+        let bad_images = json!({"images": [{"image_url": "ftp://x"}]});
+        assert_eq!(error_of(bad_images).as_deref(), Some(MSG_MULTI));
     }
 
     #[test]
