@@ -1,20 +1,34 @@
-//! End-to-end tests live in `tests/e2e/`: they drive both functions under `cargo lambda watch` over HTTP.
-//! Their support is shared with the adapter tests through `shared/tests/common/mod.rs` (the stack's coordinates,
-//! and `as_user`, which runs statements as a signed-in client under the database's row level security) and
-//! `tests/e2e/support.rs` (users, tokens, the functions' URLs).
+//! Support shared by the end-to-end suites (`tests/e2e/`, `tests/faults.rs`, `tests/load.rs`,
+//! `tests/hostile.rs`), which drive both functions under `cargo lambda watch` as clients and fal drive them:
+//! users and their calls ([`client`]), reads of what the stack holds and the exactly-once check ([`records`]),
+//! the fal emulator, its deliveries and fal-webhook ([`fal`]), a loopback listener that records what reaches it
+//! ([`trap`]), and the functions' state built in this process for reconciler passes ([`app`]).
+//!
+//! The stack's coordinates come from `shared/tests/common/mod.rs`, which the adapter tests share.
 
-use uuid::Uuid;
+#[path = "../../shared/tests/common/mod.rs"]
+pub mod common;
 
-/// The credential query fal-image puts on a job's webhook URL: `job_id=<id>&token=<token>`, the token being
-/// [`job_token`]. `secret` is the deployment's `FAL_WEBHOOK_SECRET`.
-pub fn webhook_query(secret: &str, job_id: Uuid) -> Vec<(&'static str, String)> {
-    vec![
-        ("job_id", job_id.to_string()),
-        ("token", job_token(secret, job_id)),
-    ]
-}
+pub mod app;
+pub mod client;
+pub mod fal;
+pub mod records;
+pub mod trap;
 
-/// A job's webhook token, exactly as fal-image makes it: lowercase hex HMAC-SHA256(secret, hyphenated job id).
-pub fn job_token(secret: &str, job_id: Uuid) -> String {
-    gen_pipeline::webhook_auth::job_token(&secrecy::SecretString::from(secret), job_id)
+use std::time::{Duration, Instant};
+
+pub use app::*;
+pub use client::*;
+pub use common::stack_var;
+pub use fal::*;
+pub use records::*;
+pub use trap::*;
+
+/// Polls `done` every 100 ms until it holds; fails after `timeout`, naming `what` was awaited.
+pub async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < timeout, "waited {timeout:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

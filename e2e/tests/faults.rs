@@ -9,11 +9,6 @@
 //! in the stack's state), and after a function process is killed `cargo lambda watch` is restarted as it ran,
 //! since it never replaces a killed instance.
 
-#[path = "../../shared/tests/common/mod.rs"]
-mod common;
-#[path = "e2e/support.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt as _;
@@ -25,18 +20,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use common::stack_var;
-use support::{
-    async_model, db, generate, http, inspect, job, jobs_of_user, objects_of_job, prompt,
-    usage_count, user,
-};
+use e2e::*;
 
 /// One fault at a time: the stack is shared by every test of this binary.
 static FAULTS: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 const MIB: u64 = 1024 * 1024;
-/// The emulator's tries per delivery.
-const FAL_TRIES: usize = 10;
 /// The completion claim's lease and a margin.
 const LEASE_PLUS: Duration = Duration::from_secs(gen_pipeline::completion::LEASE.as_secs() + 1);
 
@@ -48,7 +37,7 @@ mod stack {
     use super::*;
 
     pub fn state_path() -> PathBuf {
-        common::workspace_root().join("target/stack/state.json")
+        e2e::common::workspace_root().join("target/stack/state.json")
     }
 
     pub fn state() -> Value {
@@ -132,22 +121,10 @@ mod stack {
     /// Processes running `binary` started by the stack's `cargo lambda watch` (not another stack's).
     pub fn functions(binary: &str) -> Vec<i32> {
         let watch = pid_of("cargo-lambda-watch");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
-            if String::from_utf8_lossy(argv0).ends_with(&format!("/{binary}"))
-                && stat(pid).is_some_and(|(s, ppid, _)| ppid == watch && s != 'Z')
-            {
-                out.push(pid);
-            }
-        }
-        out
+        processes_running(binary)
+            .into_iter()
+            .filter(|pid| stat(*pid).is_some_and(|(s, ppid, _)| ppid == watch && s != 'Z'))
+            .collect()
     }
 
     /// The stack's `cargo lambda watch` as it runs (program, arguments, environment, directory, log), to be
@@ -350,10 +327,13 @@ mod pg {
         options: String,
     }
 
-    /// The stack's cluster; `None` when the stack runs on a DATABASE_URL it was given.
+    /// The stack's cluster; `None` (the test is skipped) when the stack runs on a DATABASE_URL it was given.
     pub fn cluster() -> Option<Cluster> {
         let state = stack::state();
-        let pg = state.get("postgres").filter(|p| !p.is_null())?;
+        let Some(pg) = state.get("postgres").filter(|p| !p.is_null()) else {
+            eprintln!("the stack runs on a DATABASE_URL it was given: not ours to stop; skipped");
+            return None;
+        };
         let s = |k: &str| pg[k].as_str().unwrap().to_owned();
         let data_dir = s("data_dir");
         let pid = postmaster_pid(&data_dir).expect("the stack's postgres is not running");
@@ -381,6 +361,7 @@ mod pg {
         })
     }
 
+    // Read as xtask's stack reads it (xtask/src/stack/postgres.rs): a binary crate, which tests cannot link.
     fn postmaster_pid(data_dir: &str) -> Option<i32> {
         std::fs::read_to_string(Path::new(data_dir).join("postmaster.pid"))
             .ok()?
@@ -494,21 +475,6 @@ mod pg {
 // Jobs, deliveries, checks
 // ---------------------------------------------------------------------------------------------------------
 
-/// An async generation for a fresh user; returns (user id, job id, fal request id).
-async fn submit(text: &str, directives: &str) -> (Uuid, String, String) {
-    let (user_id, jwt) = user().await;
-    let (status, answer) = generate(
-        &jwt,
-        &json!({"prompt": prompt(text, directives), "apiModelId": async_model()}),
-    )
-    .await;
-    assert_eq!(status, 200, "submit answered {status}: {answer}");
-    assert_eq!(answer["status"], "queued", "{answer}");
-    let job_id = answer["jobId"].as_str().expect("jobId").to_owned();
-    let request_id = answer["requestId"].as_str().expect("requestId").to_owned();
-    (user_id, job_id, request_id)
-}
-
 /// The job's completion claim: (lease still running, takeovers so far), if any.
 async fn claim(job_id: &str) -> Option<(bool, i32)> {
     let id = Uuid::parse_str(job_id).unwrap();
@@ -539,30 +505,79 @@ async fn wait_claimed(job_id: &str, timeout: Duration) -> Instant {
     }
 }
 
-fn is_2xx(attempt: &Value) -> bool {
-    attempt["http_status"]
-        .as_u64()
-        .is_some_and(|s| (200..300).contains(&s))
+/// A job under a fault: its user, its ids, and when the test began (its deliveries are logged relative to it).
+struct Faulted {
+    t0: u64,
+    user_id: Uuid,
+    jwt: String,
+    job_id: String,
+    request_id: String,
 }
 
-/// Waits until every delivery `1..=n` got a 2xx answer or used up its tries; returns all attempts.
-async fn settled_deliveries(request_id: &str, n: u64, timeout: Duration) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let record = inspect(request_id).await;
-        let attempts = record["deliveries"].as_array().cloned().unwrap_or_default();
-        let settled = (1..=n).all(|d| {
-            let of_d: Vec<&Value> = attempts.iter().filter(|a| a["delivery"] == d).collect();
-            of_d.iter().any(|a| is_2xx(a)) || of_d.len() >= FAL_TRIES
-        });
-        if settled {
-            return attempts;
+impl Faulted {
+    /// A fresh user's async job with these directives.
+    async fn submit(text: &str, directives: &str) -> Faulted {
+        let t0 = unix_ms();
+        let (user_id, jwt) = user().await;
+        let body = json!({"prompt": prompt(text, directives), "apiModelId": async_model()});
+        let (job_id, request_id) = submit_queued(&jwt, &body).await;
+        Faulted {
+            t0,
+            user_id,
+            jwt,
+            job_id,
+            request_id,
         }
-        assert!(
-            started.elapsed() < timeout,
-            "deliveries of {request_id} not settled after {timeout:?}: {record}"
+    }
+
+    /// A job whose media (`size` bytes) fal serves at 4 MiB/s, once a webhook has claimed it, i.e. is
+    /// transferring it; with when it was claimed.
+    async fn transferring(text: &str, size: u64, directives: &str) -> (Faulted, Instant) {
+        let directives = format!("#media-bytes={size} #media-rate={} {directives}", 4 * MIB);
+        let job = Faulted::submit(text, &directives).await;
+        let claimed = wait_claimed(&job.job_id, Duration::from_secs(30)).await;
+        (job, claimed)
+    }
+
+    /// fal's attempts once deliveries `1..=n` have settled, logged.
+    async fn settled(&self, n: u64, timeout: Duration) -> Vec<Value> {
+        let attempts = settled_deliveries(&self.request_id, n, timeout).await;
+        eprintln!("deliveries:\n{}", describe(&attempts, self.t0));
+        attempts
+    }
+
+    /// After the fault: fal's deliveries settle, reconciler passes run while the job is open, and the job is
+    /// completed exactly once with no other object of its user. Returns the attempts, the passes and the job row.
+    async fn completes_once(&self, n: u64, timeout: Duration) -> (Vec<Value>, usize, Value) {
+        let attempts = self.settled(n, timeout).await;
+        let passes = reconcile_if_open(&self.job_id, 2).await;
+        let j = assert_exactly_once(self.user_id, &self.job_id, "completed").await;
+        assert_eq!(all_objects_of_user(self.user_id).await.len(), 1);
+        (attempts, passes, j)
+    }
+
+    /// Multipart uploads under the job's key prefix that were neither completed nor aborted.
+    async fn incomplete_uploads(&self) -> Vec<String> {
+        let out = s3()
+            .await
+            .list_multipart_uploads()
+            .bucket(stack_var("WORKSPACE_BUCKET"))
+            .prefix(format!("{}/{}", self.user_id, self.job_id))
+            .send()
+            .await
+            .unwrap();
+        out.uploads()
+            .iter()
+            .map(|u| u.key().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn report(&self, what: &str, attempts: &[Value], passes: usize) {
+        eprintln!(
+            "{what}: {} attempts, {} media fetches, {passes} reconciler passes",
+            attempts.len(),
+            inspect(&self.request_id).await["media_fetches"]
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -599,24 +614,6 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The application state the functions build, for an in-process reconciler pass.
-async fn app() -> (gen_pipeline::AppState, gen_pipeline::config::Settings) {
-    common::export_aws_env();
-    for k in [
-        "APP_SECRET_ID",
-        "WORKSPACE_BUCKET",
-        "LIBRARY_BUCKET",
-        "MEDIA_ALLOWED_HOSTS",
-        "MEDIA_ALLOW_HTTP",
-    ] {
-        // Same values from every test; set before the state reads them.
-        unsafe { std::env::set_var(k, stack_var(k)) };
-    }
-    let state = gen_pipeline::AppState::from_env().await.unwrap();
-    let settings = state.settings().await.unwrap();
-    (state, settings)
-}
-
 /// One reconciler pass that sees only this job: it is made 10 days old (and last checked as long ago), beyond
 /// any other test's job, and the pass looks at jobs older than 9 days.
 async fn reconcile_only(job_id: &str) -> gen_pipeline::reconcile::ReconcileReport {
@@ -636,14 +633,8 @@ async fn reconcile_only(job_id: &str) -> gen_pipeline::reconcile::ReconcileRepor
         )
         .await
         .unwrap();
-    let (state, settings) = app().await;
     let day = 24 * 3600;
-    let options = gen_pipeline::reconcile::ReconcileOptions {
-        older_than: Duration::from_secs(9 * day),
-        deadline: Duration::from_secs(30 * day),
-        batch: 100,
-    };
-    let report = gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
+    let report = reconcile_pass(Duration::from_secs(9 * day), Duration::from_secs(30 * day)).await;
     eprintln!("reconciler pass: {report:?}");
     report
 }
@@ -672,76 +663,6 @@ async fn reconcile_if_open(job_id: &str, max_passes: usize) -> usize {
     passes
 }
 
-/// Rows of `table` for the job, counted.
-async fn rows(table: &str, job_id: &str) -> i64 {
-    let id = Uuid::parse_str(job_id).unwrap();
-    db().await
-        .query_one(
-            &format!("SELECT count(*) FROM public.{table} WHERE job_id = $1"),
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// The invariant after any fault: completed ⇔ one object, one asset row of that object; never an object or an
-/// asset for a job that is not completed; exactly one usage row; no claim left behind by a finished job.
-async fn assert_exactly_once(user_id: Uuid, job_id: &str, expected: &str) -> Value {
-    let j = job(job_id).await;
-    assert_eq!(j["status"], expected, "job: {j}");
-    let objects = objects_of_job(&user_id.to_string(), job_id).await;
-    let id = Uuid::parse_str(job_id).unwrap();
-    let assets: Vec<(String, i64)> = db()
-        .await
-        .query(
-            "SELECT temp_storage_path, file_size_bytes FROM public.workspace_assets WHERE job_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    if expected == "completed" {
-        assert_eq!(objects.len(), 1, "objects of {job_id}: {objects:?}");
-        assert_eq!(assets.len(), 1, "asset rows of {job_id}: {assets:?}");
-        assert_eq!(assets[0], objects[0], "asset row vs object");
-        assert_eq!(j["metadata"]["storage_path"], objects[0].0.as_str());
-    } else {
-        assert!(
-            objects.is_empty(),
-            "objects of a {expected} job: {objects:?}"
-        );
-        assert!(assets.is_empty(), "assets of a {expected} job: {assets:?}");
-    }
-    assert_eq!(usage_count(job_id).await, 1, "usage rows of {job_id}");
-    if expected != "queued" {
-        assert_eq!(
-            rows("job_completion_claims", job_id).await,
-            0,
-            "a claim outlived its job"
-        );
-    }
-    j
-}
-
-/// Multipart uploads under the job's key prefix that were neither completed nor aborted.
-async fn incomplete_uploads(user_id: Uuid, job_id: &str) -> Vec<String> {
-    let s3 = gen_pipeline::aws::s3(&common::sdk_config().await);
-    let out = s3
-        .list_multipart_uploads()
-        .bucket(stack_var("WORKSPACE_BUCKET"))
-        .prefix(format!("{user_id}/{job_id}"))
-        .send()
-        .await
-        .unwrap();
-    out.uploads()
-        .iter()
-        .map(|u| u.key().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// Sizes of every object under the user's prefix (to see that no stray object was written beside the job's).
 async fn all_objects_of_user(user_id: Uuid) -> Vec<(String, i64)> {
     objects_of_job(&user_id.to_string(), "").await
@@ -756,16 +677,7 @@ async fn all_objects_of_user(user_id: Uuid) -> Vec<(String, i64)> {
 async fn s3_frozen_during_a_transfer_completes_the_job_once() {
     let _turn = FAULTS.lock().await;
     const SIZE: u64 = 16 * MIB;
-    let t0 = unix_ms();
-    let (user_id, job_id, request_id) = submit(
-        "fault s3",
-        &format!(
-            "#media-bytes={SIZE} #media-rate={} #media-type=video/mp4",
-            4 * MIB
-        ),
-    )
-    .await;
-    let claimed = wait_claimed(&job_id, Duration::from_secs(30)).await;
+    let (f, claimed) = Faulted::transferring("fault s3", SIZE, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     {
         let moto = stack::Stopped::new(stack::pid_of("moto"));
@@ -776,22 +688,10 @@ async fn s3_frozen_during_a_transfer_completes_the_job_once() {
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(180)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
-    let passes = reconcile_if_open(&job_id, 2).await;
-    let j = assert_exactly_once(user_id, &job_id, "completed").await;
+    let (attempts, passes, j) = f.completes_once(1, Duration::from_secs(180)).await;
     assert_eq!(j["metadata"]["file_size_bytes"], SIZE);
-    assert_eq!(all_objects_of_user(user_id).await.len(), 1);
-    assert_eq!(
-        incomplete_uploads(user_id, &job_id).await,
-        Vec::<String>::new()
-    );
-    let record = inspect(&request_id).await;
-    eprintln!(
-        "s3 frozen: completed after {} attempts, {} media fetches, {passes} reconciler passes",
-        attempts.len(),
-        record["media_fetches"]
-    );
+    assert_eq!(f.incomplete_uploads().await, Vec::<String>::new());
+    f.report("s3 frozen", &attempts, passes).await;
 }
 
 /// (b) Postgres stopped (`pg_ctl stop -m fast`) while a webhook is transferring and deliveries keep coming,
@@ -800,17 +700,9 @@ async fn s3_frozen_during_a_transfer_completes_the_job_once() {
 async fn postgres_restarted_during_deliveries_completes_the_job_once() {
     let _turn = FAULTS.lock().await;
     let Some(cluster) = pg::cluster() else {
-        eprintln!("the stack runs on a DATABASE_URL it was given: not ours to stop; skipped");
         return;
     };
-    const SIZE: u64 = 12 * MIB;
-    let t0 = unix_ms();
-    let (user_id, job_id, request_id) = submit(
-        "fault postgres",
-        &format!("#media-bytes={SIZE} #media-rate={} #deliveries=2", 4 * MIB),
-    )
-    .await;
-    let claimed = wait_claimed(&job_id, Duration::from_secs(30)).await;
+    let (f, claimed) = Faulted::transferring("fault postgres", 12 * MIB, "#deliveries=2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     {
         let down = pg::Stopped::new(cluster);
@@ -829,20 +721,9 @@ async fn postgres_restarted_during_deliveries_completes_the_job_once() {
             restart.elapsed().as_secs_f64()
         );
     }
-    let attempts = settled_deliveries(&request_id, 2, Duration::from_secs(240)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
-    let passes = reconcile_if_open(&job_id, 2).await;
-    assert_exactly_once(user_id, &job_id, "completed").await;
-    assert_eq!(all_objects_of_user(user_id).await.len(), 1);
-    assert_eq!(
-        incomplete_uploads(user_id, &job_id).await,
-        Vec::<String>::new()
-    );
-    eprintln!(
-        "postgres restarted: {} attempts, {} media fetches, {passes} reconciler passes",
-        attempts.len(),
-        inspect(&request_id).await["media_fetches"]
-    );
+    let (attempts, passes, _) = f.completes_once(2, Duration::from_secs(240)).await;
+    assert_eq!(f.incomplete_uploads().await, Vec::<String>::new());
+    f.report("postgres restarted", &attempts, passes).await;
 }
 
 /// (c) The webhook process SIGKILLed half-way through a large transfer: its claim stays until the lease ends,
@@ -851,16 +732,7 @@ async fn postgres_restarted_during_deliveries_completes_the_job_once() {
 async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease() {
     let _turn = FAULTS.lock().await;
     const SIZE: u64 = 20 * MIB;
-    let t0 = unix_ms();
-    let (user_id, job_id, request_id) = submit(
-        "fault kill",
-        &format!(
-            "#media-bytes={SIZE} #media-rate={} #media-type=video/mp4",
-            4 * MIB
-        ),
-    )
-    .await;
-    let claimed = wait_claimed(&job_id, Duration::from_secs(30)).await;
+    let (f, claimed) = Faulted::transferring("fault kill", SIZE, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The transferring process is the one working (streaming ~4 MiB/s into S3); idle ones wait for their next
     // invocation without using the CPU.
@@ -891,32 +763,24 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease() {
         claimed.elapsed().as_secs_f64()
     );
     let killed_at = Instant::now();
-    assert_eq!(job(&job_id).await["status"], "queued");
+    assert_eq!(job(&f.job_id).await["status"], "queued");
 
-    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(240)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
-    let passes = reconcile_if_open(&job_id, 2).await;
+    let (attempts, passes, j) = f.completes_once(1, Duration::from_secs(240)).await;
     eprintln!(
         "completed {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
     );
-    let j = assert_exactly_once(user_id, &job_id, "completed").await;
     assert_eq!(j["metadata"]["file_size_bytes"], SIZE);
-    assert_eq!(all_objects_of_user(user_id).await.len(), 1);
     assert!(
         !stack::functions("fal-webhook").contains(&busy[0]),
         "the killed process is back?"
     );
     // The killed holder could not abort its multipart upload: at most that one is left (in AWS the bucket's
     // AbortIncompleteMultipartUpload lifecycle rule removes it); never an object.
-    let left = incomplete_uploads(user_id, &job_id).await;
+    let left = f.incomplete_uploads().await;
     eprintln!("incomplete multipart uploads left by the killed process: {left:?}");
     assert!(left.len() <= 1, "{left:?}");
-    eprintln!(
-        "process killed: {} attempts, {} media fetches, {passes} reconciler passes",
-        attempts.len(),
-        inspect(&request_id).await["media_fetches"]
-    );
+    f.report("process killed", &attempts, passes).await;
     // Give the stack its full concurrency back (see `stack::Watch`).
     tokio::task::spawn_blocking(move || watch.restart())
         .await
@@ -930,62 +794,42 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease() {
 async fn a_job_cancelled_after_a_failed_commit_keeps_no_object() {
     let _turn = FAULTS.lock().await;
     let Some(cluster) = pg::cluster() else {
-        eprintln!("the stack runs on a DATABASE_URL it was given: not ours to stop; skipped");
         return;
     };
-    let (user_id, jwt) = user().await;
-    let directives = format!(
-        "#media-bytes={} #media-rate={} #media-type=video/mp4",
-        8 * MIB,
-        4 * MIB
-    );
-    let body = json!({"prompt": prompt("fault commit", &directives), "apiModelId": async_model()});
-    let (status, answer) = generate(&jwt, &body).await;
-    assert_eq!(status, 200, "{answer}");
-    let job_id = answer["jobId"].as_str().unwrap().to_owned();
-    let request_id = answer["requestId"].as_str().unwrap().to_owned();
-    let t0 = unix_ms();
-    wait_claimed(&job_id, Duration::from_secs(30)).await;
+    let (f, _) = Faulted::transferring("fault commit", 8 * MIB, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     {
         let down = pg::Stopped::new(cluster);
         // The transfer ends and stores the object; its commit finds the database gone.
-        let started = Instant::now();
-        while inspect(&request_id).await["deliveries"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
-            assert!(started.elapsed() < Duration::from_secs(30), "no answer");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(
+            "an answered delivery",
+            Duration::from_secs(30),
+            async || {
+                inspect(&f.request_id).await["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| !d.is_empty())
+            },
+        )
+        .await;
         down.cluster.start().expect("postgres did not start again");
     }
-    let stored = objects_of_job(&user_id.to_string(), &job_id).await;
+    let stored = objects_of_job(&f.user_id.to_string(), &f.job_id).await;
     eprintln!(
         "after the failed commit: job {}, objects {stored:?}",
-        job(&job_id).await["status"]
+        job(&f.job_id).await["status"]
     );
     // 503 means "retry" (the database just came back); a client retries it.
-    let mut r = None;
+    let mut answer = (0, Value::Null);
     for _ in 0..10 {
-        let answer = http()
-            .post(support::api(&format!("/jobs/{job_id}/cancel")))
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .unwrap();
-        let retry = answer.status().as_u16() == 503;
-        r = Some(answer);
-        if !retry {
+        answer = cancel_job(&f.jwt, &f.job_id).await;
+        if answer.0 != 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let r = r.unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
-    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(120)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
-    assert_exactly_once(user_id, &job_id, "cancelled").await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    f.settled(1, Duration::from_secs(120)).await;
+    assert_exactly_once(f.user_id, &f.job_id, "cancelled").await;
 }
 
 /// (d) fal's queue answering 503: the submission falls back to the sync host; one job, one asset, one usage.
@@ -1009,10 +853,9 @@ async fn queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage() {
 #[tokio::test]
 async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
     let _turn = FAULTS.lock().await;
-    let t0 = unix_ms();
-    let (user_id, job_id, request_id) = submit("fault media", "#media-fail-first=12").await;
-    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(60)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
+    let f = Faulted::submit("fault media", "#media-fail-first=12").await;
+    let (user_id, job_id, request_id) = (f.user_id, &f.job_id, &f.request_id);
+    let attempts = f.settled(1, Duration::from_secs(60)).await;
     assert_eq!(attempts.len(), FAL_TRIES, "{attempts:?}");
     assert!(
         attempts
@@ -1021,20 +864,20 @@ async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
         "every try should be answered 5xx"
     );
     // fal gave up: the job is open, nothing is stored, and its claim was released at each failure.
-    assert_exactly_once(user_id, &job_id, "queued").await;
-    assert_eq!(rows("job_completion_claims", &job_id).await, 0);
-    assert_eq!(inspect(&request_id).await["media_fetches"], FAL_TRIES);
+    assert_exactly_once(user_id, job_id, "queued").await;
+    assert_eq!(rows("job_completion_claims", job_id).await, 0);
+    assert_eq!(inspect(request_id).await["media_fetches"], FAL_TRIES);
 
-    let passes = reconcile_if_open(&job_id, 5).await;
+    let passes = reconcile_if_open(job_id, 5).await;
     // Fetches 11 and 12 still fail (two passes leave it queued), the 13th serves the file.
     assert_eq!(passes, 3);
-    let j = assert_exactly_once(user_id, &job_id, "completed").await;
+    let j = assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(j["metadata"]["reconciled"], true, "{j}");
-    assert_eq!(inspect(&request_id).await["media_fetches"], 13);
+    assert_eq!(inspect(request_id).await["media_fetches"], 13);
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
     // A later pass changes nothing.
-    reconcile_only(&job_id).await;
-    assert_exactly_once(user_id, &job_id, "completed").await;
+    reconcile_only(job_id).await;
+    assert_exactly_once(user_id, job_id, "completed").await;
 }
 
 /// (f) Media stalling beyond the webhook's media read timeout (`MEDIA_READ_TIMEOUT_SECS`, 5 s on the local stack):
@@ -1045,14 +888,10 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once() {
     let _turn = FAULTS.lock().await;
     let timeout_ms: u64 = stack_var("MEDIA_READ_TIMEOUT_SECS").parse::<u64>().unwrap() * 1000;
     let stall_ms = timeout_ms + 4000;
-    let t0 = unix_ms();
-    let (user_id, job_id, request_id) = submit(
-        "fault slow media",
-        &format!("#media-slow-ms={stall_ms} #media-slow-first=1"),
-    )
-    .await;
-    let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(60)).await;
-    eprintln!("deliveries:\n{}", describe(&attempts, t0));
+    let directives = format!("#media-slow-ms={stall_ms} #media-slow-first=1");
+    let f = Faulted::submit("fault slow media", &directives).await;
+    let (user_id, job_id, request_id) = (f.user_id, &f.job_id, &f.request_id);
+    let attempts = f.settled(1, Duration::from_secs(60)).await;
     let first = &attempts[0];
     assert!(
         first["http_status"].as_u64().is_some_and(|s| s >= 500),
@@ -1064,7 +903,7 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once() {
         "the first delivery took {took} ms: not ended by the {timeout_ms} ms read timeout"
     );
     assert!(is_2xx(attempts.last().unwrap()), "{attempts:?}");
-    assert_eq!(inspect(&request_id).await["media_fetches"], 2);
-    assert_exactly_once(user_id, &job_id, "completed").await;
+    assert_eq!(inspect(request_id).await["media_fetches"], 2);
+    assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
 }

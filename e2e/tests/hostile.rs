@@ -8,27 +8,16 @@
 //! the test needs and reads the outcome. A planted URL points at a trap: a loopback HTTP listener of the test that
 //! records every request it gets.
 
-#[path = "../../shared/tests/common/mod.rs"]
-mod common;
-#[path = "e2e/support.rs"]
-mod support;
-
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use common::stack_var;
-use support::{
-    api, asset_count, async_model, db, digest, generate, http, inspect, job, jobs_of_user,
-    objects_of_job, prompt, sync_model, user, wait_terminal,
-};
+use e2e::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// A queued job that stays queued at fal for the whole test: no webhook, no completion for ten minutes.
@@ -80,7 +69,7 @@ fn id(s: &str) -> Uuid {
 /// One statement run as the signed-in client `user` (role `authenticated`, its own claims, RLS applies).
 async fn as_client(user: Uuid, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Rows {
     let mut db = db().await;
-    common::as_user(&mut db, user, async |tx| tx.query(sql, params).await).await
+    e2e::common::as_user(&mut db, user, async |tx| tx.query(sql, params).await).await
 }
 
 fn is_denied(e: &tokio_postgres::Error) -> bool {
@@ -186,40 +175,20 @@ async fn rows_of(table: &str, column: &str, ids: &[Uuid]) -> Value {
 
 /// `POST /fal-image`: status, `Retry-After`, answer.
 async fn submit_raw(jwt: &str, body: &Value) -> (u16, Option<String>, Value) {
-    let r = http()
-        .post(api("/fal-image"))
-        .bearer_auth(jwt)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let r = generate_response(jwt, body).await;
     let retry_after = r
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    (
-        r.status().as_u16(),
-        retry_after,
-        r.json().await.unwrap_or(Value::Null),
-    )
-}
-
-/// A queued job on the async (video) model with this body: (job id, fal request id).
-async fn submit_queued(jwt: &str, body: Value) -> (String, String) {
-    let (status, answer) = generate(jwt, &body).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["status"], "queued", "{answer}");
-    (
-        answer["jobId"].as_str().unwrap().to_owned(),
-        answer["requestId"].as_str().unwrap().to_owned(),
-    )
+    let (status, answer) = answer_of(r).await;
+    (status, retry_after, answer)
 }
 
 async fn queued(jwt: &str, text: &str, directives: &str) -> (String, String) {
     submit_queued(
         jwt,
-        json!({"prompt": prompt(text, directives), "apiModelId": async_model()}),
+        &json!({"prompt": prompt(text, directives), "apiModelId": async_model()}),
     )
     .await
 }
@@ -233,39 +202,11 @@ async fn completed_image(jwt: &str, text: &str, directives: &str) -> (String, Va
     (answer["jobId"].as_str().unwrap().to_owned(), answer)
 }
 
-async fn job_view(jwt: &str, job_id: &str) -> (u16, Value) {
-    let r = http()
-        .get(api(&format!("/jobs/{job_id}")))
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn cancel(jwt: &str, job_id: &str) -> (u16, Value) {
-    let r = http()
-        .post(api(&format!("/jobs/{job_id}/cancel")))
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// Cancels parked jobs so the test leaves nothing open.
 async fn cancel_all(jwt: &str, jobs: &[String]) {
     for job_id in jobs {
-        let (status, answer) = cancel(jwt, job_id).await;
+        let (status, answer) = cancel_job(jwt, job_id).await;
         assert_eq!(status, 200, "cancel {job_id}: {answer}");
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < timeout, "waited {timeout:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -285,10 +226,6 @@ async fn assert_not_delivered_yet(request_id: &str) {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    gen_pipeline::aws::s3(&common::sdk_config().await)
 }
 
 /// sha256 of an object's bytes; `None` when it cannot be read.
@@ -339,6 +276,13 @@ async fn result_of(user: Uuid, job_id: &str) -> (String, String) {
     (results[0].clone(), sha)
 }
 
+/// The job (row `j`) completed with one asset, its result stored as the attacker's own: key and sha256.
+async fn assert_own_result(attacker: Uuid, job_id: &str, j: &Value) -> (String, String) {
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(asset_count(job_id).await, 1);
+    result_of(attacker, job_id).await
+}
+
 /// Another user with a stored result of their own: the objects the attacker aims at.
 struct Victim {
     key: String,
@@ -380,145 +324,8 @@ impl Victim {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The trap: where planted URLs point
+// The trap (`e2e::Trap`): where planted URLs point
 // ---------------------------------------------------------------------------------------------------------
-
-/// One request the trap got.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    /// Header names lower-cased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn carries_fal_key(&self) -> bool {
-        let key = stack_var("FAL_KEY");
-        self.headers.iter().any(|(_, v)| v.contains(&key))
-    }
-}
-
-/// A loopback HTTP listener that records every request and answers 200 `{}`.
-struct Trap {
-    base: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Trap {
-    async fn start() -> Trap {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let read = tokio::time::timeout(Duration::from_secs(10), serve_one(stream));
-                    if let Ok(Some(s)) = read.await {
-                        log.lock().unwrap().push(s);
-                    }
-                });
-            }
-        });
-        Trap { base, seen, task }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// No planted URL was requested, above all not with the FAL key.
-    fn assert_untouched(&self) {
-        let seen = self.seen();
-        let lines = |keyed: bool| -> Vec<String> {
-            seen.iter()
-                .filter(|s| !keyed || s.carries_fal_key())
-                .map(|s| format!("{} {}", s.method, s.path))
-                .collect()
-        };
-        assert!(
-            lines(true).is_empty(),
-            "the FAL key was sent to a planted URL: {:?}",
-            lines(true)
-        );
-        assert!(
-            seen.is_empty(),
-            "a planted URL was requested: {:?}",
-            lines(false)
-        );
-    }
-
-    async fn first(&self, timeout: Duration) -> Seen {
-        wait_until("a request at the trap", timeout, async || {
-            !self.seen().is_empty()
-        })
-        .await;
-        self.seen().remove(0)
-    }
-}
-
-impl Drop for Trap {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads one HTTP/1.1 request (content-length framed), answers 200 `{}` and closes.
-async fn serve_one(mut stream: tokio::net::TcpStream) -> Option<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split_whitespace();
-    let (method, path) = (
-        request_line.next()?.to_owned(),
-        request_line.next()?.to_owned(),
-    );
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(n) if n > 0 => body.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
-    let _ = stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
-        .await;
-    let _ = stream.shutdown().await;
-    Some(Seen {
-        method,
-        path,
-        headers,
-        body,
-    })
-}
 
 /// fal-shaped URLs of a request at the trap: (status, response, cancel).
 fn trap_urls(trap: &Trap, request_id: &str) -> (String, String, String) {
@@ -562,42 +369,6 @@ fn webhook_token(job_id: &str) -> String {
     )
 }
 
-/// A fresh delivery signed by the emulator, caught by a trap: the emulator is asked (with the FAL key, as fal's
-/// account holder would) to run a request of its own whose webhook is the trap.
-async fn emulator_signed_delivery() -> Seen {
-    let trap = Trap::start().await;
-    let mut url = url::Url::parse(&format!(
-        "{}/queue/fal-ai/e2e/hostile",
-        stack_var("FAL_EMULATOR_URL")
-    ))
-    .unwrap();
-    url.query_pairs_mut()
-        .append_pair("fal_webhook", &trap.url("/hook"));
-    let r = http()
-        .post(url)
-        .header("authorization", format!("Key {}", stack_var("FAL_KEY")))
-        .json(&json!({"prompt": prompt("capture", "")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "the emulator refused the submit");
-    trap.first(Duration::from_secs(15)).await
-}
-
-/// POSTs `delivery` (fal's headers and raw body) to fal-webhook with this query; status and body text.
-async fn deliver(query: &[(&str, &str)], delivery: &Seen) -> (u16, String) {
-    let mut url = url::Url::parse(&stack_var("FAL_WEBHOOK_URL")).unwrap();
-    url.query_pairs_mut().extend_pairs(query);
-    let mut req = http().post(url).body(delivery.body.clone());
-    for (k, v) in &delivery.headers {
-        if k.starts_with("x-fal-webhook-") || k == "content-type" {
-            req = req.header(k.as_str(), v.as_str());
-        }
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The reconciler
 // ---------------------------------------------------------------------------------------------------------
@@ -613,30 +384,6 @@ async fn age_job(job_id: &str, age: &str) {
     ] {
         db.execute(&sql, &[&id(job_id)]).await.unwrap();
     }
-}
-
-/// One pass of the lost-webhook reconciler in this process, over queued jobs older than an hour (and the
-/// post-processing it re-runs).
-async fn reconcile_pass() {
-    common::export_aws_env();
-    for k in [
-        "APP_SECRET_ID",
-        "WORKSPACE_BUCKET",
-        "LIBRARY_BUCKET",
-        "MEDIA_ALLOWED_HOSTS",
-        "MEDIA_ALLOW_HTTP",
-    ] {
-        // Same value from every test thread, set before the state reads it.
-        unsafe { std::env::set_var(k, stack_var(k)) };
-    }
-    let state = gen_pipeline::AppState::from_env().await.unwrap();
-    let settings = state.settings().await.unwrap();
-    let options = gen_pipeline::reconcile::ReconcileOptions {
-        older_than: Duration::from_secs(3600),
-        deadline: Duration::from_secs(7200),
-        batch: 100,
-    };
-    gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -660,7 +407,7 @@ async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_fal() {
     )
     .await;
 
-    let (status, answer) = cancel(&jwt, &job_id).await;
+    let (status, answer) = cancel_job(&jwt, &job_id).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "cancelled", "{answer}");
     assert_eq!(job(&job_id).await["status"], "cancelled");
@@ -690,12 +437,9 @@ async fn the_reconciler_asks_fal_only_at_the_urls_the_functions_stored() {
     .await;
     age_job(&job_id, "61 minutes").await;
 
-    reconcile_pass().await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
 
-    let j = job(&job_id).await;
-    assert_eq!(j["status"], "completed", "{j}");
-    assert_eq!(asset_count(&job_id).await, 1);
-    result_of(attacker, &job_id).await;
+    assert_own_result(attacker, &job_id, &job(&job_id).await).await;
     trap.assert_untouched();
 }
 
@@ -714,10 +458,7 @@ async fn a_payload_null_delivery_fetches_the_result_only_from_the_stored_respons
     .await;
     assert_not_delivered_yet(&request_id).await;
 
-    let j = wait_terminal(&job_id, WAIT).await;
-    assert_eq!(j["status"], "completed", "{j}");
-    assert_eq!(asset_count(&job_id).await, 1);
-    result_of(attacker, &job_id).await;
+    assert_own_result(attacker, &job_id, &wait_terminal(&job_id, WAIT).await).await;
     trap.assert_untouched();
 }
 
@@ -740,7 +481,7 @@ async fn a_repointed_asset_path_never_gets_the_victims_object_signed() {
         &[&victim.key, &id(&job_id)],
     )
     .await;
-    let (status, view) = job_view(&jwt, &job_id).await;
+    let (status, view) = view_job(&jwt, &job_id).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "completed", "{view}");
     if let Some(url) = view["result"]["url"].as_str().filter(|u| !u.is_empty()) {
@@ -778,17 +519,12 @@ async fn a_planted_reference_never_becomes_the_thumbnail() {
 
     let j = wait_terminal(&job_id, WAIT).await;
     assert_eq!(j["status"], "completed", "{j}");
-    let thumbnails: Vec<Option<String>> = db()
-        .await
-        .query(
-            "SELECT thumbnail_path FROM public.workspace_assets WHERE job_id = $1",
-            &[&id(&job_id)],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let thumbnails: Vec<Option<String>> = first_column(
+        &db().await,
+        "SELECT thumbnail_path FROM public.workspace_assets WHERE job_id = $1",
+        &[&id(&job_id)],
+    )
+    .await;
     assert!(
         thumbnails
             .iter()
@@ -808,7 +544,7 @@ async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_
     let character = character_of(attacker, "Eve").await;
     let (job_id, request_id) = submit_queued(
         &jwt,
-        json!({
+        &json!({
             "prompt": prompt("portrait", "#delay-ms=2000"), "apiModelId": async_model(),
             "metadata": {"destination": "character_portrait", "character_id": character, "character_name": "Eve"},
         }),
@@ -1031,7 +767,7 @@ async fn a_token_authenticates_only_its_own_job_and_new_jobs_refuse_the_legacy_s
     let (a, a_request) = queued(&jwt, "token a", PARKED).await;
     let (b, _) = queued(&jwt, "token b", PARKED).await;
     let before = (job(&a).await, job(&b).await);
-    let delivery = emulator_signed_delivery().await;
+    let delivery = capture_delivery().await;
     let secret = stack_var("FAL_WEBHOOK_SECRET");
     let (token_a, token_b) = (webhook_token(&a), webhook_token(&b));
 
@@ -1057,11 +793,11 @@ async fn a_token_authenticates_only_its_own_job_and_new_jobs_refuse_the_legacy_s
         ),
     ];
     for (what, query) in refused {
-        let (status, text) = deliver(&query, &delivery).await;
+        let (status, text) = replay(&query, &delivery).await;
         assert_eq!(status, 401, "{what}: {text}");
     }
     // Control: A's own token passes authentication; the delivery (another request's) is then refused as such.
-    let (status, text) = deliver(
+    let (status, text) = replay(
         &[("job_id", a.as_str()), ("token", token_a.as_str())],
         &delivery,
     )

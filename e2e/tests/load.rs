@@ -8,11 +8,6 @@
 //! queued (`RequestCache::upsert` awaits the bounded queue while holding the lock `pop` needs), so a load that
 //! let every job's webhooks arrive at once would measure watch, not us.
 
-#[path = "../../shared/tests/common/mod.rs"]
-mod common;
-#[path = "e2e/support.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use common::stack_var;
-use support::{api, async_model, db, http, prompt, user};
+use e2e::*;
 
 const DELIVERIES: u64 = 5;
 
@@ -37,21 +31,6 @@ struct Submitted {
     user: Uuid,
     job: Uuid,
     request_id: String,
-}
-
-fn is_2xx(attempt: &Value) -> bool {
-    attempt["http_status"]
-        .as_u64()
-        .is_some_and(|s| (200..300).contains(&s))
-}
-
-/// Whether every delivery `1..=DELIVERIES` of the record has a 2xx answer or has used up its 10 tries.
-fn settled(record: &Value) -> bool {
-    let attempts = record["deliveries"].as_array().cloned().unwrap_or_default();
-    (1..=DELIVERIES).all(|d| {
-        let of_d: Vec<&Value> = attempts.iter().filter(|a| a["delivery"] == d).collect();
-        of_d.iter().any(|a| is_2xx(a)) || of_d.len() >= 10
-    })
 }
 
 /// Every object key under the user's prefix, all pages.
@@ -79,6 +58,21 @@ async fn keys_of_user(s3: &aws_sdk_s3::Client, user: Uuid) -> Vec<String> {
     }
 }
 
+/// The rows `sql` returns for the jobs `ids` (its `$1`), as a map.
+async fn query_map<K: Eq + std::hash::Hash, V>(
+    pg: &tokio_postgres::Client,
+    sql: &str,
+    ids: &[Uuid],
+    entry: impl Fn(&tokio_postgres::Row) -> (K, V),
+) -> HashMap<K, V> {
+    pg.query(sql, &[&ids])
+        .await
+        .unwrap()
+        .iter()
+        .map(entry)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
     let jobs = env_usize("LOAD_JOBS", 200);
@@ -90,7 +84,6 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
         }
         v
     };
-    let client = http();
     let gate = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let started = Instant::now();
 
@@ -98,7 +91,6 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..jobs {
         let (user_id, jwt) = users[i % users.len()].clone();
-        let client = client.clone();
         let gate = gate.clone();
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
@@ -107,60 +99,29 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
                 "apiModelId": async_model(),
             });
             let sent = Instant::now();
-            let r = client
-                .post(api("/fal-image"))
-                .bearer_auth(&jwt)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let answer: Value = r.json().await.unwrap_or(Value::Null);
-            assert_eq!(status, 200, "submit {i} answered {status}: {answer}");
-            assert_eq!(answer["status"], "queued", "submit {i}: {answer}");
+            let (job_id, request_id) = submit_queued(&jwt, &body).await;
             let submit_took = sent.elapsed();
-            let request_id = answer["requestId"].as_str().unwrap().to_owned();
             // In flight until fal has made every delivery.
-            let inspection = format!(
-                "{}/_emulator/requests/{request_id}",
-                stack_var("FAL_EMULATOR_URL")
-            );
-            let record = loop {
-                let record: Value = client
-                    .get(&inspection)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if settled(&record) {
-                    break record;
-                }
-                assert!(
-                    sent.elapsed() < Duration::from_secs(300),
-                    "deliveries of job {i} not settled: {record}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            };
+            let attempts =
+                settled_deliveries(&request_id, DELIVERIES, Duration::from_secs(300)).await;
             (
                 Submitted {
                     user: user_id,
-                    job: Uuid::parse_str(answer["jobId"].as_str().unwrap()).unwrap(),
+                    job: Uuid::parse_str(&job_id).unwrap(),
                     request_id,
                 },
-                record,
+                attempts,
                 submit_took,
             )
         });
     }
     let mut submitted = Vec::with_capacity(jobs);
-    let mut records: HashMap<String, Value> = HashMap::new();
+    let mut deliveries: HashMap<String, Vec<Value>> = HashMap::new();
     let mut slowest_submit = Duration::ZERO;
     while let Some(done) = tasks.join_next().await {
-        let (s, record, took) = done.unwrap();
+        let (s, attempts, took) = done.unwrap();
         slowest_submit = slowest_submit.max(took);
-        records.insert(s.request_id.clone(), record);
+        deliveries.insert(s.request_id.clone(), attempts);
         submitted.push(s);
     }
     let all_settled = started.elapsed();
@@ -173,28 +134,22 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
     // Every job terminal (one connection, one query).
     let ids: Vec<Uuid> = submitted.iter().map(|s| s.job).collect();
     let pg = db().await;
-    let statuses: HashMap<String, i64> = pg
-        .query(
-            "SELECT status, count(*) FROM public.jobs WHERE id = ANY($1) GROUP BY status",
-            &[&ids],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let statuses: HashMap<String, i64> = query_map(
+        &pg,
+        "SELECT status, count(*) FROM public.jobs WHERE id = ANY($1) GROUP BY status",
+        &ids,
+        |r| (r.get(0), r.get(1)),
+    )
+    .await;
     eprintln!("job statuses: {statuses:?}");
 
     // Every delivery answered 2xx on its first try.
     let mut bad = Vec::new();
     let mut attempts_total = 0;
     for s in &submitted {
-        let attempts = records[&s.request_id]["deliveries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let attempts = &deliveries[&s.request_id];
         attempts_total += attempts.len();
-        for a in &attempts {
+        for a in attempts {
             if !is_2xx(a) {
                 bad.push(format!("{} {a}", s.job));
             }
@@ -216,29 +171,23 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
 
     // Exactly once: completed jobs, one asset row of the stored object, one completed usage row, no claim.
     assert_eq!(statuses.get("completed").copied(), Some(jobs as i64));
-    let assets: HashMap<Uuid, (i64, Option<String>)> = pg
-        .query(
-            "SELECT a.job_id, count(*), min(a.temp_storage_path) FILTER (WHERE a.temp_storage_path = j.metadata->>'storage_path')
-               FROM public.workspace_assets a JOIN public.jobs j ON j.id = a.job_id
-              WHERE a.job_id = ANY($1) GROUP BY a.job_id",
-            &[&ids],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
-    let usage: HashMap<Uuid, (i64, i64)> = pg
-        .query(
-            "SELECT job_id, count(*), count(*) FILTER (WHERE provider_metadata->>'webhook_completed' = 'true')
-               FROM public.api_usage_logs WHERE job_id = ANY($1) GROUP BY job_id",
-            &[&ids],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
+    let assets: HashMap<Uuid, (i64, Option<String>)> = query_map(
+        &pg,
+        "SELECT a.job_id, count(*), min(a.temp_storage_path) FILTER (WHERE a.temp_storage_path = j.metadata->>'storage_path')
+           FROM public.workspace_assets a JOIN public.jobs j ON j.id = a.job_id
+          WHERE a.job_id = ANY($1) GROUP BY a.job_id",
+        &ids,
+        |r| (r.get(0), (r.get(1), r.get(2))),
+    )
+    .await;
+    let usage: HashMap<Uuid, (i64, i64)> = query_map(
+        &pg,
+        "SELECT job_id, count(*), count(*) FILTER (WHERE provider_metadata->>'webhook_completed' = 'true')
+           FROM public.api_usage_logs WHERE job_id = ANY($1) GROUP BY job_id",
+        &ids,
+        |r| (r.get(0), (r.get(1), r.get(2))),
+    )
+    .await;
     let claims: i64 = pg
         .query_one(
             "SELECT count(*) FROM public.job_completion_claims WHERE job_id = ANY($1)",
@@ -247,7 +196,7 @@ async fn many_jobs_with_repeated_webhooks_complete_exactly_once() {
         .await
         .unwrap()
         .get(0);
-    let s3 = gen_pipeline::aws::s3(&common::sdk_config().await);
+    let s3 = s3().await;
     let mut objects: HashMap<String, Vec<String>> = HashMap::new();
     for (u, _) in &users {
         for key in keys_of_user(&s3, *u).await {

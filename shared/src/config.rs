@@ -72,6 +72,12 @@ pub struct Config {
     pub webhook_secret_grace: Duration,
     /// The lost-webhook reconciler's bounds.
     pub reconcile: ReconcileOptions,
+    /// The Supabase project (`https://<ref>.supabase.co`): its tokens' issuer is `<url>/auth/v1` and its public
+    /// keys are at `<url>/auth/v1/.well-known/jwks.json`.
+    pub supabase_url: Option<Url>,
+    /// The API's public base URL (`https://<api-id>.execute-api.<region>.amazonaws.com`, or a custom domain): the
+    /// storage links the functions hand out start with it. fal-image falls back to the URL it was called at.
+    pub public_api_url: Option<Url>,
 }
 
 /// What one pass of the lost-webhook reconciler looks at.
@@ -152,6 +158,12 @@ impl Config {
                 24 * 3600,
             )?),
             reconcile: ReconcileOptions::from_lookup(&var)?,
+            supabase_url: var("SUPABASE_URL")
+                .map(|v| parse_url("SUPABASE_URL", &v))
+                .transpose()?,
+            public_api_url: var("PUBLIC_API_URL")
+                .map(|v| parse_url("PUBLIC_API_URL", &v))
+                .transpose()?,
         })
     }
 }

@@ -13,15 +13,15 @@ use crate::config::Settings;
 use crate::db::runs::PostTargets;
 use crate::db::{self, postprocess as pp};
 use crate::jobs::JobStatus;
-use crate::ownership;
+use crate::{ownership, storage_links};
 use crate::state::AppState;
 
 pub const STEP_PORTRAIT: &str = "character_portrait";
 pub const STEP_SCENE: &str = "scene_image";
 pub const STEP_STORYBOARD: &str = "storyboard_clip";
 
-/// Storyboard video URLs are presigned for the original's 7 days.
-const CLIP_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Storyboard video links live for the original's 7 days.
+const CLIP_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostProcessError {
@@ -318,7 +318,22 @@ async fn scene(
     run_library_step(state, settings, job, asset, step).await
 }
 
-/// A storyboard clip's video: completed with a 7-day URL of the stored result.
+/// The clip's `video_url`: a storage link for the original's 7 days. Without links configured (no signing key or
+/// no public API URL) it falls back to what the port did before, an S3 presigned URL that dies with the role's
+/// credentials, and says so.
+async fn clip_link(state: &AppState, settings: &Settings, key: &str) -> Result<String, PostProcessError> {
+    let bucket = storage_links::Bucket::WorkspaceTemp;
+    if let Some(base) = &settings.config.public_api_url
+        && let Ok(link) = storage_links::link(settings, base, bucket, key, CLIP_LINK_TTL)
+    {
+        return Ok(link);
+    }
+    tracing::warn!("storage links are not configured: the clip gets a presigned URL that expires early");
+    let s3_bucket = bucket.s3_bucket(settings);
+    Ok(state.storage.presign_get(s3_bucket, key, CLIP_LINK_TTL).await?)
+}
+
+/// A storyboard clip's video: completed with a 7-day link of the stored result.
 async fn storyboard(
     state: &AppState,
     settings: &Settings,
@@ -330,10 +345,7 @@ async fn storyboard(
         return Ok(false);
     }
     let c = &settings.config;
-    let url = state
-        .storage
-        .presign_get(&c.workspace_bucket, &asset.temp_storage_path, CLIP_URL_TTL)
-        .await?;
+    let url = clip_link(state, settings, &asset.temp_storage_path).await?;
     let duration = job
         .metadata
         .get("fal_webhook_payload")

@@ -21,8 +21,10 @@ struct SecretJson {
     fal_webhook_secret_rotated_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(rename = "DATABASE_URL")]
     database_url: String,
-    #[serde(rename = "SUPABASE_JWT_SECRET")]
-    jwt_secret: String,
+    #[serde(rename = "SUPABASE_JWT_SECRET", default)]
+    jwt_secret: Option<String>,
+    #[serde(rename = "STORAGE_SIGNING_KEY", default)]
+    storage_signing_key: Option<String>,
 }
 
 /// The secret values the functions use. `Debug` shows `[REDACTED]` for each.
@@ -35,8 +37,10 @@ pub struct AppSecrets {
     /// `WEBHOOK_SECRET_GRACE_SECS` after that instant.
     pub fal_webhook_secret_previous: Option<(SecretString, chrono::DateTime<chrono::Utc>)>,
     pub database_url: SecretString,
-    /// HS256 key that verifies Supabase user JWTs.
-    pub jwt_secret: SecretString,
+    /// The project's legacy JWT secret: HS256 user tokens verify with it; `None` (absent or empty) refuses them.
+    pub jwt_secret: Option<SecretString>,
+    /// Key of the storage links' tokens (`storage_links`); `None` turns storage signing off.
+    pub storage_signing_key: Option<SecretString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +74,8 @@ impl AppSecrets {
                 .and_then(non_empty)
                 .zip(raw.fal_webhook_secret_rotated_at),
             database_url: SecretString::from(raw.database_url),
-            jwt_secret: SecretString::from(raw.jwt_secret),
+            jwt_secret: raw.jwt_secret.and_then(non_empty),
+            storage_signing_key: raw.storage_signing_key.and_then(non_empty),
         })
     }
 }
@@ -177,7 +182,7 @@ mod tests {
         assert_eq!(s.fal_key.expose_secret(), "k");
         assert!(s.fal_webhook_secret.is_none());
         assert_eq!(s.database_url.expose_secret(), "postgres://u:p@h/d");
-        assert_eq!(s.jwt_secret.expose_secret(), "j");
+        assert_eq!(s.jwt_secret.as_ref().map(|j| j.expose_secret()), Some("j"));
     }
 
     #[test]

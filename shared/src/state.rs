@@ -22,6 +22,8 @@ pub struct AppState {
     pub jwks: JwksCache,
     /// Model rows looked up by id, kept for `config.model_cache_ttl`.
     pub models: crate::db::models::ModelCache,
+    /// The Supabase project's token issuer and keys.
+    pub user_tokens: crate::auth::UserTokens,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             db: Db::new(),
             storage: Storage::new(crate::aws::s3(sdk)),
             jwks: JwksCache::new(http.clone(), config.fal_jwks_url.clone()),
+            user_tokens: crate::auth::UserTokens::new(http.clone(), config.supabase_url.as_ref()),
             models: crate::db::models::ModelCache::new(config.model_cache_ttl),
             media_http: crate::media::http_client(&crate::media::MediaPolicy::from_config(
                 &config,

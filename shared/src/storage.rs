@@ -216,6 +216,17 @@ impl Storage {
         key: &str,
         expires_in: Duration,
     ) -> Result<String, StorageError> {
+        self.presign_get_as(bucket, key, expires_in, None).await
+    }
+
+    /// [`Self::presign_get`] with the `Content-Disposition` the answer should carry (an attachment's name).
+    pub async fn presign_get_as(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires_in: Duration,
+        content_disposition: Option<String>,
+    ) -> Result<String, StorageError> {
         let config = PresigningConfig::expires_in(expires_in).map_err(|e| StorageError::S3 {
             operation: "presign",
             reason: e.to_string(),
@@ -225,6 +236,7 @@ impl Storage {
             .get_object()
             .bucket(bucket)
             .key(key)
+            .set_response_content_disposition(content_disposition)
             .presigned(config)
             .await
             .map_err(s3_err("presign GetObject"))?;

@@ -22,12 +22,13 @@ use crate::input::{
 };
 use crate::jobs::JobStatus;
 use crate::state::AppState;
+use crate::storage_links::{self, Bucket};
 use crate::{ownership, postprocess, webhook_auth};
 
 /// Presigned reference URLs live this long (fal fetches them soon after submission).
 const REFERENCE_URL_TTL: Duration = Duration::from_secs(3600);
-/// Result URLs handed to clients.
-pub const RESULT_URL_TTL: Duration = Duration::from_secs(3600);
+/// Result links handed to clients live as the original's signed URLs did.
+pub const RESULT_LINK_TTL: Duration = Duration::from_secs(3600);
 /// `api_models.endpoint_path` of the queue route.
 pub const QUEUE_ROUTE: &str = "fal-webhook";
 /// How long a client told it has too many open jobs should wait before trying again.
@@ -105,6 +106,7 @@ pub enum Submitted {
     Completed {
         job_id: Uuid,
         asset_id: Uuid,
+        /// A link to our copy the client can keep for an hour ([`RESULT_LINK_TTL`]).
         result_url: String,
         result_type: String,
         original_url: String,
@@ -148,12 +150,14 @@ impl Plan {
     }
 }
 
-/// Creates a generation for `user_id`: plan → insert → queue (or fall back) → run sync.
+/// Creates a generation for `user_id`: plan → insert → queue (or fall back) → run sync. `api_base` is the API's
+/// public URL, for the result link of a sync run.
 pub async fn submit_generation(
     state: &AppState,
     settings: &Settings,
     user_id: Uuid,
     req: GenerationRequest,
+    api_base: Option<&Url>,
 ) -> Result<SubmitResult, SubmitError> {
     // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
     // trip). Released before anything that takes connections of its own (sync completion, failing the job).
@@ -165,7 +169,8 @@ pub async fn submit_generation(
         return Ok(queued);
     }
     drop(client);
-    run_sync(state, settings, user_id, job_id, &plan).await
+    let (job, outcome) = run_sync(state, settings, user_id, job_id, &plan).await?;
+    sync_answer(state, settings, api_base, &job, outcome).await
 }
 
 async fn plan(
@@ -461,7 +466,7 @@ async fn run_sync(
     user_id: Uuid,
     job_id: Uuid,
     plan: &Plan,
-) -> Result<SubmitResult, SubmitError> {
+) -> Result<(JobRecord, Result<Outcome, completion::CompletionError>), SubmitError> {
     let started = Instant::now();
     let usage = plan.usage(job_id, user_id);
     let output = match state
@@ -515,27 +520,25 @@ async fn run_sync(
         },
     )
     .await;
-    sync_answer(state, settings, &job, outcome).await
+    Ok((job, outcome))
 }
 
 /// What the caller of a sync run is answered, from the completion's outcome.
 async fn sync_answer(
     state: &AppState,
     settings: &Settings,
+    api_base: Option<&Url>,
     job: &JobRecord,
     outcome: Result<Outcome, completion::CompletionError>,
 ) -> Result<SubmitResult, SubmitError> {
     let job_id = job.id;
     match outcome {
         Ok(Outcome::Completed(done)) => {
-            let result_url = state
-                .storage
-                .presign_get(
-                    &settings.config.workspace_bucket,
-                    &done.storage_path,
-                    RESULT_URL_TTL,
-                )
-                .await?;
+            let bucket = Bucket::WorkspaceTemp;
+            let key = &done.storage_path;
+            let result_url =
+                storage_links::client_link(state, settings, api_base, bucket, key, RESULT_LINK_TTL)
+                    .await?;
             let post_process = job.run.as_ref().is_some_and(|r| !r.post_steps.is_empty());
             Ok(SubmitResult {
                 answer: Submitted::Completed {
@@ -750,12 +753,14 @@ pub struct JobView {
     pub asset: Option<(db::assets::AssetRow, String)>,
 }
 
-/// The caller's job with its asset and a presigned URL of it; `None` when absent or someone else's.
+/// The caller's job with its asset and a link to it ([`storage_links::client_link`]); `None` when absent or
+/// someone else's.
 pub async fn job_status(
     state: &AppState,
     settings: &Settings,
     user_id: Uuid,
     job_id: Uuid,
+    api_base: Option<&Url>,
 ) -> Result<Option<JobView>, SubmitError> {
     let client = state.db_client(settings).await?;
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
@@ -773,12 +778,11 @@ pub async fn job_status(
         .and_then(|r| r.result_key.clone())
         .unwrap_or_else(|| asset.temp_storage_path.clone());
     let url = match ownership::owned_key(job.user_id, &key) {
-        Some(key) => Some(
-            state
-                .storage
-                .presign_get(&settings.config.workspace_bucket, key, RESULT_URL_TTL)
-                .await?,
-        ),
+        Some(key) => {
+            let bucket = Bucket::WorkspaceTemp;
+            let link = storage_links::client_link(state, settings, api_base, bucket, key, RESULT_LINK_TTL);
+            Some(link.await?)
+        }
         None => None,
     };
     let asset = url.map(|url| {

@@ -231,40 +231,22 @@ fn opt<T: std::fmt::Debug + Clone + 'static>(
     prop::option::weighted(0.7, s)
 }
 
-fn request() -> impl Strategy<Value = GenerationRequest> {
-    (
-        opt(text()),
-        opt(text()),
-        opt(text()),
-        opt(text()),
-        opt(text()),
-        opt(text()),
-        opt(object()),
-        opt(object()),
-    )
-        .prop_map(
-            |(
-                prompt,
-                api_model_id,
-                model_key_override,
-                modality,
-                quality,
-                job_type,
-                input,
-                metadata,
-            )| {
-                GenerationRequest {
-                    prompt,
-                    api_model_id,
-                    model_key_override,
-                    modality,
-                    quality,
-                    job_type,
-                    input,
-                    metadata,
-                }
-            },
-        )
+prop_compose! {
+    fn request()(
+        prompt in opt(text()),
+        api_model_id in opt(text()),
+        model_key_override in opt(text()),
+        modality in opt(text()),
+        quality in opt(text()),
+        job_type in opt(text()),
+        input in opt(object()),
+        metadata in opt(object()),
+    ) -> GenerationRequest {
+        GenerationRequest {
+            prompt, api_model_id, model_key_override, modality,
+            quality, job_type, input, metadata,
+        }
+    }
 }
 
 /// One `input_schema` field definition: mostly the shape the builder expects, with hostile values.

@@ -6,10 +6,11 @@
 mod capture;
 mod child;
 mod cpu;
+mod ctx;
 mod deliveries;
 mod init;
 mod memory;
-mod procinfo;
+mod plan;
 mod report;
 mod runtime_api;
 mod stats;
@@ -18,31 +19,22 @@ mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use crate::stack::{self, Clock, Paths, StackEnv, without_cargo_vars};
+use crate::cargo::{bin_args, cargo, without_cargo_vars};
+use crate::clock::Clock;
+use crate::net::free_ports;
+use crate::paths::Paths;
+use crate::stack::functions::{self, HTTP as FUNCTIONS};
+use crate::stack::{self, StackEnv};
 
 /// Release builds go here, so the test loop's debug artifacts in `target/debug` stay valid.
 const BUILD_DIR: &str = "target/bench-build";
-const FUNCTIONS: [&str; 2] = init::FUNCTIONS;
-/// The functions' settings passed from the stack to the binaries the bench starts.
-const FUNCTION_ENV: [&str; 13] = [
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "APP_SECRET_ID",
-    "WORKSPACE_BUCKET",
-    "LIBRARY_BUCKET",
-    "FAL_WEBHOOK_URL",
-    "FAL_JWKS_URL",
-    "MEDIA_ALLOWED_HOSTS",
-    "MEDIA_ALLOW_HTTP",
-    "FAL_RETRY_BASE_MS",
-];
+/// The functions' settings of the stack that the bench's binaries do not get: they keep the default media read
+/// timeout (the stack's short one is for its fault tests).
+const NOT_FOR_BENCH: [&str; 1] = ["MEDIA_READ_TIMEOUT_SECS"];
 
 /// `cargo xtask bench [--smoke]`, or with `plan`, the measuring process it starts.
 pub async fn run(smoke: bool, plan: Option<PathBuf>) -> anyhow::Result<()> {
@@ -57,7 +49,7 @@ pub async fn run(smoke: bool, plan: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     // Builds first: the stack is up only while measuring, so a long build neither holds it nor loses it.
     let built = build(&paths, &clock, smoke, &logs).await?;
-    let was_up = stack_answers(&paths).await;
+    let was_up = stack::is_up().await;
     // No functions under `cargo lambda watch`: the bench runs its own release builds of them.
     let env = stack::up_with(false, false).await?;
     let result = measure(&paths, &clock, &env, smoke, started, built).await;
@@ -116,27 +108,7 @@ async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow
     })
 }
 
-/// Whether a stack is up and answering already (then the bench leaves it up).
-async fn stack_answers(paths: &Paths) -> bool {
-    let Ok(env) = StackEnv::read(&paths.env_file) else {
-        return false;
-    };
-    let Ok(http) = stack::http_client(Duration::from_secs(5)) else {
-        return false;
-    };
-    for url in [env
-        .get("FAL_EMULATOR_URL")
-        .map(|u| format!("{u}/_emulator/health"))]
-    {
-        let Some(url) = url else { return false };
-        match http.get(&url).send().await {
-            Ok(r) if r.status().as_u16() < 500 => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
+/// Writes the plan, runs the measuring process on it, and turns what it measured into the report.
 async fn measure(
     paths: &Paths,
     clock: &Clock,
@@ -152,62 +124,27 @@ async fn measure(
         measurer,
         zips,
     } = built;
-    let capture_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("cannot find a free port for the webhook capture")?
-        .port();
-    let capture_url = format!("http://127.0.0.1:{capture_port}/hook");
-    let plan = child::Plan {
+    let plan = plan::Plan {
         smoke,
         bin_dir,
         out: dir.join("measured.json"),
         logs: dir.join("logs"),
-        function_env: FUNCTION_ENV
-            .iter()
+        function_env: functions::env_keys()
+            .filter(|k| !NOT_FOR_BENCH.contains(k))
             .filter_map(|k| Some((k.to_string(), env.get(k)?.to_owned())))
             .collect(),
         sizes: if smoke {
-            child::Sizes::smoke()
+            plan::Sizes::smoke()
         } else {
-            child::Sizes::full()
+            plan::Sizes::full()
         },
     };
-    let plan_path = dir.join("plan.json");
-    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan)?)?;
-    let _ = std::fs::remove_file(&plan.out);
-
-    let step = clock.step();
-    clock.say(format!(
-        "measuring with {} (functions from {})",
-        measurer.display(),
-        plan.bin_dir.display()
-    ));
-    let status = tokio::process::Command::from(without_cargo_vars(Command::new(&measurer)))
-        .args(["bench", "--plan"])
-        .arg(&plan_path)
-        .current_dir(&paths.root)
-        .envs(env.iter())
-        .env("FAL_WEBHOOK_URL", &capture_url)
-        // One bench user keeps hundreds of jobs open at once; the per-user bound is not what is measured.
-        .env("MAX_OPEN_JOBS_PER_USER", "1000000")
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .context("cannot start the measuring process")?;
-    clock.done(step, format!("measurements ({status})"));
-    let measured: child::Measured =
-        serde_json::from_slice(&std::fs::read(&plan.out).with_context(|| {
-            format!(
-                "the measuring process ({status}) wrote no {}",
-                plan.out.display()
-            )
-        })?)?;
+    let measured = run_measurer(paths, clock, env, &plan, &measurer).await?;
 
     let zips = zips.unwrap_or_else(|e| {
         eprintln!("bench: the release zips are missing: {e:#}");
         Vec::new()
     });
-
     let seconds = started.elapsed().as_secs_f64();
     let report = report::build(&measured, &zips, &plan, &started_at, seconds);
     let path = dir.join("report.json");
@@ -222,6 +159,50 @@ async fn measure(
     Ok(())
 }
 
+/// `<measurer> bench --plan <file>` with the stack's environment and a capture listener of its own as the
+/// functions' `FAL_WEBHOOK_URL`; returns what it measured.
+async fn run_measurer(
+    paths: &Paths,
+    clock: &Clock,
+    env: &StackEnv,
+    plan: &plan::Plan,
+    measurer: &Path,
+) -> anyhow::Result<child::Measured> {
+    let [capture_port] =
+        free_ports::<1>().context("cannot find a free port for the webhook capture")?;
+    let capture_url = format!("http://127.0.0.1:{capture_port}/hook");
+    let plan_path = paths.root.join("target").join("bench").join("plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec_pretty(plan)?)?;
+    let _ = std::fs::remove_file(&plan.out);
+
+    let step = clock.step();
+    clock.say(format!(
+        "measuring with {} (functions from {})",
+        measurer.display(),
+        plan.bin_dir.display()
+    ));
+    let status = tokio::process::Command::from(without_cargo_vars(Command::new(measurer)))
+        .args(["bench", "--plan"])
+        .arg(&plan_path)
+        .current_dir(&paths.root)
+        .envs(env.iter())
+        .env("FAL_WEBHOOK_URL", &capture_url)
+        // One bench user keeps hundreds of jobs open at once; the per-user bound is not what is measured.
+        .env("MAX_OPEN_JOBS_PER_USER", "1000000")
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .context("cannot start the measuring process")?;
+    clock.done(step, format!("measurements ({status})"));
+    let bytes = std::fs::read(&plan.out).with_context(|| {
+        format!(
+            "the measuring process ({status}) wrote no {}",
+            plan.out.display()
+        )
+    })?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
 /// `cargo build <args> --bin fal-image --bin fal-webhook`, into `target_dir` when given.
 async fn cargo_build(
     paths: &Paths,
@@ -230,12 +211,10 @@ async fn cargo_build(
     target_dir: Option<&Path>,
 ) -> anyhow::Result<()> {
     let step = clock.step();
-    let mut cmd = without_cargo_vars(Command::new(
-        std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
-    ));
+    let mut cmd = without_cargo_vars(Command::new(cargo()));
     cmd.args(["build", "--quiet"])
         .args(args)
-        .args(FUNCTIONS.iter().flat_map(|f| ["--bin", f]))
+        .args(bin_args(&FUNCTIONS))
         .current_dir(&paths.root)
         .stdin(Stdio::null());
     if let Some(dir) = target_dir {

@@ -2,9 +2,15 @@
 //! release packaging.
 
 mod bench;
+mod cargo;
+mod clock;
 mod emulator;
+mod net;
 mod package;
+mod paths;
+mod procfs;
 mod stack;
+mod test_runner;
 
 use clap::{Parser, Subcommand};
 
@@ -85,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             action: StackAction::Down,
         } => stack::down(),
         Command::Test { args } => {
-            let code = rt.block_on(stack::test(args))?;
+            let code = rt.block_on(test_runner::test(args))?;
             std::process::exit(code);
         }
         Command::Demo => rt.block_on(stack::demo()),

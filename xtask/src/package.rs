@@ -6,9 +6,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::stack::{Clock, Paths, tools, without_cargo_vars};
+use crate::cargo::{bin_args, without_cargo_vars};
+use crate::clock::Clock;
+use crate::paths::Paths;
+use crate::stack::functions::ALL as FUNCTIONS;
+use crate::stack::tools;
 
-const FUNCTIONS: [&str; 3] = ["fal-image", "fal-webhook", "reconciler"];
 const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
 /// Release and cross builds stay out of `target/debug`, so they never invalidate the test loop's artifacts.
 const TARGET_DIR: &str = "target/lambda-build";
@@ -56,15 +59,7 @@ pub async fn run(only: Vec<String>) -> anyhow::Result<()> {
     let arch = arch(&clock);
 
     let target_dir = paths.root.join(TARGET_DIR);
-    let venv_bin = paths.venv.join("bin");
-    let path_var = std::env::join_paths(
-        std::iter::once(venv_bin.clone()).chain(
-            std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .unwrap_or_default(),
-        ),
-    )
-    .context("PATH cannot hold the venv's bin directory")?;
+    let path_var = tools::path_with_venv(&paths)?;
 
     let step = clock.step();
     clock.say(format!(
@@ -72,10 +67,10 @@ pub async fn run(only: Vec<String>) -> anyhow::Result<()> {
         arch.flag(),
         functions.join(", ")
     ));
-    let mut cmd = without_cargo_vars(Command::new(venv_bin.join("cargo-lambda")));
+    let mut cmd = without_cargo_vars(Command::new(paths.venv.join("bin").join("cargo-lambda")));
     cmd.args(["lambda", "build", "--release", arch.flag()])
         .args(["--output-format", "zip"])
-        .args(functions.iter().flat_map(|f| ["--bin", f]))
+        .args(bin_args(&functions))
         .current_dir(&paths.root)
         // cargo-lambda's own --target-dir is broken with this cargo; the variable works.
         .env("CARGO_TARGET_DIR", &target_dir)

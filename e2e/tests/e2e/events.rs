@@ -7,8 +7,8 @@ use std::path::Path;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::common::{stack_var, workspace_root};
-use crate::support::{db, http};
+use e2e::common::workspace_root;
+use e2e::{db, invoke, stack_var};
 
 /// The `sub` claim of the authenticated fal-image events.
 const EVENTS_USER: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_00000000e0e0);
@@ -66,21 +66,6 @@ fn documented_outcomes() -> BTreeMap<String, u16> {
             Some((file, status.parse().ok()?))
         })
         .collect()
-}
-
-async fn invoke(function: &str, event: &Value) -> Value {
-    http()
-        .post(format!(
-            "{}/2015-03-31/functions/{function}/invocations",
-            stack_var("LAMBDA_WATCH_URL")
-        ))
-        .json(event)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn load(rel: &str) -> String {

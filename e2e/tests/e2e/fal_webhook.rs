@@ -1,21 +1,16 @@
 //! fal-webhook end to end: deliveries signed by the fal emulator (or forged/replayed by the test) reach the
 //! function under `cargo lambda watch`; effects are checked in Postgres, S3 and the emulator's delivery records.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ed25519_dalek::Signer as _;
 use gen_pipeline::fal::signature::{
     HEADER_REQUEST_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_USER_ID, signed_message,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
 
-use crate::common::stack_var;
-use crate::support::{
-    answered_deliveries, asset_count, async_model, db, function_peak_rss, generate, http, inspect,
-    job, objects_of_job, prompt, usage_count, user, wait_terminal,
-};
+use e2e::*;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
@@ -23,179 +18,6 @@ const MIB: u64 = 1024 * 1024;
 // ---------------------------------------------------------------------------------------------------------
 // Helpers of this file
 // ---------------------------------------------------------------------------------------------------------
-
-/// An async generation for a fresh user; returns (user id, job id, fal request id).
-async fn submit(text: &str, directives: &str) -> (Uuid, String, String) {
-    let (user_id, jwt) = user().await;
-    let (status, answer) = generate(
-        &jwt,
-        &json!({"prompt": prompt(text, directives), "apiModelId": async_model()}),
-    )
-    .await;
-    assert_eq!(status, 200, "submit answered {status}: {answer}");
-    assert_eq!(answer["status"], "queued", "{answer}");
-    let job_id = answer["jobId"].as_str().expect("jobId").to_owned();
-    let request_id = answer["requestId"].as_str().expect("requestId").to_owned();
-    (user_id, job_id, request_id)
-}
-
-/// One webhook delivery as the receiver saw it.
-#[derive(Debug, Clone)]
-pub(crate) struct Captured {
-    /// Header names lower-cased.
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
-}
-
-impl Captured {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("captured delivery has no {name} header: {:?}", self.headers))
-    }
-
-    /// Only fal's signature headers (and the content type), ready to replay.
-    pub(crate) fn fal_headers(&self) -> Vec<(String, String)> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.starts_with("x-fal-webhook-") || k == "content-type")
-            .cloned()
-            .collect()
-    }
-
-    fn with_header(&self, name: &str, value: String) -> Vec<(String, String)> {
-        self.fal_headers()
-            .into_iter()
-            .map(|(k, v)| {
-                if k == name {
-                    (k, value.clone())
-                } else {
-                    (k, v)
-                }
-            })
-            .collect()
-    }
-}
-
-/// A real, fresh, emulator-signed delivery: the emulator is made to deliver one webhook to a listener of this
-/// test on 127.0.0.1, which records it and answers 200.
-pub(crate) async fn capture_delivery() -> Captured {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    let mut url = url::Url::parse(&format!(
-        "{}/queue/fal-ai/e2e/capture",
-        stack_var("FAL_EMULATOR_URL")
-    ))
-    .unwrap();
-    url.query_pairs_mut().append_pair("fal_webhook", &hook);
-    let r = http()
-        .post(url)
-        .header("authorization", format!("Key {}", stack_var("FAL_KEY")))
-        .json(&json!({"prompt": prompt("capture", "")}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "emulator submit refused");
-    let answer: Value = r.json().await.unwrap();
-    let request_id = answer["request_id"].as_str().unwrap().to_owned();
-    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
-        .await
-        .expect("the emulator never delivered to the capture listener")
-        .unwrap();
-    let captured = tokio::time::timeout(Duration::from_secs(15), read_request(&mut stream))
-        .await
-        .expect("capture: request not read in time");
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}")
-        .await
-        .unwrap();
-    let _ = stream.shutdown().await;
-    assert_eq!(captured.header(HEADER_REQUEST_ID), request_id);
-    let body: Value = serde_json::from_slice(&captured.body).expect("captured body is JSON");
-    assert_eq!(body["request_id"], request_id.as_str());
-    captured
-}
-
-/// Reads one HTTP/1.1 request (content-length framed) from a stream.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Captured {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "capture: connection closed inside the request head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    assert!(
-        request_line.starts_with("POST /hook"),
-        "capture: {request_line}"
-    );
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("capture: the delivery has a content-length");
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "capture: connection closed inside the body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    Captured { headers, body }
-}
-
-/// The job's own webhook credential, `job_id=…&token=…`, as fal-image puts it on the job's URL.
-pub(crate) fn token_query(job_id: &str) -> Vec<(&'static str, String)> {
-    e2e::webhook_query(
-        &stack_var("FAL_WEBHOOK_SECRET"),
-        Uuid::parse_str(job_id).unwrap(),
-    )
-}
-
-/// The job's webhook token alone.
-pub(crate) fn token_of(job_id: &str) -> String {
-    e2e::job_token(
-        &stack_var("FAL_WEBHOOK_SECRET"),
-        Uuid::parse_str(job_id).unwrap(),
-    )
-}
-
-/// POSTs to the webhook function URL with the given query, headers and raw body; returns status and body text.
-pub(crate) async fn post_webhook<K: AsRef<str>, V: AsRef<str>>(
-    query: &[(K, V)],
-    headers: &[(String, String)],
-    body: Vec<u8>,
-) -> (u16, String) {
-    let mut url = url::Url::parse(&stack_var("FAL_WEBHOOK_URL")).unwrap();
-    if !query.is_empty() {
-        let mut pairs = url.query_pairs_mut();
-        for (k, v) in query {
-            pairs.append_pair(k.as_ref(), v.as_ref());
-        }
-    }
-    let mut req = http().post(url).body(body);
-    if !headers.iter().any(|(k, _)| k == "content-type") {
-        req = req.header("content-type", "application/json");
-    }
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
 
 /// A delivery body that, if it were accepted, would complete the job with the emulator's media.
 fn completing_body(request_id: &str) -> Vec<u8> {
@@ -230,33 +52,6 @@ fn self_signed_headers(request_id: &str, body: &[u8]) -> Vec<(String, String)> {
     ]
 }
 
-/// Waits until every one of deliveries `1..=n` got a 2xx answer (or used up its tries); returns all attempts.
-async fn settled_deliveries(request_id: &str, n: u64, timeout: Duration) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let record = inspect(request_id).await;
-        let attempts = record["deliveries"].as_array().cloned().unwrap_or_default();
-        let settled = (1..=n).all(|d| {
-            let of_d: Vec<&Value> = attempts.iter().filter(|a| a["delivery"] == d).collect();
-            of_d.iter().any(|a| is_2xx(a)) || of_d.len() >= 10
-        });
-        if settled {
-            return attempts;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "deliveries of {request_id} not settled after {timeout:?}: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn is_2xx(attempt: &Value) -> bool {
-    attempt["http_status"]
-        .as_u64()
-        .is_some_and(|s| (200..300).contains(&s))
-}
-
 fn statuses(attempts: &[Value], delivery: u64) -> Vec<Option<u64>> {
     attempts
         .iter()
@@ -265,64 +60,31 @@ fn statuses(attempts: &[Value], delivery: u64) -> Vec<Option<u64>> {
         .collect()
 }
 
-/// (file_size_bytes, mime_type, temp_storage_path) of the job's assets.
-async fn assets_of(job_id: &str) -> Vec<(i64, String, String)> {
-    let id = Uuid::parse_str(job_id).unwrap();
-    db().await
-        .query(
-            "SELECT file_size_bytes, mime_type, temp_storage_path FROM public.workspace_assets WHERE job_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-}
-
 /// `provider_metadata->>'webhook_completed'` of the job's usage rows.
 async fn usage_webhook_completed(job_id: &str) -> Vec<Option<String>> {
-    let id = Uuid::parse_str(job_id).unwrap();
-    db().await
-        .query(
-            "SELECT provider_metadata->>'webhook_completed' FROM public.api_usage_logs WHERE job_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    first_column(
+        &db().await,
+        "SELECT provider_metadata->>'webhook_completed' FROM public.api_usage_logs WHERE job_id = $1",
+        &[&Uuid::parse_str(job_id).unwrap()],
+    )
+    .await
 }
 
-/// A completed job with exactly one object at `<user>/<job>_0.<ext>`, one asset row of that object, one usage
+/// A job completed exactly once (see [`assert_exactly_once`]), its object at `<user>/<job>_0.<ext>` and its usage
 /// row marked completed by the webhook. Returns the object's size.
 async fn assert_completed_once(user_id: Uuid, job_id: &str) -> i64 {
-    let j = job(job_id).await;
-    assert_eq!(j["status"], "completed", "job: {j}");
-    let user = user_id.to_string();
-    let objects = objects_of_job(&user, job_id).await;
-    assert_eq!(
-        objects.len(),
-        1,
-        "objects under {user}/{job_id}: {objects:?}"
-    );
-    let (key, size) = &objects[0];
+    assert_exactly_once(user_id, job_id, "completed").await;
+    let [asset] = assets_of(job_id).await.try_into().unwrap();
     assert!(
-        key.starts_with(&format!("{user}/{job_id}_0.")),
-        "unexpected key {key}"
+        asset.path.starts_with(&format!("{user_id}/{job_id}_0.")),
+        "unexpected key {}",
+        asset.path
     );
-    let assets = assets_of(job_id).await;
-    assert_eq!(assets.len(), 1, "asset rows: {assets:?}");
-    assert_eq!(&assets[0].2, key, "asset path vs object");
-    assert_eq!(assets[0].0, *size, "asset size vs object size");
-    assert_eq!(j["metadata"]["storage_path"], key.as_str(), "job: {j}");
-    assert_eq!(usage_count(job_id).await, 1);
     assert_eq!(
         usage_webhook_completed(job_id).await,
         vec![Some("true".to_owned())]
     );
-    *size
+    asset.size
 }
 
 /// A job that is `failed` with nothing stored for it.
@@ -455,7 +217,7 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
         // The global secret is right, but this job's URL was made with a token.
         ("the global secret for a token job", with_secret(&secret)),
     ] {
-        let (s, text) = post_webhook(&query, &real.fal_headers(), real.body.clone()).await;
+        let (s, text) = replay(&query, &real).await;
         assert_eq!(
             (s, text.as_str()),
             (401, "Unauthorized"),
@@ -463,7 +225,7 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
         );
     }
     // Unchanged and authentic, with this job's own token: passes auth, refused because the request ids differ.
-    let (s, text) = post_webhook(&query, &real.fal_headers(), real.body.clone()).await;
+    let (s, text) = replay(&query, &real).await;
     assert_eq!(
         s, 409,
         "an authentic delivery of another request with the job's token: {text}"
@@ -485,22 +247,12 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(updated, 1, "the job has a run");
-    let (s, text) = post_webhook(
-        &with_secret(&secret),
-        &real.fal_headers(),
-        real.body.clone(),
-    )
-    .await;
+    let (s, text) = replay(&with_secret(&secret), &real).await;
     assert_eq!(s, 409, "the global secret for a pre-token job: {text}");
     // ... and still only with fal's signature and the whole secret.
     let (s, _) = post_webhook(&with_secret(&secret), &forged, body.clone()).await;
     assert_eq!(s, 401, "the global secret for a pre-token job, self-signed");
-    let (s, _) = post_webhook(
-        &with_secret(&secret[..secret.len() - 1]),
-        &real.fal_headers(),
-        real.body.clone(),
-    )
-    .await;
+    let (s, _) = replay(&with_secret(&secret[..secret.len() - 1]), &real).await;
     assert_eq!(s, 401, "truncated global secret for a pre-token job");
 
     assert_unchanged(user_id, &job_id, &before).await;
@@ -526,18 +278,12 @@ async fn unknown_job_id_with_an_authentic_delivery_is_404() {
     let secret = stack_var("FAL_WEBHOOK_SECRET");
     let unknown = Uuid::new_v4().to_string();
     // A valid token for an id that names no job: authenticated, then there is nothing to find.
-    let (s, text) = post_webhook(
-        &token_query(&unknown),
-        &real.fal_headers(),
-        real.body.clone(),
-    )
-    .await;
+    let (s, text) = replay(&token_query(&unknown), &real).await;
     assert_eq!(s, 404, "token: {text}");
     // The global secret is accepted for jobs without a run, and finds nothing either.
-    let (s, text) = post_webhook(
+    let (s, text) = replay(
         &[("job_id", unknown.as_str()), ("secret", secret.as_str())],
-        &real.fal_headers(),
-        real.body.clone(),
+        &real,
     )
     .await;
     assert_eq!(s, 404, "global secret: {text}");
@@ -608,7 +354,7 @@ async fn payload_null_result_is_fetched_from_response_url() {
     settled_deliveries(&request_id, 1, JOB_TIMEOUT).await;
     let size = assert_completed_once(user_id, &job_id).await;
     assert_eq!(size, 54321);
-    assert_eq!(assets_of(&job_id).await[0].0, 54321);
+    assert_eq!(assets_of(&job_id).await[0].size, 54321);
 }
 
 #[tokio::test]
@@ -687,9 +433,9 @@ async fn a_200_mib_video_is_streamed_with_bounded_memory() {
     let size = assert_completed_once(user_id, &job_id).await;
     assert_eq!(size, SIZE);
     let assets = assets_of(&job_id).await;
-    assert_eq!(assets[0].0, SIZE);
-    assert_eq!(assets[0].1, "video/mp4");
-    assert!(assets[0].2.ends_with(".mp4"), "{assets:?}");
+    assert_eq!(assets[0].size, SIZE);
+    assert_eq!(assets[0].mime, "video/mp4");
+    assert!(assets[0].path.ends_with(".mp4"), "{assets:?}");
     let rss = function_peak_rss("fal-webhook");
     eprintln!(
         "fal-webhook peak RSS (pid, MiB): {:?}",

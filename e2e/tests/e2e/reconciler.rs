@@ -6,15 +6,12 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::stack_var;
-use crate::support::*;
+use e2e::*;
 
 /// Submits an async job whose webhook never comes, and makes it look `age` old.
 async fn lost_webhook_job(jwt: &str, directives: &str, age: &str) -> (String, String) {
     let body = json!({"prompt": prompt("lost", &format!("#no-webhook {directives}")), "apiModelId": async_model()});
-    let (status, answer) = generate(jwt, &body).await;
-    assert_eq!(status, 200, "{answer}");
-    let job_id = answer["jobId"].as_str().unwrap().to_owned();
+    let (job_id, request_id) = submit_queued(jwt, &body).await;
     db().await
         .execute(
             &format!("UPDATE public.jobs SET started_at = now() - interval '{age}' WHERE id = $1"),
@@ -22,17 +19,16 @@ async fn lost_webhook_job(jwt: &str, directives: &str, age: &str) -> (String, St
         )
         .await
         .unwrap();
-    (job_id, answer["requestId"].as_str().unwrap().to_owned())
+    (job_id, request_id)
 }
 
 async fn wait_fal_completed(request_id: &str) {
-    for _ in 0..100 {
-        if inspect(request_id).await["status"] == "COMPLETED" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fal never completed {request_id}");
+    wait_until(
+        "fal to complete the request",
+        Duration::from_secs(5),
+        async || inspect(request_id).await["status"] == "COMPLETED",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -46,24 +42,7 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     wait_fal_completed(&done_rid).await;
     wait_fal_completed(&errored_rid).await;
 
-    crate::common::export_aws_env();
-    for k in [
-        "APP_SECRET_ID",
-        "WORKSPACE_BUCKET",
-        "LIBRARY_BUCKET",
-        "MEDIA_ALLOWED_HOSTS",
-        "MEDIA_ALLOW_HTTP",
-    ] {
-        unsafe { std::env::set_var(k, stack_var(k)) };
-    }
-    let state = gen_pipeline::AppState::from_env().await.unwrap();
-    let settings = state.settings().await.unwrap();
-    let options = gen_pipeline::reconcile::ReconcileOptions {
-        older_than: Duration::from_secs(3600),
-        deadline: Duration::from_secs(7200),
-        batch: 100,
-    };
-    let report = gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
+    let report = reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
     assert!(report.examined >= 4, "{report:?}");
 
     let j = job(&done).await;
@@ -72,31 +51,17 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(asset_count(&done).await, 1);
     assert_eq!(usage_count(&done).await, 1);
 
-    let j = job(&errored).await;
-    assert_eq!(j["status"], "failed", "{j}");
-    assert!(
-        j["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("emulated model failure"),
-        "{j}"
-    );
+    let (j, message) = failed_job(&errored).await;
+    assert!(message.contains("emulated model failure"), "{j}");
 
     assert_eq!(job(&running).await["status"], "queued");
 
-    let j = job(&expired).await;
-    assert_eq!(j["status"], "failed", "{j}");
-    assert!(
-        j["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish"),
-        "{j}"
-    );
+    let (j, message) = failed_job(&expired).await;
+    assert!(message.contains("did not finish"), "{j}");
     assert_eq!(inspect(&expired_rid).await["cancelled"], true);
 
     // A second pass (as a concurrent or later instance would) changes nothing more.
-    gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
     assert_eq!(asset_count(&done).await, 1);
     assert_eq!(usage_count(&done).await, 1);
     assert_eq!(job(&running).await["status"], "queued");

@@ -3,6 +3,7 @@
 use gen_pipeline::auth::AuthError;
 use gen_pipeline::fal::FalError;
 use gen_pipeline::input::InputError;
+use gen_pipeline::storage_links::LinkError;
 use gen_pipeline::submission::SubmitError;
 use lambda_http::http::StatusCode;
 use serde_json::{Value, json};
@@ -34,9 +35,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Supabase Storage's error shape: `{statusCode, error, message}`, the status as a string.
+    pub fn storage(status: StatusCode, error: &str, message: &str) -> Self {
+        ApiError {
+            status,
+            body: json!({ "statusCode": status.as_u16().to_string(), "error": error, "message": message }),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<LinkError> for ApiError {
+    fn from(e: LinkError) -> Self {
+        let (status, error) = match e {
+            LinkError::UnknownBucket => (StatusCode::NOT_FOUND, "Bucket not found"),
+            LinkError::BadExpiry => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            LinkError::NotYours => (StatusCode::FORBIDDEN, "Unauthorized"),
+            LinkError::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            LinkError::Expired | LinkError::BadToken => (StatusCode::BAD_REQUEST, "InvalidJWT"),
+            LinkError::OtherPath => (StatusCode::BAD_REQUEST, "InvalidSignature"),
+        };
+        ApiError::storage(status, error, &e.to_string())
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, &e.to_string())
+        let status = match e {
+            AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            AuthError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, &e.to_string())
     }
 }
 

@@ -12,7 +12,11 @@ use lambda_http::{Body, Error, Request, RequestExt, Response};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use percent_encoding::percent_decode_str;
+use url::Url;
+
 use crate::errors::ApiError;
+use crate::storage;
 
 enum Route {
     Preflight,
@@ -20,23 +24,66 @@ enum Route {
     Submit,
     Status(Uuid),
     Cancel(Uuid),
+    /// `POST /storage/v1/object/sign/{bucket}/{path}` (`createSignedUrl`).
+    SignOne {
+        bucket: String,
+        path: String,
+    },
+    /// `POST /storage/v1/object/sign/{bucket}` (`createSignedUrls`).
+    SignMany {
+        bucket: String,
+    },
+    /// `GET /storage/v1/object/sign/{bucket}/{path}?token=…` (a signed link followed; no `Authorization`).
+    Follow {
+        bucket: String,
+        path: String,
+    },
     NotFound,
     MethodNotAllowed,
 }
 
+/// The route of a request. `/functions/v1/fal-image` is `/fal-image` as `functions.invoke` calls it; storage paths
+/// are percent-decoded segment by segment.
 fn route(method: &Method, path: &str) -> Route {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if method == Method::OPTIONS {
         return Route::Preflight;
     }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let job = |s: &str| Uuid::parse_str(s).ok();
     match (method, segments.as_slice()) {
         (&Method::GET, ["health"]) => Route::Health,
-        (&Method::POST, ["fal-image"]) => Route::Submit,
-        (_, ["fal-image"]) => Route::MethodNotAllowed,
+        (&Method::POST, ["fal-image"] | ["functions", "v1", "fal-image"]) => Route::Submit,
+        (_, ["fal-image"] | ["functions", "v1", "fal-image"]) => Route::MethodNotAllowed,
         (&Method::GET, ["jobs", id]) => job(id).map_or(Route::NotFound, Route::Status),
         (&Method::POST, ["jobs", id, "cancel"]) => job(id).map_or(Route::NotFound, Route::Cancel),
+        (_, ["storage", "v1", "object", "sign", bucket, rest @ ..]) => {
+            storage_route(method, bucket, rest)
+        }
         _ => Route::NotFound,
+    }
+}
+
+fn storage_route(method: &Method, bucket: &str, rest: &[&str]) -> Route {
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .ok()
+    };
+    let Some(bucket) = decode(bucket) else {
+        return Route::NotFound;
+    };
+    let path = rest
+        .iter()
+        .map(|s| decode(s))
+        .collect::<Option<Vec<String>>>()
+        .map(|p| p.join("/"));
+    match (method, path) {
+        (_, None) => Route::NotFound,
+        (&Method::POST, Some(p)) if p.is_empty() => Route::SignMany { bucket },
+        (&Method::POST, Some(path)) => Route::SignOne { bucket, path },
+        (&Method::GET, Some(path)) if !path.is_empty() => Route::Follow { bucket, path },
+        _ => Route::MethodNotAllowed,
     }
 }
 
@@ -58,6 +105,11 @@ pub async fn handle(
         Route::Submit => submit(&state, &req, ticket).await,
         Route::Status(id) => status(&state, &req, id).await,
         Route::Cancel(id) => cancel(&state, &req, id).await,
+        Route::SignOne { bucket, path } => storage::sign_one(&state, &req, &bucket, &path).await,
+        Route::SignMany { bucket } => storage::sign_many(&state, &req, &bucket).await,
+        Route::Follow { bucket, path } => {
+            return storage::follow(&state, &req, &bucket, &path).await;
+        }
     };
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),
@@ -67,18 +119,22 @@ pub async fn handle(
             } else {
                 tracing::info!(status = e.status.as_u16(), error = %e.body["error"], "request refused");
             }
-            let mut response = json_response(e.status, &e.body)?;
-            if let Some(secs) = e.retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", lambda_http::http::HeaderValue::from(secs));
-            }
-            Ok(response)
+            error_response(e)
         }
     }
 }
 
-async fn settings(state: &AppState) -> Result<Settings, ApiError> {
+pub(crate) fn error_response(e: ApiError) -> Result<Response<Body>, Error> {
+    let mut response = json_response(e.status, &e.body)?;
+    if let Some(secs) = e.retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", lambda_http::http::HeaderValue::from(secs));
+    }
+    Ok(response)
+}
+
+pub(crate) async fn settings(state: &AppState) -> Result<Settings, ApiError> {
     state.settings().await.map_err(|e| {
         tracing::error!(error = %e, "settings unavailable");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
@@ -86,7 +142,11 @@ async fn settings(state: &AppState) -> Result<Settings, ApiError> {
 }
 
 /// The caller: claims of an API Gateway JWT authorizer when present, else the bearer token verified here.
-fn caller(req: &Request, settings: &Settings) -> Result<Uuid, ApiError> {
+pub(crate) async fn caller(
+    state: &AppState,
+    req: &Request,
+    settings: &Settings,
+) -> Result<Uuid, ApiError> {
     if let RequestContext::ApiGatewayV2(ctx) = req.request_context()
         && let Some(sub) = ctx
             .authorizer
@@ -100,10 +160,26 @@ fn caller(req: &Request, settings: &Settings) -> Result<Uuid, ApiError> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    Ok(auth::user_from_bearer(
-        header,
-        &settings.secrets.jwt_secret,
-    )?)
+    let legacy = settings.secrets.jwt_secret.as_ref();
+    Ok(state.user_tokens.verify(header, legacy).await?)
+}
+
+/// The API's public base URL: `PUBLIC_API_URL`, else the one this request came in at (API Gateway's domain and
+/// stage; the template cannot hand fal-image its own API's URL without a circular reference).
+pub(crate) fn api_base(req: &Request, settings: &Settings) -> Option<Url> {
+    if let Some(url) = &settings.config.public_api_url {
+        return Some(url.clone());
+    }
+    let RequestContext::ApiGatewayV2(ctx) = req.request_context() else {
+        return None;
+    };
+    let domain = ctx.domain_name.as_deref()?;
+    let stage = ctx.stage.as_deref().filter(|s| *s != "$default");
+    let base = match stage {
+        Some(stage) => format!("https://{domain}/{stage}"),
+        None => format!("https://{domain}"),
+    };
+    Url::parse(&base).ok()
 }
 
 /// Size, type and syntax of the body, before anything else.
@@ -159,10 +235,12 @@ fn parse_body(state: &AppState, req: &Request) -> Result<GenerationRequest, ApiE
 async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<Value, ApiError> {
     let body = parse_body(state, req)?;
     let settings = settings(state).await?;
-    let user = caller(req, &settings)?;
-    let result = submission::submit_generation(state, &settings, user, body).await?;
+    let user = caller(state, req, &settings).await?;
+    let base = api_base(req, &settings);
+    let result = submission::submit_generation(state, &settings, user, body, base.as_ref()).await?;
     if let Some(job_id) = result.post_process {
         let state = state.clone();
+        let settings = with_api_base(settings, base);
         ticket.finish(Some(Box::pin(async move {
             gen_pipeline::postprocess::run(&state, &settings, job_id).await;
         })));
@@ -193,8 +271,9 @@ async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<
 
 async fn status(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, ApiError> {
     let settings = settings(state).await?;
-    let user = caller(req, &settings)?;
-    let view = submission::job_status(state, &settings, user, job_id)
+    let user = caller(state, req, &settings).await?;
+    let base = api_base(req, &settings);
+    let view = submission::job_status(state, &settings, user, job_id, base.as_ref())
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Job not found"))?;
     let job = &view.job;
@@ -221,7 +300,7 @@ async fn status(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, 
 
 async fn cancel(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, ApiError> {
     let settings = settings(state).await?;
-    let user = caller(req, &settings)?;
+    let user = caller(state, req, &settings).await?;
     match submission::cancel_job(state, &settings, user, job_id).await? {
         CancelResult::Cancelled => Ok(json!({ "jobId": job_id, "status": "cancelled" })),
         CancelResult::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "Job not found")),
@@ -233,14 +312,33 @@ async fn cancel(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, 
     }
 }
 
-fn cors(builder: lambda_http::http::response::Builder) -> lambda_http::http::response::Builder {
-    builder.header("access-control-allow-origin", "*").header(
-        "access-control-allow-headers",
-        "authorization, x-client-info, apikey, content-type",
-    )
+/// Post-processing after the answer writes links too (storyboard clips): it gets the base this request knew.
+fn with_api_base(settings: Settings, base: Option<Url>) -> Settings {
+    if settings.config.public_api_url.is_some() || base.is_none() {
+        return settings;
+    }
+    let mut config = (*settings.config).clone();
+    config.public_api_url = base;
+    Settings {
+        config: Arc::new(config),
+        ..settings
+    }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Result<Response<Body>, Error> {
+/// CORS as the original's functions answered, with what supabase-js sends (`x-client-info`, `apikey`, `x-region`).
+pub(crate) fn cors(
+    builder: lambda_http::http::response::Builder,
+) -> lambda_http::http::response::Builder {
+    builder
+        .header("access-control-allow-origin", "*")
+        .header(
+            "access-control-allow-headers",
+            "authorization, x-client-info, apikey, content-type, x-region",
+        )
+        .header("access-control-allow-methods", "GET, POST, OPTIONS")
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Result<Response<Body>, Error> {
     Ok(cors(Response::builder().status(status))
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))?)
@@ -249,6 +347,39 @@ fn json_response(status: StatusCode, body: &Value) -> Result<Response<Body>, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supabase_client_routes() {
+        assert!(matches!(
+            route(&Method::POST, "/functions/v1/fal-image"),
+            Route::Submit
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/functions/v1/fal-image"),
+            Route::MethodNotAllowed
+        ));
+        let u = Uuid::new_v4();
+        assert!(matches!(
+            route(&Method::POST, &format!("/storage/v1/object/sign/workspace-temp/{u}/a%20b.png")),
+            Route::SignOne { bucket, path } if bucket == "workspace-temp" && path == format!("{u}/a b.png")
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/storage/v1/object/sign/user-library"),
+            Route::SignMany { bucket } if bucket == "user-library"
+        ));
+        assert!(matches!(
+            route(&Method::GET, &format!("/storage/v1/object/sign/user-library/{u}/x.mp4")),
+            Route::Follow { path, .. } if path == format!("{u}/x.mp4")
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/storage/v1/object/sign/user-library"),
+            Route::MethodNotAllowed
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/storage/v1/object/sign/b/%FF"),
+            Route::NotFound
+        ));
+    }
 
     #[test]
     fn routes_of_the_contract() {

@@ -2,6 +2,7 @@
 
 mod errors;
 mod http;
+mod storage;
 
 use std::sync::Arc;
 

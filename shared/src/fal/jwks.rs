@@ -1,21 +1,16 @@
-//! fal's webhook signing keys, fetched from a configurable JWKS URL and cached: fresh for a day, a stale copy
-//! kept when a refetch fails, and one refetch when no cached key verifies (key rotation), at most once a minute so
-//! forged deliveries cannot make us hammer the key endpoint. One fetch at a time, never under the lock readers
-//! take, and while fetches fail the next waits longer (1 s doubling to a minute).
+//! fal's webhook signing keys, fetched from a configurable JWKS URL and cached ([`KeySetCache`]): fresh for a
+//! day, and one refetch when no cached key verifies a delivery (key rotation).
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use url::Url;
 
 use super::signature::{self, Jwks, SignatureError, SignatureHeaders};
+use crate::key_cache::KeySetCache;
 
 const FRESH_FOR: Duration = Duration::from_secs(24 * 3600);
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookAuthError {
@@ -29,79 +24,23 @@ pub enum WebhookAuthError {
 
 type Keys = Arc<[VerifyingKey]>;
 
-struct Cached {
-    keys: Keys,
-    fetched_at: Instant,
-}
-
-/// What the cache knows; held only for short, await-free sections.
-#[derive(Default)]
-struct State {
-    cached: Option<Cached>,
-    last_attempt: Option<Instant>,
-    /// Fetches failed in a row since the last success.
-    failures: u32,
-}
-
-impl State {
-    fn fresh(&self) -> Option<Keys> {
-        self.cached
-            .as_ref()
-            .filter(|c| c.fetched_at.elapsed() < FRESH_FOR)
-            .map(|c| c.keys.clone())
-    }
-
-    fn any(&self) -> Option<Keys> {
-        self.cached.as_ref().map(|c| c.keys.clone())
-    }
-}
-
-/// Why a fetch is wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    /// No key cached, or the cached ones are older than a day.
-    Expired,
-    /// No cached key verified a delivery: perhaps fal rotated its keys (or the delivery is forged).
-    Rotation,
-}
-
-/// The wait after `failures` failed fetches in a row: none after a success, then 1 s doubling up to a minute.
-fn backoff(failures: u32) -> Duration {
-    match failures {
-        0 => Duration::ZERO,
-        n => FIRST_BACKOFF
-            .saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
-            .min(MAX_BACKOFF),
-    }
-}
-
-/// Whether a fetch may start now, given the failures in a row and the time since the last attempt.
-fn may_fetch(reason: Reason, failures: u32, since_last_attempt: Option<Duration>) -> bool {
-    let Some(since) = since_last_attempt else {
-        return true;
-    };
-    let wait = match reason {
-        Reason::Expired => backoff(failures),
-        Reason::Rotation => backoff(failures).max(MIN_REFETCH_INTERVAL),
-    };
-    since >= wait
-}
-
 pub struct JwksCache {
-    http: reqwest::Client,
-    url: Url,
-    state: Mutex<State>,
-    /// Held across the network fetch (single flight); readers of the cached keys never wait for it.
-    fetching: tokio::sync::Mutex<()>,
+    keys: KeySetCache<Keys>,
+}
+
+fn ed25519_keys(body: &[u8]) -> Result<Keys, String> {
+    let set: Jwks = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys = set.ed25519_keys();
+    if keys.is_empty() {
+        return Err("JWKS holds no Ed25519 key".into());
+    }
+    Ok(keys.into())
 }
 
 impl JwksCache {
     pub fn new(http: reqwest::Client, url: Url) -> Self {
         JwksCache {
-            http,
-            url,
-            state: Mutex::new(State::default()),
-            fetching: tokio::sync::Mutex::new(()),
+            keys: KeySetCache::new(http, url, FRESH_FOR, ed25519_keys),
         }
     }
 
@@ -115,262 +54,18 @@ impl JwksCache {
     ) -> Result<(), WebhookAuthError> {
         // Cheap checks first: no key fetch for a delivery that is malformed or old.
         let sig = signature::check_envelope(headers, now_unix, pinned_user_id)?;
-        let (keys, fresh_fetch) = self.keys().await?;
+        let (keys, fresh_fetch) = self
+            .keys
+            .keys()
+            .await
+            .map_err(WebhookAuthError::KeysUnavailable)?;
         match signature::verify_with_keys(headers, body, &sig, &keys) {
             Ok(()) => Ok(()),
             Err(e) if fresh_fetch => Err(e.into()),
-            Err(e) => match self.refetch().await {
+            Err(e) => match self.keys.refetch().await {
                 Some(keys) => Ok(signature::verify_with_keys(headers, body, &sig, &keys)?),
                 None => Err(e.into()),
             },
         }
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere cannot leave the state half-written: every section assigns whole fields.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The cached keys, refreshed when older than a day. Returns whether they were just fetched.
-    async fn keys(&self) -> Result<(Keys, bool), WebhookAuthError> {
-        let stale = {
-            let state = self.state();
-            if let Some(keys) = state.fresh() {
-                return Ok((keys, false));
-            }
-            state.any()
-        };
-        let _flight = match &stale {
-            // A stale copy serves while someone else refreshes it.
-            Some(keys) => match self.fetching.try_lock() {
-                Ok(guard) => guard,
-                Err(_) => return Ok((keys.clone(), false)),
-            },
-            // Nothing to serve: wait for the fetch in flight, then decide again.
-            None => self.fetching.lock().await,
-        };
-        {
-            let mut state = self.state();
-            if let Some(keys) = state.fresh() {
-                return Ok((keys, false));
-            }
-            let since = state.last_attempt.map(|t| t.elapsed());
-            if !may_fetch(Reason::Expired, state.failures, since) {
-                return match state.any() {
-                    Some(keys) => Ok((keys, false)),
-                    None => Err(WebhookAuthError::KeysUnavailable(format!(
-                        "backing off after {} failed fetches",
-                        state.failures
-                    ))),
-                };
-            }
-            state.last_attempt = Some(Instant::now());
-        }
-        match self.fetch_and_store().await {
-            Ok(keys) => Ok((keys, true)),
-            Err(e) => match self.state().any() {
-                Some(stale) => {
-                    tracing::warn!(error = %e, "JWKS refresh failed; using the cached keys");
-                    Ok((stale, false))
-                }
-                None => Err(WebhookAuthError::KeysUnavailable(e)),
-            },
-        }
-    }
-
-    /// One refetch for a rotated key, unless a fetch is in flight or one was attempted within the last minute.
-    async fn refetch(&self) -> Option<Keys> {
-        // A fetch in flight started within the minute, so it would refuse us anyway.
-        let _flight = self.fetching.try_lock().ok()?;
-        {
-            let mut state = self.state();
-            let since = state.last_attempt.map(|t| t.elapsed());
-            if !may_fetch(Reason::Rotation, state.failures, since) {
-                return None;
-            }
-            state.last_attempt = Some(Instant::now());
-        }
-        match self.fetch_and_store().await {
-            Ok(keys) => Some(keys),
-            Err(e) => {
-                tracing::warn!(error = %e, "JWKS refetch failed");
-                None
-            }
-        }
-    }
-
-    /// Fetches (the caller holds `fetching`) and records the outcome: new keys, or one more failure.
-    async fn fetch_and_store(&self) -> Result<Keys, String> {
-        let fetched = self.fetch().await;
-        let mut state = self.state();
-        match fetched {
-            Ok(keys) => {
-                let keys: Keys = keys.into();
-                state.cached = Some(Cached {
-                    keys: keys.clone(),
-                    fetched_at: Instant::now(),
-                });
-                state.failures = 0;
-                Ok(keys)
-            }
-            Err(e) => {
-                state.failures = state.failures.saturating_add(1);
-                Err(e)
-            }
-        }
-    }
-
-    async fn fetch(&self) -> Result<Vec<VerifyingKey>, String> {
-        let response = self
-            .http
-            .get(self.url.clone())
-            .timeout(FETCH_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("JWKS endpoint answered {}", response.status()));
-        }
-        let set: Jwks = response
-            .json()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let keys = set.ed25519_keys();
-        if keys.is_empty() {
-            return Err("JWKS holds no Ed25519 key".into());
-        }
-        Ok(keys)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn failed_fetches_back_off_exponentially_up_to_a_minute() {
-        let secs = |n| backoff(n).as_secs();
-        assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(
-            [1, 2, 3, 4, 5, 6, 7, 8].map(secs),
-            [1, 2, 4, 8, 16, 32, 60, 60]
-        );
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
-
-        let s = Duration::from_secs;
-        assert!(may_fetch(Reason::Expired, 0, None), "never fetched");
-        assert!(
-            may_fetch(Reason::Expired, 0, Some(Duration::ZERO)),
-            "after a success"
-        );
-        assert!(!may_fetch(
-            Reason::Expired,
-            1,
-            Some(Duration::from_millis(999))
-        ));
-        assert!(may_fetch(Reason::Expired, 1, Some(s(1))));
-        assert!(!may_fetch(Reason::Expired, 4, Some(s(7))));
-        assert!(may_fetch(Reason::Expired, 4, Some(s(8))));
-        assert!(!may_fetch(Reason::Expired, 30, Some(s(59))));
-        assert!(may_fetch(Reason::Expired, 30, Some(s(60))));
-    }
-
-    #[test]
-    fn a_rotation_refetch_waits_a_minute_whatever_the_backoff() {
-        let s = Duration::from_secs;
-        assert!(may_fetch(Reason::Rotation, 0, None));
-        assert!(!may_fetch(Reason::Rotation, 0, Some(s(59))));
-        assert!(may_fetch(Reason::Rotation, 0, Some(s(60))));
-        assert!(!may_fetch(Reason::Rotation, 1, Some(s(30))));
-        assert!(may_fetch(Reason::Rotation, 30, Some(s(60))));
-    }
-
-    /// A loopback JWKS endpoint that counts requests and answers each with `response` (or never, when `None`).
-    async fn endpoint(response: Option<&'static str>) -> (Url, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = Url::parse(&format!(
-            "http://{}/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        ))
-        .unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf).await;
-                    match response {
-                        Some(r) => {
-                            let _ = conn.write_all(r.as_bytes()).await;
-                        }
-                        None => tokio::time::sleep(Duration::from_secs(30)).await,
-                    }
-                });
-            }
-        });
-        (url, hits)
-    }
-
-    fn cache(url: Url) -> JwksCache {
-        JwksCache::new(reqwest::Client::builder().no_proxy().build().unwrap(), url)
-    }
-
-    #[tokio::test]
-    async fn a_down_endpoint_is_not_refetched_by_every_delivery() {
-        let (url, hits) = endpoint(Some(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        ))
-        .await;
-        let c = cache(url);
-        for _ in 0..5 {
-            assert!(matches!(
-                c.keys().await,
-                Err(WebhookAuthError::KeysUnavailable(_))
-            ));
-        }
-        assert_eq!(
-            hits.load(Ordering::SeqCst),
-            1,
-            "one fetch, then backing off"
-        );
-        assert_eq!(c.state().failures, 1);
-    }
-
-    #[tokio::test]
-    async fn stale_keys_serve_at_once_while_a_refresh_hangs() {
-        let (url, hits) = endpoint(None).await;
-        let c = Arc::new(cache(url));
-        let stale: Keys =
-            vec![ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()].into();
-        c.state().cached = Some(Cached {
-            keys: stale.clone(),
-            fetched_at: Instant::now()
-                .checked_sub(FRESH_FOR + Duration::from_secs(1))
-                .expect("the clock reaches a day back"),
-        });
-        let refreshing = tokio::spawn({
-            let c = c.clone();
-            async move { c.keys().await.map(|(k, fresh)| (k.len(), fresh)) }
-        });
-        while hits.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (keys, fresh) = tokio::time::timeout(Duration::from_millis(500), c.keys())
-            .await
-            .expect("a reader does not wait behind the fetch")
-            .unwrap();
-        assert!(!fresh);
-        assert_eq!(keys[..], stale[..]);
-        assert!(
-            !refreshing.is_finished(),
-            "the refresh is still waiting for the endpoint"
-        );
-        refreshing.abort();
     }
 }

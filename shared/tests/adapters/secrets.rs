@@ -15,18 +15,23 @@ fn secret_json(fal_key: &str) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_the_ttl() {
-    let sdk = sdk_config().await;
-    let client = aws::secrets_manager(&sdk);
-    let name = unique("test/app-secret");
+/// A new secret holding `value`, and a client of the stack's Secrets Manager.
+async fn new_secret(prefix: &str, value: String) -> (aws_sdk_secretsmanager::Client, String) {
+    let client = aws::secrets_manager(&sdk_config().await);
+    let name = unique(prefix);
     client
         .create_secret()
         .name(&name)
-        .secret_string(secret_json("first-key"))
+        .secret_string(value)
         .send()
         .await
         .unwrap();
+    (client, name)
+}
+
+#[tokio::test]
+async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_the_ttl() {
+    let (client, name) = new_secret("test/app-secret", secret_json("first-key")).await;
     let cache = SecretsCache::new(client.clone(), name.clone(), Duration::from_millis(800));
     let first = cache.get().await.unwrap();
     assert_eq!(first.fal_key.expose_secret(), "first-key");
@@ -67,16 +72,7 @@ async fn a_missing_secret_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_secret_that_is_not_the_expected_json_is_a_clear_error() {
-    let sdk = sdk_config().await;
-    let client = aws::secrets_manager(&sdk);
-    let name = unique("test/malformed");
-    client
-        .create_secret()
-        .name(&name)
-        .secret_string("{\"FAL_KEY\":1}")
-        .send()
-        .await
-        .unwrap();
+    let (client, name) = new_secret("test/malformed", "{\"FAL_KEY\":1}".to_owned()).await;
     let cache = SecretsCache::new(client, name, Duration::from_secs(60));
     assert!(matches!(
         cache.get().await,

@@ -1,16 +1,28 @@
 //! Test helpers: the local stack's coordinates (from the environment `cargo xtask test` sets, or from
-//! `target/stack/stack.env` after `cargo xtask stack up`), and clients built exactly as the functions build them.
+//! `target/stack/stack.env` after `cargo xtask stack up`), and clients built from them. Shared by the adapter
+//! tests and, through `e2e/src/lib.rs`, by the end-to-end suites.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
 
 /// One variable of the running stack. Panics with a hint when no stack is up: these tests need real parts.
 pub fn stack_var(name: &str) -> String {
+    try_stack_var(name).unwrap_or_else(|| {
+        panic!("{name} is not set: run the tests with `cargo xtask test`, or start `cargo xtask stack up` first")
+    })
+}
+
+/// One variable of the running stack, `None` where the stack does not set it (a lookup for `Config::from_lookup`).
+pub fn try_stack_var(name: &str) -> Option<String> {
     static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
     if let Ok(v) = std::env::var(name) {
-        return v;
+        return Some(v);
     }
     let file = FILE.get_or_init(|| {
         let path = workspace_root().join("target/stack/stack.env");
@@ -21,9 +33,7 @@ pub fn stack_var(name: &str) -> String {
             .map(|(k, v)| (k.trim().to_owned(), unquote(v.trim())))
             .collect()
     });
-    file.get(name).cloned().unwrap_or_else(|| {
-        panic!("{name} is not set: run the tests with `cargo xtask test`, or start `cargo xtask stack up` first")
-    })
+    file.get(name).cloned()
 }
 
 fn unquote(v: &str) -> String {
@@ -45,23 +55,27 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Exports the stack's AWS variables so the SDK's standard configuration finds them.
-pub fn export_aws_env() {
-    for name in [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ] {
-        let value = stack_var(name);
-        // Same value from every test thread, set before any client reads it.
-        unsafe { std::env::set_var(name, value) };
-    }
-}
-
+/// The AWS SDK configuration of the stack (moto), built from its variables alone: nothing is read from or
+/// written to the process environment. Timeouts as `gen_pipeline::aws::load` sets them for the functions.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    export_aws_env();
-    gen_pipeline::aws::load().await
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        stack_var("AWS_ACCESS_KEY_ID"),
+        stack_var("AWS_SECRET_ACCESS_KEY"),
+        None,
+        None,
+        "stack",
+    );
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(20))
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(stack_var("AWS_ENDPOINT_URL"))
+        .region(aws_config::Region::new(stack_var("AWS_REGION")))
+        .credentials_provider(credentials)
+        .timeout_config(timeouts)
+        .load()
+        .await
 }
 
 /// A URL of the same server with another database name.
@@ -144,7 +158,7 @@ pub async fn fetch_digest(url: &str) -> (u16, u64, String) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let response = client
         .get(url)
-        .timeout(std::time::Duration::from_secs(120))
+        .timeout(Duration::from_secs(120))
         .send()
         .await
         .unwrap();
@@ -162,11 +176,15 @@ pub async fn fetch_digest(url: &str) -> (u16, u64, String) {
 
 /// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
 pub fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
+    peak_rss_of("self").unwrap()
+}
+
+/// Peak resident memory (`VmHWM`, bytes) of a process (`self` or a pid), if it can be read.
+pub fn peak_rss_of(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .unwrap()
 }

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::capture::Delivery;
-use super::child::Ctx;
+use super::ctx::Ctx;
 use super::stats::ms;
 
 /// fal's emulator pauses this long between tries (`FAL_EMULATOR_RETRY_MS` of the stack).
@@ -44,13 +44,56 @@ pub struct DeliveryResult {
     pub duplicate_usage_rows: usize,
 }
 
+/// `jobs` jobs, each delivered `per_job` times by `in_flight` workers; then the duplicate count.
 pub async fn measure(
     ctx: &Ctx,
     jobs: usize,
     per_job: usize,
     in_flight: usize,
 ) -> anyhow::Result<DeliveryResult> {
-    // Submit every job first, then collect the deliveries: the emulator delivers each within ~50 ms.
+    let captured = captured_deliveries(ctx, jobs).await?;
+    // Job-major order: a job's duplicates are in flight together, the case the completion claim is for.
+    let queue = Arc::new(Queue {
+        work: captured
+            .iter()
+            .flat_map(|(id, d)| std::iter::repeat_n((*id, d.clone()), per_job))
+            .collect(),
+        next: AtomicUsize::new(0),
+        answers: Mutex::new(BTreeMap::new()),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let mut workers = Vec::with_capacity(in_flight);
+    for _ in 0..in_flight {
+        let state = AppState::from_env().await?;
+        // Warm: the secret and fal's keys are fetched once per instance, not inside the measured window.
+        warm(&state, &captured[0].1).await?;
+        workers.push(state);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for state in workers {
+        tasks.spawn(queue.clone().work_through(state));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let elapsed = started.elapsed();
+    let mut result = DeliveryResult {
+        jobs,
+        deliveries_per_job: per_job,
+        in_flight,
+        elapsed_ms: ms(elapsed),
+        deliveries_per_s: queue.work.len() as f64 / elapsed.as_secs_f64(),
+        latency_ms: std::mem::take(&mut *queue.latencies.lock().await),
+        answers: std::mem::take(&mut *queue.answers.lock().await),
+        ..DeliveryResult::default()
+    };
+    count_duplicates(ctx, &captured, &mut result).await?;
+    Ok(result)
+}
+
+/// Submits every job first, then collects their deliveries: the emulator delivers each within ~50 ms.
+async fn captured_deliveries(ctx: &Ctx, jobs: usize) -> anyhow::Result<Vec<(Uuid, Delivery)>> {
     let mut submitted = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         submitted.push(ctx.submit("").await?);
@@ -63,75 +106,47 @@ pub async fn measure(
             .await?;
         captured.push((job_id, delivery));
     }
-    // Job-major order: a job's duplicates are in flight together, the case the completion claim is for.
-    let work: Arc<Vec<(Uuid, Delivery)>> = Arc::new(
-        captured
-            .iter()
-            .flat_map(|(id, d)| std::iter::repeat_n((*id, d.clone()), per_job))
-            .collect(),
-    );
-    let mut workers = Vec::with_capacity(in_flight);
-    for _ in 0..in_flight {
-        let state = AppState::from_env().await?;
-        // Warm: the secret and fal's keys are fetched once per instance, not inside the measured window.
-        warm(&state, &captured[0].1).await?;
-        workers.push(Arc::new(state));
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let answers = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(work.len())));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for state in workers {
-        let (work, next, answers, latencies) = (
-            work.clone(),
-            next.clone(),
-            answers.clone(),
-            latencies.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((job_id, delivery)) = work.get(i) else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                let t = Instant::now();
-                let mut attempt = 1;
-                let kind = loop {
-                    let kind = deliver(&state, *job_id, delivery).await?;
-                    *answers.lock().await.entry(kind.to_owned()).or_default() += 1;
-                    if kind != "retry" || attempt >= MAX_ATTEMPTS {
-                        break kind;
-                    }
-                    attempt += 1;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                };
-                if kind == "retry" {
-                    bail!(
-                        "a delivery of job {job_id} still answered 503 after {MAX_ATTEMPTS} tries"
-                    );
+    Ok(captured)
+}
+
+/// The deliveries the workers share, and what they found.
+struct Queue {
+    work: Vec<(Uuid, Delivery)>,
+    next: AtomicUsize,
+    answers: Mutex<BTreeMap<String, usize>>,
+    latencies: Mutex<Vec<f64>>,
+}
+
+impl Queue {
+    /// One worker: takes the next delivery until none is left, retrying a "retry" (503) answer as fal does.
+    async fn work_through(self: Arc<Self>, state: AppState) -> anyhow::Result<()> {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some((job_id, delivery)) = self.work.get(i) else {
+                return Ok(());
+            };
+            let t = Instant::now();
+            let mut attempt = 1;
+            let kind = loop {
+                let kind = deliver(&state, *job_id, delivery).await?;
+                *self
+                    .answers
+                    .lock()
+                    .await
+                    .entry(kind.to_owned())
+                    .or_default() += 1;
+                if kind != "retry" || attempt >= MAX_ATTEMPTS {
+                    break kind;
                 }
-                latencies.lock().await.push(ms(t.elapsed()));
+                attempt += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            };
+            if kind == "retry" {
+                bail!("a delivery of job {job_id} still answered 503 after {MAX_ATTEMPTS} tries");
             }
-        });
+            self.latencies.lock().await.push(ms(t.elapsed()));
+        }
     }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
-    let elapsed = started.elapsed();
-    let total = work.len();
-    let mut result = DeliveryResult {
-        jobs,
-        deliveries_per_job: per_job,
-        in_flight,
-        elapsed_ms: ms(elapsed),
-        deliveries_per_s: total as f64 / elapsed.as_secs_f64(),
-        latency_ms: std::mem::take(&mut *latencies.lock().await),
-        answers: std::mem::take(&mut *answers.lock().await),
-        ..DeliveryResult::default()
-    };
-    count_duplicates(ctx, &captured, &mut result).await?;
-    Ok(result)
 }
 
 async fn warm(state: &AppState, delivery: &Delivery) -> anyhow::Result<()> {

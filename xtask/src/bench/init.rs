@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::child::Plan;
-use super::procinfo;
+use super::plan::Plan;
 use super::runtime_api::RuntimeApi;
 use super::stats::{MIB, ms};
+use crate::procfs;
+use crate::stack::functions::HTTP;
 
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const FUNCTIONS: [&str; 2] = ["fal-image", "fal-webhook"];
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct InitSamples {
@@ -31,7 +31,7 @@ pub struct InitSamples {
 pub async fn measure(plan: &Plan, starts: usize) -> anyhow::Result<BTreeMap<String, InitSamples>> {
     let mut out: BTreeMap<String, InitSamples> = BTreeMap::new();
     for round in 0..=starts {
-        for function in FUNCTIONS {
+        for function in HTTP {
             let bin = plan.bin_dir.join(function);
             let (elapsed, peak, foreign) = cold_start(&bin, function, plan).await?;
             if round > 0 {
@@ -53,7 +53,7 @@ async fn cold_start(bin: &Path, function: &str, plan: &Plan) -> anyhow::Result<(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    let pid = child.id().context("the function has no pid")?;
+    let pid = function_pid(&child)?;
     let arrived = tokio::select! {
         at = api.first_next(INIT_TIMEOUT) => at,
         status = child.wait() => Err(anyhow::anyhow!("{function} exited during init ({status:?})")),
@@ -61,8 +61,8 @@ async fn cold_start(bin: &Path, function: &str, plan: &Plan) -> anyhow::Result<(
     let measured = arrived.and_then(|at| {
         Ok((
             ms(at.duration_since(started)),
-            procinfo::peak_rss_bytes(pid)?,
-            procinfo::foreign_sockets(pid, api.addr.port()),
+            procfs::peak_rss_bytes(pid)?,
+            procfs::foreign_sockets(pid, api.addr.port()),
         ))
     });
     let _ = child.kill().await;
@@ -78,6 +78,12 @@ async fn cold_start(bin: &Path, function: &str, plan: &Plan) -> anyhow::Result<(
             plan.logs.join(format!("{function}.log")).display()
         )
     })
+}
+
+/// The pid of a started function process, as /proc names it.
+pub fn function_pid(child: &tokio::process::Child) -> anyhow::Result<i32> {
+    let pid = child.id().context("the function has no pid")?;
+    i32::try_from(pid).context("pid out of range")
 }
 
 /// The function binary with Lambda's environment: the runtime API, the function's identity and 128 MB, and the

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::capture::Delivery;
-use super::child::Ctx;
+use super::ctx::Ctx;
 use super::init;
-use super::procinfo;
 use super::runtime_api::RuntimeApi;
 use super::stats::{MIB, ms};
+use crate::procfs;
+use crate::stack::functions::FAL_WEBHOOK;
 
 /// 1 GiB at the S3 emulator's ~120 MB/s takes ~10 s; this bounds a stuck transfer.
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -56,10 +57,10 @@ async fn one_invocation(ctx: &Ctx, bin: &Path, bytes: u64) -> anyhow::Result<(u6
     let event = function_url_event(&job.delivery, &request_id)?;
     let api = RuntimeApi::start().await?;
     api.push_event(&request_id, serde_json::to_vec(&event)?);
-    let mut child = init::lambda_command(bin, "fal-webhook", &ctx.plan, &api, "memory")?
+    let mut child = init::lambda_command(bin, FAL_WEBHOOK, &ctx.plan, &api, "memory")?
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    let pid = child.id().context("the function has no pid")?;
+    let pid = init::function_pid(&child)?;
     let served = tokio::select! {
         at = api.first_next(init::INIT_TIMEOUT) => at?,
         status = child.wait() => bail!("fal-webhook exited during init ({status:?}); see {}", ctx.plan.logs.display()),
@@ -69,7 +70,7 @@ async fn one_invocation(ctx: &Ctx, bin: &Path, bytes: u64) -> anyhow::Result<(u6
         status = child.wait() => Err(anyhow::anyhow!("fal-webhook exited during the invocation ({status:?})")),
     };
     let invocation_ms = ms(served.elapsed());
-    let peak = procinfo::peak_rss_bytes(pid);
+    let peak = procfs::peak_rss_bytes(pid);
     let _ = child.kill().await;
     let posted = posted?;
     let peak = peak?;

@@ -5,9 +5,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::child::{Measured, Plan};
-use super::init::FUNCTIONS;
-use super::stats::Summary;
+use super::child::Measured;
+use super::init::InitSamples;
+use super::memory::MemorySamples;
+use super::plan::Plan;
+use super::stats::{MIB, Summary};
+use super::submit::SubmitSamples;
+use super::transfer::{PhaseCpu, TransferSamples};
+use crate::stack::functions::HTTP as FUNCTIONS;
 
 /// A function's release zip.
 #[derive(Debug, Clone)]
@@ -60,156 +65,185 @@ pub fn required_keys(smoke: bool) -> Vec<String> {
 }
 
 pub fn build(m: &Measured, zips: &[Zip], plan: &Plan, started_at: &str, seconds: f64) -> Value {
-    let mut figures = Map::new();
-    let mut summaries = Map::new();
-    let mut profile = Map::new();
-    let mut put_summary = |name: String, s: Option<Summary>| {
-        if let Some(s) = s {
-            summaries.insert(name, json!(s));
-        }
-    };
+    let mut s = Sections::default();
     if let Some(init) = &m.init {
-        for (function, s) in init {
-            let f = function.replace('-', "_");
-            let ms = Summary::of(&s.ms);
-            let rss = Summary::of(&s.peak_rss_mib);
-            if let Some(ms) = &ms {
-                figures.insert(format!("init_ms_p50_{f}"), json!(ms.median));
-                figures.insert(format!("init_ms_p95_{f}"), json!(ms.p95));
-            }
-            if let Some(rss) = &rss {
-                figures.insert(format!("init_peak_rss_mib_{f}"), json!(rss.median));
-            }
-            figures.insert(
-                format!("init_foreign_sockets_{f}"),
-                json!(s.foreign_sockets.iter().max().copied().unwrap_or(0)),
-            );
-            put_summary(format!("init_ms_{f}"), ms);
-            put_summary(format!("init_peak_rss_mib_{f}"), rss);
+        for (function, samples) in init {
+            s.init(function, samples);
         }
     }
-    if let Some(s) = &m.submit {
-        let ratio = Summary::of(&s.ratio);
-        if let Some(r) = &ratio {
-            figures.insert("submit_overhead_ratio".into(), json!(r.median));
-        }
-        put_summary("submit_overhead_ratio".into(), ratio);
-        put_summary("submit_use_case_ms".into(), Summary::of(&s.use_case_ms));
-        put_summary("submit_floor_ms".into(), Summary::of(&s.floor_ms));
+    if let Some(submit) = &m.submit {
+        s.submit(submit);
     }
     if let Some(t) = &m.transfer {
-        let ratio = Summary::of(&t.ratio);
-        if let Some(r) = &ratio {
-            figures.insert("transfer_ratio_256mib".into(), json!(r.median));
-        }
-        figures.insert(
-            "transfer_media_rate_mb_per_s".into(),
-            json!(t.media_rate_bytes_per_s as f64 / 1e6),
+        s.transfer(t);
+        s.profile.insert(
+            "transfer_cores_busy_median".into(),
+            json!(cores_busy_median(&t.cpu)),
         );
-        put_summary("transfer_ratio".into(), ratio);
-        put_summary("transfer_upload_ms".into(), Summary::of(&t.upload_ms));
-        put_summary("transfer_download_ms".into(), Summary::of(&t.download_ms));
-        put_summary("transfer_webhook_ms".into(), Summary::of(&t.webhook_ms));
-        put_summary(
-            "transfer_concurrent_ms".into(),
-            Summary::of(&t.concurrent_ms),
-        );
-        put_summary("transfer_sdk_parts_ms".into(), Summary::of(&t.sdk_parts_ms));
-        put_summary(
-            "transfer_sdk_complete_ms".into(),
-            Summary::of(&t.sdk_complete_ms),
-        );
-        let floor_ratio = Summary::of(&t.ratio_to_streaming_floor);
-        if let Some(r) = &floor_ratio {
-            figures.insert("transfer_ratio_to_streaming_floor".into(), json!(r.median));
-        }
-        put_summary("transfer_ratio_to_streaming_floor".into(), floor_ratio);
-        // The profile: median cores busy per phase, machine-wide and per process.
-        let mut cores: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-        for p in &t.cpu {
-            let phase = cores.entry(p.phase.clone()).or_default();
-            phase
-                .entry("machine".into())
-                .or_default()
-                .push(p.used.machine_cores);
-            for (name, c) in &p.used.by_process {
-                phase.entry(name.clone()).or_default().push(*c);
-            }
-        }
-        let medians: BTreeMap<String, BTreeMap<String, f64>> = cores
-            .into_iter()
-            .map(|(phase, by)| {
-                let by = by
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, Summary::of(&v)?.median)))
-                    .collect();
-                (phase, by)
-            })
-            .collect();
-        profile.insert("transfer_cores_busy_median".into(), json!(medians));
     }
     if let Some(mem) = &m.memory {
-        let rss = Summary::of(&mem.peak_rss_mib);
-        if let Some(r) = &rss {
-            // The worst process: a Lambda's memory limit applies to each one.
-            figures.insert("webhook_peak_rss_mib_1gib".into(), json!(r.max));
-        }
-        put_summary("webhook_peak_rss_mib".into(), rss);
-        put_summary(
-            "webhook_invocation_ms".into(),
-            Summary::of(&mem.invocation_ms),
-        );
+        s.memory(mem);
     }
     if let Some(d) = &m.deliveries {
-        figures.insert("deliveries_per_s".into(), json!(d.deliveries_per_s));
-        figures.insert("duplicates".into(), json!(d.duplicates));
-        figures.insert("incomplete_jobs".into(), json!(d.incomplete_jobs));
-        put_summary("delivery_latency_ms".into(), Summary::of(&d.latency_ms));
+        s.figure("deliveries_per_s", d.deliveries_per_s);
+        s.figure("duplicates", d.duplicates);
+        s.figure("incomplete_jobs", d.incomplete_jobs);
+        s.summary("delivery_latency_ms", &d.latency_ms);
     }
     for z in zips {
-        figures.insert(
-            format!("zip_mib_{}", z.function.replace('-', "_")),
-            json!(z.bytes as f64 / (1024.0 * 1024.0)),
-        );
+        let f = z.function.replace('-', "_");
+        s.figure(format!("zip_mib_{f}"), z.bytes as f64 / MIB);
     }
-    let targets: Map<String, Value> = figures
-        .keys()
-        .filter_map(|k| target(k).map(|t| (k.clone(), json!({ "max": t }))))
-        .collect();
-    let mut report = figures;
-    report.insert(
-        "mode".into(),
-        json!(if plan.smoke { "smoke" } else { "full" }),
-    );
-    // The cargo profile the measured host binaries were built with (`Cargo.toml`).
-    report.insert(
-        "build_profile".into(),
-        json!(if plan.smoke { "dev" } else { "measure" }),
-    );
-    report.insert("started_at".into(), json!(started_at));
-    report.insert("bench_seconds".into(), json!(seconds));
-    report.insert(
-        "machine".into(),
-        json!({
-            "arch": std::env::consts::ARCH,
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        }),
-    );
-    report.insert(
-        "params".into(),
-        json!({
-            "sizes": plan.sizes,
-            "binaries": plan.bin_dir,
-            "zips": zips.iter().map(|z| json!({"function": z.function, "bytes": z.bytes, "arch": z.arch})).collect::<Vec<_>>(),
-            "figure_seconds": m.seconds,
-        }),
-    );
-    report.insert("targets".into(), Value::Object(targets));
-    report.insert("summaries".into(), Value::Object(summaries));
-    report.insert("profile".into(), Value::Object(profile));
-    report.insert("errors".into(), json!(m.errors));
-    report.insert("samples".into(), json!(m));
-    Value::Object(report)
+    s.into_report(m, zips, plan, started_at, seconds)
+}
+
+/// The report's parts as they are filled, figure by figure.
+#[derive(Default)]
+struct Sections {
+    figures: Map<String, Value>,
+    summaries: Map<String, Value>,
+    profile: Map<String, Value>,
+}
+
+impl Sections {
+    fn figure(&mut self, key: impl Into<String>, value: impl serde::Serialize) {
+        self.figures.insert(key.into(), json!(value));
+    }
+
+    /// Records the summary of `samples` as `name` and returns it, for the figures taken from it.
+    fn summary(&mut self, name: impl Into<String>, samples: &[f64]) -> Option<Summary> {
+        let summary = Summary::of(samples);
+        if let Some(s) = &summary {
+            self.summaries.insert(name.into(), json!(s));
+        }
+        summary
+    }
+
+    fn init(&mut self, function: &str, s: &InitSamples) {
+        let f = function.replace('-', "_");
+        if let Some(ms) = self.summary(format!("init_ms_{f}"), &s.ms) {
+            self.figure(format!("init_ms_p50_{f}"), ms.median);
+            self.figure(format!("init_ms_p95_{f}"), ms.p95);
+        }
+        if let Some(rss) = self.summary(format!("init_peak_rss_mib_{f}"), &s.peak_rss_mib) {
+            self.figure(format!("init_peak_rss_mib_{f}"), rss.median);
+        }
+        let foreign = s.foreign_sockets.iter().max().copied().unwrap_or(0);
+        self.figure(format!("init_foreign_sockets_{f}"), foreign);
+    }
+
+    fn submit(&mut self, s: &SubmitSamples) {
+        if let Some(r) = self.summary("submit_overhead_ratio", &s.ratio) {
+            self.figure("submit_overhead_ratio", r.median);
+        }
+        self.summary("submit_use_case_ms", &s.use_case_ms);
+        self.summary("submit_floor_ms", &s.floor_ms);
+    }
+
+    fn transfer(&mut self, t: &TransferSamples) {
+        if let Some(r) = self.summary("transfer_ratio", &t.ratio) {
+            self.figure("transfer_ratio_256mib", r.median);
+        }
+        let media_rate = t.media_rate_bytes_per_s as f64 / 1e6;
+        self.figure("transfer_media_rate_mb_per_s", media_rate);
+        for (name, samples) in [
+            ("transfer_upload_ms", &t.upload_ms),
+            ("transfer_download_ms", &t.download_ms),
+            ("transfer_webhook_ms", &t.webhook_ms),
+            ("transfer_concurrent_ms", &t.concurrent_ms),
+            ("transfer_sdk_parts_ms", &t.sdk_parts_ms),
+            ("transfer_sdk_complete_ms", &t.sdk_complete_ms),
+        ] {
+            self.summary(name, samples);
+        }
+        let floor = "transfer_ratio_to_streaming_floor";
+        if let Some(r) = self.summary(floor, &t.ratio_to_streaming_floor) {
+            self.figure(floor, r.median);
+        }
+    }
+
+    fn memory(&mut self, mem: &MemorySamples) {
+        if let Some(r) = self.summary("webhook_peak_rss_mib", &mem.peak_rss_mib) {
+            // The worst process: a Lambda's memory limit applies to each one.
+            self.figure("webhook_peak_rss_mib_1gib", r.max);
+        }
+        self.summary("webhook_invocation_ms", &mem.invocation_ms);
+    }
+
+    /// The figures with the run's targets, parameters, summaries, profile, errors and raw samples.
+    fn into_report(
+        self,
+        m: &Measured,
+        zips: &[Zip],
+        plan: &Plan,
+        started_at: &str,
+        seconds: f64,
+    ) -> Value {
+        let targets: Map<String, Value> = self
+            .figures
+            .keys()
+            .filter_map(|k| target(k).map(|t| (k.clone(), json!({ "max": t }))))
+            .collect();
+        let mut report = self.figures;
+        report.insert(
+            "mode".into(),
+            json!(if plan.smoke { "smoke" } else { "full" }),
+        );
+        // The cargo profile the measured host binaries were built with (`Cargo.toml`).
+        report.insert(
+            "build_profile".into(),
+            json!(if plan.smoke { "dev" } else { "measure" }),
+        );
+        report.insert("started_at".into(), json!(started_at));
+        report.insert("bench_seconds".into(), json!(seconds));
+        report.insert(
+            "machine".into(),
+            json!({
+                "arch": std::env::consts::ARCH,
+                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            }),
+        );
+        report.insert(
+            "params".into(),
+            json!({
+                "sizes": plan.sizes,
+                "binaries": plan.bin_dir,
+                "zips": zips.iter().map(|z| json!({"function": z.function, "bytes": z.bytes, "arch": z.arch})).collect::<Vec<_>>(),
+                "figure_seconds": m.seconds,
+            }),
+        );
+        report.insert("targets".into(), Value::Object(targets));
+        report.insert("summaries".into(), Value::Object(self.summaries));
+        report.insert("profile".into(), Value::Object(self.profile));
+        report.insert("errors".into(), json!(m.errors));
+        report.insert("samples".into(), json!(m));
+        Value::Object(report)
+    }
+}
+
+/// The profile of the transfer figure: median cores busy per phase, machine-wide and per process.
+fn cores_busy_median(cpu: &[PhaseCpu]) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let mut cores: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for p in cpu {
+        let phase = cores.entry(p.phase.clone()).or_default();
+        phase
+            .entry("machine".into())
+            .or_default()
+            .push(p.used.machine_cores);
+        for (name, c) in &p.used.by_process {
+            phase.entry(name.clone()).or_default().push(*c);
+        }
+    }
+    cores
+        .into_iter()
+        .map(|(phase, by)| {
+            let by = by
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, Summary::of(&v)?.median)))
+                .collect();
+            (phase, by)
+        })
+        .collect()
 }
 
 /// Keys that are missing or not numbers, and the `duplicates` check.
@@ -227,8 +261,60 @@ pub fn problems(report: &Value, smoke: bool) -> Vec<String> {
     out
 }
 
-/// One row per figure: value, spread, target and whether it is met.
+/// One row per figure: value, spread, target and whether it is met; then the transfer profile and the errors.
 pub fn print_table(report: &Value) {
+    let rows = rows(report);
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
+    println!();
+    println!(
+        "{:<width$}  {:>10}  {:<10}  {:<4}  spread",
+        "figure", "value", "target", "met"
+    );
+    let targets = &report["targets"];
+    for (key, value, spread) in rows {
+        let (target, met) = match targets[&key]["max"].as_f64() {
+            Some(t) => {
+                let met = match report[&key].as_f64() {
+                    Some(v) if v <= t => "yes",
+                    Some(_) => "NO",
+                    None => "",
+                };
+                (format!("≤ {t}"), met)
+            }
+            None => (String::new(), ""),
+        };
+        println!("{key:<width$}  {value:>10}  {target:<10}  {met:<4}  {spread}");
+    }
+    if let Some(phases) = report["profile"]["transfer_cores_busy_median"].as_object() {
+        println!(
+            "\ntransfer phases, median cores busy (of {}):",
+            report["machine"]["cpus"]
+        );
+        for (phase, by) in phases {
+            let by: Vec<String> = by
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
+                .collect();
+            println!("  {phase:<10}  {}", by.join(", "));
+        }
+    }
+    if let Some(errors) = report["errors"].as_object()
+        && !errors.is_empty()
+    {
+        println!();
+        for (figure, e) in errors {
+            println!("{figure} failed: {e}");
+        }
+    }
+    let mode = report["mode"].as_str().unwrap_or("?");
+    let seconds = report["bench_seconds"].as_f64().unwrap_or(0.0);
+    println!("\n({mode} run, {seconds:.0} s)");
+}
+
+/// The table's rows: (figure, value, spread of the summary it comes from).
+fn rows(report: &Value) -> Vec<(String, String, String)> {
     let s = &report["summaries"];
     let spread = |name: &str, digits: usize| -> String {
         serde_json::from_value::<Summary>(s[name].clone())
@@ -287,51 +373,5 @@ pub fn print_table(report: &Value) {
     for f in FUNCTIONS {
         row(&format!("zip_mib_{}", f.replace('-', "_")), 2, None);
     }
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
-    println!();
-    println!(
-        "{:<width$}  {:>10}  {:<10}  {:<4}  spread",
-        "figure", "value", "target", "met"
-    );
-    let targets = &report["targets"];
-    for (key, value, spread) in rows {
-        let (target, met) = match targets[&key]["max"].as_f64() {
-            Some(t) => {
-                let met = match report[&key].as_f64() {
-                    Some(v) if v <= t => "yes",
-                    Some(_) => "NO",
-                    None => "",
-                };
-                (format!("≤ {t}"), met)
-            }
-            None => (String::new(), ""),
-        };
-        println!("{key:<width$}  {value:>10}  {target:<10}  {met:<4}  {spread}");
-    }
-    if let Some(phases) = report["profile"]["transfer_cores_busy_median"].as_object() {
-        println!(
-            "\ntransfer phases, median cores busy (of {}):",
-            report["machine"]["cpus"]
-        );
-        for (phase, by) in phases {
-            let by: Vec<String> = by
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
-                .collect();
-            println!("  {phase:<10}  {}", by.join(", "));
-        }
-    }
-    if let Some(errors) = report["errors"].as_object()
-        && !errors.is_empty()
-    {
-        println!();
-        for (figure, e) in errors {
-            println!("{figure} failed: {e}");
-        }
-    }
-    let mode = report["mode"].as_str().unwrap_or("?");
-    let seconds = report["bench_seconds"].as_f64().unwrap_or(0.0);
-    println!("\n({mode} run, {seconds:.0} s)");
+    rows
 }

@@ -57,12 +57,8 @@ impl RuntimeApi {
             .route("/2020-01-01/extension/event/next", get(extension_next))
             .route("/2018-06-01/runtime/invocation/next", get(invocation_next))
             .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(invocation_response),
-            )
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/error",
-                post(invocation_error),
+                "/2018-06-01/runtime/invocation/{id}/{kind}",
+                post(invocation_result),
             )
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(shared.clone());
@@ -207,20 +203,18 @@ fn record(shared: &Shared, request_id: String, kind: &'static str, body: Bytes) 
     (StatusCode::ACCEPTED, r#"{"status":"OK"}"#).into_response()
 }
 
-async fn invocation_response(
+/// `invocation/{id}/response` or `invocation/{id}/error`: what the function posted for an invocation.
+async fn invocation_result(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    Path((id, kind)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    record(&shared, id, "response", body)
-}
-
-async fn invocation_error(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    record(&shared, id, "error", body)
+    let kind = match kind.as_str() {
+        "response" => "response",
+        "error" => "error",
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    record(&shared, id, kind, body)
 }
 
 async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::capture;
-use super::child::Ctx;
+use super::ctx::Ctx;
 use super::stats::ms;
 
 /// Iterations run before sampling: pools, the secret cache and connections warm up.
@@ -73,7 +73,7 @@ async fn use_case(
     let req = capture::queue_request(&ctx.async_model_id, "bench submit", "#no-webhook")?;
     let started = Instant::now();
     let settings = ctx.state.settings().await?;
-    let result = submission::submit_generation(&ctx.state, &settings, ctx.user, req)
+    let result = submission::submit_generation(&ctx.state, &settings, ctx.user, req, None)
         .await
         .map_err(|e| anyhow::anyhow!("submit_generation failed: {e}"))?;
     let elapsed = ms(started.elapsed());

@@ -18,8 +18,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::capture::Delivery;
-use super::child::Ctx;
 use super::cpu::{self, CpuUse};
+use super::ctx::Ctx;
 use super::stats::ms;
 
 const SOURCE_CHUNK: usize = 64 * 1024;

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use gen_pipeline::fal::signature::{Jwks, SignatureError, SignatureHeaders, verify};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -73,6 +74,22 @@ impl Emulator {
         resp.json().await.unwrap()
     }
 
+    /// A request without the key, to `url` (absolute, or a path of the emulator).
+    async fn unkeyed(&self, method: reqwest::Method, url: &str) -> reqwest::Response {
+        let url = if url.starts_with("http") {
+            url.to_owned()
+        } else {
+            format!("{}{url}", self.base)
+        };
+        self.http.request(method, url).send().await.unwrap()
+    }
+
+    /// [`Self::submit`] with a webhook; the request id.
+    async fn submit_id(&self, model: &str, prompt: &str, webhook: &str) -> String {
+        let submitted = self.submit(model, prompt, Some(webhook)).await;
+        submitted["request_id"].as_str().unwrap().to_owned()
+    }
+
     async fn get(&self, url: &str) -> reqwest::Response {
         self.http
             .get(url)
@@ -103,6 +120,12 @@ impl Emulator {
     }
 }
 
+/// Asserts the status and the JSON body of an answer.
+async fn assert_answer(resp: reqwest::Response, status: u16, body: Value) {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.json::<Value>().await.unwrap(), body);
+}
+
 struct Delivery {
     headers: HeaderMap,
     body: Bytes,
@@ -127,6 +150,17 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 /// credential as fal-image makes it (`job_id`, `token`).
 async fn receiver(answers: &[u16]) -> (String, mpsc::UnboundedReceiver<Delivery>) {
     slow_receiver(answers, Duration::ZERO).await
+}
+
+/// A fast emulator, and a job submitted to it for `model` with `prompt`, delivering to a receiver that answers 200.
+async fn submitted_to_receiver(
+    model: &str,
+    prompt: &str,
+) -> (Emulator, Value, mpsc::UnboundedReceiver<Delivery>) {
+    let emu = emulator(fast()).await;
+    let (hook, rx) = receiver(&[]).await;
+    let submitted = emu.submit(model, prompt, Some(&hook)).await;
+    (emu, submitted, rx)
 }
 
 async fn slow_receiver(
@@ -168,12 +202,9 @@ fn now() -> i64 {
 
 #[tokio::test]
 async fn two_signed_deliveries_verify_against_the_jwks() {
-    let emu = emulator(fast()).await;
-    let (hook, mut rx) = receiver(&[]).await;
     let model = "fal-ai/bytedance/seedream/v4/text-to-image";
-    let submitted = emu
-        .submit(model, "a cat #deliveries=2 #delay-ms=10", Some(&hook))
-        .await;
+    let (emu, submitted, mut rx) =
+        submitted_to_receiver(model, "a cat #deliveries=2 #delay-ms=10").await;
     let id = submitted["request_id"].as_str().unwrap();
     assert_eq!(submitted["status"], "IN_QUEUE");
     assert_eq!(
@@ -279,33 +310,18 @@ async fn sync_run_answers_the_output_and_serves_its_media() {
 
 #[tokio::test]
 async fn cancel_stops_a_slow_request_before_it_delivers() {
-    let emu = emulator(fast()).await;
-    let (hook, mut rx) = receiver(&[]).await;
-    let submitted = emu
-        .submit("fal-ai/wan/i2v", "clip #delay-ms=2000", Some(&hook))
-        .await;
+    let (emu, submitted, mut rx) =
+        submitted_to_receiver("fal-ai/wan/i2v", "clip #delay-ms=2000").await;
     let id = submitted["request_id"].as_str().unwrap();
     let status = emu.get(submitted["status_url"].as_str().unwrap()).await;
     assert_eq!(status.status(), 202);
     assert_eq!(status.json::<Value>().await.unwrap()["status"], "IN_QUEUE");
 
-    let cancel = emu
-        .http
-        .put(submitted["cancel_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 202);
-    assert_eq!(
-        cancel.json::<Value>().await.unwrap(),
-        json!({"status": "CANCELLATION_REQUESTED"})
-    );
+    let cancel_url = submitted["cancel_url"].as_str().unwrap();
+    let cancel = emu.unkeyed(Method::PUT, cancel_url).await;
+    assert_answer(cancel, 202, json!({"status": "CANCELLATION_REQUESTED"})).await;
     let result = emu.get(submitted["response_url"].as_str().unwrap()).await;
-    assert_eq!(result.status(), 400);
-    assert_eq!(
-        result.json::<Value>().await.unwrap(),
-        json!({"detail": "Request was cancelled"})
-    );
+    assert_answer(result, 400, json!({"detail": "Request was cancelled"})).await;
     let view = emu.inspect(id).await;
     assert_eq!(
         (view["cancelled"].as_bool(), view["status"].as_str()),
@@ -314,14 +330,8 @@ async fn cancel_stops_a_slow_request_before_it_delivers() {
     assert!(rx.try_recv().is_err());
 
     let gone = emu
-        .http
-        .put(format!(
-            "{}/queue/fal-ai/wan/requests/nope/cancel",
-            emu.base
-        ))
-        .send()
-        .await
-        .unwrap();
+        .unkeyed(Method::PUT, "/queue/fal-ai/wan/requests/nope/cancel")
+        .await;
     assert_eq!(gone.status(), 404);
 }
 
@@ -333,17 +343,9 @@ async fn cancel_of_a_completed_request_is_refused() {
         .await;
     let id = submitted["request_id"].as_str().unwrap();
     emu.inspect_until(id, |v| v["status"] == "COMPLETED").await;
-    let cancel = emu
-        .http
-        .put(submitted["cancel_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 400);
-    assert_eq!(
-        cancel.json::<Value>().await.unwrap(),
-        json!({"status": "ALREADY_COMPLETED"})
-    );
+    let cancel_url = submitted["cancel_url"].as_str().unwrap();
+    let cancel = emu.unkeyed(Method::PUT, cancel_url).await;
+    assert_answer(cancel, 400, json!({"status": "ALREADY_COMPLETED"})).await;
 }
 
 #[tokio::test]
@@ -387,12 +389,7 @@ async fn queue_status_503_queues_nothing_and_leaves_sync_alone() {
 async fn failed_deliveries_are_retried_and_recorded() {
     let emu = emulator(fast()).await;
     let (hook, mut rx) = receiver(&[500, 503]).await;
-    let id = emu
-        .submit("fal-ai/flux/dev", "#delay-ms=0", Some(&hook))
-        .await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = emu.submit_id("fal-ai/flux/dev", "#delay-ms=0", &hook).await;
     for _ in 0..3 {
         next(&mut rx).await;
     }
@@ -435,20 +432,14 @@ async fn concurrent_deliveries_leave_together() {
 
 #[tokio::test]
 async fn early_delivery_arrives_before_the_submit_answer() {
-    let emu = emulator(fast()).await;
-    let (hook, mut rx) = receiver(&[]).await;
-    emu.submit("fal-ai/flux/dev", "#early #delay-ms=0", Some(&hook))
-        .await;
+    let (_emu, _, mut rx) = submitted_to_receiver("fal-ai/flux/dev", "#early #delay-ms=0").await;
     assert!(rx.try_recv().is_ok(), "the delivery should already be in");
 }
 
 #[tokio::test]
 async fn error_request_reports_error_everywhere() {
-    let emu = emulator(fast()).await;
-    let (hook, mut rx) = receiver(&[]).await;
-    let submitted = emu
-        .submit("fal-ai/flux/dev", "#error #delay-ms=0", Some(&hook))
-        .await;
+    let (emu, submitted, mut rx) =
+        submitted_to_receiver("fal-ai/flux/dev", "#error #delay-ms=0").await;
     let body: Value = serde_json::from_slice(&next(&mut rx).await.body).unwrap();
     assert_eq!(
         (body["status"].as_str(), body["error"].as_str()),
@@ -487,12 +478,7 @@ async fn non_loopback_webhooks_are_refused_unsent() {
     let hook =
         format!("http://0.0.0.0:{port}/hook?job_id=00000000-0000-4000-a000-000000000001&token=x");
     let emu = emulator(fast()).await;
-    let id = emu
-        .submit("fal-ai/flux/dev", "#delay-ms=0", Some(&hook))
-        .await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = emu.submit_id("fal-ai/flux/dev", "#delay-ms=0", &hook).await;
     let view = emu
         .inspect_until(&id, |v| !v["deliveries"].as_array().unwrap().is_empty())
         .await;
@@ -535,31 +521,19 @@ async fn configured_key_is_required_for_model_calls_only() {
         .unwrap()
         .to_owned();
     assert_eq!(emu.http.get(url).send().await.unwrap().status(), 200);
-    let status = emu
-        .http
-        .get(format!(
-            "{}/queue/fal-ai/flux/requests/{id}/status",
-            emu.base
-        ))
-        .send()
-        .await
-        .unwrap();
+    let status_url = format!("/queue/fal-ai/flux/requests/{id}/status");
+    let status = emu.unkeyed(Method::GET, &status_url).await;
     assert_eq!(status.status(), 401);
 }
 
 #[tokio::test]
 async fn sync_faults_fail_first_and_time_out() {
     let emu = emulator(fast()).await;
-    let flaky = json!({"prompt": "#run-fail-first=1 unique-41"});
-    let first = emu.post("/run/fal-ai/flux/dev", flaky.clone()).await;
-    assert_eq!(first.status(), 503);
-    assert_eq!(emu.post("/run/fal-ai/flux/dev", flaky).await.status(), 200);
-    assert_eq!(
-        emu.post("/run/fal-ai/flux/dev", json!({"prompt": "#run-status=429"}))
-            .await
-            .status(),
-        429
-    );
+    let run = |prompt: &str| emu.post("/run/fal-ai/flux/dev", json!({ "prompt": prompt }));
+    let flaky = "#run-fail-first=1 unique-41";
+    assert_eq!(run(flaky).await.status(), 503);
+    assert_eq!(run(flaky).await.status(), 200);
+    assert_eq!(run("#run-status=429").await.status(), 429);
 
     let slow = emu
         .http
@@ -590,11 +564,7 @@ async fn housekeeping_endpoints_answer() {
             emu.base
         ))
         .await;
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(
-        unknown.json::<Value>().await.unwrap(),
-        json!({"detail": "Request not found"})
-    );
+    assert_answer(unknown, 404, json!({"detail": "Request not found"})).await;
     let post_to_request = emu
         .post("/queue/fal-ai/flux/requests/nope", json!({}))
         .await;

@@ -6,6 +6,11 @@ use anyhow::Context;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region};
+use serde_json::json;
+
+use super::envfile::StackEnv;
+use crate::clock::Clock;
+use crate::net::random_hex;
 
 pub const REGION: &str = "us-east-1";
 pub const ACCESS_KEY: &str = "test";
@@ -35,8 +40,56 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// Creates the buckets and the secret (or updates the secret's value when it exists).
-pub async fn provision(endpoint: &str, secret_json: &str) -> anyhow::Result<()> {
+/// The app secret of a fresh stack: new random keys, and the database URL the functions connect to.
+pub struct AppSecret {
+    pub fal_key: String,
+    pub webhook_secret: String,
+    pub jwt_secret: String,
+    pub database_url: String,
+}
+
+impl AppSecret {
+    pub fn generate(functions_database_url: &str) -> Self {
+        Self {
+            fal_key: format!("local-fal-key-{}", random_hex(16)),
+            webhook_secret: random_hex(32),
+            jwt_secret: random_hex(32),
+            database_url: functions_database_url.to_owned(),
+        }
+    }
+
+    /// Its keys in `stack.env` (all but the database URL, which `stack.env` has direct).
+    pub fn add_to(&self, env: &mut StackEnv) {
+        env.set("FAL_WEBHOOK_SECRET", &self.webhook_secret);
+        env.set("FAL_KEY", &self.fal_key);
+        env.set("SUPABASE_JWT_SECRET", &self.jwt_secret);
+    }
+
+    fn json(&self) -> String {
+        json!({
+            "FAL_KEY": self.fal_key,
+            "FAL_WEBHOOK_SECRET": self.webhook_secret,
+            "DATABASE_URL": self.database_url,
+            "SUPABASE_JWT_SECRET": self.jwt_secret,
+        })
+        .to_string()
+    }
+}
+
+/// Creates the buckets and the app secret in moto at `endpoint` (or updates the secret's value when it exists).
+pub async fn provision(endpoint: &str, secret: &AppSecret, clock: &Clock) -> anyhow::Result<()> {
+    let step = clock.step();
+    create(endpoint, &secret.json()).await?;
+    clock.done(
+        step,
+        format!(
+            "moto: buckets {WORKSPACE_BUCKET}, {LIBRARY_BUCKET} and secret {SECRET_ID} created"
+        ),
+    );
+    Ok(())
+}
+
+async fn create(endpoint: &str, secret_json: &str) -> anyhow::Result<()> {
     let config = sdk_config(endpoint).await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)

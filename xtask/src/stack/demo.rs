@@ -9,8 +9,11 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::clock::Clock;
+use crate::net::http_client;
+
 use super::envfile::StackEnv;
-use super::{Clock, http_client, token};
+use super::token;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -22,6 +25,14 @@ pub async fn run(env: &StackEnv, clock: &Clock) -> anyhow::Result<()> {
     let user = Uuid::new_v4();
     let jwt = token::ensure_user_and_token(env, user).await?;
     clock.say(format!("user {user} created; JWT issued"));
+    let demo = Demo {
+        env,
+        clock,
+        http,
+        api,
+        emulator,
+        jwt,
+    };
 
     let mut ok = true;
     for (label, model, prompt) in [
@@ -36,11 +47,36 @@ pub async fn run(env: &StackEnv, clock: &Clock) -> anyhow::Result<()> {
             "demo: waves rolling onto a beach #media-type=video/mp4 #media-bytes=3000000 #delay-ms=1500",
         ),
     ] {
+        ok &= demo.generation(label, model, prompt).await?;
+    }
+    if !ok {
+        bail!("the demo did not complete both generations");
+    }
+    clock.say("both generations completed end to end");
+    Ok(())
+}
+
+/// A client of the functions (one user, its JWT) that can also ask the emulator what it delivered.
+struct Demo<'a> {
+    env: &'a StackEnv,
+    clock: &'a Clock,
+    http: reqwest::Client,
+    api: &'a str,
+    emulator: &'a str,
+    jwt: String,
+}
+
+impl Demo<'_> {
+    /// One generation: `POST /fal-image`, the job followed to its end, its stored result fetched, the emulator's
+    /// webhook deliveries for it listed. True when it completed with a result that can be fetched.
+    async fn generation(&self, label: &str, model: &str, prompt: &str) -> anyhow::Result<bool> {
+        let (clock, api) = (self.clock, self.api);
         clock.say(format!("--- {label}: POST {api}/fal-image"));
         let started = Instant::now();
-        let response = http
+        let response = self
+            .http
             .post(format!("{api}/fal-image"))
-            .bearer_auth(&jwt)
+            .bearer_auth(&self.jwt)
             .json(&json!({ "prompt": prompt, "apiModelId": model, "metadata": { "aspectRatio": "16:9" } }))
             .send()
             .await
@@ -54,50 +90,49 @@ pub async fn run(env: &StackEnv, clock: &Clock) -> anyhow::Result<()> {
         ));
         let Some(job_id) = body.get("jobId").and_then(Value::as_str) else {
             clock.say(format!("{label}: no job was created"));
-            ok = false;
-            continue;
+            return Ok(false);
         };
-        let job = follow(&http, api, &jwt, job_id, clock).await?;
+        let job = follow(&self.http, api, &self.jwt, job_id, clock).await?;
         if job["status"] != "completed" {
             clock.say(format!(
                 "{label}: job {job_id} ended {} ({})",
                 job["status"], job["errorMessage"]
             ));
-            ok = false;
-            continue;
+            return Ok(false);
         }
         let result = &job["result"];
-        let (code, size) = fetch_size(&http, result["url"].as_str().unwrap_or_default()).await;
+        let (code, size) = fetch_size(&self.http, result["url"].as_str().unwrap_or_default()).await;
         clock.say(format!(
             "{label}: stored at s3://{}/{} ({}, {size} bytes, presigned URL answers {code})",
-            env.get("WORKSPACE_BUCKET").unwrap_or("workspace-temp"),
+            self.env.get("WORKSPACE_BUCKET").unwrap_or("workspace-temp"),
             result["storagePath"].as_str().unwrap_or("?"),
             result["mimeType"].as_str().unwrap_or("?"),
         ));
-        if code != 200 || size == 0 {
-            ok = false;
-        }
         if let Some(request_id) = body.get("requestId").and_then(Value::as_str) {
-            let inspect: Value = http
-                .get(format!("{emulator}/_emulator/requests/{request_id}"))
-                .send()
-                .await?
-                .json()
-                .await
-                .unwrap_or(Value::Null);
-            for d in inspect["deliveries"].as_array().into_iter().flatten() {
-                clock.say(format!(
-                    "fal emulator: signed webhook delivery {} attempt {} -> fal-webhook answered {}",
-                    d["delivery"], d["attempt"], d["http_status"]
-                ));
-            }
+            self.print_deliveries(request_id).await?;
         }
+        Ok(code == 200 && size != 0)
     }
-    if !ok {
-        bail!("the demo did not complete both generations");
+
+    /// The emulator's signed webhook deliveries for `request_id`, and how fal-webhook answered each.
+    async fn print_deliveries(&self, request_id: &str) -> anyhow::Result<()> {
+        let emulator = self.emulator;
+        let inspect: Value = self
+            .http
+            .get(format!("{emulator}/_emulator/requests/{request_id}"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        for d in inspect["deliveries"].as_array().into_iter().flatten() {
+            self.clock.say(format!(
+                "fal emulator: signed webhook delivery {} attempt {} -> fal-webhook answered {}",
+                d["delivery"], d["attempt"], d["http_status"]
+            ));
+        }
+        Ok(())
     }
-    clock.say("both generations completed end to end");
-    Ok(())
 }
 
 /// Polls the job until it is terminal, printing every status change.

@@ -11,9 +11,14 @@ use anyhow::{Context, bail};
 use nix::unistd::{User, geteuid};
 use sha2::{Digest, Sha256};
 
+use crate::clock::Clock;
+use crate::net::free_ports;
+use crate::paths::Paths;
+
+use super::envfile::StackEnv;
 use super::procs::{self, ProcRecord};
+use super::ready::log_tail;
 use super::state::State;
-use super::{Clock, Paths, free_ports, log_tail};
 
 /// Its name in `state.json`.
 pub const NAME: &str = "pgbouncer";
@@ -212,6 +217,12 @@ async fn answers_query(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Its keys in `stack.env`: the functions' database URL through it (`url`), and that the stack has it.
+pub fn add_to(env: &mut StackEnv, url: String) {
+    env.set("POOLER_DATABASE_URL", url);
+    env.set("STACK_POOLER", "1");
+}
+
 /// Starts PgBouncer in front of `database_url`, records it in `state`, waits until a login through it works,
 /// and returns the URL the functions should use.
 pub async fn start(
@@ -270,8 +281,7 @@ pub async fn start(
     cmd.arg(dir.join("pgbouncer.ini")).current_dir(&dir);
     let log = paths.logs.join("pgbouncer.log");
     let proc = procs::spawn_background(NAME, port, &mut cmd, &log)?;
-    state.processes.push(proc.clone());
-    state.save(&paths.state)?;
+    state.record(proc.clone(), &paths.state)?;
 
     let mut url = url::Url::parse(&format!("postgres://127.0.0.1:{port}"))?;
     url.set_username(&up.user)

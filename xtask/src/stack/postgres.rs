@@ -11,13 +11,18 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, geteuid};
 
+use crate::clock::Clock;
+use crate::net::random_hex;
+use crate::paths::Paths;
+use crate::procfs;
+
+use super::procs;
 use super::state::{PgCluster, State};
-use super::{Clock, Paths, procs, random_hex};
 
 const DATABASE: &str = "app";
 
 /// Directory holding `initdb` and `pg_ctl`: from PATH, else the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_bin_dir() -> Option<PathBuf> {
+fn find_bin_dir() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
@@ -39,7 +44,7 @@ pub fn find_bin_dir() -> Option<PathBuf> {
 }
 
 /// The server binaries, installed with apt when missing and we are root.
-pub async fn ensure_bin_dir(paths: &Paths, clock: &Clock) -> anyhow::Result<PathBuf> {
+async fn ensure_bin_dir(paths: &Paths, clock: &Clock) -> anyhow::Result<PathBuf> {
     if let Some(dir) = find_bin_dir() {
         return Ok(dir);
     }
@@ -76,17 +81,6 @@ fn log_to(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cmd: Command, what: &str, log: &Path) -> anyhow::Result<()> {
-    let status = tokio::process::Command::from(cmd)
-        .status()
-        .await
-        .with_context(|| format!("cannot run {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}); see {}", log.display());
-    }
-    Ok(())
-}
-
 fn postgres_owner() -> anyhow::Result<(u32, u32)> {
     let user = User::from_name("postgres")
         .context("cannot look up the postgres user")?
@@ -117,24 +111,36 @@ fn postgres_can_write(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Stops a postmaster left running in `base` by a run that lost its state file, then deletes `base`.
-fn clear_stale(base: &Path, bin_dir: &Path, run_as_postgres: bool) {
+/// Stops a postmaster left running in `base` by a run that lost its state file (when the server binaries are
+/// known), then deletes `base`.
+fn clear_stale(base: &Path, bin_dir: Option<&Path>, log: &Path) {
     let data = base.join("data");
-    if data.join("postmaster.pid").exists() {
+    if let Some(bin_dir) = bin_dir
+        && data.join("postmaster.pid").exists()
+    {
         let cluster = PgCluster {
             base_dir: base.display().to_string(),
             data_dir: data.display().to_string(),
             socket_dir: String::new(),
             bin_dir: bin_dir.display().to_string(),
             port: 0,
-            run_as_postgres,
+            run_as_postgres: geteuid().is_root(),
             // pg_ctl copes with a stale pid file; we never signal a pid we did not record ourselves.
             postmaster_pid: None,
             postmaster_start_ticks: 0,
         };
-        let _ = stop(&cluster, Path::new("/dev/null"));
+        let _ = stop(&cluster, log);
     }
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// Stops and deletes a cluster that a crashed run left in `target/stack/pg` without recording it.
+pub fn clear_leftover(paths: &Paths) {
+    let base = paths.stack.join("pg");
+    if base.exists() {
+        let bin_dir = find_bin_dir();
+        clear_stale(&base, bin_dir.as_deref(), &paths.logs.join("postgres.log"));
+    }
 }
 
 fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
@@ -147,25 +153,69 @@ fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
         .ok()
 }
 
+/// The database of the stack: DATABASE_URL from the environment when it is set (then the stack does not manage
+/// it), else a new cluster of ours on `port`, recorded in `state`.
+pub async fn database_url(
+    paths: &Paths,
+    port: u16,
+    state: &mut State,
+    clock: &Clock,
+) -> anyhow::Result<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            clock.say(
+                "PostgreSQL: using DATABASE_URL from the environment (not managed by the stack)",
+            );
+            Ok(url)
+        }
+        _ => {
+            let bin = ensure_bin_dir(paths, clock).await?;
+            create(paths, &bin, port, state, clock).await
+        }
+    }
+}
+
 /// Creates and starts a cluster on 127.0.0.1:`port` with database `app`; records it in `state` as soon as it has
 /// a directory. Returns the DATABASE_URL.
-pub async fn create(
+async fn create(
     paths: &Paths,
     bin_dir: &Path,
     port: u16,
     state: &mut State,
     clock: &Clock,
 ) -> anyhow::Result<String> {
-    let run_as_postgres = geteuid().is_root();
-    let owner = if run_as_postgres {
+    let owner = if geteuid().is_root() {
         Some(postgres_owner()?)
     } else {
         None
     };
     let log = paths.logs.join("postgres.log");
+    let cluster = place(paths, bin_dir, port, owner, clock)?;
+    state.postgres = Some(cluster.clone());
+    state.save(&paths.state)?;
+    let password = random_hex(24);
+    initdb(&cluster, &password, owner, &log, clock).await?;
+    let pid = start(&cluster, &log, clock).await?;
+    if let Some(pg) = state.postgres.as_mut() {
+        pg.postmaster_pid = Some(pid);
+        pg.postmaster_start_ticks = procfs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    }
+    state.save(&paths.state)?;
+    create_database(&password, port).await
+}
 
+/// The cluster's directories, made for its owner: under `target/stack/pg` when the `postgres` user can reach it,
+/// else under the temp dir; the socket directory too where its path would be too long.
+fn place(
+    paths: &Paths,
+    bin_dir: &Path,
+    port: u16,
+    owner: Option<(u32, u32)>,
+    clock: &Clock,
+) -> anyhow::Result<PgCluster> {
+    let run_as_postgres = owner.is_some();
     let mut base = paths.stack.join("pg");
-    clear_stale(&base, bin_dir, run_as_postgres);
+    clear_stale(&base, Some(bin_dir), Path::new("/dev/null"));
     make_private_dir(&base, owner)?;
     if run_as_postgres && !postgres_can_write(&base) {
         // A parent of the checkout does not let other users through (e.g. a clone under /root).
@@ -183,22 +233,27 @@ pub async fn create(
         socket_dir = std::env::temp_dir().join(format!("gp-pg-{}", random_hex(6)));
     }
     make_private_dir(&socket_dir, owner)?;
-    let data_dir = base.join("data");
-    let cluster = PgCluster {
+    Ok(PgCluster {
         base_dir: base.display().to_string(),
-        data_dir: data_dir.display().to_string(),
+        data_dir: base.join("data").display().to_string(),
         socket_dir: socket_dir.display().to_string(),
         bin_dir: bin_dir.display().to_string(),
         port,
         run_as_postgres,
         postmaster_pid: None,
         postmaster_start_ticks: 0,
-    };
-    state.postgres = Some(cluster.clone());
-    state.save(&paths.state)?;
+    })
+}
 
-    let password = random_hex(24);
-    let pwfile = base.join("pwfile");
+/// `initdb` with user `postgres` whose password is `password` (handed over in a file deleted right after).
+async fn initdb(
+    cluster: &PgCluster,
+    password: &str,
+    owner: Option<(u32, u32)>,
+    log: &Path,
+    clock: &Clock,
+) -> anyhow::Result<()> {
+    let pwfile = Path::new(&cluster.base_dir).join("pwfile");
     std::fs::write(&pwfile, format!("{password}\n"))?;
     std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))?;
     if let Some((uid, gid)) = owner {
@@ -206,10 +261,10 @@ pub async fn create(
     }
 
     let step = clock.step();
-    let mut initdb = pg_command(&cluster, "initdb");
+    let mut initdb = pg_command(cluster, "initdb");
     initdb
         .arg("-D")
-        .arg(&data_dir)
+        .arg(&cluster.data_dir)
         .args([
             "-U",
             "postgres",
@@ -221,40 +276,42 @@ pub async fn create(
             "--no-sync",
         ])
         .arg(format!("--pwfile={}", pwfile.display()));
-    log_to(&mut initdb, &log)?;
-    let result = run(initdb, "initdb", &log).await;
+    let result = procs::run_logged(initdb, log, "initdb").await;
     let _ = std::fs::remove_file(&pwfile);
     result?;
-    clock.done(step, format!("initdb {}", data_dir.display()));
+    clock.done(step, format!("initdb {}", cluster.data_dir));
+    Ok(())
+}
 
+/// `pg_ctl start` on the cluster's port and socket directory; returns the postmaster's pid.
+async fn start(cluster: &PgCluster, log: &Path, clock: &Clock) -> anyhow::Result<i32> {
     let step = clock.step();
+    let port = cluster.port;
     let options = format!(
         "-k '{}' -c listen_addresses=127.0.0.1 -p {port} -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        socket_dir.display()
+        cluster.socket_dir
     );
-    let mut start = pg_command(&cluster, "pg_ctl");
+    let mut start = pg_command(cluster, "pg_ctl");
     start
         .arg("-D")
-        .arg(&data_dir)
+        .arg(&cluster.data_dir)
         .arg("-o")
         .arg(options)
         .args(["-w", "-t", "60", "start"]);
     // Without -l the server writes to pg_ctl's stdout: our log file, opened by us, so it needs no permissions
     // of the postgres user.
-    log_to(&mut start, &log)?;
-    run(start, "pg_ctl start", &log).await?;
-    let pid = read_postmaster_pid(&data_dir)
+    procs::run_logged(start, log, "pg_ctl start").await?;
+    let pid = read_postmaster_pid(Path::new(&cluster.data_dir))
         .context("postgres started but postmaster.pid is unreadable")?;
-    if let Some(pg) = state.postgres.as_mut() {
-        pg.postmaster_pid = Some(pid);
-        pg.postmaster_start_ticks = procs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
-    }
-    state.save(&paths.state)?;
     clock.done(
         step,
         format!("postgres started on 127.0.0.1:{port} (pid {pid})"),
     );
+    Ok(pid)
+}
 
+/// Creates the `app` database unless it exists; returns its URL.
+async fn create_database(password: &str, port: u16) -> anyhow::Result<String> {
     let admin_url = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
     let client = gen_pipeline::db::connect(&admin_url)
         .await

@@ -8,11 +8,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::procfs;
 
 /// A process the stack started: enough to find it again and to stop it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,55 +27,21 @@ pub struct ProcRecord {
     pub log: String,
 }
 
-/// The few fields of `/proc/<pid>/stat` we use.
-#[derive(Debug, Clone, Copy)]
-pub struct Stat {
-    pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
-    pub start_ticks: u64,
-}
-
-pub fn stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain spaces and parentheses.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_ticks: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn running(s: &Stat) -> bool {
-    !matches!(s.state, 'Z' | 'X' | 'x')
-}
-
 /// True when `pid` runs (not a zombie) and is the process that was recorded (same start time).
 pub fn is_ours(pid: i32, start_ticks: u64) -> bool {
-    match stat(pid) {
-        Some(s) => running(&s) && (start_ticks == 0 || s.start_ticks == start_ticks),
+    match procfs::stat(pid) {
+        Some(s) => s.running() && (start_ticks == 0 || s.start_ticks == start_ticks),
         None => false,
     }
 }
 
-fn all_pids() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 /// Running members of process group `pgid` started no earlier than the group's leader was.
 pub fn group_members(pgid: i32, since_ticks: u64) -> Vec<(i32, u64)> {
-    all_pids()
+    procfs::pids()
         .into_iter()
         .filter_map(|pid| {
-            let s = stat(pid)?;
-            (s.pgrp == pgid && running(&s) && s.start_ticks >= since_ticks)
+            let s = procfs::stat(pid)?;
+            (s.pgrp == pgid && s.running() && s.start_ticks >= since_ticks)
                 .then_some((pid, s.start_ticks))
         })
         .collect()
@@ -81,15 +49,15 @@ pub fn group_members(pgid: i32, since_ticks: u64) -> Vec<(i32, u64)> {
 
 /// Running descendants of `pid` (children, grandchildren, …).
 pub fn descendants(pid: i32) -> Vec<(i32, u64)> {
-    let table: Vec<(i32, Stat)> = all_pids()
+    let table: Vec<(i32, procfs::Stat)> = procfs::pids()
         .into_iter()
-        .filter_map(|p| Some((p, stat(p)?)))
+        .filter_map(|p| Some((p, procfs::stat(p)?)))
         .collect();
     let mut found = Vec::new();
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {
         for (p, s) in &table {
-            if s.ppid == parent && running(s) && !found.iter().any(|(q, _)| q == p) {
+            if s.ppid == parent && s.running() && !found.iter().any(|(q, _)| q == p) {
                 found.push((*p, s.start_ticks));
                 frontier.push(*p);
             }
@@ -130,7 +98,7 @@ pub fn spawn_background(
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     // The Child handle is dropped without waiting: the process belongs to the stack, not to this run of xtask.
     drop(child);
-    let start_ticks = stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    let start_ticks = procfs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
     Ok(ProcRecord {
         name: name.to_string(),
         pid,
@@ -138,6 +106,31 @@ pub fn spawn_background(
         port,
         log: log.display().to_string(),
     })
+}
+
+/// Runs `cmd` to its end with no input and its output appended to `log`; `what` names it in errors.
+pub async fn run_logged(
+    cmd: impl Into<tokio::process::Command>,
+    log: &Path,
+    what: &str,
+) -> anyhow::Result<()> {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let status = cmd
+        .into()
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
+        .await
+        .with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); see {}", log.display());
+    }
+    Ok(())
 }
 
 /// Collects any of `pids` that are our own exited children, so they do not linger as zombies.

@@ -6,11 +6,21 @@ use gen_pipeline::db::Type;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::envfile::StackEnv;
+
 pub const PROVIDER_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_0000000000fa);
 pub const SYNC_MODEL_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_000000000001);
 pub const ASYNC_MODEL_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_000000000002);
 pub const SYNC_MODEL_KEY: &str = "fal-ai/bytedance/seedream/v4/text-to-image";
 pub const ASYNC_MODEL_KEY: &str = "fal-ai/wan/v2.2-a14b/text-to-video";
+
+/// The seeded models' ids and keys in `stack.env`, for the tests to name them.
+pub fn add_to(env: &mut StackEnv) {
+    env.set("SYNC_MODEL_ID", SYNC_MODEL_ID.to_string());
+    env.set("ASYNC_MODEL_ID", ASYNC_MODEL_ID.to_string());
+    env.set("SYNC_MODEL_KEY", SYNC_MODEL_KEY);
+    env.set("ASYNC_MODEL_KEY", ASYNC_MODEL_KEY);
+}
 
 struct Model {
     id: Uuid,
@@ -50,7 +60,7 @@ fn models() -> [Model; 2] {
             modality: "video",
             tasks: &["t2v", "i2v"],
             default_for_tasks: &["t2v"],
-            endpoint_path: Some("fal-webhook"),
+            endpoint_path: Some(gen_pipeline::submission::QUEUE_ROUTE),
             input_defaults: json!({"resolution": "720p", "aspect_ratio": "16:9"}),
             capabilities: json!({"input_schema": {
                 "prompt": {"required": true},

@@ -54,6 +54,12 @@ impl State {
         Ok(())
     }
 
+    /// Adds a process that has just started and saves the state at once, so `down` finds it whatever happens next.
+    pub fn record(&mut self, proc: ProcRecord, path: &Path) -> anyhow::Result<()> {
+        self.processes.push(proc);
+        self.save(path)
+    }
+
     pub fn process(&self, name: &str) -> Option<&ProcRecord> {
         self.processes.iter().find(|p| p.name == name)
     }

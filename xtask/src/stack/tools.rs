@@ -2,12 +2,15 @@
 //! Manager), cargo-lambda (which runs the functions) and, for release builds, zig. Nothing installed
 //! system-wide is used for these.
 
-use std::fs::OpenOptions;
+use std::ffi::OsString;
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
 
-use super::{Clock, Paths};
+use crate::clock::Clock;
+use crate::paths::Paths;
+
+use super::procs;
 
 pub const MOTO: &str = "moto[server]==5.2.5";
 pub const CARGO_LAMBDA: &str = "cargo-lambda==1.9.2";
@@ -21,19 +24,9 @@ pub async fn ensure(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
     if !bin.join("python").exists() {
         let step = clock.step();
         let python = std::env::var("XTASK_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let status = tokio::process::Command::new(&python)
-            .args(["-m", "venv"])
-            .arg(&paths.venv)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()
-            .await
-            .with_context(|| format!("cannot run {python} -m venv"))?;
-        if !status.success() {
-            bail!("{python} -m venv failed ({status}); see {}", log.display());
-        }
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.args(["-m", "venv"]).arg(&paths.venv);
+        procs::run_logged(cmd, &log, &format!("{python} -m venv")).await?;
         clock.done(
             step,
             format!("virtualenv created at {}", paths.venv.display()),
@@ -81,6 +74,15 @@ pub async fn ensure_ziglang(paths: &Paths, clock: &Clock) -> anyhow::Result<()> 
     pip_install(paths, clock, &[ZIGLANG]).await
 }
 
+/// PATH with the venv's `bin` first, so cargo-lambda finds the pinned tools (zig among them).
+pub fn path_with_venv(paths: &Paths) -> anyhow::Result<OsString> {
+    let system = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    std::env::join_paths(std::iter::once(paths.venv.join("bin")).chain(system))
+        .context("PATH cannot hold the venv's bin directory")
+}
+
 /// `pip install` of pinned packages into the venv, logged to `logs/pip.log`.
 async fn pip_install(paths: &Paths, clock: &Clock, wanted: &[&str]) -> anyhow::Result<()> {
     let log = paths.logs.join("pip.log");
@@ -89,19 +91,10 @@ async fn pip_install(paths: &Paths, clock: &Clock, wanted: &[&str]) -> anyhow::R
         "pip install {} (log: logs/pip.log)",
         wanted.join(" ")
     ));
-    let out = OpenOptions::new().create(true).append(true).open(&log)?;
-    let status = tokio::process::Command::new(paths.venv.join("bin").join("pip"))
-        .args(["install", "--disable-pip-version-check", "--no-input"])
-        .args(wanted)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .status()
-        .await
-        .context("cannot run the venv's pip")?;
-    if !status.success() {
-        bail!("pip install failed ({status}); see {}", log.display());
-    }
+    let mut cmd = tokio::process::Command::new(paths.venv.join("bin").join("pip"));
+    cmd.args(["install", "--disable-pip-version-check", "--no-input"])
+        .args(wanted);
+    procs::run_logged(cmd, &log, "pip install").await?;
     clock.done(step, format!("pip installed {}", wanted.join(" ")));
     Ok(())
 }
@@ -123,23 +116,9 @@ pub async fn apt_install(paths: &Paths, clock: &Clock, package: &str) -> anyhow:
         &["update"][..],
         &["install", "-y", "--no-install-recommends", package][..],
     ] {
-        let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let status = tokio::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()
-            .await
-            .context("cannot run apt-get")?;
-        if !status.success() {
-            bail!(
-                "apt-get {} failed ({status}); see {}",
-                args.join(" "),
-                log.display()
-            );
-        }
+        let mut cmd = tokio::process::Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        procs::run_logged(cmd, &log, &format!("apt-get {}", args.join(" "))).await?;
     }
     clock.done(step, format!("{package} installed"));
     Ok(())

@@ -2,6 +2,7 @@
 -- Safe to run again: each policy is dropped before it is made. Where the spec gives a policy's name, it is the
 -- original's; the others are named for what they allow. Policies without TO apply to every role (an anon
 -- client has no auth.uid(), so owner checks refuse it).
+-- Alike in shape on purpose: each policy is its own DROP + CREATE, as in the original, so it can be read alone.
 
 -- jobs: one policy for everything, no separate WITH CHECK: a user reads and updates (the client's cancel) their
 -- own jobs, and may insert rows for themselves.

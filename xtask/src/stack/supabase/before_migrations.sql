@@ -30,6 +30,7 @@ $$;
 -- request.jwt.claim.<name>). Created only where missing: on Supabase they belong to supabase_auth_admin.
 CREATE SCHEMA IF NOT EXISTS auth;
 
+-- Alike in shape on purpose: each accessor is spelled out as Supabase defines it, not generated.
 DO $do$
 BEGIN
   IF to_regprocedure('auth.uid()') IS NULL THEN

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::envfile::StackEnv;
+use crate::stack::StackEnv;
 
 /// Keys of the app secret (and of `stack.env`) whose whole value is secret.
 const SECRET_KEYS: [&str; 4] = [

@@ -1,0 +1,30 @@
+//! The state the functions build, built in the test process from the stack's variables (no process environment
+//! is read or changed), for in-process reconciler passes and post-processing runs.
+
+use std::time::Duration;
+
+use gen_pipeline::reconcile::{ReconcileOptions, ReconcileReport, reconcile_stale_jobs};
+use gen_pipeline::{AppState, Config, Settings};
+
+use crate::common::{sdk_config, try_stack_var};
+
+/// The functions' `AppState` and current settings, configured from the stack's variables.
+pub async fn app_state() -> (AppState, Settings) {
+    let config =
+        Config::from_lookup(try_stack_var).expect("the stack's variables are a valid config");
+    let state = AppState::new(config, &sdk_config().await).unwrap();
+    let settings = state.settings().await.unwrap();
+    (state, settings)
+}
+
+/// One pass of the lost-webhook reconciler in this process over queued jobs older than `older_than`, failing
+/// those past `deadline`.
+pub async fn reconcile_pass(older_than: Duration, deadline: Duration) -> ReconcileReport {
+    let (state, settings) = app_state().await;
+    let options = ReconcileOptions {
+        older_than,
+        deadline,
+        batch: 100,
+    };
+    reconcile_stale_jobs(&state, &settings, options).await
+}

@@ -1,0 +1,130 @@
+//! The storage routes `@supabase/storage-js` calls for `createSignedUrl(s)`, and following a signed link.
+
+use std::time::Duration;
+
+use gen_pipeline::AppState;
+use gen_pipeline::storage_links::{self, Bucket, LinkError};
+use lambda_http::http::StatusCode;
+use lambda_http::{Body, Error, Request, RequestExt, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::errors::ApiError;
+use crate::http::{caller, cors, error_response, settings};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignOne {
+    expires_in: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignMany {
+    expires_in: f64,
+    paths: Vec<String>,
+}
+
+fn body_of<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    serde_json::from_slice(req.body().as_ref())
+        .map_err(|e| ApiError::storage(StatusCode::BAD_REQUEST, "InvalidRequest", &e.to_string()))
+}
+
+fn bucket(name: &str) -> Result<Bucket, ApiError> {
+    Bucket::parse(name).ok_or_else(|| ApiError::from(LinkError::UnknownBucket))
+}
+
+/// Whole seconds, as storage-js sends them (`expiresIn`); anything else cannot be a lifetime.
+fn lifetime(seconds: f64) -> Result<Duration, ApiError> {
+    if seconds.is_finite() && seconds >= 1.0 && seconds.fract() == 0.0 {
+        Ok(Duration::from_secs(seconds as u64))
+    } else {
+        Err(ApiError::from(LinkError::BadExpiry))
+    }
+}
+
+/// `createSignedUrl`: `{signedURL}` for one of the caller's own paths.
+pub async fn sign_one(
+    state: &AppState,
+    req: &Request,
+    bucket_name: &str,
+    path: &str,
+) -> Result<Value, ApiError> {
+    let settings = settings(state).await?;
+    let user = caller(state, req, &settings).await?;
+    let bucket = bucket(bucket_name)?;
+    let ttl = lifetime(body_of::<SignOne>(req)?.expires_in)?;
+    let signed = storage_links::sign_for_user(&settings, user, bucket, path, ttl)?;
+    Ok(json!({ "signedURL": signed }))
+}
+
+/// `createSignedUrls`: `[{path, signedURL, error}]`, a path the caller may not sign getting its `error`.
+pub async fn sign_many(
+    state: &AppState,
+    req: &Request,
+    bucket_name: &str,
+) -> Result<Value, ApiError> {
+    let settings = settings(state).await?;
+    let user = caller(state, req, &settings).await?;
+    let bucket = bucket(bucket_name)?;
+    let body = body_of::<SignMany>(req)?;
+    let ttl = lifetime(body.expires_in)?;
+    let signed = storage_links::sign_many_for_user(&settings, user, bucket, &body.paths, ttl);
+    if signed
+        .iter()
+        .any(|(_, r)| r == &Err(LinkError::NotConfigured))
+    {
+        return Err(ApiError::from(LinkError::NotConfigured));
+    }
+    Ok(Value::Array(
+        signed
+            .into_iter()
+            .map(|(path, result)| match result {
+                Ok(url) => json!({ "path": path, "signedURL": url, "error": null }),
+                Err(e) => json!({ "path": path, "signedURL": null, "error": e.to_string() }),
+            })
+            .collect(),
+    ))
+}
+
+/// A signed link followed: 302 to an S3 presigned GET of a few minutes, or Supabase's error.
+pub async fn follow(
+    state: &AppState,
+    req: &Request,
+    bucket_name: &str,
+    path: &str,
+) -> Result<Response<Body>, Error> {
+    let query = req
+        .query_string_parameters_ref()
+        .cloned()
+        .unwrap_or_default();
+    let redirect = async {
+        let settings = settings(state).await?;
+        let bucket = bucket(bucket_name)?;
+        let token = query.first("token").ok_or_else(|| {
+            ApiError::storage(StatusCode::BAD_REQUEST, "InvalidJWT", "Missing token")
+        })?;
+        let download = query.first("download");
+        storage_links::redirect(state, &settings, bucket, path, token, download)
+            .await?
+            .map_err(|e| {
+                tracing::error!(error = %e, "presigning a followed link failed");
+                ApiError::storage(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "Temporarily unavailable",
+                )
+            })
+    };
+    match redirect.await {
+        Ok(location) => Ok(cors(Response::builder().status(StatusCode::FOUND))
+            .header("location", location)
+            // The target expires within minutes: a cached redirect must not outlive it.
+            .header("cache-control", "private, max-age=60")
+            .body(Body::Empty)?),
+        Err(e) => {
+            tracing::info!(status = e.status.as_u16(), error = %e.body["error"], "signed link refused");
+            error_response(e)
+        }
+    }
+}

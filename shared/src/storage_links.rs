@@ -1,0 +1,341 @@
+//! Storage links as `@supabase/storage-js` makes and uses them, for the two buckets the clients sign
+//! (`workspace-temp`, `user-library`). A link is `<api>/storage/v1/object/sign/<bucket>/<path>?token=<jwt>`: the
+//! token is an HS256 JWT of ours (`STORAGE_SIGNING_KEY` in the app secret) with Supabase's claims `url`
+//! (`<bucket>/<path>`) and `exp`. Fetching the link needs no `Authorization` (it is an `<img>`/`<video>` source):
+//! the token is checked and the answer is a redirect to an S3 presigned GET of a few minutes, made at that moment.
+//! So a link lives as long as its token says, whatever the Lambda role's temporary credentials do.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::ownership;
+use crate::state::AppState;
+use crate::storage::StorageError;
+
+/// How long the S3 presigned GET behind a link lives: just long enough to follow the redirect.
+pub const REDIRECT_TTL: Duration = Duration::from_secs(300);
+/// The longest a client may ask a link to live.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A bucket by the name the original's clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    WorkspaceTemp,
+    UserLibrary,
+}
+
+impl Bucket {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "workspace-temp" => Some(Bucket::WorkspaceTemp),
+            "user-library" => Some(Bucket::UserLibrary),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::WorkspaceTemp => "workspace-temp",
+            Bucket::UserLibrary => "user-library",
+        }
+    }
+
+    /// The S3 bucket behind it.
+    pub fn s3_bucket(self, settings: &Settings) -> &str {
+        match self {
+            Bucket::WorkspaceTemp => &settings.config.workspace_bucket,
+            Bucket::UserLibrary => &settings.config.library_bucket,
+        }
+    }
+}
+
+/// Why a path cannot be signed or a link followed; each maps to Supabase's error shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("Bucket not found")]
+    UnknownBucket,
+    #[error("expiresIn must be a number of seconds between 1 and {}", MAX_EXPIRES_IN.as_secs())]
+    BadExpiry,
+    /// Not under the caller's own user id (the original's storage policies).
+    #[error("Either the object does not exist or you do not have access to it")]
+    NotYours,
+    #[error("Storage links are not configured")]
+    NotConfigured,
+    #[error("jwt expired")]
+    Expired,
+    #[error("invalid signature")]
+    BadToken,
+    /// A valid token of another object.
+    #[error("The url does not match the signature")]
+    OtherPath,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkClaims {
+    url: String,
+    iat: i64,
+    exp: i64,
+}
+
+fn signing_key(settings: &Settings) -> Result<&SecretString, LinkError> {
+    settings
+        .secrets
+        .storage_signing_key
+        .as_ref()
+        .ok_or(LinkError::NotConfigured)
+}
+
+/// `/object/sign/<bucket>/<path>?token=<jwt>`: what `createSignedUrl` answers, relative to `<api>/storage/v1`.
+pub fn signed_path(
+    settings: &Settings,
+    bucket: Bucket,
+    path: &str,
+    ttl: Duration,
+) -> Result<String, LinkError> {
+    if ttl.is_zero() || ttl > MAX_EXPIRES_IN {
+        return Err(LinkError::BadExpiry);
+    }
+    let url = format!("{}/{path}", bucket.name());
+    let now = chrono::Utc::now().timestamp();
+    let claims = LinkClaims {
+        url: url.clone(),
+        iat: now,
+        exp: now.saturating_add(ttl.as_secs() as i64),
+    };
+    let key = EncodingKey::from_secret(signing_key(settings)?.expose_secret().as_bytes());
+    let token =
+        encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|_| LinkError::BadToken)?;
+    Ok(format!("/object/sign/{url}?token={token}"))
+}
+
+/// The caller's own path signed for `ttl` (`createSignedUrl`), or why not.
+pub fn sign_for_user(
+    settings: &Settings,
+    user_id: Uuid,
+    bucket: Bucket,
+    path: &str,
+    ttl: Duration,
+) -> Result<String, LinkError> {
+    let path = ownership::owned_key(user_id, path).ok_or(LinkError::NotYours)?;
+    signed_path(settings, bucket, path, ttl)
+}
+
+/// `createSignedUrls`: each path signed, or the reason it cannot be, in the order given.
+pub fn sign_many_for_user(
+    settings: &Settings,
+    user_id: Uuid,
+    bucket: Bucket,
+    paths: &[String],
+    ttl: Duration,
+) -> Vec<(String, Result<String, LinkError>)> {
+    paths
+        .iter()
+        .map(|p| (p.clone(), sign_for_user(settings, user_id, bucket, p, ttl)))
+        .collect()
+}
+
+/// A link a client keeps for `ttl` to an object of the functions' own making (a result, a storyboard clip): a
+/// storage link when links are configured and the API's public base is known; otherwise an S3 presigned GET of
+/// [`REDIRECT_TTL`], so no answer carries a presigned URL that outlives the Lambda role's credentials.
+pub async fn client_link(
+    state: &AppState,
+    settings: &Settings,
+    api_base: Option<&Url>,
+    bucket: Bucket,
+    key: &str,
+    ttl: Duration,
+) -> Result<String, StorageError> {
+    if let Some(base) = api_base
+        && let Ok(link) = link(settings, base, bucket, key, ttl)
+    {
+        return Ok(link);
+    }
+    let s3_bucket = bucket.s3_bucket(settings);
+    state.storage.presign_get(s3_bucket, key, REDIRECT_TTL).await
+}
+
+/// A whole link for a stored object of the functions' own making (results, storyboard clips).
+pub fn link(
+    settings: &Settings,
+    api_base: &Url,
+    bucket: Bucket,
+    path: &str,
+    ttl: Duration,
+) -> Result<String, LinkError> {
+    let signed = signed_path(settings, bucket, path, ttl)?;
+    Ok(format!(
+        "{}/storage/v1{signed}",
+        api_base.as_str().trim_end_matches('/')
+    ))
+}
+
+/// Checks a link's token for `<bucket>/<path>`.
+pub fn verify(
+    settings: &Settings,
+    bucket: Bucket,
+    path: &str,
+    token: &str,
+) -> Result<(), LinkError> {
+    let key = DecodingKey::from_secret(signing_key(settings)?.expose_secret().as_bytes());
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = decode::<LinkClaims>(token, &key, &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => LinkError::Expired,
+            _ => LinkError::BadToken,
+        })?
+        .claims;
+    if claims.url != format!("{}/{path}", bucket.name()) {
+        return Err(LinkError::OtherPath);
+    }
+    Ok(())
+}
+
+/// Following a link: the token checked, then an S3 presigned GET of [`REDIRECT_TTL`] (as an attachment named
+/// `download` when asked).
+pub async fn redirect(
+    state: &AppState,
+    settings: &Settings,
+    bucket: Bucket,
+    path: &str,
+    token: &str,
+    download: Option<&str>,
+) -> Result<Result<String, StorageError>, LinkError> {
+    verify(settings, bucket, path, token)?;
+    let disposition = download.map(|name| {
+        let name = if name.is_empty() {
+            path.rsplit('/').next().unwrap_or(path)
+        } else {
+            name
+        };
+        let safe: String = name
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+            .collect();
+        format!("attachment; filename=\"{safe}\"")
+    });
+    let s3_bucket = bucket.s3_bucket(settings);
+    Ok(state
+        .storage
+        .presign_get_as(s3_bucket, path, REDIRECT_TTL, disposition)
+        .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::secrets::AppSecrets;
+    use std::sync::Arc;
+
+    fn settings() -> Settings {
+        let secrets = AppSecrets::from_json(
+            "s",
+            r#"{"FAL_KEY":"k","DATABASE_URL":"postgres://x","STORAGE_SIGNING_KEY":"links"}"#,
+        )
+        .unwrap();
+        let config =
+            Config::from_lookup(|k| (k == "APP_SECRET_ID").then(|| "s".to_owned())).unwrap();
+        Settings {
+            config: Arc::new(config),
+            secrets: Arc::new(secrets),
+        }
+    }
+
+    fn token_of(signed: &str) -> &str {
+        signed.split_once("?token=").unwrap().1
+    }
+
+    #[test]
+    fn a_signed_path_verifies_for_its_own_object_only() {
+        let s = settings();
+        let me = Uuid::new_v4();
+        let path = format!("{me}/job_0.png");
+        let signed = sign_for_user(
+            &s,
+            me,
+            Bucket::WorkspaceTemp,
+            &path,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(signed.starts_with(&format!("/object/sign/workspace-temp/{path}?token=")));
+        let token = token_of(&signed);
+        assert_eq!(verify(&s, Bucket::WorkspaceTemp, &path, token), Ok(()));
+        assert_eq!(
+            verify(&s, Bucket::UserLibrary, &path, token),
+            Err(LinkError::OtherPath)
+        );
+        let other = format!("{me}/job_1.png");
+        assert_eq!(
+            verify(&s, Bucket::WorkspaceTemp, &other, token),
+            Err(LinkError::OtherPath)
+        );
+        let mut forged = token.to_owned();
+        forged.push('x');
+        assert_eq!(
+            verify(&s, Bucket::WorkspaceTemp, &path, &forged),
+            Err(LinkError::BadToken)
+        );
+    }
+
+    #[test]
+    fn only_the_callers_paths_are_signed_and_expiry_is_bounded() {
+        let s = settings();
+        let me = Uuid::new_v4();
+        let someone = Uuid::new_v4();
+        let day = Duration::from_secs(86_400);
+        for path in [
+            format!("{someone}/x.png"),
+            format!("{me}/../{someone}/x.png"),
+            "x.png".into(),
+        ] {
+            assert_eq!(
+                sign_for_user(&s, me, Bucket::UserLibrary, &path, day),
+                Err(LinkError::NotYours),
+                "{path}"
+            );
+        }
+        let mine = format!("{me}/x.png");
+        for ttl in [Duration::ZERO, MAX_EXPIRES_IN + Duration::from_secs(1)] {
+            assert_eq!(
+                sign_for_user(&s, me, Bucket::UserLibrary, &mine, ttl),
+                Err(LinkError::BadExpiry)
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_token_is_told_from_a_forged_one() {
+        let s = settings();
+        let claims = LinkClaims {
+            url: "workspace-temp/u/x.png".into(),
+            iat: 0,
+            exp: chrono::Utc::now().timestamp() - 5,
+        };
+        let key = EncodingKey::from_secret(b"links");
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        assert_eq!(
+            verify(&s, Bucket::WorkspaceTemp, "u/x.png", &token),
+            Err(LinkError::Expired)
+        );
+        let other_key = EncodingKey::from_secret(b"not ours");
+        let claims = LinkClaims {
+            exp: claims.exp + 3600,
+            ..claims
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &other_key).unwrap();
+        assert_eq!(
+            verify(&s, Bucket::WorkspaceTemp, "u/x.png", &token),
+            Err(LinkError::BadToken)
+        );
+    }
+}
