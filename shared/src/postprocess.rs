@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::db::runs::PostTargets;
 use crate::db::{self, postprocess as pp};
 use crate::jobs::JobStatus;
-use crate::{ownership, storage_links};
 use crate::state::AppState;
+use crate::{ownership, storage_links};
 
 pub const STEP_PORTRAIT: &str = "character_portrait";
 pub const STEP_SCENE: &str = "scene_image";
@@ -94,6 +94,12 @@ pub async fn run_steps(
         .and_then(|k| ownership::owned_key(job.user_id, k))
         .map(str::to_owned);
     let t = &run.targets;
+    let on = Step {
+        state,
+        settings,
+        job: &job,
+        asset: &asset,
+    };
     let mut done = Vec::new();
     for step in &run.post_steps {
         let (name, ran) = match (
@@ -102,18 +108,9 @@ pub async fn run_steps(
             t.scene_id,
             t.storyboard_clip_id,
         ) {
-            (STEP_PORTRAIT, Some(id), _, _) => (
-                STEP_PORTRAIT,
-                portrait(state, settings, &job, &asset, id).await?,
-            ),
-            (STEP_SCENE, _, Some(id), _) => (
-                STEP_SCENE,
-                scene(state, settings, &job, &asset, id, t).await?,
-            ),
-            (STEP_STORYBOARD, _, _, Some(id)) => (
-                STEP_STORYBOARD,
-                storyboard(state, settings, &job, &asset, id).await?,
-            ),
+            (STEP_PORTRAIT, Some(id), _, _) => (STEP_PORTRAIT, portrait(&on, id).await?),
+            (STEP_SCENE, _, Some(id), _) => (STEP_SCENE, scene(&on, id, t).await?),
+            (STEP_STORYBOARD, _, _, Some(id)) => (STEP_STORYBOARD, storyboard(&on, id).await?),
             _ => continue,
         };
         if ran {
@@ -182,6 +179,15 @@ fn library_row(
     }
 }
 
+/// What every step works on: the completed job and its asset (with the keys the completion recorded).
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    state: &'a AppState,
+    settings: &'a Settings,
+    job: &'a db::jobs::JobRecord,
+    asset: &'a db::assets::AssetRow,
+}
+
 /// What a library step points at its copy once it is in the library.
 enum Pointer {
     Character { id: Uuid, seed: Option<i64> },
@@ -198,13 +204,8 @@ struct LibraryStep {
     pointer: Pointer,
 }
 
-async fn run_library_step(
-    state: &AppState,
-    settings: &Settings,
-    job: &db::jobs::JobRecord,
-    asset: &db::assets::AssetRow,
-    mut s: LibraryStep,
-) -> Result<bool, PostProcessError> {
+async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, PostProcessError> {
+    let (state, settings, job, asset) = (step.state, step.settings, step.job, step.asset);
     let c = &settings.config;
     {
         let client = state.db_client(settings).await?;
@@ -256,13 +257,8 @@ fn character_name(job: &db::jobs::JobRecord) -> Option<&Value> {
 }
 
 /// `character_portrait`: the character points at the portrait, copied into the library.
-async fn portrait(
-    state: &AppState,
-    settings: &Settings,
-    job: &db::jobs::JobRecord,
-    asset: &db::assets::AssetRow,
-    character_id: Uuid,
-) -> Result<bool, PostProcessError> {
+async fn portrait(step: &Step<'_>, character_id: Uuid) -> Result<bool, PostProcessError> {
+    let (job, asset) = (step.job, step.asset);
     let base = format!("{}/{}_{}", job.user_id, job.id, character_id);
     let meta = json!({
         "type": "character_portrait",
@@ -271,7 +267,7 @@ async fn portrait(
         "job_id": job.id,
     });
     let row = library_row(job, asset, LibraryKind::Portrait, Some(character_id), meta);
-    let step = LibraryStep {
+    let library = LibraryStep {
         step: STEP_PORTRAIT,
         key: format!("{base}.{}", ext_of(&asset.temp_storage_path)),
         thumbnail_key: Some(format!("{base}.thumb.webp")),
@@ -281,18 +277,16 @@ async fn portrait(
             seed: seed_of(job),
         },
     };
-    run_library_step(state, settings, job, asset, step).await
+    run_library_step(step, library).await
 }
 
 /// `character_scene` / `roleplay_scene`: the scene image, copied into the library.
 async fn scene(
-    state: &AppState,
-    settings: &Settings,
-    job: &db::jobs::JobRecord,
-    asset: &db::assets::AssetRow,
+    step: &Step<'_>,
     scene_id: Uuid,
     targets: &PostTargets,
 ) -> Result<bool, PostProcessError> {
+    let (job, asset) = (step.job, step.asset);
     let meta = json!({
         "type": "roleplay_scene",
         "scene_id": scene_id,
@@ -301,7 +295,7 @@ async fn scene(
         "conversation_id": job.metadata.get("conversation_id"),
     });
     let row = library_row(job, asset, LibraryKind::Scene, targets.character_id, meta);
-    let step = LibraryStep {
+    let library = LibraryStep {
         step: STEP_SCENE,
         // Deterministic instead of the original's timestamp, so a re-run writes the same object.
         key: format!(
@@ -315,32 +309,36 @@ async fn scene(
         row,
         pointer: Pointer::Scene { id: scene_id },
     };
-    run_library_step(state, settings, job, asset, step).await
+    run_library_step(step, library).await
 }
 
 /// The clip's `video_url`: a storage link for the original's 7 days. Without links configured (no signing key or
 /// no public API URL) it falls back to what the port did before, an S3 presigned URL that dies with the role's
 /// credentials, and says so.
-async fn clip_link(state: &AppState, settings: &Settings, key: &str) -> Result<String, PostProcessError> {
+async fn clip_link(
+    state: &AppState,
+    settings: &Settings,
+    key: &str,
+) -> Result<String, PostProcessError> {
     let bucket = storage_links::Bucket::WorkspaceTemp;
     if let Some(base) = &settings.config.public_api_url
         && let Ok(link) = storage_links::link(settings, base, bucket, key, CLIP_LINK_TTL)
     {
         return Ok(link);
     }
-    tracing::warn!("storage links are not configured: the clip gets a presigned URL that expires early");
+    tracing::warn!(
+        "storage links are not configured: the clip gets a presigned URL that expires early"
+    );
     let s3_bucket = bucket.s3_bucket(settings);
-    Ok(state.storage.presign_get(s3_bucket, key, CLIP_LINK_TTL).await?)
+    Ok(state
+        .storage
+        .presign_get(s3_bucket, key, CLIP_LINK_TTL)
+        .await?)
 }
 
 /// A storyboard clip's video: completed with a 7-day link of the stored result.
-async fn storyboard(
-    state: &AppState,
-    settings: &Settings,
-    job: &db::jobs::JobRecord,
-    asset: &db::assets::AssetRow,
-    clip_id: Uuid,
-) -> Result<bool, PostProcessError> {
+async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessError> {
+    let (state, settings, job, asset) = (step.state, step.settings, step.job, step.asset);
     if asset.asset_type != "video" {
         return Ok(false);
     }

@@ -157,7 +157,10 @@ pub async fn client_link(
         return Ok(link);
     }
     let s3_bucket = bucket.s3_bucket(settings);
-    state.storage.presign_get(s3_bucket, key, REDIRECT_TTL).await
+    state
+        .storage
+        .presign_get(s3_bucket, key, REDIRECT_TTL)
+        .await
 }
 
 /// A whole link for a stored object of the functions' own making (results, storyboard clips).

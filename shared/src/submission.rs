@@ -780,7 +780,8 @@ pub async fn job_status(
     let url = match ownership::owned_key(job.user_id, &key) {
         Some(key) => {
             let bucket = Bucket::WorkspaceTemp;
-            let link = storage_links::client_link(state, settings, api_base, bucket, key, RESULT_LINK_TTL);
+            let link =
+                storage_links::client_link(state, settings, api_base, bucket, key, RESULT_LINK_TTL);
             Some(link.await?)
         }
         None => None,
