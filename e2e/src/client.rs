@@ -35,7 +35,10 @@ pub async fn user() -> (Uuid, String) {
 /// covers the ES256 and RS256 keys of the local stack's JWKS).
 pub fn jwt_for(id: Uuid, ttl_secs: i64) -> String {
     let now = chrono::Utc::now().timestamp();
-    let issuer = format!("{}/auth/v1", stack_var("SUPABASE_URL").trim_end_matches('/'));
+    let issuer = format!(
+        "{}/auth/v1",
+        stack_var("SUPABASE_URL").trim_end_matches('/')
+    );
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"iss": issuer, "sub": id, "aud": "authenticated", "role": "authenticated", "iat": now,

@@ -19,6 +19,7 @@ pub mod postprocess;
 pub mod pricing;
 pub mod reconcile;
 pub mod secrets;
+pub mod standard_webhooks;
 pub mod state;
 pub mod storage;
 pub mod storage_links;

@@ -41,8 +41,14 @@ enum Command {
     Demo,
     /// Apply the migrations to DATABASE_URL.
     Migrate,
-    /// Print a JWT for the user, valid on the local stack, and make sure the user exists.
-    Token { user_id: uuid::Uuid },
+    /// Print a user access token shaped like Supabase Auth's, valid on the local stack, and make sure the user
+    /// exists.
+    Token {
+        user_id: uuid::Uuid,
+        /// ES256 and RS256 sign with the stack's keys (published in its JWKS), HS256 with SUPABASE_JWT_SECRET.
+        #[arg(long, value_enum, ignore_case = true, default_value = "ES256")]
+        alg: stack::TokenAlg,
+    },
     /// One pass of the lost-webhook reconciler against the local stack.
     Reconcile {
         /// Queued jobs younger than this many seconds are left to their webhook.
@@ -67,6 +73,9 @@ enum Command {
     FalEmulator {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// A public JWK set to serve as Supabase Auth's at `/auth/v1/.well-known/jwks.json` (read at each request).
+        #[arg(long)]
+        supabase_jwks: Option<std::path::PathBuf>,
     },
 }
 
@@ -96,10 +105,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo => rt.block_on(stack::demo()),
         Command::Migrate => rt.block_on(stack::migrate_from_env()),
-        Command::Token { user_id } => rt.block_on(stack::token(user_id)),
+        Command::Token { user_id, alg } => rt.block_on(stack::token(user_id, alg)),
         Command::Reconcile { older_than } => rt.block_on(stack::reconcile(older_than)),
         Command::Bench { smoke, plan } => rt.block_on(bench::run(smoke, plan)),
         Command::Package { functions } => rt.block_on(package::run(functions)),
-        Command::FalEmulator { listen } => rt.block_on(emulator::serve(listen)),
+        Command::FalEmulator {
+            listen,
+            supabase_jwks,
+        } => rt.block_on(emulator::serve(listen, supabase_jwks)),
     }
 }

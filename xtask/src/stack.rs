@@ -1,7 +1,9 @@
 //! The local stack of real parts: PostgreSQL (and PgBouncer with `--pooler`), moto (S3 + Secrets Manager), the
-//! fal emulator and both functions under `cargo lambda watch`, started in the background with everything they
-//! write kept under `target/stack/`. One module per part; this one starts and stops them in order.
+//! fal emulator (also serving the stack's Supabase Auth JWKS) and both functions under `cargo lambda watch`, started
+//! in the background with everything they write kept under `target/stack/`. One module per part; this one starts
+//! and stops them in order.
 
+pub(crate) mod auth_keys;
 mod aws;
 mod demo;
 mod envfile;
@@ -15,7 +17,7 @@ mod ready;
 mod seed;
 mod state;
 mod supabase;
-mod token;
+pub(crate) mod token;
 pub(crate) mod tools;
 mod watch;
 
@@ -25,11 +27,12 @@ use anyhow::{Context, bail};
 use uuid::Uuid;
 
 pub use envfile::StackEnv;
-pub use token::make_jwt;
+pub use token::TokenAlg;
 
 use crate::clock::Clock;
 use crate::net::{free_ports, http_client};
 use crate::paths::Paths;
+use auth_keys::AuthFiles;
 use aws::AppSecret;
 use state::State;
 
@@ -105,7 +108,7 @@ type ProbeAt = fn(u16) -> ready::Probe;
 
 /// Whether every part recorded in `state` still runs and answers.
 async fn answers(state: &State, paths: &Paths, with_functions: bool) -> bool {
-    if !paths.env_file.exists() {
+    if !paths.env_file.exists() || !AuthFiles::of(paths).exist() {
         return false;
     }
     let mut parts: Vec<(&str, ProbeAt)> = vec![
@@ -162,6 +165,8 @@ async fn up_fresh(
 ) -> anyhow::Result<StackEnv> {
     let _ = std::fs::remove_file(&paths.env_file);
     tools::ensure(paths, clock).await?;
+    // The Node suite's pinned client packages, so a stack brought up by hand can run it too.
+    tools::ensure_node_packages(paths, clock).await?;
     let [pg_port, moto_port, emu_port, watch_port] = free_ports::<4>()?;
     let mut state = State {
         started_at: chrono::Utc::now().to_rfc3339(),
@@ -184,12 +189,35 @@ async fn up_fresh(
     prepare_database(&database_url, &emu_url, state.postgres.is_some(), clock).await?;
 
     // The functions' environment (also used for the build, so watch finds the binaries fresh).
-    let webhook_url = watch::function_url(watch_port, functions::FAL_WEBHOOK);
-    let function_env = functions::env(&moto_url, emu_port, &webhook_url);
+    let function_env = functions::env(&moto_url, emu_port, watch_port);
     if with_functions {
         watch::build(paths, clock, &function_env).await?;
     }
-    fal_emulator::start(paths, emu_port, &secret.fal_key, &mut state, clock, &http).await?;
+    let step = clock.step();
+    let auth = AuthFiles::of(paths);
+    let keys = auth.create()?;
+    clock.done(
+        step,
+        format!(
+            "auth: ES256 and RS256 signing keys ({}) in {}",
+            keys.keys
+                .iter()
+                .map(|k| format!("{:?} kid {}", k.algorithm(), k.kid()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            auth.signing_keys.display()
+        ),
+    );
+    fal_emulator::start(
+        paths,
+        emu_port,
+        &secret.fal_key,
+        &auth.jwks,
+        &mut state,
+        clock,
+        &http,
+    )
+    .await?;
     if with_functions {
         watch::start(paths, watch_port, &function_env, &mut state, clock).await?;
     }
@@ -204,6 +232,7 @@ async fn up_fresh(
         watch::add_to(&mut env, watch_port);
     }
     secret.add_to(&mut env);
+    auth.add_to(&mut env);
     seed::add_to(&mut env);
     env.set("STACK_LOG_DIR", paths.logs.display().to_string());
     if let Some(url) = pooler_url {
@@ -305,6 +334,7 @@ fn stop_stack(paths: &Paths, state: &State, clock: &Clock) -> anyhow::Result<()>
         bail!("the stack did not stop cleanly: {}", problems.join("; "));
     }
     pooler::remove_files(paths);
+    AuthFiles::of(paths).remove();
     let _ = std::fs::remove_file(&paths.state);
     let _ = std::fs::remove_file(&paths.env_file);
     Ok(())
@@ -322,6 +352,7 @@ fn down_at(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
     let Some(state) = state else {
         // Nothing recorded; still clear a cluster directory a crashed run may have left.
         postgres::clear_leftover(paths);
+        AuthFiles::of(paths).remove();
         let _ = std::fs::remove_file(&paths.env_file);
         clock.say("stack is not up");
         return Ok(());
@@ -362,15 +393,12 @@ pub async fn migrate_from_env() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a user JWT for the local stack (stdout: the token only) after making sure the user exists.
-pub async fn token(user_id: Uuid) -> anyhow::Result<()> {
+/// Prints a user JWT for the local stack signed with `alg` (stdout: the token only) after making sure the user
+/// exists. Settings come from the environment, else from `stack.env`.
+pub async fn token(user_id: Uuid, alg: TokenAlg) -> anyhow::Result<()> {
     let paths = Paths::new();
     let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-    let file = if from_env("SUPABASE_JWT_SECRET").is_some() && from_env("DATABASE_URL").is_some() {
-        None
-    } else {
-        StackEnv::read(&paths.env_file).ok()
-    };
+    let file = StackEnv::read(&paths.env_file).ok();
     let lookup = |key: &str| -> anyhow::Result<String> {
         from_env(key)
             .or_else(|| file.as_ref().and_then(|f| f.get(key)).map(str::to_string))
@@ -381,10 +409,9 @@ pub async fn token(user_id: Uuid) -> anyhow::Result<()> {
                 )
             })
     };
-    let secret = lookup("SUPABASE_JWT_SECRET")?;
-    let database_url = lookup("DATABASE_URL")?;
-    token::ensure_user(&database_url, user_id).await?;
-    println!("{}", make_jwt(&secret, user_id, Duration::from_secs(3600))?);
+    let jwt = token::token_from(lookup, alg, user_id)?;
+    token::ensure_user(&lookup("DATABASE_URL")?, user_id).await?;
+    println!("{jwt}");
     Ok(())
 }
 

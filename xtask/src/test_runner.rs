@@ -1,17 +1,18 @@
 //! `cargo xtask test`: every test of the workspace against a fresh stack, then the suites that drive the functions
-//! again against a stack whose functions reach Postgres through PgBouncer; after each round, a scan of the stack's
+//! again against a stack whose functions reach Postgres through PgBouncer; in both rounds the Node suite
+//! (`e2e/node`, Supabase's own client packages) after the cargo tests; after each round, a scan of the stack's
 //! logs for every secret value. Each round brings its stack down whatever happened.
 
 mod secret_scan;
 
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cargo::{cargo, without_cargo_vars};
 use crate::clock::Clock;
 use crate::paths::Paths;
-use crate::stack::{self, StackEnv};
+use crate::stack::{self, StackEnv, tools};
 
 /// The adapter, end-to-end, fault-injection, hostile-client and load suites: run again through PgBouncer (as
 /// `--workspace` targets, not `-p e2e`: that unifies features differently and would rebuild ~100 crates).
@@ -21,6 +22,8 @@ const POOLED_SUITES: [&str; 5] = ["adapters", "e2e", "faults", "hostile", "load"
 /// same `args` against one with PgBouncer. Returns the exit code: non-zero when anything failed.
 pub async fn test(args: Vec<String>) -> anyhow::Result<i32> {
     let clock = Clock::new();
+    // Before any stack: a machine without node learns it in a second, not after the first round.
+    tools::ensure_node_packages(&Paths::new(), &clock).await?;
     // Ctrl-C reaches cargo test (same process group); we stay to bring the stack down, and skip the next round.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -62,12 +65,16 @@ fn failed(code: i32) -> i32 {
     if code == 0 { 1 } else { code }
 }
 
-/// One round: `up`, cargo test with the stack's environment, the bench's smoke run (direct round only), `down`,
-/// then the secret scan of the logs.
+/// One round: `up`, cargo test with the stack's environment, the Node suite, the bench's smoke run (direct round
+/// only), `down`, then the secret scan of the logs.
 async fn round(clock: &Clock, pooler: bool, args: &[String]) -> anyhow::Result<i32> {
     let paths = Paths::new();
     let env = stack::up(pooler).await?;
     let mut code = cargo_test(clock, &paths, &env, pooler, args).await;
+    let node = node_test(clock, &paths, &env).await;
+    if node != 0 {
+        code = failed(code);
+    }
     // The bench's smoke run on the same stack, so the bench cannot rot unnoticed.
     if !pooler {
         clock.say("cargo xtask bench --smoke");
@@ -122,17 +129,38 @@ async fn cargo_test(
         .envs(env.iter())
         .status()
         .await;
-    let code = match &status {
-        Ok(s) => s
-            .code()
-            .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
-        Err(e) => {
-            eprintln!("cannot run cargo test: {e}");
-            1
-        }
-    };
+    let code = exit_code(status, "cargo test");
     clock.done(step, format!("cargo test exited with {code}"));
     code
+}
+
+/// `node --test` in `e2e/node` (its packages installed by [`tools::ensure_node_packages`]) with the stack's
+/// environment; returns its exit code.
+async fn node_test(clock: &Clock, paths: &Paths, env: &StackEnv) -> i32 {
+    clock.say("node --test (e2e/node: @supabase/functions-js, @supabase/storage-js)");
+    let step = clock.step();
+    let status = tokio::process::Command::new("node")
+        .arg("--test")
+        .current_dir(tools::node_suite(paths))
+        .envs(env.iter())
+        .status()
+        .await;
+    let code = exit_code(status, "node --test");
+    clock.done(step, format!("node --test exited with {code}"));
+    code
+}
+
+/// A child's exit code: its own, 128 + the signal that ended it, or 1 when it could not run.
+fn exit_code(status: std::io::Result<ExitStatus>, what: &str) -> i32 {
+    match status {
+        Ok(s) => s.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+        }),
+        Err(e) => {
+            eprintln!("cannot run {what}: {e}");
+            1
+        }
+    }
 }
 
 /// Searches every log of the stack for the values of `env` and of each version of the app secret; true when

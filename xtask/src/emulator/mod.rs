@@ -1,5 +1,6 @@
 //! The fal.ai emulator: a real HTTP server playing `fal.run`, `queue.fal.run`, fal's JWKS and its media CDN,
-//! with per-request faults scripted by `#directives` in the prompt (see `shared/spec/port-contract.md`).
+//! with per-request faults scripted by `#directives` in the prompt (see `shared/spec/port-contract.md`); for the
+//! local stack it also serves Supabase Auth's JWKS (`supabase_auth`).
 
 mod calls;
 mod directives;
@@ -9,6 +10,7 @@ mod queue;
 mod replies;
 mod run;
 mod state;
+mod supabase_auth;
 mod webhook;
 
 #[cfg(test)]
@@ -16,6 +18,7 @@ mod tests;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -33,9 +36,10 @@ pub use state::Settings;
 use replies::json_status;
 use state::AppState;
 
-/// Runs the emulator in the foreground with settings from the environment (`FAL_EMULATOR_*`).
+/// Runs the emulator in the foreground with settings from the environment (`FAL_EMULATOR_*`), serving
+/// `supabase_jwks` as Supabase Auth's public keys when given.
 /// Prints exactly one stdout line, `fal-emulator listening on http://<addr>`, then serves forever.
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, supabase_jwks: Option<PathBuf>) -> anyhow::Result<()> {
     // Logs go to stderr so stdout carries only the address line the stack waits for.
     // Plain text when logging to a file (the stack's logs), colours only on a terminal.
     let colours = std::io::stderr().is_terminal();
@@ -43,7 +47,10 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(colours)
         .try_init();
-    let settings = Settings::from_env()?;
+    let settings = Settings {
+        supabase_jwks,
+        ..Settings::from_env()?
+    };
     let running = start(listen, settings).await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "fal-emulator listening on http://{}", running.addr)?;
@@ -60,6 +67,13 @@ pub struct Running {
 
 /// Binds `listen` (port 0 picks one) and serves in a background task; used by [`serve`] and by tests.
 pub async fn start(listen: SocketAddr, settings: Settings) -> anyhow::Result<Running> {
+    if let Some(path) = &settings.supabase_jwks {
+        // Served as read at each request; refuse to start without a key set to begin with.
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the Supabase JWKS {}", path.display()))?;
+        serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text)
+            .with_context(|| format!("{} is not a JWK set", path.display()))?;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the fal emulator to {listen}"))?;
@@ -89,7 +103,12 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/media/{request_id}/{file_name}", get(media::serve_media))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/auth/v1/.well-known/jwks.json", get(supabase_auth::jwks))
         .route("/_emulator/requests/{request_id}", get(inspect))
+        .route(
+            "/_emulator/auth/jwks-status",
+            post(supabase_auth::set_jwks_status),
+        )
         .route("/_emulator/health", get(|| async { "ok" }))
         .with_state(state)
         .layer(middleware::from_fn(log_request))

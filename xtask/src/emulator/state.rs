@@ -1,6 +1,8 @@
 //! The emulator's memory: settings, signing key, and every request it has seen (for the queue and for inspection).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU16;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// Fixed pause between webhook delivery attempts.
     pub retry: Duration,
+    /// The public JWK set served as Supabase Auth's (`--supabase-jwks`); `None`: that route answers 404.
+    pub supabase_jwks: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -32,6 +36,7 @@ impl Default for Settings {
             user_id: "emulator-user".into(),
             public_url: None,
             retry: Duration::from_millis(300),
+            supabase_jwks: None,
         }
     }
 }
@@ -52,6 +57,7 @@ impl Settings {
             user_id: var("FAL_EMULATOR_USER_ID").unwrap_or(defaults.user_id),
             public_url: var("FAL_EMULATOR_PUBLIC_URL"),
             retry,
+            supabase_jwks: None,
         })
     }
 }
@@ -154,6 +160,8 @@ pub struct AppState {
     pub public_base: String,
     pub signing_key: SigningKey,
     pub http: reqwest::Client,
+    /// What the Supabase JWKS answers (`POST /_emulator/auth/jwks-status`); 200 serves the set.
+    pub jwks_status: AtomicU16,
     requests: Mutex<HashMap<String, RequestRecord>>,
     /// `#run-fail-first` counters, keyed by the full prompt so retries of "the same call" share one.
     run_attempts: Mutex<HashMap<String, u32>>,
@@ -185,6 +193,7 @@ impl AppState {
             public_base,
             signing_key,
             http,
+            jwks_status: AtomicU16::new(200),
             requests: Mutex::new(HashMap::new()),
             run_attempts: Mutex::new(HashMap::new()),
         })

@@ -45,6 +45,7 @@ pub struct AppSecret {
     pub fal_key: String,
     pub webhook_secret: String,
     pub jwt_secret: String,
+    pub storage_signing_key: String,
     pub database_url: String,
 }
 
@@ -54,6 +55,7 @@ impl AppSecret {
             fal_key: format!("local-fal-key-{}", random_hex(16)),
             webhook_secret: random_hex(32),
             jwt_secret: random_hex(32),
+            storage_signing_key: random_hex(32),
             database_url: functions_database_url.to_owned(),
         }
     }
@@ -63,6 +65,7 @@ impl AppSecret {
         env.set("FAL_WEBHOOK_SECRET", &self.webhook_secret);
         env.set("FAL_KEY", &self.fal_key);
         env.set("SUPABASE_JWT_SECRET", &self.jwt_secret);
+        env.set("STORAGE_SIGNING_KEY", &self.storage_signing_key);
     }
 
     fn json(&self) -> String {
@@ -71,6 +74,7 @@ impl AppSecret {
             "FAL_WEBHOOK_SECRET": self.webhook_secret,
             "DATABASE_URL": self.database_url,
             "SUPABASE_JWT_SECRET": self.jwt_secret,
+            "STORAGE_SIGNING_KEY": self.storage_signing_key,
         })
         .to_string()
     }

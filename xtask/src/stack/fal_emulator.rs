@@ -1,6 +1,8 @@
 //! The fal emulator (`cargo xtask fal-emulator`) in the background: this same xtask binary, serving fal's queue
-//! and sync APIs and delivering signed webhooks.
+//! and sync APIs and delivering signed webhooks, and standing in for Supabase Auth's JWKS (`SUPABASE_URL` is its
+//! URL).
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,11 +39,13 @@ pub fn add_to(env: &mut StackEnv, port: u16) {
     env.set("FAL_EMULATOR_USER_ID", USER_ID);
 }
 
-/// Starts the emulator on `port` accepting `fal_key`, records it in `state` and waits until it answers.
+/// Starts the emulator on `port` accepting `fal_key` and serving the public key set `supabase_jwks`, records it in
+/// `state` and waits until it answers.
 pub async fn start(
     paths: &Paths,
     port: u16,
     fal_key: &str,
+    supabase_jwks: &Path,
     state: &mut State,
     clock: &Clock,
     http: &reqwest::Client,
@@ -50,6 +54,8 @@ pub async fn start(
     let exe = std::env::current_exe().context("cannot find the xtask executable")?;
     let mut cmd = without_cargo_vars(Command::new(exe));
     cmd.args(["fal-emulator", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--supabase-jwks")
+        .arg(supabase_jwks)
         .current_dir(&paths.stack)
         .env("FAL_EMULATOR_KEY", fal_key)
         .env("FAL_EMULATOR_USER_ID", USER_ID)

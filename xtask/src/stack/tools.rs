@@ -1,11 +1,14 @@
 //! The stack's own tools, pinned, in a Python virtualenv under `target/stack/venv`: moto (S3 and Secrets
 //! Manager), cargo-lambda (which runs the functions) and, for release builds, zig. Nothing installed
-//! system-wide is used for these.
+//! system-wide is used for these. Likewise the Node suite's packages, pinned by `e2e/node/package-lock.json`,
+//! in `e2e/node/node_modules` (only node and npm themselves come from the system).
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::paths::Paths;
@@ -99,6 +102,89 @@ async fn pip_install(paths: &Paths, clock: &Clock, wanted: &[&str]) -> anyhow::R
     Ok(())
 }
 
+/// The oldest Node the suite runs on (`node:test`, global `fetch`, jose 6).
+const NODE_MAJOR: u32 = 20;
+/// Where `npm ci` records the lock file it installed, inside `node_modules` so that removing one removes both.
+const NODE_STAMP: &str = ".xtask-lock-sha256";
+
+/// The Node suite's directory: `package.json`, its lock file and the tests.
+pub fn node_suite(paths: &Paths) -> PathBuf {
+    paths.root.join("e2e").join("node")
+}
+
+/// `npm ci` in [`node_suite`] when `node_modules` is missing or was installed from another lock file; logged to
+/// `logs/npm.log`.
+pub async fn ensure_node_packages(paths: &Paths, clock: &Clock) -> anyhow::Result<()> {
+    let dir = node_suite(paths);
+    let lock = dir.join("package-lock.json");
+    let lock_hash = hex::encode(Sha256::digest(
+        std::fs::read(&lock).with_context(|| format!("cannot read {}", lock.display()))?,
+    ));
+    let stamp = dir.join("node_modules").join(NODE_STAMP);
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == lock_hash) {
+        clock.say("node packages present (e2e/node/package-lock.json)");
+        return Ok(());
+    }
+    check_node().await?;
+    std::fs::create_dir_all(&paths.logs)
+        .with_context(|| format!("cannot create {}", paths.logs.display()))?;
+    let step = clock.step();
+    clock.say("npm ci in e2e/node (log: logs/npm.log)");
+    let mut cmd = tokio::process::Command::new("npm");
+    cmd.args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir);
+    procs::run_logged(cmd, &paths.logs.join("npm.log"), "npm ci").await?;
+    std::fs::write(&stamp, &lock_hash)
+        .with_context(|| format!("cannot write {}", stamp.display()))?;
+    clock.done(
+        step,
+        "node packages installed from e2e/node/package-lock.json",
+    );
+    Ok(())
+}
+
+/// Node (at least [`NODE_MAJOR`]) and npm are on PATH, or an error saying what to install.
+async fn check_node() -> anyhow::Result<()> {
+    let missing = || {
+        format!(
+            "the Node suite (e2e/node) needs node {NODE_MAJOR} or newer and npm on PATH: install Node.js \
+             (Debian/Ubuntu: `apt-get install -y nodejs npm`; macOS: `brew install node`)"
+        )
+    };
+    let version = version_of("node").await.with_context(missing)?;
+    if node_major(&version).is_none_or(|m| m < NODE_MAJOR) {
+        bail!("node {version} is too old: {}", missing());
+    }
+    version_of("npm").await.with_context(missing)?;
+    Ok(())
+}
+
+/// The major version of `node --version`'s answer (`v20.20.2`).
+fn node_major(version: &str) -> Option<u32> {
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `<program> --version`, trimmed; an error when it cannot run or fails.
+async fn version_of(program: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run `{program} --version`"))?;
+    if !out.status.success() {
+        bail!("`{program} --version` failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// `apt-get update` then `apt-get install -y --no-install-recommends <package>` (as root only), output to
 /// `logs/apt.log`: system packages the stack needs and the distribution provides (PostgreSQL, PgBouncer).
 pub async fn apt_install(paths: &Paths, clock: &Clock, package: &str) -> anyhow::Result<()> {
@@ -122,4 +208,54 @@ pub async fn apt_install(paths: &Paths, clock: &Clock, package: &str) -> anyhow:
     }
     clock.done(step, format!("{package} installed"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_versions_parse_to_their_major() {
+        assert_eq!(node_major("v20.20.2\n"), Some(20));
+        assert_eq!(node_major("v22.1.0"), Some(22));
+        assert_eq!(node_major("garbage"), None);
+    }
+
+    /// Every dependency of the Node suite is an exact version, and the lock file holds those versions.
+    #[test]
+    fn node_suite_dependencies_are_pinned_in_the_lock_file() {
+        let dir = node_suite(&Paths::new());
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.join(name)).expect(name)).expect(name)
+        };
+        let (package, lock) = (read("package.json"), read("package-lock.json"));
+        let deps = package["dependencies"].as_object().expect("dependencies");
+        assert!(package.get("devDependencies").is_none());
+        for name in [
+            "@supabase/functions-js",
+            "@supabase/storage-js",
+            "jose",
+            "pg",
+        ] {
+            assert!(deps.contains_key(name), "{name} is a dependency");
+        }
+        assert_eq!(
+            lock["packages"][""]["dependencies"],
+            package["dependencies"]
+        );
+        for (name, version) in deps {
+            let version = version.as_str().expect("a version string");
+            assert!(
+                version.split('.').count() == 3
+                    && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+                "{name} is pinned to an exact version, not {version}"
+            );
+            let locked = &lock["packages"][format!("node_modules/{name}")];
+            assert_eq!(locked["version"], version, "{name} in the lock file");
+            assert!(
+                locked["integrity"].is_string(),
+                "{name} has its integrity hash"
+            );
+        }
+    }
 }

@@ -38,9 +38,11 @@ pub fn probe(port: u16) -> Probe {
     }
 }
 
-/// Its keys in `stack.env`: where the e2e tests reach the functions.
+/// Its keys in `stack.env`: where the e2e tests reach the functions, and the API's base as a Supabase client
+/// sees it (`${API_URL}/functions/v1`, `${API_URL}/storage/v1`; the functions' `PUBLIC_API_URL`).
 pub fn add_to(env: &mut StackEnv, port: u16) {
     env.set("FAL_IMAGE_URL", function_url(port, FAL_IMAGE));
+    env.set("API_URL", function_url(port, FAL_IMAGE));
     env.set("LAMBDA_WATCH_URL", url(port));
 }
 

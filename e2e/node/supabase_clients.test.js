@@ -1,0 +1,208 @@
+// The API as the original's clients call it, with Supabase's own packages: `functions.invoke` with tokens signed
+// by each of the project's keys (ES256, RS256 by JWKS kid; HS256 with the legacy secret), `createSignedUrl(s)` of
+// the results fetched and compared with S3, another user's paths refused, and the tokens that must be refused.
+// One file, its tests in order: the JWKS is taken down first, while the functions have no cached key set.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { exportJWK, generateKeyPair } from 'jose';
+
+import {
+  claims,
+  closeDb,
+  invokeFalImage,
+  jwksStatus,
+  newUser,
+  prompt,
+  rsaPublicPem,
+  s3Object,
+  setJwksStatus,
+  sign,
+  signWith,
+  signingKeys,
+  sleep,
+  stackVar,
+  tokenFor,
+  viewJob,
+  waitForResult,
+  workspaceTemp,
+  writtenFor,
+} from './lib/stack.js';
+
+const syncBody = () => ({ prompt: prompt('node sync'), apiModelId: stackVar('SYNC_MODEL_ID') });
+const asyncBody = () => ({ prompt: prompt('node async'), apiModelId: stackVar('ASYNC_MODEL_ID') });
+
+after(closeDb);
+
+// Sends `token` through `functions.invoke` and checks the 401 and that nothing was written for `users`.
+async function assertRefused(token, users) {
+  const was = await Promise.all(users.map(writtenFor));
+  const answer = await invokeFalImage(token, syncBody());
+  assert.equal(answer.status, 401, JSON.stringify(answer.body));
+  assert.deepEqual(answer.body, { error: 'Authentication failed' });
+  // The async route too: a refused caller reaches neither fal nor the queue.
+  const queued = await invokeFalImage(token, asyncBody());
+  assert.equal(queued.status, 401, JSON.stringify(queued.body));
+  assert.deepEqual(await Promise.all(users.map(writtenFor)), was, 'nothing written');
+}
+
+// A new ES256 key the project's JWKS does not hold.
+async function strangerKey() {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const kid = `stranger-${(await exportJWK(publicKey)).x.slice(0, 8)}`;
+  return { kid, privateKey };
+}
+
+const b64url = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+
+describe('tokens that must be refused: 401, nothing written', () => {
+  let user;
+  before(async () => {
+    user = await newUser();
+  });
+
+  test('a JWKS endpoint that is down: a kid the functions have not seen is refused', async () => {
+    const { kid, privateKey } = await strangerKey();
+    const token = await signWith(claims(user), { alg: 'ES256', kid, typ: 'JWT' }, privateKey);
+    await setJwksStatus(503);
+    try {
+      assert.equal(await jwksStatus(), 503, 'the JWKS is down');
+      await assertRefused(token, [user]);
+    } finally {
+      await setJwksStatus(200);
+    }
+    assert.equal(await jwksStatus(), 200, 'the JWKS is back');
+    // A function whose fetch failed waits a second before the next (key_cache.rs): let that pass.
+    await sleep(1500);
+  });
+
+  test('unknown kid: a valid token signed by a key not in the JWKS', async () => {
+    const { kid, privateKey } = await strangerKey();
+    await assertRefused(await signWith(claims(user), { alg: 'ES256', kid, typ: 'JWT' }, privateKey), [user]);
+  });
+
+  for (const alg of ['ES256', 'RS256', 'HS256']) {
+    const now = Math.floor(Date.now() / 1000);
+    const cases = {
+      expired: { iat: now - 7200, exp: now - 3600 },
+      'wrong aud': { aud: 'https://other.example' },
+      'wrong iss': { iss: 'https://other-project.supabase.co/auth/v1' },
+      'anon role': { role: 'anon' },
+    };
+    for (const [name, overrides] of Object.entries(cases)) {
+      test(`${alg}: ${name}`, async () => {
+        // Fresh times for the valid claims: the cases are built when the file loads.
+        const t = Math.floor(Date.now() / 1000);
+        await assertRefused(await sign(alg, { ...claims(user, { iat: t, exp: t + 3600 }), ...overrides }), [user]);
+      });
+    }
+  }
+
+  test('alg: none', async () => {
+    const { ES256 } = await signingKeys();
+    for (const header of [{ alg: 'none', typ: 'JWT' }, { alg: 'none', kid: ES256.kid, typ: 'JWT' }]) {
+      await assertRefused(`${b64url(header)}.${b64url(claims(user))}.`, [user]);
+    }
+  });
+
+  test("HS256 signed with the RSA public key's bytes", async () => {
+    const { RS256 } = await signingKeys();
+    const pem = new TextEncoder().encode(await rsaPublicPem());
+    for (const header of [{ alg: 'HS256', kid: RS256.kid, typ: 'JWT' }, { alg: 'HS256', typ: 'JWT' }]) {
+      await assertRefused(await signWith(claims(user), header, pem), [user]);
+    }
+  });
+
+  test('tampered payload: a valid signature over another user', async () => {
+    const victim = await newUser();
+    for (const alg of ['ES256', 'RS256', 'HS256']) {
+      const [header, , signature] = (await tokenFor(alg, user)).split('.');
+      const forged = `${header}.${b64url(claims(victim))}.${signature}`;
+      await assertRefused(forged, [user, victim]);
+    }
+  });
+
+  test('the valid token of the same user is accepted (the refusals were the tokens)', async () => {
+    const answer = await invokeFalImage(await tokenFor('ES256', user), syncBody());
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(answer.body.status, 'completed');
+  });
+});
+
+describe('generations through invoke, results through signed URLs', () => {
+  // Another user's finished generation: its paths and job are what the callers below must not reach.
+  let neighbour;
+  before(async () => {
+    const user = await newUser();
+    const token = await tokenFor('HS256', user);
+    const answer = await invokeFalImage(token, syncBody());
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const view = await waitForResult(token, answer.body.jobId);
+    neighbour = { user, jobId: answer.body.jobId, path: view.result.storagePath };
+    assert.equal(neighbour.path.split('/')[0], user);
+  });
+
+  for (const alg of ['ES256', 'RS256', 'HS256']) {
+    for (const mode of ['sync', 'async']) {
+      test(`${alg}, ${mode}: invoke, then createSignedUrl(s) give S3's bytes; another user's paths refused`, async () => {
+        const user = await newUser();
+        const token = await tokenFor(alg, user);
+
+        const answer = await invokeFalImage(token, mode === 'sync' ? syncBody() : asyncBody());
+        assert.equal(answer.status, 200, JSON.stringify(answer.body));
+        const { jobId } = answer.body;
+        if (mode === 'sync') {
+          assert.equal(answer.body.status, 'completed', JSON.stringify(answer.body));
+          assert.ok(answer.body.resultUrl && answer.body.assetId, JSON.stringify(answer.body));
+        } else {
+          assert.equal(answer.body.status, 'queued', JSON.stringify(answer.body));
+          assert.ok(answer.body.requestId, JSON.stringify(answer.body));
+        }
+        const view = await waitForResult(token, jobId);
+        const path = view.result.storagePath;
+        assert.equal(path.split('/')[0], user, `${path} is under the user's id`);
+        const stored = await s3Object(path);
+        assert.ok(stored.length > 0);
+
+        const bucket = workspaceTemp(token);
+        const one = await bucket.createSignedUrl(path, 3600);
+        assert.equal(one.error, null, String(one.error));
+        await assertServes(one.data.signedUrl, stored);
+
+        const many = await bucket.createSignedUrls([path, neighbour.path], 3600);
+        assert.equal(many.error, null, String(many.error));
+        assert.equal(many.data.length, 2);
+        assert.equal(many.data[0].path, path);
+        assert.equal(many.data[0].error, null);
+        await assertServes(many.data[0].signedUrl, stored);
+        assert.equal(many.data[1].path, neighbour.path);
+        assert.ok(many.data[1].error, "another user's path has its error");
+        assert.equal(many.data[1].signedUrl, null);
+
+        const theirs = await bucket.createSignedUrl(neighbour.path, 3600);
+        assert.equal(theirs.data, null);
+        assert.ok(theirs.error, "another user's path is not signed");
+
+        // My link's token does not open another path.
+        const redirected = one.data.signedUrl.replace(encodeURI(path), encodeURI(neighbour.path));
+        assert.notEqual(redirected, one.data.signedUrl);
+        const res = await fetch(redirected, { redirect: 'follow' });
+        await res.arrayBuffer();
+        assert.ok(res.status >= 400 && res.status < 500, `another path with my token: ${res.status}`);
+
+        const job = await viewJob(token, neighbour.jobId);
+        assert.equal(job.status, 404, "another user's job is not found");
+      });
+    }
+  }
+});
+
+// Follows a signed URL as a browser does (no Authorization, the redirect followed): the bytes must be `expected`.
+async function assertServes(signedUrl, expected) {
+  const res = await fetch(signedUrl, { redirect: 'follow' });
+  const body = Buffer.from(await res.arrayBuffer());
+  assert.equal(res.status, 200, `GET ${new URL(signedUrl).pathname}: ${res.status} ${body.toString().slice(0, 200)}`);
+  assert.ok(res.redirected, 'the link redirects to the object');
+  assert.ok(body.equals(expected), `the link serves S3's ${expected.length} bytes (got ${body.length})`);
+}
