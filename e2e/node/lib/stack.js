@@ -116,9 +116,10 @@ export async function s3Object(key) {
 
 // A path-style GET to the stack's S3 (moto), signed with SigV4 by the aws4 package: moto refuses anonymous reads of
 // private objects.
-function s3Get(bucket, key) {
+function s3Get(bucket, key, query = {}) {
   const endpoint = new URL(stackVar('AWS_ENDPOINT_URL'));
-  const path = `/${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
+  const search = new URLSearchParams(query).toString();
+  const path = `/${bucket}/${key.split('/').map(encodeURIComponent).join('/')}${search ? `?${search}` : ''}`;
   const request = aws4.sign(
     { host: endpoint.host, path, service: 's3', region: stackVar('AWS_REGION'), method: 'GET' },
     { accessKeyId: stackVar('AWS_ACCESS_KEY_ID'), secretAccessKey: stackVar('AWS_SECRET_ACCESS_KEY') },

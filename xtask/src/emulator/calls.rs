@@ -8,7 +8,7 @@ use super::directives::Directives;
 use super::outputs::{MediaSpec, model_output};
 use super::replies::{auth_ok, json_status, scripted_status, unauthorized};
 use super::state::{AppState, Mode, RequestRecord, Status};
-use super::webhook::{WebhookJob, webhook_body};
+use super::webhook::{Signing, WebhookJob, webhook_body};
 
 /// A model call that passed the gate and is now recorded.
 pub struct Accepted {
@@ -101,6 +101,7 @@ pub fn accept_call(
         )),
         deliveries: directives.deliveries,
         concurrent: directives.concurrent,
+        signing: Signing::Fal,
     });
     let prompt = input
         .get("prompt")

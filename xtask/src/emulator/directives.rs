@@ -13,6 +13,8 @@ pub enum OutputShape {
     Media,
     /// `output: {url, ...}` (`#output-shape=output`).
     Output,
+    /// Replicate only: `output` is an array of URLs (`#output-shape=array`); fal treats it as `Media`.
+    Array,
 }
 
 /// Everything a prompt can script. Defaults are the well-behaved request.
@@ -123,6 +125,7 @@ impl Directives {
             }
             ("media-url", Some(v)) if !v.is_empty() => self.media_url = Some(v.to_owned()),
             ("output-shape", Some("output")) => self.output_shape = OutputShape::Output,
+            ("output-shape", Some("array")) => self.output_shape = OutputShape::Array,
             _ => {}
         }
     }
@@ -200,6 +203,8 @@ mod tests {
             Some("http://169.254.169.254/latest?a=b")
         );
         assert_eq!(d.output_shape, OutputShape::Output);
+        let d = Directives::parse("#output-shape=array");
+        assert_eq!(d.output_shape, OutputShape::Array);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 
-use super::state::AppState;
+use super::state::{AppState, MediaFetch};
 
 /// Bytes generated and sent per chunk: bounded memory whatever the file size.
 const CHUNK: usize = 64 * 1024;
@@ -81,9 +81,14 @@ pub async fn serve_media(
     State(state): State<Arc<AppState>>,
     Path((request_id, file_name)): Path<(String, String)>,
 ) -> Response {
-    let Some(fetch) = state.record_media_fetch(&request_id, &file_name) else {
-        return (StatusCode::NOT_FOUND, "not found").into_response();
-    };
+    match state.record_media_fetch(&request_id, &file_name) {
+        Some(fetch) => respond(request_id, fetch).await,
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// The answer to one fetch of a result file, faults included; fal's media and Replicate's delivery share it.
+pub async fn respond(request_id: String, fetch: MediaFetch) -> Response {
     let d = &fetch.directives;
     if let Some(code) = d.media_status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

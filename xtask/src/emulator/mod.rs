@@ -1,12 +1,13 @@
 //! The fal.ai emulator: a real HTTP server playing `fal.run`, `queue.fal.run`, fal's JWKS and its media CDN,
 //! with per-request faults scripted by `#directives` in the prompt (see `shared/spec/port-contract.md`); for the
-//! local stack it also serves Supabase Auth's JWKS (`supabase_auth`).
+//! local stack it also serves Supabase Auth's JWKS (`supabase_auth`). It plays Replicate as well (`replicate`).
 
 mod calls;
 mod directives;
 mod media;
 mod outputs;
 mod queue;
+mod replicate;
 mod replies;
 mod run;
 mod state;
@@ -110,6 +111,7 @@ fn router(state: Arc<AppState>) -> Router {
             post(supabase_auth::set_jwks_status),
         )
         .route("/_emulator/health", get(|| async { "ok" }))
+        .merge(replicate::routes())
         .with_state(state)
         .layer(middleware::from_fn(log_request))
 }

@@ -73,10 +73,15 @@ pub fn json_status(status: StatusCode, body: Value) -> Response {
 /// Whether the call carries the right key. Without a configured key any `Key <something>` counts,
 /// so inspection still shows whether the client sent credentials at all.
 pub fn auth_ok(headers: &HeaderMap, key: Option<&str>) -> bool {
+    credential_ok(headers, "Key ", key)
+}
+
+/// [`auth_ok`] for any scheme: whether `Authorization: <scheme><credential>` carries `key`.
+pub fn credential_ok(headers: &HeaderMap, scheme: &str, key: Option<&str>) -> bool {
     let sent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Key "))
+        .and_then(|v| v.strip_prefix(scheme))
         .map(str::trim);
     match (key, sent) {
         (Some(expected), Some(sent)) => sent == expected,

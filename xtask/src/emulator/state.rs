@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::directives::Directives;
 use super::outputs::MediaSpec;
+use super::replicate;
 
 /// Configuration, from the environment in [`Settings::from_env`] or built directly by tests.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Settings {
     pub retry: Duration,
     /// The public JWK set served as Supabase Auth's (`--supabase-jwks`); `None`: that route answers 404.
     pub supabase_jwks: Option<PathBuf>,
+    /// Replicate's token and webhook secret (`FAL_EMULATOR_REPLICATE_*`).
+    pub replicate: replicate::Config,
 }
 
 impl Default for Settings {
@@ -37,6 +40,7 @@ impl Default for Settings {
             public_url: None,
             retry: Duration::from_millis(300),
             supabase_jwks: None,
+            replicate: replicate::Config::default(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl Settings {
             public_url: var("FAL_EMULATOR_PUBLIC_URL"),
             retry,
             supabase_jwks: None,
+            replicate: replicate::Config::from_env(),
         })
     }
 }
@@ -162,6 +167,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// What the Supabase JWKS answers (`POST /_emulator/auth/jwks-status`); 200 serves the set.
     pub jwks_status: AtomicU16,
+    /// Replicate's predictions and webhook secret.
+    pub replicate: replicate::Store,
     requests: Mutex<HashMap<String, RequestRecord>>,
     /// `#run-fail-first` counters, keyed by the full prompt so retries of "the same call" share one.
     run_attempts: Mutex<HashMap<String, u32>>,
@@ -188,12 +195,14 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the webhook HTTP client")?;
+        let replicate = replicate::Store::new(&settings.replicate)?;
         Ok(AppState {
             settings,
             public_base,
             signing_key,
             http,
             jwks_status: AtomicU16::new(200),
+            replicate,
             requests: Mutex::new(HashMap::new()),
             run_attempts: Mutex::new(HashMap::new()),
         })

@@ -17,14 +17,14 @@ use tokio::sync::mpsc;
 use super::media::media_bytes_at;
 use super::{Settings, start};
 
-const WAIT: Duration = Duration::from_secs(2);
+pub(super) const WAIT: Duration = Duration::from_secs(2);
 
-struct Emulator {
-    base: String,
-    http: reqwest::Client,
+pub(super) struct Emulator {
+    pub(super) base: String,
+    pub(super) http: reqwest::Client,
 }
 
-async fn emulator(settings: Settings) -> Emulator {
+pub(super) async fn emulator(settings: Settings) -> Emulator {
     let running = start("127.0.0.1:0".parse().unwrap(), settings)
         .await
         .unwrap();
@@ -39,7 +39,7 @@ async fn emulator(settings: Settings) -> Emulator {
     }
 }
 
-fn fast() -> Settings {
+pub(super) fn fast() -> Settings {
     Settings {
         retry: Duration::from_millis(20),
         ..Settings::default()
@@ -126,9 +126,9 @@ async fn assert_answer(resp: reqwest::Response, status: u16, body: Value) {
     assert_eq!(resp.json::<Value>().await.unwrap(), body);
 }
 
-struct Delivery {
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Delivery {
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 #[derive(Clone)]
@@ -148,7 +148,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 
 /// A webhook receiver on loopback answering the given statuses in turn, then 200. Its URL carries a job's
 /// credential as fal-image makes it (`job_id`, `token`).
-async fn receiver(answers: &[u16]) -> (String, mpsc::UnboundedReceiver<Delivery>) {
+pub(super) async fn receiver(answers: &[u16]) -> (String, mpsc::UnboundedReceiver<Delivery>) {
     slow_receiver(answers, Duration::ZERO).await
 }
 
@@ -185,18 +185,18 @@ async fn slow_receiver(
     (url, rx)
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
+pub(super) async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
     tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("a delivery in time")
         .unwrap()
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+pub(super) fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name).unwrap().to_str().unwrap()
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 

@@ -1,4 +1,5 @@
-//! Webhook deliveries: fal's body shapes, Ed25519-signed, retried with a fixed backoff, every attempt recorded.
+//! Webhook deliveries: fal's body shapes, Ed25519-signed (or Standard Webhooks for Replicate), retried with a
+//! fixed backoff, every attempt recorded.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +27,17 @@ pub struct WebhookJob {
     pub body: Bytes,
     pub deliveries: u32,
     pub concurrent: bool,
+    pub signing: Signing,
+}
+
+/// How a delivery is signed, and whose record keeps its attempts.
+#[derive(Debug, Clone)]
+pub enum Signing {
+    /// fal's `X-Fal-Webhook-*` headers, Ed25519 with the emulator's key; attempts go to the fal request.
+    Fal,
+    /// Standard Webhooks as Replicate sends them, the same `webhook-id` on every attempt; attempts go to the
+    /// Replicate prediction.
+    Standard { webhook_id: String },
 }
 
 /// The webhook body fal sends for a finished request.
@@ -121,14 +133,14 @@ async fn deliver_one(
             error: Some("refused: webhook host is not a loopback address".into()),
             duration_ms: 0,
         };
-        state.record_attempt(&job.request_id, refused);
+        record_attempt(&state, &job, refused);
         notify(&mut first);
         return;
     }
     for attempt in 1..=MAX_ATTEMPTS {
         let record = attempt_once(&state, &job, delivery, attempt).await;
         let delivered = record.http_status.is_some_and(|s| (200..300).contains(&s));
-        state.record_attempt(&job.request_id, record);
+        record_attempt(&state, &job, record);
         notify(&mut first);
         if delivered {
             return;
@@ -136,6 +148,13 @@ async fn deliver_one(
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(state.settings.retry).await;
         }
+    }
+}
+
+fn record_attempt(state: &AppState, job: &WebhookJob, attempt: DeliveryAttempt) {
+    match job.signing {
+        Signing::Fal => state.record_attempt(&job.request_id, attempt),
+        Signing::Standard { .. } => state.replicate.record_attempt(&job.request_id, attempt),
     }
 }
 
@@ -153,21 +172,14 @@ async fn attempt_once(
 ) -> DeliveryAttempt {
     let started_at_ms = unix_ms();
     let clock = Instant::now();
-    let timestamp = (started_at_ms / 1000).to_string();
-    let user_id = &state.settings.user_id;
-    let message = signed_message(&job.request_id, user_id, &timestamp, &job.body);
-    let signature_hex = hex::encode(state.signing_key.sign(&message).to_bytes());
-    let result = state
+    let mut request = state
         .http
         .post(&job.url)
-        .header("content-type", "application/json")
-        .header(signature::HEADER_REQUEST_ID, &job.request_id)
-        .header(signature::HEADER_USER_ID, user_id)
-        .header(signature::HEADER_TIMESTAMP, &timestamp)
-        .header(signature::HEADER_SIGNATURE, signature_hex)
-        .body(job.body.clone())
-        .send()
-        .await;
+        .header("content-type", "application/json");
+    for (name, value) in signed_headers(state, job, started_at_ms / 1000) {
+        request = request.header(name, value);
+    }
+    let result = request.body(job.body.clone()).send().await;
     let (http_status, error) = match result {
         Ok(resp) => (Some(resp.status().as_u16()), None),
         Err(e) => (None, Some(describe(e))),
@@ -180,6 +192,31 @@ async fn attempt_once(
         http_status,
         error,
         duration_ms: clock.elapsed().as_millis() as u64,
+    }
+}
+
+/// The signature headers of one attempt made at `timestamp` (unix seconds).
+fn signed_headers(
+    state: &AppState,
+    job: &WebhookJob,
+    timestamp: u64,
+) -> Vec<(&'static str, String)> {
+    match &job.signing {
+        Signing::Fal => {
+            let user_id = &state.settings.user_id;
+            let timestamp = timestamp.to_string();
+            let message = signed_message(&job.request_id, user_id, &timestamp, &job.body);
+            let signature_hex = hex::encode(state.signing_key.sign(&message).to_bytes());
+            vec![
+                (signature::HEADER_REQUEST_ID, job.request_id.clone()),
+                (signature::HEADER_USER_ID, user_id.clone()),
+                (signature::HEADER_TIMESTAMP, timestamp),
+                (signature::HEADER_SIGNATURE, signature_hex),
+            ]
+        }
+        Signing::Standard { webhook_id } => state
+            .replicate
+            .signed_headers(webhook_id, timestamp, &job.body),
     }
 }
 
