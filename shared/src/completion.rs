@@ -183,8 +183,12 @@ impl From<tokio_postgres::Error> for CompletionError {
 pub enum UsageSettlement {
     /// Sync run: the row is written now, with the run's details.
     Insert(Box<db::usage::NewUsage>),
-    /// Queue: complete the row written at submit (insert one for jobs submitted before the port).
-    CompleteQueued { request_id: Option<String> },
+    /// Queue: complete the row written at submit (insert one for jobs submitted before the port), merging
+    /// what the provider reported (`provider_metadata`, e.g. Replicate's metrics) into its metadata.
+    CompleteQueued {
+        request_id: Option<String>,
+        provider_metadata: Value,
+    },
 }
 
 /// One completion request.
@@ -219,7 +223,24 @@ impl<'a> Completion<'a> {
             job,
             output,
             metadata,
-            usage: UsageSettlement::CompleteQueued { request_id },
+            usage: UsageSettlement::CompleteQueued {
+                request_id,
+                provider_metadata: json!({}),
+            },
+        }
+    }
+
+    /// Adds what the provider reported to the usage row a queued completion settles.
+    pub fn add_usage_metadata(&mut self, extra: Value) {
+        if let (
+            UsageSettlement::CompleteQueued {
+                provider_metadata, ..
+            },
+            Value::Object(extra),
+        ) = (&mut self.usage, extra)
+            && let Some(m) = provider_metadata.as_object_mut()
+        {
+            m.extend(extra);
         }
     }
 }
@@ -571,7 +592,10 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
         UsageSettlement::Insert(row) => {
             db::usage::insert_once(client, row).await?;
         }
-        UsageSettlement::CompleteQueued { request_id } => {
+        UsageSettlement::CompleteQueued {
+            request_id,
+            provider_metadata,
+        } => {
             let elapsed_ms = job
                 .started_at
                 .map(|t| {
@@ -580,12 +604,15 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
                         .clamp(0, i32::MAX as i64) as i32
                 })
                 .unwrap_or(0);
-            let meta = json!({
+            let mut meta = json!({
                 "request_id": request_id,
                 "webhook": true,
                 "cost_source": "estimated",
                 "webhook_completed": true,
             });
+            if let (Some(m), Some(extra)) = (meta.as_object_mut(), provider_metadata.as_object()) {
+                m.extend(extra.clone());
+            }
             let updated = db::usage::complete(
                 client,
                 job.id,

@@ -11,7 +11,9 @@ use crate::secrets::AppSecrets;
 /// fal's public key set for webhook signatures.
 pub const DEFAULT_FAL_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jwks.json";
 /// fal's result media hosts (a leading `*.` allows every subdomain).
-pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str = "fal.media,*.fal.media";
+/// fal's media hosts and Replicate's (`replicate.delivery`).
+pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str =
+    "fal.media,*.fal.media,replicate.delivery,*.replicate.delivery";
 /// Lambda's longest function timeout (fal-webhook's and the reconciler's in `template.yaml`).
 const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
 
@@ -280,7 +282,15 @@ mod tests {
         assert_eq!(c.library_bucket, "user-library");
         assert_eq!(c.secret_ttl, Duration::from_secs(300));
         assert_eq!(c.fal_jwks_url.as_str(), DEFAULT_FAL_JWKS_URL);
-        assert_eq!(c.media_allowed_hosts, vec!["fal.media", "*.fal.media"]);
+        assert_eq!(
+            c.media_allowed_hosts,
+            vec![
+                "fal.media",
+                "*.fal.media",
+                "replicate.delivery",
+                "*.replicate.delivery"
+            ]
+        );
         assert!(!c.media_allow_http);
         assert!(c.fal_webhook_url.is_none());
         assert!(c.fal_sync_timeout < Duration::from_secs(30));

@@ -17,6 +17,7 @@ use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::fal::FalError;
 use crate::fal::types::QueueState;
+use crate::replicate::PredictionStatus;
 use crate::state::AppState;
 
 pub use crate::config::ReconcileOptions;
@@ -138,8 +139,12 @@ async fn reconcile_one(
             _ => return Ok(Verdict::Skipped),
         }
     };
-    let output = match ask_fal(state, settings, &job, opts).await? {
-        FalAnswer::Output(output) => output,
+    let asked = match job.run.as_ref().map(|r| r.provider_name.as_str()) {
+        Some("replicate") => ask_replicate(state, settings, &job, opts).await?,
+        _ => ask_fal(state, settings, &job, opts).await?,
+    };
+    let (output, usage) = match asked {
+        FalAnswer::Output(output, usage) => (output, usage),
         FalAnswer::Running => return Ok(Verdict::Running),
         FalAnswer::Fail(message) => {
             let moved = completion::fail(state, settings, &job, &message).await?;
@@ -156,7 +161,8 @@ async fn reconcile_one(
         .and_then(|r| r.request_id())
         .map(str::to_owned);
     let extra = json!({ "reconciled": true });
-    let completion = Completion::queued(&job, &output, request_id, extra);
+    let mut completion = Completion::queued(&job, &output, request_id, extra);
+    completion.add_usage_metadata(usage);
     let outcome = completion::complete(state, settings, completion).await?;
     Ok(match outcome {
         Outcome::Completed(_) => {
@@ -168,12 +174,72 @@ async fn reconcile_one(
     })
 }
 
-/// What fal says about a stale job's request.
+/// What the provider says about a stale job's request.
 enum FalAnswer {
-    Output(Value),
+    /// The output, and what the provider reports for the usage row.
+    Output(Value, Value),
     Running,
     /// The job fails with this reason (fal failed it, does not know it, or the deadline passed).
     Fail(String),
+}
+
+/// Asks Replicate about the prediction at the URL it answered with (on the provider's hosts); past the deadline
+/// one still running is cancelled and the job fails.
+async fn ask_replicate(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    opts: ReconcileOptions,
+) -> Result<FalAnswer, ReconcileError> {
+    let run = job.run.as_ref();
+    let url =
+        |pick: fn(&ProviderRequest) -> Option<&String>| run.and_then(|r| r.provider_url(pick));
+    let (Some(replicate), Some(get_url)) =
+        (state.replicate(settings), url(|q| q.status_url.as_ref()))
+    else {
+        return Ok(no_request(job, opts));
+    };
+    let prediction = match replicate.get(&get_url).await {
+        Ok(p) => p,
+        Err(FalError::Api { status: 404, .. }) => {
+            return Ok(FalAnswer::Fail(
+                "Replicate does not know this prediction".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let usage = json!({ "provider": "replicate", "metrics": prediction.metrics });
+    Ok(match prediction.status {
+        PredictionStatus::Succeeded => FalAnswer::Output(prediction.canonical_output(), usage),
+        PredictionStatus::Failed | PredictionStatus::Canceled => FalAnswer::Fail(
+            prediction
+                .error
+                .unwrap_or_else(|| "Replicate prediction failed".to_owned()),
+        ),
+        _ if past_deadline(job, opts) => {
+            if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
+                let _ = replicate.cancel(&cancel_url).await;
+            }
+            let secs = opts.deadline.as_secs();
+            FalAnswer::Fail(format!("Replicate did not finish within {secs} s"))
+        }
+        _ => FalAnswer::Running,
+    })
+}
+
+fn past_deadline(job: &JobRecord, opts: ReconcileOptions) -> bool {
+    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or_default();
+    job.started_at
+        .is_some_and(|t| chrono::Utc::now() - t > deadline)
+}
+
+/// A job with no request recorded: failed once past the deadline, else left running.
+fn no_request(job: &JobRecord, opts: ReconcileOptions) -> FalAnswer {
+    if past_deadline(job, opts) {
+        FalAnswer::Fail("No provider request was recorded for this job before the deadline".into())
+    } else {
+        FalAnswer::Running
+    }
 }
 
 /// Asks fal at the URLs the submission recorded (each on the provider's own hosts); past the deadline a request
@@ -184,10 +250,7 @@ async fn ask_fal(
     job: &JobRecord,
     opts: ReconcileOptions,
 ) -> Result<FalAnswer, ReconcileError> {
-    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or_default();
-    let past_deadline = job
-        .started_at
-        .is_some_and(|t| chrono::Utc::now() - t > deadline);
+    let past_deadline = past_deadline(job, opts);
     let run = job.run.as_ref();
     let url =
         |pick: fn(&ProviderRequest) -> Option<&String>| run.and_then(|r| r.provider_url(pick));
@@ -195,13 +258,7 @@ async fn ask_fal(
         url(|q| q.status_url.as_ref()),
         url(|q| q.response_url.as_ref()),
     ) else {
-        return Ok(if past_deadline {
-            FalAnswer::Fail(
-                "No fal.ai request was recorded for this job before the deadline".into(),
-            )
-        } else {
-            FalAnswer::Running
-        });
+        return Ok(no_request(job, opts));
     };
     let fal = state.fal(settings);
     match fal.status(&status_url).await {
@@ -222,7 +279,7 @@ async fn ask_fal(
         Err(e) => return Err(e.into()),
     }
     match fal.result(&response_url).await {
-        Ok(output) => Ok(FalAnswer::Output(output)),
+        Ok(output) => Ok(FalAnswer::Output(output, json!({}))),
         Err(e) if e.is_caller_error() => Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}"))),
         Err(e) => Err(e.into()),
     }

@@ -25,6 +25,10 @@ struct SecretJson {
     jwt_secret: Option<String>,
     #[serde(rename = "STORAGE_SIGNING_KEY", default)]
     storage_signing_key: Option<String>,
+    #[serde(rename = "REPLICATE_API_TOKEN", default)]
+    replicate_api_token: Option<String>,
+    #[serde(rename = "REPLICATE_WEBHOOK_SIGNING_SECRET", default)]
+    replicate_webhook_signing_secret: Option<String>,
 }
 
 /// The secret values the functions use. `Debug` shows `[REDACTED]` for each.
@@ -41,6 +45,15 @@ pub struct AppSecrets {
     pub jwt_secret: Option<SecretString>,
     /// Key of the storage links' tokens (`storage_links`); `None` turns storage signing off.
     pub storage_signing_key: Option<SecretString>,
+    /// Replicate's API token and its account's webhook signing secret (`whsec_…`): both, or Replicate models are
+    /// answered 503.
+    pub replicate: Option<ReplicateSecrets>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicateSecrets {
+    pub api_token: SecretString,
+    pub webhook_signing_secret: SecretString,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +89,14 @@ impl AppSecrets {
             database_url: SecretString::from(raw.database_url),
             jwt_secret: raw.jwt_secret.and_then(non_empty),
             storage_signing_key: raw.storage_signing_key.and_then(non_empty),
+            replicate: raw
+                .replicate_api_token
+                .and_then(non_empty)
+                .zip(raw.replicate_webhook_signing_secret.and_then(non_empty))
+                .map(|(api_token, webhook_signing_secret)| ReplicateSecrets {
+                    api_token,
+                    webhook_signing_secret,
+                }),
         })
     }
 }

@@ -71,6 +71,16 @@ impl AppState {
         self.db.client(&settings.secrets.database_url).await
     }
 
+    /// A Replicate client with the current token; `None` when Replicate is not configured.
+    pub fn replicate(&self, settings: &Settings) -> Option<crate::replicate::ReplicateClient> {
+        let secrets = settings.secrets.replicate.as_ref()?;
+        Some(crate::replicate::ReplicateClient::new(
+            self.http.clone(),
+            secrets.api_token.clone(),
+            settings.config.fal_request_timeout,
+        ))
+    }
+
     /// A fal client with the current key.
     pub fn fal(&self, settings: &Settings) -> FalClient {
         let c = &settings.config;

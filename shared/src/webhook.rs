@@ -9,8 +9,10 @@ use crate::config::Settings;
 use crate::db::DbError;
 use crate::db::jobs::JobRecord;
 use crate::fal::FalError;
+use crate::provider::ProviderKind;
+use crate::replicate::{Prediction, PredictionStatus};
 use crate::state::AppState;
-use crate::webhook_auth::{AuthError, Authenticated};
+use crate::webhook_auth::{AuthError, Authenticated, Verified};
 
 /// What a delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +76,15 @@ pub enum WebhookOutcome {
     Error(String),
     /// `status: OK`, `payload: null`: the output is at fal's `response_url`.
     PayloadError,
+    /// A Replicate prediction that is not over (only `completed` events are asked for): nothing to do.
+    NotOver,
 }
 
 pub struct WebhookBody {
     pub request_id: Option<String>,
     pub outcome: WebhookOutcome,
+    /// What the provider reports for the usage row (Replicate's `metrics`).
+    pub usage: Value,
 }
 
 const OUTPUT_KEYS: [&str; 3] = ["video", "images", "output"];
@@ -117,6 +123,27 @@ pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
     Ok(WebhookBody {
         request_id,
         outcome,
+        usage: json!({}),
+    })
+}
+
+/// A Replicate delivery: the prediction. `succeeded` gives its output (in the completion's shape), `failed` and
+/// `canceled` its error.
+pub fn parse_prediction(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
+    let p: Prediction = serde_json::from_slice(body).map_err(|_| DeliveryError::BadJson)?;
+    let outcome = match p.status {
+        PredictionStatus::Succeeded => WebhookOutcome::Ok(p.canonical_output()),
+        PredictionStatus::Failed | PredictionStatus::Canceled => WebhookOutcome::Error(
+            p.error
+                .clone()
+                .unwrap_or_else(|| format!("Replicate prediction {:?}", p.status).to_lowercase()),
+        ),
+        PredictionStatus::Starting | PredictionStatus::Processing => WebhookOutcome::NotOver,
+    };
+    Ok(WebhookBody {
+        request_id: Some(p.id).filter(|id| !id.is_empty()),
+        outcome,
+        usage: json!({ "provider": "replicate", "metrics": p.metrics }),
     })
 }
 
@@ -125,12 +152,15 @@ pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
 pub async fn complete_from_webhook(
     state: &AppState,
     settings: &Settings,
-    auth: Authenticated,
+    auth: Verified,
     job_id_param: Option<&str>,
     header_request_id: Option<&str>,
     body: &[u8],
 ) -> Result<(Delivery, Option<Uuid>), DeliveryError> {
-    let parsed = parse_body(body)?;
+    let parsed = match auth.provider {
+        ProviderKind::Fal => parse_body(body)?,
+        ProviderKind::Replicate => parse_prediction(body)?,
+    };
     let request_id = parsed
         .request_id
         .clone()
@@ -152,7 +182,8 @@ pub async fn complete_from_webhook(
         "webhook_processed": true,
         "video_duration": output.get("video").and_then(|v| v.get("duration")),
     });
-    let completion = Completion::queued(&job, &output, Some(request_id), extra);
+    let mut completion = Completion::queued(&job, &output, Some(request_id), extra);
+    completion.add_usage_metadata(parsed.usage);
     let outcome = completion::complete(state, settings, completion).await?;
     match outcome {
         Outcome::Completed(_) => Ok((Delivery::Completed { job_id: job.id }, Some(job.id))),
@@ -172,6 +203,7 @@ async fn output_of(
 ) -> Result<Result<Value, Delivery>, DeliveryError> {
     let message = match outcome {
         WebhookOutcome::Ok(output) => return Ok(Ok(output)),
+        WebhookOutcome::NotOver => return Ok(Err(Delivery::Skipped)),
         WebhookOutcome::Error(message) => message,
         WebhookOutcome::PayloadError => {
             let Some(url) = job
@@ -202,13 +234,13 @@ async fn output_of(
 async fn find_job(
     state: &AppState,
     settings: &Settings,
-    auth: Authenticated,
+    auth: Verified,
     job_id_param: Option<&str>,
     request_id: &str,
 ) -> Result<JobRecord, DeliveryError> {
     use crate::db;
     let client = state.db_client(settings).await?;
-    let job_id = match auth {
+    let job_id = match auth.url {
         Authenticated::Job(id) => Some(id),
         Authenticated::LegacySecret => {
             match job_id_param.map(str::trim).filter(|s| !s.is_empty()) {
@@ -219,11 +251,12 @@ async fn find_job(
     };
     let job = match job_id {
         Some(id) => db::jobs::get(&**client, id).await?,
-        None => db::jobs::by_request_id(&**client, "fal", request_id).await?,
+        None => db::jobs::by_request_id(&**client, auth.provider.name(), request_id).await?,
     }
     .ok_or(DeliveryError::JobNotFound)?;
     let run = job.run.as_ref();
-    auth.may_complete(job.id, run.map(|r| r.webhook_auth))
+    let provider = run.map(|r| r.provider_name.as_str());
+    auth.may_complete(job.id, run.map(|r| r.webhook_auth), provider)
         .map_err(DeliveryError::Unauthorized)?;
     if run
         .and_then(|r| r.request_id())

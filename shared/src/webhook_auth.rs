@@ -15,11 +15,14 @@ use crate::config::Settings;
 use crate::db::runs::WebhookAuth;
 use crate::fal::jwks::WebhookAuthError;
 use crate::fal::signature::SignatureHeaders;
+use crate::provider::ProviderKind;
+use crate::standard_webhooks;
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// No webhook secret is configured: every delivery is refused until one is.
+    /// No webhook secret (or, for a Replicate delivery, no Replicate signing secret) is configured: refused until
+    /// one is.
     #[error("server misconfigured: no webhook secret")]
     NotConfigured,
     #[error("wrong or missing webhook token")]
@@ -130,16 +133,65 @@ pub fn check_credential(
     }
 }
 
+/// The provider's signature headers of a delivery: fal's Ed25519 ones, or Replicate's Standard Webhooks ones.
+#[derive(Debug, Clone)]
+pub enum ProviderSignature<'a> {
+    /// `x-fal-webhook-*` (absent: `None`, refused).
+    Fal(Option<SignatureHeaders<'a>>),
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    Replicate(standard_webhooks::Headers<'a>),
+}
+
+/// A delivery whose URL credential and provider signature verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub url: Authenticated,
+    /// Whose signature it carries: it may complete only that provider's jobs.
+    pub provider: ProviderKind,
+}
+
+impl Verified {
+    /// Whether the delivery may act on a job whose run says `made_with` and `provider`.
+    pub fn may_complete(
+        self,
+        job_id: Uuid,
+        made_with: Option<WebhookAuth>,
+        provider: Option<&str>,
+    ) -> Result<(), AuthError> {
+        self.url.may_complete(job_id, made_with)?;
+        match provider {
+            Some(p) if p != self.provider.name() => Err(AuthError::BadSignature(
+                "signed by another provider than the job's".into(),
+            )),
+            // Jobs that ended before the port have no run: they were fal's.
+            None if self.provider != ProviderKind::Fal => Err(AuthError::BadSignature(
+                "signed by another provider than the job's".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Both checks, the URL's credential first (no key fetch for a caller that does not even know it).
 pub async fn authenticate(
     state: &AppState,
     settings: &Settings,
     url: UrlCredential<'_>,
-    headers: Option<SignatureHeaders<'_>>,
+    signature: ProviderSignature<'_>,
     body: &[u8],
-) -> Result<Authenticated, AuthError> {
+) -> Result<Verified, AuthError> {
     let now = Utc::now();
     let authenticated = check_credential(settings, url, now)?;
+    let headers = match signature {
+        ProviderSignature::Fal(headers) => headers,
+        ProviderSignature::Replicate(headers) => {
+            verify_replicate(settings, headers, body, now.timestamp())?;
+            return Ok(Verified {
+                url: authenticated,
+                provider: ProviderKind::Replicate,
+            });
+        }
+    };
     let headers =
         headers.ok_or_else(|| AuthError::BadSignature("signature headers missing".into()))?;
     let pinned = settings.config.fal_webhook_user_id.as_deref();
@@ -156,7 +208,30 @@ pub async fn authenticate(
     if pinned.is_none() {
         log_unpinned_user_once(headers.user_id);
     }
-    Ok(authenticated)
+    Ok(Verified {
+        url: authenticated,
+        provider: ProviderKind::Fal,
+    })
+}
+
+/// Replicate's Standard Webhooks signature, with the account's `whsec_…` secret.
+fn verify_replicate(
+    settings: &Settings,
+    headers: standard_webhooks::Headers<'_>,
+    body: &[u8],
+    now_unix: i64,
+) -> Result<(), AuthError> {
+    let secrets = settings
+        .secrets
+        .replicate
+        .as_ref()
+        .ok_or(AuthError::NotConfigured)?;
+    let key = standard_webhooks::key_of(&secrets.webhook_signing_secret).map_err(|e| {
+        tracing::error!(error = %e, "REPLICATE_WEBHOOK_SIGNING_SECRET is not a whsec_ key");
+        AuthError::NotConfigured
+    })?;
+    standard_webhooks::verify(&key, headers, body, now_unix)
+        .map_err(|e| AuthError::BadSignature(e.to_string()))
 }
 
 /// While `FAL_WEBHOOK_USER_ID` is unset, any fal account's signature verifies: the first verified delivery's

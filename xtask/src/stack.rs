@@ -209,13 +209,7 @@ async fn up_fresh(
         ),
     );
     fal_emulator::start(
-        paths,
-        emu_port,
-        &secret.fal_key,
-        &auth.jwks,
-        &mut state,
-        clock,
-        &http,
+        paths, emu_port, &secret, &auth.jwks, &mut state, clock, &http,
     )
     .await?;
     if with_functions {
@@ -248,7 +242,8 @@ async fn up_fresh(
 }
 
 /// Supabase's roles and default grants, the migrations, the original's RLS policies, the seed data (with the
-/// fal provider at `emulator_url`). `own_cluster`: the database is the stack's, not the environment's.
+/// fal and Replicate providers at `emulator_url`). `own_cluster`: the database is the stack's, not the
+/// environment's.
 async fn prepare_database(
     database_url: &str,
     emulator_url: &str,
@@ -279,7 +274,10 @@ async fn prepare_database(
     seed::apply(database_url, emulator_url).await?;
     clock.done(
         step,
-        format!("seed: fal provider -> {emulator_url}, sync and async models"),
+        format!(
+            "seed: fal provider -> {emulator_url}, Replicate provider -> {}, a sync and an async model each",
+            fal_emulator::replicate_url(emulator_url)
+        ),
     );
     Ok(())
 }

@@ -74,7 +74,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match &e {
             SubmitError::ModelNotFound
-            | SubmitError::ProviderNotFal
+            | SubmitError::UnsupportedProvider
             | SubmitError::BadModelOverride => {
                 ApiError::new(StatusCode::BAD_REQUEST, &e.to_string())
             }
@@ -86,6 +86,11 @@ impl From<SubmitError> for ApiError {
                     "details": "Wait for a generation to finish, or cancel one, then try again",
                 }),
                 retry_after: Some(gen_pipeline::submission::OPEN_JOBS_RETRY_AFTER.as_secs()),
+            },
+            SubmitError::ProviderNotConfigured(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: json!({ "error": e.to_string(), "retryable": false }),
+                retry_after: None,
             },
             SubmitError::NoModels => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())

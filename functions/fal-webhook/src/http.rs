@@ -8,8 +8,9 @@ use gen_pipeline::after_response::Ticket;
 use gen_pipeline::fal::signature::{
     HEADER_REQUEST_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_USER_ID, SignatureHeaders,
 };
+use gen_pipeline::standard_webhooks;
 use gen_pipeline::webhook::{self, Delivery};
-use gen_pipeline::webhook_auth::{self, UrlCredential};
+use gen_pipeline::webhook_auth::{self, ProviderSignature, UrlCredential};
 
 use crate::errors::{self, Refusal};
 use lambda_http::http::{HeaderMap, Method, StatusCode};
@@ -59,8 +60,8 @@ async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result
         token: query.first("token"),
         secret: query.first("secret"),
     };
-    let headers = signature_headers(req.headers());
-    let authenticated = webhook_auth::authenticate(state, &settings, credential, headers, body)
+    let signature = provider_signature(req.headers());
+    let authenticated = webhook_auth::authenticate(state, &settings, credential, signature, body)
         .await
         .map_err(|e| {
             // One line, without the secret, the token or the URL.
@@ -103,6 +104,19 @@ fn refuse(r: Refusal) -> Result<Response<Body>, Error> {
     match r.body {
         errors::Body::Text(t) => text(r.status, t),
         errors::Body::Json(v) => json_response(r.status, &v),
+    }
+}
+
+/// Replicate's Standard Webhooks headers when the delivery has them, else fal's.
+fn provider_signature(headers: &HeaderMap) -> ProviderSignature<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match get("webhook-signature") {
+        Some(signature) => ProviderSignature::Replicate(standard_webhooks::Headers {
+            id: get("webhook-id").unwrap_or_default(),
+            timestamp: get("webhook-timestamp").unwrap_or_default(),
+            signature,
+        }),
+        None => ProviderSignature::Fal(signature_headers(headers)),
     }
 }
 

@@ -34,8 +34,8 @@ pub const SERVER_OWNED_KEYS: &[&str] = &[
     "cancelled_by",
 ];
 
-/// The keys of the server's prefix: the provider request and its payloads.
-pub const SERVER_OWNED_PREFIX: &str = "fal_";
+/// The prefixes of the server's keys: the provider request and its payloads.
+pub const SERVER_OWNED_PREFIXES: &[&str] = &["fal_", "replicate_"];
 
 /// The post-processing destinations (`metadata.destination`) that run a step.
 pub const DESTINATIONS: &[&str] = &["character_portrait", "character_scene", "roleplay_scene"];
@@ -45,10 +45,10 @@ pub fn post_targets(metadata: Option<&Map<String, Value>>) -> Result<PostTargets
     let Some(metadata) = metadata else {
         return Ok(PostTargets::default());
     };
-    if let Some(key) = metadata
-        .keys()
-        .find(|k| k.starts_with(SERVER_OWNED_PREFIX) || SERVER_OWNED_KEYS.contains(&k.as_str()))
-    {
+    if let Some(key) = metadata.keys().find(|k| {
+        SERVER_OWNED_PREFIXES.iter().any(|p| k.starts_with(p))
+            || SERVER_OWNED_KEYS.contains(&k.as_str())
+    }) {
         return Err(InputError::ServerOwnedKey(key.clone()));
     }
     let id = |key: &'static str| match metadata.get(key) {

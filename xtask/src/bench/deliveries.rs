@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gen_pipeline::AppState;
 use gen_pipeline::webhook::{self, Delivery as Effect, DeliveryError};
-use gen_pipeline::webhook_auth::{self, Authenticated, UrlCredential};
+use gen_pipeline::webhook_auth::{self, ProviderSignature, UrlCredential, Verified};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -162,7 +162,7 @@ async fn authenticate(
     state: &AppState,
     settings: &gen_pipeline::Settings,
     d: &Delivery,
-) -> Result<Authenticated, webhook_auth::AuthError> {
+) -> Result<Verified, webhook_auth::AuthError> {
     let (job_id, token, secret) = (
         d.query_param("job_id"),
         d.query_param("token"),
@@ -173,7 +173,8 @@ async fn authenticate(
         token: token.as_deref(),
         secret: secret.as_deref(),
     };
-    webhook_auth::authenticate(state, settings, credential, d.signature_headers(), &d.body).await
+    let signature = ProviderSignature::Fal(d.signature_headers());
+    webhook_auth::authenticate(state, settings, credential, signature, &d.body).await
 }
 
 /// The handler's steps for one delivery; returns the kind of answer fal would get.

@@ -272,7 +272,10 @@ async fn through_webhook(
     let (effect, _) = webhook::complete_from_webhook(
         &ctx.state,
         &ctx.settings,
-        gen_pipeline::webhook_auth::Authenticated::Job(job_id),
+        gen_pipeline::webhook_auth::Verified {
+            url: gen_pipeline::webhook_auth::Authenticated::Job(job_id),
+            provider: gen_pipeline::provider::ProviderKind::Fal,
+        },
         Some(&job_id.to_string()),
         delivery.signature_headers().map(|h| h.request_id),
         &delivery.body,

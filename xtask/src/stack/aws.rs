@@ -6,6 +6,9 @@ use anyhow::Context;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rand::RngCore as _;
 use serde_json::json;
 
 use super::envfile::StackEnv;
@@ -47,6 +50,10 @@ pub struct AppSecret {
     pub jwt_secret: String,
     pub storage_signing_key: String,
     pub database_url: String,
+    /// The emulator's Replicate account: the API token it wants, and the webhook secret its deliveries are signed
+    /// with (`whsec_<base64>`, as Replicate hands it out).
+    pub replicate_api_token: String,
+    pub replicate_webhook_secret: String,
 }
 
 impl AppSecret {
@@ -57,6 +64,8 @@ impl AppSecret {
             jwt_secret: random_hex(32),
             storage_signing_key: random_hex(32),
             database_url: functions_database_url.to_owned(),
+            replicate_api_token: format!("r8_local{}", random_hex(16)),
+            replicate_webhook_secret: random_whsec(),
         }
     }
 
@@ -66,6 +75,11 @@ impl AppSecret {
         env.set("FAL_KEY", &self.fal_key);
         env.set("SUPABASE_JWT_SECRET", &self.jwt_secret);
         env.set("STORAGE_SIGNING_KEY", &self.storage_signing_key);
+        env.set("REPLICATE_API_TOKEN", &self.replicate_api_token);
+        env.set(
+            "REPLICATE_WEBHOOK_SIGNING_SECRET",
+            &self.replicate_webhook_secret,
+        );
     }
 
     fn json(&self) -> String {
@@ -75,9 +89,18 @@ impl AppSecret {
             "DATABASE_URL": self.database_url,
             "SUPABASE_JWT_SECRET": self.jwt_secret,
             "STORAGE_SIGNING_KEY": self.storage_signing_key,
+            "REPLICATE_API_TOKEN": self.replicate_api_token,
+            "REPLICATE_WEBHOOK_SIGNING_SECRET": self.replicate_webhook_secret,
         })
         .to_string()
     }
+}
+
+/// A Standard Webhooks secret: `whsec_` and 32 random bytes in base64.
+fn random_whsec() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("whsec_{}", B64.encode(raw))
 }
 
 /// Creates the buckets and the app secret in moto at `endpoint` (or updates the secret's value when it exists).
@@ -183,4 +206,23 @@ pub async fn secret_values(endpoint: &str) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_webhook_secrets_are_whsec_over_32_bytes() {
+        let secret = AppSecret::generate("postgres://x");
+        let encoded = secret
+            .replicate_webhook_secret
+            .strip_prefix("whsec_")
+            .expect("whsec_ prefix");
+        assert_eq!(B64.decode(encoded).expect("base64").len(), 32);
+        assert_ne!(
+            secret.replicate_webhook_secret,
+            AppSecret::generate("postgres://x").replicate_webhook_secret
+        );
+    }
 }

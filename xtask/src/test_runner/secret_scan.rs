@@ -7,12 +7,14 @@ use std::path::Path;
 use crate::stack::StackEnv;
 
 /// Keys of the app secret (and of `stack.env`) whose whole value is secret.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 7] = [
     "FAL_KEY",
     "FAL_WEBHOOK_SECRET",
     "FAL_WEBHOOK_SECRET_PREVIOUS",
     "SUPABASE_JWT_SECRET",
     "STORAGE_SIGNING_KEY",
+    "REPLICATE_API_TOKEN",
+    "REPLICATE_WEBHOOK_SIGNING_SECRET",
 ];
 /// Keys holding a Postgres URL (or key=value string) whose password is secret.
 const DATABASE_URL_KEYS: [&str; 2] = ["DATABASE_URL", "POOLER_DATABASE_URL"];

@@ -9,10 +9,10 @@ use serde_json::{Map, Value, json};
 use url::Url;
 use uuid::Uuid;
 
-use crate::completion::{self, Completion, Outcome, UsageSettlement};
+use crate::completion::{self, Outcome};
 use crate::config::Settings;
 use crate::db::jobs::JobRecord;
-use crate::db::runs::{NewRun, ObjectRef, PostTargets, ProviderRequest, WebhookAuth};
+use crate::db::runs::{NewRun, ObjectRef, PostTargets, WebhookAuth};
 use crate::db::{self, DbError, models::ModelRow};
 use crate::fal::endpoint::EndpointError;
 use crate::fal::{FalError, QueueEndpoint, SyncEndpoint};
@@ -21,15 +21,20 @@ use crate::input::{
     StoredReference,
 };
 use crate::jobs::JobStatus;
+use crate::provider::ProviderKind;
+use crate::replicate::PredictionsEndpoint;
 use crate::state::AppState;
 use crate::storage_links::{self, Bucket};
 use crate::{ownership, postprocess, webhook_auth};
+
+mod fal;
+mod replicate;
 
 /// Presigned reference URLs live this long (fal fetches them soon after submission).
 const REFERENCE_URL_TTL: Duration = Duration::from_secs(3600);
 /// Result links handed to clients live as the original's signed URLs did.
 pub const RESULT_LINK_TTL: Duration = Duration::from_secs(3600);
-/// `api_models.endpoint_path` of the queue route.
+/// `api_models.endpoint_path` of fal's queue route.
 pub const QUEUE_ROUTE: &str = "fal-webhook";
 /// How long a client told it has too many open jobs should wait before trying again.
 pub const OPEN_JOBS_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -41,10 +46,14 @@ pub enum RouteKind {
     Queue,
 }
 
-pub fn route_kind(endpoint_path: Option<&str>) -> Result<RouteKind, SubmitError> {
+/// The route of a model of `provider`: empty is the sync route, the provider's webhook name its queue route.
+pub fn route_kind(
+    provider: ProviderKind,
+    endpoint_path: Option<&str>,
+) -> Result<RouteKind, SubmitError> {
     match endpoint_path.map(str::trim) {
         None | Some("") => Ok(RouteKind::Sync),
-        Some(QUEUE_ROUTE) => Ok(RouteKind::Queue),
+        Some(p) if p == provider.queue_route() => Ok(RouteKind::Queue),
         Some(other) => Err(SubmitError::UnsupportedEndpoint(other.to_owned())),
     }
 }
@@ -55,8 +64,11 @@ pub enum SubmitError {
     ModelNotFound,
     #[error("No fal.ai models configured")]
     NoModels,
-    #[error("Model provider must be fal")]
-    ProviderNotFal,
+    #[error("Model provider must be fal or replicate")]
+    UnsupportedProvider,
+    /// The provider's secrets are not configured (Replicate's token and webhook signing secret).
+    #[error("{0} is not configured")]
+    ProviderNotConfigured(&'static str),
     #[error("unsupported endpoint_path")]
     UnsupportedEndpoint(String),
     #[error("{0}")]
@@ -127,15 +139,50 @@ struct Plan {
     modality: Modality,
     prompt: String,
     built: BuiltInput,
-    sync_endpoint: SyncEndpoint,
-    /// The queue endpoint and the webhook URL without the job, when the queue route is taken.
-    queue: Option<(QueueEndpoint, Url)>,
+    target: Target,
     targets: PostTargets,
     reference: Option<ObjectRef>,
     estimated_cost: f64,
 }
 
+/// Where and how the job runs.
+enum Target {
+    Fal {
+        sync: SyncEndpoint,
+        /// The queue endpoint and the webhook URL without the job, when the queue route is taken.
+        queue: Option<(QueueEndpoint, Url)>,
+    },
+    Replicate {
+        endpoint: PredictionsEndpoint,
+        route: RouteKind,
+        /// The webhook URL without the job; without one a prediction outliving the sync wait is finished by the
+        /// reconciler.
+        webhook: Option<Url>,
+    },
+}
+
 impl Plan {
+    /// Whether the job is inserted `queued` (finished by a webhook or the reconciler) rather than `processing`.
+    /// Replicate jobs always are: a sync run that outlives its wait is finished by its webhook.
+    fn starts_queued(&self) -> bool {
+        match &self.target {
+            Target::Fal { queue, .. } => queue.is_some(),
+            Target::Replicate { .. } => true,
+        }
+    }
+
+    fn webhook_auth(&self) -> WebhookAuth {
+        let has_webhook = match &self.target {
+            Target::Fal { queue, .. } => queue.is_some(),
+            Target::Replicate { webhook, .. } => webhook.is_some(),
+        };
+        if has_webhook {
+            WebhookAuth::Token
+        } else {
+            WebhookAuth::None
+        }
+    }
+
     fn usage(&self, job_id: Uuid, user_id: Uuid) -> UsageBase {
         UsageBase {
             job_id,
@@ -164,13 +211,42 @@ pub async fn submit_generation(
     let client = state.db_client(settings).await?;
     let plan = plan(state, settings, &client, user_id, &req).await?;
     let job_id = insert_job(&client, settings, user_id, &req, &plan).await?;
-    tracing::info!(%job_id, model_key = %plan.model_key, queued = plan.queue.is_some(), "job created");
-    if let Some(queued) = submit_queued(state, settings, &client, user_id, job_id, &plan).await? {
-        return Ok(queued);
-    }
-    drop(client);
-    let (job, outcome) = run_sync(state, settings, user_id, job_id, &plan).await?;
+    let provider = plan.model.provider_name.as_str();
+    tracing::info!(%job_id, model_key = %plan.model_key, provider, "job created");
+    let run = Run {
+        state,
+        settings,
+        user_id,
+        job_id,
+        plan: &plan,
+    };
+    let (job, outcome) = match &plan.target {
+        Target::Fal { sync, queue } => {
+            if let Some(queued) = fal::submit_queued(&run, &client, queue.as_ref()).await? {
+                return Ok(queued);
+            }
+            drop(client);
+            fal::run_sync(&run, sync).await?
+        }
+        Target::Replicate {
+            endpoint,
+            route,
+            webhook,
+        } => match replicate::submit(&run, &client, endpoint, *route, webhook.as_ref()).await? {
+            replicate::Submitted::Answered(answer) => return Ok(answer),
+            replicate::Submitted::Finished(finished) => *finished,
+        },
+    };
     sync_answer(state, settings, api_base, &job, outcome).await
+}
+
+/// One submission after its job row is written.
+struct Run<'a> {
+    state: &'a AppState,
+    settings: &'a Settings,
+    user_id: Uuid,
+    job_id: Uuid,
+    plan: &'a Plan,
 }
 
 async fn plan(
@@ -182,10 +258,9 @@ async fn plan(
 ) -> Result<Plan, SubmitError> {
     let targets = input::targets::post_targets(req.metadata.as_ref())?;
     let model = resolve_model(state, client, req).await?;
-    if model.provider_name != "fal" {
-        return Err(SubmitError::ProviderNotFal);
-    }
-    let route = route_kind(model.endpoint_path.as_deref())?;
+    let provider =
+        ProviderKind::of(&model.provider_name).ok_or(SubmitError::UnsupportedProvider)?;
+    let route = route_kind(provider, model.endpoint_path.as_deref())?;
     let prompt = req
         .prompt
         .as_deref()
@@ -208,7 +283,7 @@ async fn plan(
     let stored = input::stored_references(req);
     let resolved = presign_references(state, settings, user_id, &stored).await?;
     let built = input::build_input(req, &spec, &resolved)?;
-    let (sync_endpoint, queue) = endpoints(settings, &model, &model_key, route)?;
+    let target = target(settings, provider, &model, &model_key, route)?;
     check_targets(client, user_id, &targets).await?;
     Ok(Plan {
         estimated_cost: crate::pricing::estimated_cost(&model_key, modality == Modality::Video),
@@ -218,8 +293,7 @@ async fn plan(
         modality,
         prompt,
         built,
-        sync_endpoint,
-        queue,
+        target,
         targets,
     })
 }
@@ -253,20 +327,34 @@ async fn model_key(
     Ok(key.to_owned())
 }
 
-/// Both endpoints from the provider's configured hosts, up front: a misconfiguration is an error before any row
-/// is written, and the sync route can only ever use the sync host. No webhook secret or URL: no queue route.
-fn endpoints(
+/// The endpoints from the provider's configured hosts, up front: a misconfiguration is an error before any row
+/// is written, and fal's sync route can only ever use its sync host. No webhook secret or URL: no queue route.
+fn target(
     settings: &Settings,
+    provider: ProviderKind,
     model: &ModelRow,
     model_key: &str,
     route: RouteKind,
-) -> Result<(SyncEndpoint, Option<(QueueEndpoint, Url)>), SubmitError> {
+) -> Result<Target, SubmitError> {
     let endpoint_error = |host: &str, e: EndpointError| match e {
         EndpointError::BadModelKey(_) if model_key != model.model_key => {
             SubmitError::BadModelOverride
         }
         e => SubmitError::Misconfigured(format!("{host} host: {e}")),
     };
+    if provider == ProviderKind::Replicate {
+        if settings.secrets.replicate.is_none() {
+            return Err(SubmitError::ProviderNotConfigured("Replicate"));
+        }
+        let endpoint = PredictionsEndpoint::new(model.base_url.as_deref(), model_key)
+            .map_err(|e| endpoint_error("Replicate", e))?;
+        let webhook = webhook_url(settings);
+        return Ok(Target::Replicate {
+            endpoint,
+            route,
+            webhook,
+        });
+    }
     let sync = SyncEndpoint::new(model.sync_base_url.as_deref(), model_key)
         .map_err(|e| endpoint_error("sync", e))?;
     let queue = match (route, webhook_url(settings)) {
@@ -283,7 +371,7 @@ fn endpoints(
         }
         (RouteKind::Sync, _) => None,
     };
-    Ok((sync, queue))
+    Ok(Target::Fal { sync, queue })
 }
 
 /// The post-processing targets must be the caller's: 404 before anything is written otherwise.
@@ -355,7 +443,7 @@ async fn insert_job(
     req: &GenerationRequest,
     plan: &Plan,
 ) -> Result<Uuid, SubmitError> {
-    let queued = plan.queue.is_some();
+    let queued = plan.starts_queued();
     let new_job = db::jobs::NewJob {
         user_id,
         job_type: input::normalize_job_type(req.job_type.as_deref(), plan.modality, req.quality()),
@@ -380,11 +468,7 @@ async fn insert_job(
             provider_id: plan.model.provider_id,
             provider_name: plan.model.provider_name.clone(),
             model_key: plan.model_key.clone(),
-            webhook_auth: if queued {
-                WebhookAuth::Token
-            } else {
-                WebhookAuth::None
-            },
+            webhook_auth: plan.webhook_auth(),
             reference: plan.reference.clone(),
             targets: plan.targets.clone(),
             post_steps: postprocess::steps_for(&plan.targets)
@@ -397,130 +481,6 @@ async fn insert_job(
     db::jobs::insert(client, &new_job)
         .await?
         .ok_or(SubmitError::TooManyOpenJobs)
-}
-
-/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input → the job fails; any other
-/// fault → `None`, and the job (now `processing`) runs on the sync host instead.
-async fn submit_queued(
-    state: &AppState,
-    settings: &Settings,
-    client: &tokio_postgres::Client,
-    user_id: Uuid,
-    job_id: Uuid,
-    plan: &Plan,
-) -> Result<Option<SubmitResult>, SubmitError> {
-    let Some((endpoint, webhook)) = &plan.queue else {
-        return Ok(None);
-    };
-    let webhook = with_job(webhook, settings, job_id);
-    match state
-        .fal(settings)
-        .submit(endpoint, &plan.built.input, Some(&webhook))
-        .await
-    {
-        Ok(submitted) => {
-            let request = ProviderRequest {
-                request_id: submitted.request_id.clone(),
-                gateway_request_id: submitted.gateway_request_id.clone(),
-                status_url: Some(submitted.status_url.clone()),
-                response_url: Some(submitted.response_url.clone()),
-                cancel_url: Some(submitted.cancel_url.clone()),
-            };
-            let provider_metadata = json!({"request_id": submitted.request_id, "async": true, "model_key": plan.model_key});
-            let usage = plan
-                .usage(job_id, user_id)
-                .row(None, 0, None, None, provider_metadata);
-            db::usage::insert_once_and_record_request(client, &usage, &request).await?;
-            Ok(Some(SubmitResult {
-                answer: Submitted::Queued {
-                    job_id,
-                    request_id: submitted.request_id,
-                },
-                post_process: None,
-            }))
-        }
-        Err(error) if error.is_caller_error() => {
-            let message = format!("Async submission failed: {}", describe(&error));
-            fail_job(state, settings, job_id, &message).await?;
-            Err(SubmitError::Fal { job_id, error })
-        }
-        Err(error) => {
-            tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
-            db::jobs::transition(
-                client,
-                job_id,
-                JobStatus::Processing,
-                None,
-                &json!({"sync_fallback": true}),
-            )
-            .await?;
-            Ok(None)
-        }
-    }
-}
-
-/// The sync route: run on fal's sync host, then complete through the completion core.
-async fn run_sync(
-    state: &AppState,
-    settings: &Settings,
-    user_id: Uuid,
-    job_id: Uuid,
-    plan: &Plan,
-) -> Result<(JobRecord, Result<Outcome, completion::CompletionError>), SubmitError> {
-    let started = Instant::now();
-    let usage = plan.usage(job_id, user_id);
-    let output = match state
-        .fal(settings)
-        .run(&plan.sync_endpoint, &plan.built.input)
-        .await
-    {
-        Ok(o) => o,
-        Err(error) => {
-            let message = format!("fal.ai API error: {}", describe(&error));
-            fail_job(state, settings, job_id, &message).await?;
-            let client = state.db_client(settings).await?;
-            let failed = usage.row(
-                error.status().map(i32::from),
-                elapsed_ms(started),
-                None,
-                Some(message),
-                json!({"model_key": plan.model_key}),
-            );
-            db::usage::insert_once(&**client, &failed).await?;
-            return Err(SubmitError::Fal { job_id, error });
-        }
-    };
-    let usage = usage.row(
-        Some(200),
-        elapsed_ms(started),
-        Some(crate::json::without_nul(&output)),
-        None,
-        json!({
-            "request_id": output.get("request_id"),
-            "status": "completed",
-            "model": plan.model_key,
-            "created_at": chrono::Utc::now().to_rfc3339(),
-            "cost_source": "static_pricing",
-        }),
-    );
-    let job = current_job(state, settings, job_id)
-        .await?
-        .ok_or(SubmitError::Closed {
-            job_id,
-            status: JobStatus::Cancelled,
-        })?;
-    let outcome = completion::complete(
-        state,
-        settings,
-        Completion {
-            job: &job,
-            output: &output,
-            metadata: json!({ "fal_response": output, "input_used": plan.built.input }),
-            usage: UsageSettlement::Insert(Box::new(usage)),
-        },
-    )
-    .await;
-    Ok((job, outcome))
 }
 
 /// What the caller of a sync run is answered, from the completion's outcome.
@@ -910,12 +870,29 @@ mod tests {
 
     #[test]
     fn endpoint_path_decides_the_route() {
-        assert_eq!(route_kind(None).unwrap(), RouteKind::Sync);
-        assert_eq!(route_kind(Some("")).unwrap(), RouteKind::Sync);
-        assert_eq!(route_kind(Some("  ")).unwrap(), RouteKind::Sync);
-        assert_eq!(route_kind(Some("fal-webhook")).unwrap(), RouteKind::Queue);
-        assert!(
-            matches!(route_kind(Some("replicate-webhook")), Err(SubmitError::UnsupportedEndpoint(p)) if p == "replicate-webhook")
+        let (fal, replicate) = (ProviderKind::Fal, ProviderKind::Replicate);
+        for p in [fal, replicate] {
+            assert_eq!(route_kind(p, None).unwrap(), RouteKind::Sync);
+            assert_eq!(route_kind(p, Some("")).unwrap(), RouteKind::Sync);
+            assert_eq!(route_kind(p, Some("  ")).unwrap(), RouteKind::Sync);
+        }
+        assert_eq!(
+            route_kind(fal, Some("fal-webhook")).unwrap(),
+            RouteKind::Queue
         );
+        assert_eq!(
+            route_kind(replicate, Some("replicate-webhook")).unwrap(),
+            RouteKind::Queue
+        );
+        for (p, path) in [
+            (fal, "replicate-webhook"),
+            (replicate, "fal-webhook"),
+            (fal, "other"),
+        ] {
+            assert!(
+                matches!(route_kind(p, Some(path)), Err(SubmitError::UnsupportedEndpoint(e)) if e == path),
+                "{path}"
+            );
+        }
     }
 }

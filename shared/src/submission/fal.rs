@@ -1,0 +1,146 @@
+//! fal's routes: the queue submission with the job's webhook URL (falling back to the sync host on faults that
+//! are not the caller's), and the sync run on fal's sync host.
+
+use std::time::Instant;
+
+use serde_json::json;
+use url::Url;
+
+use super::{
+    Run, SubmitError, SubmitResult, Submitted, current_job, describe, elapsed_ms, fail_job,
+    with_job,
+};
+use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
+use crate::db;
+use crate::db::jobs::JobRecord;
+use crate::db::runs::ProviderRequest;
+use crate::fal::{QueueEndpoint, SyncEndpoint};
+use crate::jobs::JobStatus;
+
+/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input → the job fails; any other
+/// fault → `None`, and the job (now `processing`) runs on the sync host instead.
+pub(super) async fn submit_queued(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    queue: Option<&(QueueEndpoint, Url)>,
+) -> Result<Option<SubmitResult>, SubmitError> {
+    let Run {
+        state,
+        settings,
+        user_id,
+        job_id,
+        plan,
+    } = *run;
+    let Some((endpoint, webhook)) = queue else {
+        return Ok(None);
+    };
+    let webhook = with_job(webhook, settings, job_id);
+    match state
+        .fal(settings)
+        .submit(endpoint, &plan.built.input, Some(&webhook))
+        .await
+    {
+        Ok(submitted) => {
+            let request = ProviderRequest {
+                request_id: submitted.request_id.clone(),
+                gateway_request_id: submitted.gateway_request_id.clone(),
+                status_url: Some(submitted.status_url.clone()),
+                response_url: Some(submitted.response_url.clone()),
+                cancel_url: Some(submitted.cancel_url.clone()),
+            };
+            let provider_metadata = json!({"request_id": submitted.request_id, "async": true, "model_key": plan.model_key});
+            let usage = plan
+                .usage(job_id, user_id)
+                .row(None, 0, None, None, provider_metadata);
+            db::usage::insert_once_and_record_request(client, &usage, &request).await?;
+            Ok(Some(SubmitResult {
+                answer: Submitted::Queued {
+                    job_id,
+                    request_id: submitted.request_id,
+                },
+                post_process: None,
+            }))
+        }
+        Err(error) if error.is_caller_error() => {
+            let message = format!("Async submission failed: {}", describe(&error));
+            fail_job(state, settings, job_id, &message).await?;
+            Err(SubmitError::Fal { job_id, error })
+        }
+        Err(error) => {
+            tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
+            db::jobs::transition(
+                client,
+                job_id,
+                JobStatus::Processing,
+                None,
+                &json!({"sync_fallback": true}),
+            )
+            .await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The sync route: run on fal's sync host, then complete through the completion core.
+pub(super) async fn run_sync(
+    run: &Run<'_>,
+    endpoint: &SyncEndpoint,
+) -> Result<(JobRecord, Result<Outcome, CompletionError>), SubmitError> {
+    let Run {
+        state,
+        settings,
+        user_id,
+        job_id,
+        plan,
+    } = *run;
+    let started = Instant::now();
+    let usage = plan.usage(job_id, user_id);
+    let output = match state.fal(settings).run(endpoint, &plan.built.input).await {
+        Ok(o) => o,
+        Err(error) => {
+            let message = format!("fal.ai API error: {}", describe(&error));
+            fail_job(state, settings, job_id, &message).await?;
+            let client = state.db_client(settings).await?;
+            let failed = usage.row(
+                error.status().map(i32::from),
+                elapsed_ms(started),
+                None,
+                Some(message),
+                json!({"model_key": plan.model_key}),
+            );
+            db::usage::insert_once(&**client, &failed).await?;
+            return Err(SubmitError::Fal { job_id, error });
+        }
+    };
+    let usage = usage.row(
+        Some(200),
+        elapsed_ms(started),
+        Some(crate::json::without_nul(&output)),
+        None,
+        json!({
+            "request_id": output.get("request_id"),
+            "status": "completed",
+            "model": plan.model_key,
+            "created_at": chrono::Utc::now().to_rfc3339(),
+            "cost_source": "static_pricing",
+        }),
+    );
+    let job = current_job(state, settings, job_id)
+        .await?
+        .ok_or(SubmitError::Closed {
+            job_id,
+            status: JobStatus::Cancelled,
+        })?;
+    let outcome = completion::complete(
+        state,
+        settings,
+        Completion {
+            job: &job,
+            output: &output,
+            metadata: json!({ "fal_response": output, "input_used": plan.built.input }),
+            usage: UsageSettlement::Insert(Box::new(usage)),
+        },
+    )
+    .await;
+    Ok((job, outcome))
+}

@@ -1,0 +1,158 @@
+//! Replicate's routes: a prediction created with the job's webhook URL (our per-job token; Replicate signs the
+//! delivery too). The queue route answers at once; the sync route waits for the prediction (`Prefer: wait`)
+//! within the sync bound, and one still running then stays `queued`, finished by its webhook (or the reconciler)
+//! rather than failed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use url::Url;
+
+use super::{
+    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, current_job, describe,
+    elapsed_ms, fail_job, with_job,
+};
+use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
+use crate::db;
+use crate::db::jobs::JobRecord;
+use crate::db::runs::ProviderRequest;
+use crate::jobs::JobStatus;
+use crate::replicate::{Prediction, PredictionStatus, PredictionsEndpoint};
+
+/// What a Replicate submission came to.
+pub(super) enum Submitted {
+    /// The caller's answer is known (queued).
+    Answered(SubmitResult),
+    /// The sync wait saw the prediction succeed; the job went through the completion core.
+    Finished(Box<(JobRecord, Result<Outcome, CompletionError>)>),
+}
+
+/// How long the sync route waits for the prediction: the sync bound, less time to store the result, at most
+/// Replicate's 60 s.
+fn sync_wait(run: &Run<'_>) -> Duration {
+    let bound = run.settings.config.fal_sync_timeout;
+    bound
+        .saturating_sub(Duration::from_secs(5))
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The prediction's id and URLs, as the job's run records them.
+fn request_of(p: &Prediction) -> ProviderRequest {
+    ProviderRequest {
+        request_id: p.id.clone(),
+        gateway_request_id: None,
+        status_url: Some(p.urls.get.clone()),
+        response_url: Some(p.urls.get.clone()),
+        cancel_url: p.urls.cancel.clone(),
+    }
+}
+
+pub(super) async fn submit(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    endpoint: &PredictionsEndpoint,
+    route: RouteKind,
+    webhook: Option<&Url>,
+) -> Result<Submitted, SubmitError> {
+    let Run {
+        state,
+        settings,
+        job_id,
+        plan,
+        ..
+    } = *run;
+    let replicate = state
+        .replicate(settings)
+        .ok_or(SubmitError::ProviderNotConfigured("Replicate"))?;
+    let webhook = webhook.map(|w| with_job(w, settings, job_id));
+    let wait = (route == RouteKind::Sync).then(|| sync_wait(run));
+    let started = Instant::now();
+    let created = replicate
+        .create(endpoint, &plan.built.input, webhook.as_ref(), wait)
+        .await;
+    let prediction = match created {
+        Ok(p) => p,
+        Err(error) => {
+            let message = format!("Replicate API error: {}", describe(&error));
+            fail_job(state, settings, job_id, &message).await?;
+            return Err(SubmitError::Fal { job_id, error });
+        }
+    };
+    match prediction.status {
+        PredictionStatus::Succeeded if route == RouteKind::Sync => {
+            finish(run, &prediction, started)
+                .await
+                .map(|finished| Submitted::Finished(Box::new(finished)))
+        }
+        PredictionStatus::Failed | PredictionStatus::Canceled => {
+            let message = prediction.error.clone().unwrap_or_else(|| {
+                format!("Replicate prediction {:?}", prediction.status).to_lowercase()
+            });
+            fail_job(state, settings, job_id, &message).await?;
+            Err(SubmitError::ResultFailed { job_id, message })
+        }
+        _ => queued(run, client, &prediction)
+            .await
+            .map(Submitted::Answered),
+    }
+}
+
+/// Still running (or submitted to the queue route): the request is recorded with the usage row, the job stays
+/// `queued`.
+async fn queued(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    prediction: &Prediction,
+) -> Result<SubmitResult, SubmitError> {
+    let provider_metadata = json!({
+        "request_id": prediction.id, "async": true, "model_key": run.plan.model_key, "provider": "replicate",
+    });
+    let usage = run
+        .plan
+        .usage(run.job_id, run.user_id)
+        .row(None, 0, None, None, provider_metadata);
+    db::usage::insert_once_and_record_request(client, &usage, &request_of(prediction)).await?;
+    Ok(SubmitResult {
+        answer: Answer::Queued {
+            job_id: run.job_id,
+            request_id: prediction.id.clone(),
+        },
+        post_process: None,
+    })
+}
+
+/// The sync wait saw the prediction succeed: complete the job from its output, with its metrics in the usage row.
+async fn finish(
+    run: &Run<'_>,
+    prediction: &Prediction,
+    started: Instant,
+) -> Result<(JobRecord, Result<Outcome, CompletionError>), SubmitError> {
+    let output = prediction.canonical_output();
+    let usage = run.plan.usage(run.job_id, run.user_id).row(
+        Some(200),
+        elapsed_ms(started),
+        Some(crate::json::without_nul(&prediction.output)),
+        None,
+        json!({
+            "request_id": prediction.id,
+            "status": "completed",
+            "model": run.plan.model_key,
+            "provider": "replicate",
+            "metrics": prediction.metrics,
+        }),
+    );
+    let job = current_job(run.state, run.settings, run.job_id)
+        .await?
+        .ok_or(SubmitError::Closed {
+            job_id: run.job_id,
+            status: JobStatus::Cancelled,
+        })?;
+    let completion = Completion {
+        job: &job,
+        output: &output,
+        metadata: json!({ "replicate_prediction_id": prediction.id, "input_used": run.plan.built.input }),
+        usage: UsageSettlement::Insert(Box::new(usage)),
+    };
+    let outcome = completion::complete(run.state, run.settings, completion).await;
+    Ok((job, outcome))
+}
