@@ -7,3 +7,4 @@ mod events;
 mod fal_image;
 mod fal_webhook;
 mod reconciler;
+mod replicate;

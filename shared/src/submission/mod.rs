@@ -34,8 +34,6 @@ mod replicate;
 const REFERENCE_URL_TTL: Duration = Duration::from_secs(3600);
 /// Result links handed to clients live as the original's signed URLs did.
 pub const RESULT_LINK_TTL: Duration = Duration::from_secs(3600);
-/// `api_models.endpoint_path` of fal's queue route.
-pub const QUEUE_ROUTE: &str = "fal-webhook";
 /// How long a client told it has too many open jobs should wait before trying again.
 pub const OPEN_JOBS_RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -794,17 +792,31 @@ pub async fn cancel_job(
     db::claims::clear(&**client, job_id).await?;
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
-    let cancel_url = job
-        .run
-        .as_ref()
-        .and_then(|r| r.provider_url(|q| q.cancel_url.as_ref()));
-    if job.status == JobStatus::Queued
-        && let Some(cancel_url) = cancel_url
-        && let Err(e) = state.fal(settings).cancel(&cancel_url).await
-    {
-        tracing::warn!(%job_id, error = %e, "fal cancel failed; the job stays cancelled");
+    if job.status == JobStatus::Queued {
+        cancel_at_provider(state, settings, &job).await;
     }
     Ok(CancelResult::Cancelled)
+}
+
+/// Asks the job's provider to cancel its request (best effort: the job is cancelled whatever it answers).
+async fn cancel_at_provider(state: &AppState, settings: &Settings, job: &JobRecord) {
+    let Some(run) = job.run.as_ref() else {
+        return;
+    };
+    let Some(cancel_url) = run.provider_url(|q| q.cancel_url.as_ref()) else {
+        return;
+    };
+    let asked = match ProviderKind::of(&run.provider_name) {
+        Some(ProviderKind::Replicate) => match state.replicate(settings) {
+            Some(replicate) => replicate.cancel(&cancel_url).await.map(|_| ()),
+            None => Ok(()),
+        },
+        _ => state.fal(settings).cancel(&cancel_url).await.map(|_| ()),
+    };
+    if let Err(e) = asked {
+        let job_id = job.id;
+        tracing::warn!(%job_id, error = %e, "the provider's cancel failed; the job stays cancelled");
+    }
 }
 
 #[cfg(test)]

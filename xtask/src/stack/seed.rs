@@ -20,8 +20,6 @@ pub const ASYNC_MODEL_KEY: &str = "fal-ai/wan/v2.2-a14b/text-to-video";
 pub const REPLICATE_PROVIDER_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_0000000000e9);
 pub const REPLICATE_SYNC_MODEL_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_000000000003);
 pub const REPLICATE_ASYNC_MODEL_ID: Uuid = Uuid::from_u128(0x00000000_0000_4000_a000_000000000004);
-/// Where the async Replicate model's predictions report: its webhook function's route.
-const REPLICATE_QUEUE_ROUTE: &str = "replicate-webhook";
 
 /// The seeded models' ids and keys in `stack.env`, for the tests to name them.
 pub fn add_to(env: &mut StackEnv) {
@@ -99,7 +97,7 @@ fn fal_models() -> Vec<Model> {
             modality: "video",
             tasks: &["t2v", "i2v"],
             default_for_tasks: &["t2v"],
-            endpoint_path: Some(gen_pipeline::submission::QUEUE_ROUTE),
+            endpoint_path: Some(gen_pipeline::provider::ProviderKind::Fal.queue_route()),
             input_defaults: json!({"resolution": "720p", "aspect_ratio": "16:9"}),
             capabilities: json!({"input_schema": {
                 "prompt": {"required": true},
@@ -145,7 +143,7 @@ fn replicate(emulator_url: &str) -> Provider {
                 modality: "video",
                 tasks: &["t2v"],
                 default_for_tasks: &[],
-                endpoint_path: Some(REPLICATE_QUEUE_ROUTE),
+                endpoint_path: Some(gen_pipeline::provider::ProviderKind::Replicate.queue_route()),
                 input_defaults: json!({}),
                 capabilities: json!({}),
             },

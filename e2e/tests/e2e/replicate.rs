@@ -1,0 +1,213 @@
+//! Replicate as the second provider, through the same core: models of the stack's Replicate provider run on the
+//! emulator's Replicate (`<emulator>/replicate/v1`), deliveries are signed with Standard Webhooks and come to the
+//! one webhook function, and completion, usage rows, the reconciler and cancel are the ones fal's jobs use.
+
+use std::time::Duration;
+
+use gen_pipeline::standard_webhooks;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use e2e::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn replicate_model() -> String {
+    stack_var("REPLICATE_MODEL_ID")
+}
+
+fn replicate_sync_model() -> String {
+    stack_var("REPLICATE_SYNC_MODEL_ID")
+}
+
+/// The prediction as the emulator holds it: its `webhook` URL, the `output` it delivers, its deliveries.
+async fn prediction(id: &str) -> Value {
+    let url = format!(
+        "{}/_emulator/replicate/predictions/{id}",
+        stack_var("FAL_EMULATOR_URL")
+    );
+    json_of(http().get(url)).await
+}
+
+/// A queued Replicate generation: the job id and the prediction id.
+async fn queued(jwt: &str, text: &str, directives: &str) -> (String, String) {
+    let body = json!({"prompt": prompt(text, directives), "apiModelId": replicate_model()});
+    submit_queued(jwt, &body).await
+}
+
+/// Posts `body` to the prediction's own webhook URL (our per-job token), signed with `secret` at `timestamp`.
+async fn deliver_signed(
+    webhook: &str,
+    body: &Value,
+    secret: &str,
+    timestamp: i64,
+) -> (u16, String) {
+    let url = url::Url::parse(webhook).unwrap();
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let raw = serde_json::to_vec(body).unwrap();
+    let key = standard_webhooks::key_of(&SecretString::from(secret.to_owned())).unwrap();
+    let id = format!("msg_{}", Uuid::new_v4().simple());
+    let headers = vec![
+        ("webhook-id".to_owned(), id.clone()),
+        ("webhook-timestamp".to_owned(), timestamp.to_string()),
+        (
+            "webhook-signature".to_owned(),
+            standard_webhooks::sign(&key, &id, timestamp, &raw),
+        ),
+    ];
+    post_webhook(&query, &headers, raw).await
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[tokio::test]
+async fn a_sync_replicate_model_answers_with_the_stored_result() {
+    let (user, jwt) = user().await;
+    let body =
+        json!({"prompt": prompt("replicate sync", ""), "apiModelId": replicate_sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = assert_exactly_once(user, job_id, "completed").await;
+    assert_eq!(j["metadata"]["provider_name"], "replicate");
+    let (code, _, _) = digest(answer["resultUrl"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_queued_prediction_is_completed_once_by_its_signed_deliveries() {
+    let (user, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate queued", "#deliveries=3 #concurrent").await;
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    wait_until("the emulator to finish its deliveries", WAIT, async || {
+        let p = prediction(&prediction_id).await;
+        p["deliveries"].as_array().is_some_and(|d| {
+            d.iter()
+                .filter(|a| a["http_status"].as_u64().is_some_and(|s| s < 300))
+                .count()
+                >= 3
+        })
+    })
+    .await;
+    assert_exactly_once(user, &job_id, "completed").await;
+    let id = Uuid::parse_str(&job_id).unwrap();
+    let metrics: Vec<Value> = first_column(
+        &db().await,
+        "SELECT provider_metadata FROM public.api_usage_logs WHERE job_id = $1",
+        &[&id],
+    )
+    .await;
+    let metrics = &metrics[0];
+    assert_eq!(metrics["provider"], "replicate", "{metrics}");
+    assert!(
+        metrics["metrics"].is_object(),
+        "Replicate's metrics in the usage row: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_prediction_fails_the_job_with_replicates_error() {
+    let (user, jwt) = user().await;
+    let (job_id, _) = queued(&jwt, "replicate error", "#error").await;
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(
+        !j["error_message"].as_str().unwrap_or_default().is_empty(),
+        "{j}"
+    );
+    assert_exactly_once(user, &job_id, "failed").await;
+}
+
+#[tokio::test]
+async fn deliveries_with_a_bad_signature_a_stale_timestamp_or_another_jobs_id_change_nothing() {
+    let (_, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate forged", "#no-webhook #delay-ms=20").await;
+    let p = prediction(&prediction_id).await;
+    let webhook = p["webhook"]
+        .as_str()
+        .expect("the emulator shows the webhook URL");
+    let mut body = p.clone();
+    body["status"] = json!("succeeded");
+    let secret = stack_var("REPLICATE_WEBHOOK_SIGNING_SECRET");
+    let other_secret = "whsec_bm90LXRoZS1hY2NvdW50cy1zZWNyZXQ=";
+    assert_eq!(
+        deliver_signed(webhook, &body, other_secret, now()).await.0,
+        401
+    );
+    assert_eq!(
+        deliver_signed(webhook, &body, &secret, now() - 600).await.0,
+        401
+    );
+    let mut other = body.clone();
+    other["id"] = json!("another-prediction");
+    assert_eq!(deliver_signed(webhook, &other, &secret, now()).await.0, 409);
+    assert_eq!(job(&job_id).await["status"], "queued");
+    assert_eq!(asset_count(&job_id).await, 0);
+    // Signed by hand as Replicate would: the job completes.
+    let (status, answer) = deliver_signed(webhook, &body, &secret, now()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(wait_terminal(&job_id, WAIT).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_replicate_signature_cannot_complete_a_fal_job() {
+    let (_, jwt) = user().await;
+    let fal_body = json!({"prompt": prompt("fal job", "#no-webhook #delay-ms=20"), "apiModelId": async_model()});
+    let (fal_job, _) = submit_queued(&jwt, &fal_body).await;
+    let fal_id = Uuid::parse_str(&fal_job).unwrap();
+    let mut webhook = url::Url::parse(&stack_var("FAL_WEBHOOK_URL")).unwrap();
+    for (k, v) in token_query(&fal_job) {
+        webhook.query_pairs_mut().append_pair(k, &v);
+    }
+    let body = json!({"id": "p", "status": "succeeded", "output": "https://replicate.delivery/x.png",
+                      "urls": {"get": "https://api.replicate.com/v1/predictions/p"}});
+    let secret = stack_var("REPLICATE_WEBHOOK_SIGNING_SECRET");
+    assert_eq!(
+        deliver_signed(webhook.as_str(), &body, &secret, now())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(job(&fal_id.to_string()).await["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_lost_replicate_webhook_is_completed_by_the_reconciler() {
+    let (_, jwt) = user().await;
+    let (job_id, prediction_id) = queued(&jwt, "replicate lost", "#no-webhook #delay-ms=20").await;
+    wait_until("the prediction to succeed", WAIT, async || {
+        prediction(&prediction_id).await["status"] == "succeeded"
+    })
+    .await;
+    db().await
+        .execute(
+            "UPDATE public.jobs SET started_at = now() - interval '62 minutes' WHERE id = $1",
+            &[&Uuid::parse_str(&job_id).unwrap()],
+        )
+        .await
+        .unwrap();
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    let j = job(&job_id).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(asset_count(&job_id).await, 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_replicate_job_cancels_the_prediction() {
+    let (_, jwt) = user().await;
+    let (job_id, prediction_id) = queued(&jwt, "replicate cancel", "#delay-ms=600000").await;
+    let (status, answer) = cancel_job(&jwt, &job_id).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(job(&job_id).await["status"], "cancelled");
+    wait_until("the prediction to be canceled", WAIT, async || {
+        prediction(&prediction_id).await["status"] == "canceled"
+    })
+    .await;
+}
