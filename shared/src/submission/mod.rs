@@ -510,6 +510,10 @@ async fn sync_answer(
             })
         }
         Ok(Outcome::Failed(message)) => Err(SubmitError::ResultFailed { job_id, message }),
+        // The provider's webhook completed it first (a Replicate sync run registers one too): same answer.
+        Ok(Outcome::AlreadyTerminal(JobStatus::Completed)) => {
+            completed_elsewhere(state, settings, api_base, job_id).await
+        }
         Ok(Outcome::AlreadyTerminal(status)) => Err(SubmitError::Closed { job_id, status }),
         Ok(Outcome::Busy) => Err(SubmitError::ResultFailed {
             job_id,
@@ -523,6 +527,49 @@ async fn sync_answer(
             Err(SubmitError::ResultFailed { job_id, message })
         }
     }
+}
+
+/// The answer for a sync job another caller completed: its stored result, as the job reads now.
+async fn completed_elsewhere(
+    state: &AppState,
+    settings: &Settings,
+    api_base: Option<&Url>,
+    job_id: Uuid,
+) -> Result<SubmitResult, SubmitError> {
+    let closed = SubmitError::Closed {
+        job_id,
+        status: JobStatus::Completed,
+    };
+    let (job, asset) = {
+        let client = state.db_client(settings).await?;
+        let job = db::jobs::get(&**client, job_id).await?;
+        (job, db::assets::for_job(&**client, job_id).await?)
+    };
+    let (Some(job), Some(asset)) = (job, asset) else {
+        return Err(closed);
+    };
+    let Some(key) = job.run.as_ref().and_then(|r| r.result_key.clone()) else {
+        return Err(closed);
+    };
+    let bucket = Bucket::WorkspaceTemp;
+    let result_url =
+        storage_links::client_link(state, settings, api_base, bucket, &key, RESULT_LINK_TTL)
+            .await?;
+    let original_url = job
+        .meta_str("original_fal_url")
+        .unwrap_or_default()
+        .to_owned();
+    Ok(SubmitResult {
+        answer: Submitted::Completed {
+            job_id,
+            asset_id: asset.id,
+            result_url,
+            result_type: asset.asset_type,
+            original_url,
+        },
+        // Whoever completed it runs the post-processing (the webhook after its answer).
+        post_process: None,
+    })
 }
 
 fn to_submit(e: completion::CompletionError) -> SubmitError {
