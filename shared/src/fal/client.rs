@@ -52,8 +52,9 @@ impl FalError {
         }
     }
 
-    fn from_reqwest(e: reqwest::Error) -> Self {
-        // Never the URL: a submit URL carries the webhook URL, whose query holds the webhook secret.
+    /// A transport error, without its URL: a submit URL carries the webhook URL, whose query holds the job's token,
+    /// and errors end up in logs and job rows. (Shared with the Replicate client.)
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
         let e = e.without_url();
         if e.is_timeout() {
             FalError::Timeout
@@ -246,7 +247,8 @@ async fn json_or_error(response: reqwest::Response) -> Result<Value, FalError> {
     Err(api_error(status, error_type, &bytes))
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalError> {
+/// An error body, cut at [`MAX_ERROR_BODY`] (also the Replicate client's).
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalError> {
     let mut out = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(FalError::from_reqwest)? {
         let room = MAX_ERROR_BODY.saturating_sub(out.len());
@@ -258,17 +260,20 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalErro
     Ok(out)
 }
 
+/// The message of an error body that says none itself: its first 500 characters, or the status' reason.
+pub(crate) fn raw_message(status: StatusCode, bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
+
 fn api_error(status: StatusCode, header_type: Option<String>, bytes: &[u8]) -> FalError {
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
-    let message = body.message().unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim();
-        if text.is_empty() {
-            status.canonical_reason().unwrap_or("error").to_owned()
-        } else {
-            text.chars().take(500).collect()
-        }
-    });
+    let message = body.message().unwrap_or_else(|| raw_message(status, bytes));
     FalError::Api {
         status: status.as_u16(),
         error_type: body.error_type.or(header_type),

@@ -12,10 +12,9 @@ use url::Url;
 
 use super::endpoint::PredictionsEndpoint;
 use super::types::Prediction;
+use crate::fal::client::{raw_message, read_capped};
 use crate::fal::{FalError, ProviderUrl};
 
-/// Error bodies larger than this are cut before parsing.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The longest `Prefer: wait` Replicate honours.
 const MAX_WAIT_SECS: u64 = 60;
 
@@ -58,7 +57,7 @@ impl ReplicateClient {
                 .header("Prefer", format!("wait={seconds}"))
                 .timeout(self.request_timeout + Duration::from_secs(seconds));
         }
-        let response = request.send().await.map_err(from_reqwest)?;
+        let response = request.send().await.map_err(FalError::from_reqwest)?;
         prediction_or_error(response, |s| {
             matches!(s, StatusCode::CREATED | StatusCode::OK)
         })
@@ -67,27 +66,22 @@ impl ReplicateClient {
 
     /// The prediction now (`GET urls.get`).
     pub async fn get(&self, url: &ProviderUrl) -> Result<Prediction, FalError> {
-        let response = self
-            .http
-            .get(url.url().clone())
-            .bearer_auth(self.token.expose_secret())
-            .timeout(self.request_timeout)
-            .send()
-            .await
-            .map_err(from_reqwest)?;
-        prediction_or_error(response, |s| s.is_success()).await
+        self.at(self.http.get(url.url().clone())).await
     }
 
     /// Asks Replicate to cancel (`POST urls.cancel`); a prediction already over is answered as it is.
     pub async fn cancel(&self, url: &ProviderUrl) -> Result<Prediction, FalError> {
-        let response = self
-            .http
-            .post(url.url().clone())
+        self.at(self.http.post(url.url().clone())).await
+    }
+
+    /// A call on one of the prediction's own URLs, with the token and the request bound.
+    async fn at(&self, request: reqwest::RequestBuilder) -> Result<Prediction, FalError> {
+        let response = request
             .bearer_auth(self.token.expose_secret())
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(from_reqwest)?;
+            .map_err(FalError::from_reqwest)?;
         prediction_or_error(response, |s| s.is_success()).await
     }
 }
@@ -117,36 +111,12 @@ async fn prediction_or_error(
 ) -> Result<Prediction, FalError> {
     let status = response.status();
     if ok(status) {
-        let bytes = response.bytes().await.map_err(from_reqwest)?;
+        let bytes = response.bytes().await.map_err(FalError::from_reqwest)?;
         return serde_json::from_slice(&bytes)
             .map_err(|e| FalError::Decode(format!("prediction: {e}")));
     }
     let bytes = read_capped(response).await?;
     Err(api_error(status, &bytes))
-}
-
-fn from_reqwest(e: reqwest::Error) -> FalError {
-    // Never the URL: errors end up in logs and job rows, and a provider URL may carry a query.
-    let e = e.without_url();
-    if e.is_timeout() {
-        FalError::Timeout
-    } else if e.is_decode() {
-        FalError::Decode(e.to_string())
-    } else {
-        FalError::Network(e.to_string())
-    }
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(from_reqwest)? {
-        let room = MAX_ERROR_BODY.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 /// Replicate's problem body, `{"title", "detail", "status"}`: the title is the error type, the detail the message
@@ -168,15 +138,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> FalError {
         None => None,
     }
     .or_else(|| title.clone())
-    .unwrap_or_else(|| {
-        let raw = String::from_utf8_lossy(bytes);
-        let raw = raw.trim();
-        if raw.is_empty() {
-            status.canonical_reason().unwrap_or("error").to_owned()
-        } else {
-            raw.chars().take(500).collect()
-        }
-    });
+    .unwrap_or_else(|| raw_message(status, bytes));
     FalError::Api {
         status: status.as_u16(),
         error_type: title,

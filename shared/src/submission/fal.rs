@@ -24,13 +24,8 @@ pub(super) async fn submit_queued(
     client: &tokio_postgres::Client,
     queue: Option<&(QueueEndpoint, Url)>,
 ) -> Result<Option<SubmitResult>, SubmitError> {
-    let Run {
-        state,
-        settings,
-        user_id,
-        job_id,
-        plan,
-    } = *run;
+    let (state, settings, user_id, job_id, plan) =
+        (run.state, run.settings, run.user_id, run.job_id, run.plan);
     let Some((endpoint, webhook)) = queue else {
         return Ok(None);
     };

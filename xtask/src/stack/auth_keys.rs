@@ -101,7 +101,8 @@ pub enum KeyUse {
     Sig,
 }
 
-/// A private JWK (RFC 7518 §6.2.2, §6.3.2), its members base64url without padding.
+/// A private JWK (RFC 7518 §6.2.2, §6.3.2), its members base64url without padding. [`PublicJwk`] repeats its
+/// public members on purpose: two types, so a published set can never carry a private member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kty")]
 pub enum PrivateJwk {
@@ -133,7 +134,7 @@ pub enum PrivateJwk {
     },
 }
 
-/// A public JWK: what a JWKS publishes.
+/// A public JWK: what a JWKS publishes (the public members of [`PrivateJwk`], repeated on purpose: see there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kty")]
 pub enum PublicJwk {
