@@ -143,6 +143,7 @@ pub fn clear_leftover(paths: &Paths) {
     }
 }
 
+// e2e/tests/faults.rs reads the file the same way: tests cannot link this binary crate.
 fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
     std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .ok()?
