@@ -51,9 +51,12 @@ impl Captured {
             .collect()
     }
 
+    /// Whether it carries a provider's key: fal's, or Replicate's API token.
     pub fn carries_fal_key(&self) -> bool {
-        let key = stack_var("FAL_KEY");
-        self.headers.iter().any(|(_, v)| v.contains(&key))
+        let keys = [stack_var("FAL_KEY"), stack_var("REPLICATE_API_TOKEN")];
+        self.headers
+            .iter()
+            .any(|(_, v)| keys.iter().any(|k| v.contains(k.as_str())))
     }
 }
 
@@ -103,7 +106,7 @@ impl Trap {
         };
         assert!(
             lines(true).is_empty(),
-            "the FAL key was sent to a planted URL: {:?}",
+            "a provider's key was sent to a planted URL: {:?}",
             lines(true)
         );
         assert!(

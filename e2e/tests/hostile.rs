@@ -186,11 +186,54 @@ async fn submit_raw(jwt: &str, body: &Value) -> (u16, Option<String>, Value) {
 }
 
 async fn queued(jwt: &str, text: &str, directives: &str) -> (String, String) {
-    submit_queued(
-        jwt,
-        &json!({"prompt": prompt(text, directives), "apiModelId": async_model()}),
-    )
-    .await
+    Provider::Fal.queued(jwt, text, directives).await
+}
+
+/// The provider a queued job runs on: the attacks on provider URLs are tried on both.
+#[derive(Debug, Clone, Copy)]
+enum Provider {
+    Fal,
+    Replicate,
+}
+
+impl Provider {
+    /// A queued job of the caller's on this provider: (job id, the provider's request id).
+    async fn queued(self, jwt: &str, text: &str, directives: &str) -> (String, String) {
+        let model = match self {
+            Provider::Fal => async_model(),
+            Provider::Replicate => stack_var("REPLICATE_MODEL_ID"),
+        };
+        let body = json!({"prompt": prompt(text, directives), "apiModelId": model});
+        submit_queued(jwt, &body).await
+    }
+
+    /// The request as the emulator holds it.
+    async fn request(self, request_id: &str) -> Value {
+        match self {
+            Provider::Fal => inspect(request_id).await,
+            Provider::Replicate => {
+                let emulator = stack_var("FAL_EMULATOR_URL");
+                let url = format!("{emulator}/_emulator/replicate/predictions/{request_id}");
+                json_of(http().get(url)).await
+            }
+        }
+    }
+
+    async fn finished(self, request_id: &str) -> bool {
+        let r = self.request(request_id).await;
+        match self {
+            Provider::Fal => r["status"] == "COMPLETED",
+            Provider::Replicate => r["status"] == "succeeded",
+        }
+    }
+
+    async fn cancelled(self, request_id: &str) -> bool {
+        let r = self.request(request_id).await;
+        match self {
+            Provider::Fal => r["cancelled"] == true,
+            Provider::Replicate => r["status"] == "canceled",
+        }
+    }
 }
 
 /// A completed sync image of the caller's: (job id, answer).
@@ -392,10 +435,19 @@ async fn age_job(job_id: &str, age: &str) {
 
 #[tokio::test]
 async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_fal() {
+    cancel_with_planted_urls(Provider::Fal).await;
+}
+
+#[tokio::test]
+async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_replicate() {
+    cancel_with_planted_urls(Provider::Replicate).await;
+}
+
+async fn cancel_with_planted_urls(provider: Provider) {
     let victim = Victim::new().await;
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
-    let (job_id, request_id) = queued(&jwt, "cancel trap", PARKED).await;
+    let (job_id, request_id) = provider.queued(&jwt, "cancel trap", PARKED).await;
     let (status_url, response_url, cancel_url) = trap_urls(&trap, &request_id);
     plant_metadata(
         attacker,
@@ -411,8 +463,8 @@ async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_fal() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "cancelled", "{answer}");
     assert_eq!(job(&job_id).await["status"], "cancelled");
-    wait_until("the emulator to see the real cancel", WAIT, async || {
-        inspect(&request_id).await["cancelled"] == true
+    wait_until("the provider to see the real cancel", WAIT, async || {
+        provider.cancelled(&request_id).await
     })
     .await;
     trap.assert_untouched();
@@ -421,11 +473,22 @@ async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_fal() {
 
 #[tokio::test]
 async fn the_reconciler_asks_fal_only_at_the_urls_the_functions_stored() {
+    reconcile_with_planted_urls(Provider::Fal).await;
+}
+
+#[tokio::test]
+async fn the_reconciler_asks_replicate_only_at_the_url_it_answered_with() {
+    reconcile_with_planted_urls(Provider::Replicate).await;
+}
+
+async fn reconcile_with_planted_urls(provider: Provider) {
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
-    let (job_id, request_id) = queued(&jwt, "reconcile trap", "#no-webhook #delay-ms=20").await;
-    wait_until("fal to complete the request", WAIT, async || {
-        inspect(&request_id).await["status"] == "COMPLETED"
+    let (job_id, request_id) = provider
+        .queued(&jwt, "reconcile trap", "#no-webhook #delay-ms=20")
+        .await;
+    wait_until("the provider to finish the request", WAIT, async || {
+        provider.finished(&request_id).await
     })
     .await;
     let (status_url, response_url, cancel_url) = trap_urls(&trap, &request_id);

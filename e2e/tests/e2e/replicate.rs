@@ -211,3 +211,24 @@ async fn cancelling_a_queued_replicate_job_cancels_the_prediction() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn media_failing_at_first_is_retried_through_replicates_redelivery_and_stored_once() {
+    let (user, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate media retry", "#media-fail-first=2").await;
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    let p = prediction(&prediction_id).await;
+    assert!(p["media_fetches"].as_u64().unwrap_or(0) >= 3, "{p}");
+    assert_exactly_once(user, &job_id, "completed").await;
+}
+
+#[tokio::test]
+async fn a_delivery_before_the_submission_answered_completes_the_job_once() {
+    let (user, jwt) = user().await;
+    let (job_id, _) = queued(&jwt, "replicate early", "#early").await;
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_exactly_once(user, &job_id, "completed").await;
+}
