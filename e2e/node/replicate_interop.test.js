@@ -13,11 +13,11 @@ import { closeDb, invokeFalImage, newUser, prompt, sleep, stackVar, tokenFor, vi
 
 after(closeDb);
 
-const emulator = () => stackVar('FAL_EMULATOR_URL').replace(/\/+$/, '');
+const replicateEmulator = () => stackVar('REPLICATE_EMULATOR_URL').replace(/\/+$/, '');
 
 // The prediction as the emulator holds it (its webhook URL, status and output).
 async function prediction(id) {
-  const res = await fetch(`${emulator()}/_emulator/replicate/predictions/${id}`);
+  const res = await fetch(`${replicateEmulator()}/_emulator/predictions/${id}`);
   assert.equal(res.status, 200, `inspection of ${id}`);
   return res.json();
 }
@@ -92,7 +92,7 @@ test("the emulator's deliveries verify with the reference library", async () => 
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   try {
     const hook = `http://127.0.0.1:${server.address().port}/hook`;
-    const res = await fetch(`${stackVar('REPLICATE_EMULATOR_URL').replace(/\/+$/, '')}/models/emulator/replicate-image/predictions`, {
+    const res = await fetch(`${replicateEmulator()}/models/emulator/replicate-image/predictions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${stackVar('REPLICATE_API_TOKEN')}`, 'content-type': 'application/json' },
       body: JSON.stringify({

@@ -1,5 +1,6 @@
-//! fal's side: the emulator's records of a request and its deliveries, webhook credentials as fal-image makes
-//! them, real emulator-signed deliveries, and posts to fal-webhook as fal (or a forger) makes them.
+//! The providers' side: the emulator's records of a request and its deliveries (fal's and Replicate's,
+//! [`Provider`]), webhook credentials as fal-image makes them, real emulator-signed deliveries, and posts to
+//! fal-webhook as fal (or a forger) makes them.
 
 use std::time::{Duration, Instant};
 
@@ -14,21 +15,14 @@ use crate::trap::{Captured, Trap};
 /// The emulator's tries per delivery.
 pub const FAL_TRIES: usize = 10;
 
-/// The emulator's record of a request.
+/// The emulator's record of a fal request.
 pub async fn inspect(request_id: &str) -> Value {
-    inspect_with(&http(), request_id).await
-}
-
-async fn inspect_with(client: &reqwest::Client, request_id: &str) -> Value {
-    let url = format!(
-        "{}/_emulator/requests/{request_id}",
-        stack_var("FAL_EMULATOR_URL")
-    );
-    json_of(client.get(url)).await
+    Provider::Fal.request(request_id).await
 }
 
 /// Polls the emulator's record every 200 ms until `done` holds for it; returns that record.
 async fn wait_record(
+    provider: Provider,
     request_id: &str,
     timeout: Duration,
     what: &str,
@@ -37,7 +31,7 @@ async fn wait_record(
     let client = http();
     let started = Instant::now();
     loop {
-        let record = inspect_with(&client, request_id).await;
+        let record = json_of(client.get(provider.record_url(request_id))).await;
         if done(&record) {
             return record;
         }
@@ -53,17 +47,18 @@ fn attempts(record: &Value) -> Vec<Value> {
     record["deliveries"].as_array().cloned().unwrap_or_default()
 }
 
-/// Waits until the emulator has made `n` deliveries that got an answer, and returns them.
+/// Waits until the emulator has made `n` deliveries of a fal request that got an answer, and returns them.
 pub async fn answered_deliveries(request_id: &str, n: usize, timeout: Duration) -> Vec<Value> {
-    let answered = |record: &Value| -> Vec<Value> {
-        attempts(record)
-            .into_iter()
-            .filter(|d| !d["http_status"].is_null())
-            .collect()
-    };
-    let what = format!("fewer than {n} answered deliveries");
-    let record = wait_record(request_id, timeout, &what, |r| answered(r).len() >= n).await;
-    answered(&record)
+    Provider::Fal
+        .answered_deliveries(request_id, n, timeout)
+        .await
+}
+
+fn answered(record: &Value) -> Vec<Value> {
+    attempts(record)
+        .into_iter()
+        .filter(|d| !d["http_status"].is_null())
+        .collect()
 }
 
 pub fn is_2xx(attempt: &Value) -> bool {
@@ -80,13 +75,137 @@ pub fn settled(attempts: &[Value], n: u64) -> bool {
     })
 }
 
-/// Waits until every one of deliveries `1..=n` got a 2xx answer (or used up its tries); returns all attempts.
+/// Waits until every one of a fal request's deliveries `1..=n` got a 2xx answer (or used up its tries); returns all
+/// attempts.
 pub async fn settled_deliveries(request_id: &str, n: u64, timeout: Duration) -> Vec<Value> {
-    let record = wait_record(request_id, timeout, "deliveries not settled", |r| {
-        settled(&attempts(r), n)
-    })
-    .await;
-    attempts(&record)
+    Provider::Fal
+        .settled_deliveries(request_id, n, timeout)
+        .await
+}
+
+/// A provider the stack runs models on, as a test drives it: its models, the emulator's record of a request and
+/// its deliveries. The suites run their provider-facing tests for each ([`for_each_provider!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Fal,
+    Replicate,
+}
+
+impl Provider {
+    /// The stack's model of this provider on its queue route (`fal-webhook`, `replicate-webhook`).
+    pub fn queued_model(self) -> String {
+        match self {
+            Provider::Fal => crate::client::async_model(),
+            Provider::Replicate => stack_var("REPLICATE_MODEL_ID"),
+        }
+    }
+
+    /// The stack's image model of this provider on its sync route.
+    pub fn sync_model(self) -> String {
+        match self {
+            Provider::Fal => crate::client::sync_model(),
+            Provider::Replicate => stack_var("REPLICATE_SYNC_MODEL_ID"),
+        }
+    }
+
+    /// A queued job of the caller's on this provider: (job id, the provider's request id).
+    pub async fn queued(self, jwt: &str, text: &str, directives: &str) -> (String, String) {
+        self.queued_with(jwt, text, directives, json!({})).await
+    }
+
+    /// [`Self::queued`] with more fields in the request body (`metadata`, …).
+    pub async fn queued_with(
+        self,
+        jwt: &str,
+        text: &str,
+        directives: &str,
+        extra: Value,
+    ) -> (String, String) {
+        let mut body =
+            json!({"prompt": prompt(text, directives), "apiModelId": self.queued_model()});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        crate::client::submit_queued(jwt, &body).await
+    }
+
+    /// Where the emulator shows a request as it holds it, with its deliveries and media fetches.
+    pub fn record_url(self, request_id: &str) -> String {
+        match self {
+            Provider::Fal => format!(
+                "{}/_emulator/requests/{request_id}",
+                stack_var("FAL_EMULATOR_URL")
+            ),
+            Provider::Replicate => format!(
+                "{}/_emulator/predictions/{request_id}",
+                stack_var("REPLICATE_EMULATOR_URL")
+            ),
+        }
+    }
+
+    /// The request as the emulator holds it.
+    pub async fn request(self, request_id: &str) -> Value {
+        json_of(http().get(self.record_url(request_id))).await
+    }
+
+    /// Whether the provider has finished the request (successfully).
+    pub async fn finished(self, request_id: &str) -> bool {
+        let r = self.request(request_id).await;
+        match self {
+            Provider::Fal => r["status"] == "COMPLETED",
+            Provider::Replicate => r["status"] == "succeeded",
+        }
+    }
+
+    /// Whether the provider saw the request cancelled.
+    pub async fn cancelled(self, request_id: &str) -> bool {
+        let r = self.request(request_id).await;
+        match self {
+            Provider::Fal => r["cancelled"] == true,
+            Provider::Replicate => r["status"] == "canceled",
+        }
+    }
+
+    /// See [`settled_deliveries`].
+    pub async fn settled_deliveries(
+        self,
+        request_id: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let what = "deliveries not settled";
+        attempts(
+            &wait_record(self, request_id, timeout, what, |r| {
+                settled(&attempts(r), n)
+            })
+            .await,
+        )
+    }
+
+    /// See [`answered_deliveries`].
+    pub async fn answered_deliveries(self, id: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let what = format!("fewer than {n} answered deliveries");
+        answered(&wait_record(self, id, timeout, &what, |r| answered(r).len() >= n).await)
+    }
+}
+
+/// Runs a test written as `async fn name(provider: Provider)` once per provider: `name::fal` and
+/// `name::replicate`.
+#[macro_export]
+macro_rules! for_each_provider {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn fal() {
+                super::$name($crate::Provider::Fal).await
+            }
+
+            #[tokio::test]
+            async fn replicate() {
+                super::$name($crate::Provider::Replicate).await
+            }
+        }
+    )+};
 }
 
 /// The credential query fal-image puts on a job's webhook URL: `job_id=<id>&token=<token>`, the token being

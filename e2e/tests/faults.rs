@@ -1,7 +1,7 @@
-//! Fault injection into the running local stack: real processes stopped, killed and restarted while fal's
-//! webhooks are being delivered. Whatever the fault, each job ends in the right terminal state exactly once
-//! (after fal's retries or a reconciler pass): a completed job has one object, one asset row and one usage row;
-//! an open one has no object and no asset.
+//! Fault injection into the running local stack: real processes stopped, killed and restarted while the
+//! webhooks are being delivered, on fal's jobs and on Replicate's. Whatever the fault, each job ends in the right
+//! terminal state exactly once (after the provider's retries or a reconciler pass): a completed job has one
+//! object, one asset row and one usage row; an open one has no object and no asset.
 //!
 //! A test binary of its own, so no fault can reach the tests of the main `e2e` binary (cargo runs test binaries
 //! one after another). Inside it the faults take turns (`FAULTS`), and every fault is undone by a guard, even
@@ -507,6 +507,7 @@ async fn wait_claimed(job_id: &str, timeout: Duration) -> Instant {
 
 /// A job under a fault: its user, its ids, and when the test began (its deliveries are logged relative to it).
 struct Faulted {
+    provider: Provider,
     t0: u64,
     user_id: Uuid,
     jwt: String,
@@ -515,13 +516,13 @@ struct Faulted {
 }
 
 impl Faulted {
-    /// A fresh user's async job with these directives.
-    async fn submit(text: &str, directives: &str) -> Faulted {
+    /// A fresh user's queued job on `provider` with these directives.
+    async fn submit(provider: Provider, text: &str, directives: &str) -> Faulted {
         let t0 = unix_ms();
         let (user_id, jwt) = user().await;
-        let body = json!({"prompt": prompt(text, directives), "apiModelId": async_model()});
-        let (job_id, request_id) = submit_queued(&jwt, &body).await;
+        let (job_id, request_id) = provider.queued(&jwt, text, directives).await;
         Faulted {
+            provider,
             t0,
             user_id,
             jwt,
@@ -530,23 +531,31 @@ impl Faulted {
         }
     }
 
-    /// A job whose media (`size` bytes) fal serves at 4 MiB/s, once a webhook has claimed it, i.e. is
+    /// A job whose media (`size` bytes) the provider serves at 4 MiB/s, once a webhook has claimed it, i.e. is
     /// transferring it; with when it was claimed.
-    async fn transferring(text: &str, size: u64, directives: &str) -> (Faulted, Instant) {
+    async fn transferring(
+        provider: Provider,
+        text: &str,
+        size: u64,
+        directives: &str,
+    ) -> (Faulted, Instant) {
         let directives = format!("#media-bytes={size} #media-rate={} {directives}", 4 * MIB);
-        let job = Faulted::submit(text, &directives).await;
+        let job = Faulted::submit(provider, text, &directives).await;
         let claimed = wait_claimed(&job.job_id, Duration::from_secs(30)).await;
         (job, claimed)
     }
 
-    /// fal's attempts once deliveries `1..=n` have settled, logged.
+    /// The provider's attempts once deliveries `1..=n` have settled, logged.
     async fn settled(&self, n: u64, timeout: Duration) -> Vec<Value> {
-        let attempts = settled_deliveries(&self.request_id, n, timeout).await;
+        let attempts = self
+            .provider
+            .settled_deliveries(&self.request_id, n, timeout)
+            .await;
         eprintln!("deliveries:\n{}", describe(&attempts, self.t0));
         attempts
     }
 
-    /// After the fault: fal's deliveries settle, reconciler passes run while the job is open, and the job is
+    /// After the fault: the provider's deliveries settle, reconciler passes run while the job is open, and the job is
     /// completed exactly once with no other object of its user. Returns the attempts, the passes and the job row.
     async fn completes_once(&self, n: u64, timeout: Duration) -> (Vec<Value>, usize, Value) {
         let attempts = self.settled(n, timeout).await;
@@ -576,8 +585,13 @@ impl Faulted {
         eprintln!(
             "{what}: {} attempts, {} media fetches, {passes} reconciler passes",
             attempts.len(),
-            inspect(&self.request_id).await["media_fetches"]
+            self.record().await["media_fetches"]
         );
+    }
+
+    /// The request as the emulator holds it.
+    async fn record(&self) -> Value {
+        self.provider.request(&self.request_id).await
     }
 }
 
@@ -639,7 +653,7 @@ async fn reconcile_only(job_id: &str) -> gen_pipeline::reconcile::ReconcileRepor
     report
 }
 
-/// After fal's deliveries have settled: if the job is still open, waits for any claim's lease to end and runs
+/// After the provider's deliveries have settled: if the job is still open, waits for any claim's lease to end and runs
 /// reconciler passes (each a later run) until it is terminal. Returns how many passes it took.
 async fn reconcile_if_open(job_id: &str, max_passes: usize) -> usize {
     let mut passes = 0;
@@ -672,12 +686,23 @@ async fn all_objects_of_user(user_id: Uuid) -> Vec<(String, i64)> {
 // Faults
 // ---------------------------------------------------------------------------------------------------------
 
+// Every fault is played on a job of each provider: the completion core they share must hold for both.
+for_each_provider!(
+    s3_frozen_during_a_transfer_completes_the_job_once,
+    postgres_restarted_during_deliveries_completes_the_job_once,
+    webhook_process_killed_mid_transfer_is_taken_over_after_the_lease,
+    a_job_cancelled_after_a_failed_commit_keeps_no_object,
+    queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage,
+    media_failing_past_the_providers_retries_is_completed_by_the_reconciler,
+    media_stalling_past_the_read_timeout_is_retried_and_completed_once,
+);
+
 /// (a) S3 (moto) frozen with SIGSTOP for ~5 s in the middle of a webhook's transfer, then continued.
-#[tokio::test]
-async fn s3_frozen_during_a_transfer_completes_the_job_once() {
+async fn s3_frozen_during_a_transfer_completes_the_job_once(provider: Provider) {
     let _turn = FAULTS.lock().await;
     const SIZE: u64 = 16 * MIB;
-    let (f, claimed) = Faulted::transferring("fault s3", SIZE, "#media-type=video/mp4").await;
+    let (f, claimed) =
+        Faulted::transferring(provider, "fault s3", SIZE, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     {
         let moto = stack::Stopped::new(stack::pid_of("moto"));
@@ -696,13 +721,13 @@ async fn s3_frozen_during_a_transfer_completes_the_job_once() {
 
 /// (b) Postgres stopped (`pg_ctl stop -m fast`) while a webhook is transferring and deliveries keep coming,
 /// then started again with the stack's options.
-#[tokio::test]
-async fn postgres_restarted_during_deliveries_completes_the_job_once() {
+async fn postgres_restarted_during_deliveries_completes_the_job_once(provider: Provider) {
     let _turn = FAULTS.lock().await;
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (f, claimed) = Faulted::transferring("fault postgres", 12 * MIB, "#deliveries=2").await;
+    let (f, claimed) =
+        Faulted::transferring(provider, "fault postgres", 12 * MIB, "#deliveries=2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     {
         let down = pg::Stopped::new(cluster);
@@ -727,12 +752,12 @@ async fn postgres_restarted_during_deliveries_completes_the_job_once() {
 }
 
 /// (c) The webhook process SIGKILLed half-way through a large transfer: its claim stays until the lease ends,
-/// fal's retries reach a new process (cargo lambda watch starts one), and one of them takes the job over.
-#[tokio::test]
-async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease() {
+/// the provider's retries reach a new process (cargo lambda watch starts one), and one of them takes the job over.
+async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease(provider: Provider) {
     let _turn = FAULTS.lock().await;
     const SIZE: u64 = 20 * MIB;
-    let (f, claimed) = Faulted::transferring("fault kill", SIZE, "#media-type=video/mp4").await;
+    let (f, claimed) =
+        Faulted::transferring(provider, "fault kill", SIZE, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The transferring process is the one working (streaming ~4 MiB/s into S3); idle ones wait for their next
     // invocation without using the CPU.
@@ -790,13 +815,13 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease() {
 
 /// (b') Postgres stopped after the media was stored but before the completing commit, then the user cancels
 /// the job: the cancelled job must not keep the object stored for it.
-#[tokio::test]
-async fn a_job_cancelled_after_a_failed_commit_keeps_no_object() {
+async fn a_job_cancelled_after_a_failed_commit_keeps_no_object(provider: Provider) {
     let _turn = FAULTS.lock().await;
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (f, _) = Faulted::transferring("fault commit", 8 * MIB, "#media-type=video/mp4").await;
+    let (f, _) =
+        Faulted::transferring(provider, "fault commit", 8 * MIB, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     {
         let down = pg::Stopped::new(cluster);
@@ -805,7 +830,7 @@ async fn a_job_cancelled_after_a_failed_commit_keeps_no_object() {
             "an answered delivery",
             Duration::from_secs(30),
             async || {
-                inspect(&f.request_id).await["deliveries"]
+                f.record().await["deliveries"]
                     .as_array()
                     .is_some_and(|d| !d.is_empty())
             },
@@ -832,12 +857,12 @@ async fn a_job_cancelled_after_a_failed_commit_keeps_no_object() {
     assert_exactly_once(f.user_id, &f.job_id, "cancelled").await;
 }
 
-/// (d) fal's queue answering 503: the submission falls back to the sync host; one job, one asset, one usage.
-#[tokio::test]
-async fn queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage() {
+/// (d) The provider's queue answering 503: the submission falls back to the sync route (fal's sync host,
+/// Replicate's `Prefer: wait`); one job, one asset, one usage.
+async fn queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage(provider: Provider) {
     let _turn = FAULTS.lock().await;
     let (user_id, jwt) = user().await;
-    let body = json!({"prompt": prompt("fault queue 503", "#queue-status=503"), "apiModelId": async_model()});
+    let body = json!({"prompt": prompt("fault queue 503", "#queue-status=503"), "apiModelId": provider.queued_model()});
     let (status, answer) = generate(&jwt, &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "completed", "{answer}");
@@ -848,13 +873,14 @@ async fn queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage() {
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
 }
 
-/// (e) The media failing longer than fal keeps retrying: the job stays queued with nothing stored, and the
-/// reconciler (a pass per run, each a later run) completes it once the media answers.
-#[tokio::test]
-async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
+/// (e) The media failing longer than the provider keeps retrying: the job stays queued with nothing stored, and
+/// the reconciler (a pass per run, each a later run) completes it once the media answers.
+async fn media_failing_past_the_providers_retries_is_completed_by_the_reconciler(
+    provider: Provider,
+) {
     let _turn = FAULTS.lock().await;
-    let f = Faulted::submit("fault media", "#media-fail-first=12").await;
-    let (user_id, job_id, request_id) = (f.user_id, &f.job_id, &f.request_id);
+    let f = Faulted::submit(provider, "fault media", "#media-fail-first=12").await;
+    let (user_id, job_id) = (f.user_id, &f.job_id);
     let attempts = f.settled(1, Duration::from_secs(60)).await;
     assert_eq!(attempts.len(), FAL_TRIES, "{attempts:?}");
     assert!(
@@ -863,17 +889,17 @@ async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
             .all(|a| a["http_status"].as_u64().is_some_and(|s| s >= 500)),
         "every try should be answered 5xx"
     );
-    // fal gave up: the job is open, nothing is stored, and its claim was released at each failure.
+    // The provider gave up: the job is open, nothing is stored, and its claim was released at each failure.
     assert_exactly_once(user_id, job_id, "queued").await;
     assert_eq!(rows("job_completion_claims", job_id).await, 0);
-    assert_eq!(inspect(request_id).await["media_fetches"], FAL_TRIES);
+    assert_eq!(f.record().await["media_fetches"], FAL_TRIES);
 
     let passes = reconcile_if_open(job_id, 5).await;
     // Fetches 11 and 12 still fail (two passes leave it queued), the 13th serves the file.
     assert_eq!(passes, 3);
     let j = assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(j["metadata"]["reconciled"], true, "{j}");
-    assert_eq!(inspect(request_id).await["media_fetches"], 13);
+    assert_eq!(f.record().await["media_fetches"], 13);
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
     // A later pass changes nothing.
     reconcile_only(job_id).await;
@@ -883,14 +909,13 @@ async fn media_failing_past_fals_retries_is_completed_by_the_reconciler() {
 /// (f) Media stalling beyond the webhook's media read timeout (`MEDIA_READ_TIMEOUT_SECS`, 5 s on the local stack):
 /// the fetch gives up, the delivery is answered 5xx with nothing stored, fal's retry fetches again and completes
 /// the job once.
-#[tokio::test]
-async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once() {
+async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once(provider: Provider) {
     let _turn = FAULTS.lock().await;
     let timeout_ms: u64 = stack_var("MEDIA_READ_TIMEOUT_SECS").parse::<u64>().unwrap() * 1000;
     let stall_ms = timeout_ms + 4000;
     let directives = format!("#media-slow-ms={stall_ms} #media-slow-first=1");
-    let f = Faulted::submit("fault slow media", &directives).await;
-    let (user_id, job_id, request_id) = (f.user_id, &f.job_id, &f.request_id);
+    let f = Faulted::submit(provider, "fault slow media", &directives).await;
+    let (user_id, job_id) = (f.user_id, &f.job_id);
     let attempts = f.settled(1, Duration::from_secs(60)).await;
     let first = &attempts[0];
     assert!(
@@ -903,7 +928,7 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once() {
         "the first delivery took {took} ms: not ended by the {timeout_ms} ms read timeout"
     );
     assert!(is_2xx(attempts.last().unwrap()), "{attempts:?}");
-    assert_eq!(inspect(request_id).await["media_fetches"], 2);
+    assert_eq!(f.record().await["media_fetches"], 2);
     assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
 }

@@ -189,56 +189,19 @@ async fn queued(jwt: &str, text: &str, directives: &str) -> (String, String) {
     Provider::Fal.queued(jwt, text, directives).await
 }
 
-/// The provider a queued job runs on: the attacks on provider URLs are tried on both.
-#[derive(Debug, Clone, Copy)]
-enum Provider {
-    Fal,
-    Replicate,
-}
-
-impl Provider {
-    /// A queued job of the caller's on this provider: (job id, the provider's request id).
-    async fn queued(self, jwt: &str, text: &str, directives: &str) -> (String, String) {
-        let model = match self {
-            Provider::Fal => async_model(),
-            Provider::Replicate => stack_var("REPLICATE_MODEL_ID"),
-        };
-        let body = json!({"prompt": prompt(text, directives), "apiModelId": model});
-        submit_queued(jwt, &body).await
-    }
-
-    /// The request as the emulator holds it.
-    async fn request(self, request_id: &str) -> Value {
-        match self {
-            Provider::Fal => inspect(request_id).await,
-            Provider::Replicate => {
-                let emulator = stack_var("FAL_EMULATOR_URL");
-                let url = format!("{emulator}/_emulator/replicate/predictions/{request_id}");
-                json_of(http().get(url)).await
-            }
-        }
-    }
-
-    async fn finished(self, request_id: &str) -> bool {
-        let r = self.request(request_id).await;
-        match self {
-            Provider::Fal => r["status"] == "COMPLETED",
-            Provider::Replicate => r["status"] == "succeeded",
-        }
-    }
-
-    async fn cancelled(self, request_id: &str) -> bool {
-        let r = self.request(request_id).await;
-        match self {
-            Provider::Fal => r["cancelled"] == true,
-            Provider::Replicate => r["status"] == "canceled",
-        }
-    }
-}
-
-/// A completed sync image of the caller's: (job id, answer).
+/// A completed sync image of the caller's on fal: (job id, answer).
 async fn completed_image(jwt: &str, text: &str, directives: &str) -> (String, Value) {
-    let body = json!({"prompt": prompt(text, directives), "apiModelId": sync_model()});
+    completed_image_on(Provider::Fal, jwt, text, directives).await
+}
+
+/// A completed sync image of the caller's on `provider`: (job id, answer).
+async fn completed_image_on(
+    provider: Provider,
+    jwt: &str,
+    text: &str,
+    directives: &str,
+) -> (String, Value) {
+    let body = json!({"prompt": prompt(text, directives), "apiModelId": provider.sync_model()});
     let (status, answer) = generate(jwt, &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "completed", "{answer}");
@@ -253,9 +216,9 @@ async fn cancel_all(jwt: &str, jobs: &[String]) {
     }
 }
 
-/// Fails when fal has already delivered: the attack must come before the delivery to mean anything.
-async fn assert_not_delivered_yet(request_id: &str) {
-    let record = inspect(request_id).await;
+/// Fails when the provider has already delivered: the attack must come before the delivery to mean anything.
+async fn assert_not_delivered_yet(provider: Provider, request_id: &str) {
+    let record = provider.request(request_id).await;
     assert_eq!(
         record["deliveries"],
         json!([]),
@@ -433,17 +396,17 @@ async fn age_job(job_id: &str, age: &str) {
 // Tests
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_fal() {
-    cancel_with_planted_urls(Provider::Fal).await;
-}
+// The attacks that reach a provider (its URLs, its deliveries, the results it produces) are tried on both.
+for_each_provider!(
+    cancel_ignores_a_planted_cancel_url_and_cancels_at_the_provider,
+    the_reconciler_asks_the_provider_only_at_the_urls_the_functions_stored,
+    a_repointed_asset_path_never_gets_the_victims_object_signed,
+    a_planted_reference_never_becomes_the_thumbnail,
+    post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_planted,
+    a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing_stored,
+);
 
-#[tokio::test]
-async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_replicate() {
-    cancel_with_planted_urls(Provider::Replicate).await;
-}
-
-async fn cancel_with_planted_urls(provider: Provider) {
+async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_the_provider(provider: Provider) {
     let victim = Victim::new().await;
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
@@ -471,17 +434,9 @@ async fn cancel_with_planted_urls(provider: Provider) {
     victim.assert_objects_untouched().await;
 }
 
-#[tokio::test]
-async fn the_reconciler_asks_fal_only_at_the_urls_the_functions_stored() {
-    reconcile_with_planted_urls(Provider::Fal).await;
-}
-
-#[tokio::test]
-async fn the_reconciler_asks_replicate_only_at_the_url_it_answered_with() {
-    reconcile_with_planted_urls(Provider::Replicate).await;
-}
-
-async fn reconcile_with_planted_urls(provider: Provider) {
+async fn the_reconciler_asks_the_provider_only_at_the_urls_the_functions_stored(
+    provider: Provider,
+) {
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
     let (job_id, request_id) = provider
@@ -506,8 +461,10 @@ async fn reconcile_with_planted_urls(provider: Provider) {
     trap.assert_untouched();
 }
 
+/// fal only: Replicate's delivery is the whole prediction, it has no `payload: null` form.
 #[tokio::test]
 async fn a_payload_null_delivery_fetches_the_result_only_from_the_stored_response_url() {
+    let provider = Provider::Fal;
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
     let (job_id, request_id) =
@@ -519,17 +476,16 @@ async fn a_payload_null_delivery_fetches_the_result_only_from_the_stored_respons
         json!({"fal_response_url": response_url, "fal_status_url": status_url}),
     )
     .await;
-    assert_not_delivered_yet(&request_id).await;
+    assert_not_delivered_yet(provider, &request_id).await;
 
     assert_own_result(attacker, &job_id, &wait_terminal(&job_id, WAIT).await).await;
     trap.assert_untouched();
 }
 
-#[tokio::test]
-async fn a_repointed_asset_path_never_gets_the_victims_object_signed() {
+async fn a_repointed_asset_path_never_gets_the_victims_object_signed(provider: Provider) {
     let victim = Victim::new().await;
     let (attacker, jwt) = user().await;
-    let (job_id, answer) = completed_image(&jwt, "own image", "").await;
+    let (job_id, answer) = completed_image_on(provider, &jwt, "own image", "").await;
     let (_, own_sha) = result_of(attacker, &job_id).await;
     let handed_out = digest(answer["resultUrl"].as_str().unwrap()).await;
     assert_eq!(
@@ -562,12 +518,13 @@ async fn a_repointed_asset_path_never_gets_the_victims_object_signed() {
     victim.assert_objects_untouched().await;
 }
 
-#[tokio::test]
-async fn a_planted_reference_never_becomes_the_thumbnail() {
+async fn a_planted_reference_never_becomes_the_thumbnail(provider: Provider) {
     let victim = Victim::new().await;
     let trap = Trap::start().await;
     let (attacker, jwt) = user().await;
-    let (job_id, request_id) = queued(&jwt, "thumbnail trap", "#delay-ms=2000").await;
+    let (job_id, request_id) = provider
+        .queued(&jwt, "thumbnail trap", "#delay-ms=2000")
+        .await;
     plant_metadata(
         attacker,
         &job_id,
@@ -578,7 +535,7 @@ async fn a_planted_reference_never_becomes_the_thumbnail() {
         }),
     )
     .await;
-    assert_not_delivered_yet(&request_id).await;
+    assert_not_delivered_yet(provider, &request_id).await;
 
     let j = wait_terminal(&job_id, WAIT).await;
     assert_eq!(j["status"], "completed", "{j}");
@@ -600,19 +557,21 @@ async fn a_planted_reference_never_becomes_the_thumbnail() {
     victim.assert_objects_untouched().await;
 }
 
-#[tokio::test]
-async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_planted() {
+async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_planted(
+    provider: Provider,
+) {
     let victim = Victim::new().await;
     let (attacker, jwt) = user().await;
     let character = character_of(attacker, "Eve").await;
-    let (job_id, request_id) = submit_queued(
-        &jwt,
-        &json!({
-            "prompt": prompt("portrait", "#delay-ms=2000"), "apiModelId": async_model(),
-            "metadata": {"destination": "character_portrait", "character_id": character, "character_name": "Eve"},
-        }),
-    )
-    .await;
+    let metadata = json!({"destination": "character_portrait", "character_id": character, "character_name": "Eve"});
+    let (job_id, request_id) = provider
+        .queued_with(
+            &jwt,
+            "portrait",
+            "#delay-ms=2000",
+            json!({ "metadata": metadata }),
+        )
+        .await;
     // Before the webhook: asset rows of its own job naming the victim's object, ahead of (-1) and at (0) the
     // result's place.
     for index in [-1i32, 0] {
@@ -625,7 +584,7 @@ async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_
         )
         .await;
     }
-    assert_not_delivered_yet(&request_id).await;
+    assert_not_delivered_yet(provider, &request_id).await;
 
     let j = wait_terminal(&job_id, WAIT).await;
     assert_eq!(j["status"], "completed", "{j}");
@@ -1041,13 +1000,15 @@ async fn clients_cannot_write_usage_logs_or_others_assets() {
     );
 }
 
-#[tokio::test]
-async fn a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing_stored() {
+async fn a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing_stored(
+    provider: Provider,
+) {
     let (attacker, jwt) = user().await;
-    let (job_id, request_id) =
-        queued(&jwt, "cancel race", "#delay-ms=100 #media-slow-ms=2500").await;
+    let (job_id, request_id) = provider
+        .queued(&jwt, "cancel race", "#delay-ms=100 #media-slow-ms=2500")
+        .await;
     wait_until("the delivery to fetch the result", WAIT, async || {
-        inspect(&request_id).await["media_fetches"]
+        provider.request(&request_id).await["media_fetches"]
             .as_u64()
             .is_some_and(|n| n >= 1)
     })
@@ -1058,17 +1019,21 @@ async fn a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing
         &[&id(&job_id)],
     )
     .await;
-    wait_until("fal's delivery to be answered 2xx", WAIT, async || {
-        inspect(&request_id).await["deliveries"]
-            .as_array()
-            .is_some_and(|ds| {
-                ds.iter().any(|d| {
-                    d["http_status"]
-                        .as_u64()
-                        .is_some_and(|s| (200..300).contains(&s))
+    wait_until(
+        "the provider's delivery to be answered 2xx",
+        WAIT,
+        async || {
+            provider.request(&request_id).await["deliveries"]
+                .as_array()
+                .is_some_and(|ds| {
+                    ds.iter().any(|d| {
+                        d["http_status"]
+                            .as_u64()
+                            .is_some_and(|s| (200..300).contains(&s))
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
 
     wait_until("the stored result to be removed", WAIT, async || {

@@ -15,8 +15,8 @@ use crate::config::Settings;
 use crate::db;
 use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
-use crate::fal::FalError;
 use crate::fal::types::QueueState;
+use crate::provider::ProviderError;
 use crate::replicate::PredictionStatus;
 use crate::state::AppState;
 
@@ -114,8 +114,8 @@ enum Verdict {
 enum ReconcileError {
     #[error(transparent)]
     Db(#[from] db::DbError),
-    #[error("fal: {0}")]
-    Fal(#[from] FalError),
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
     #[error("completion: {0}")]
     Completion(#[from] completion::CompletionError),
 }
@@ -201,7 +201,7 @@ async fn ask_replicate(
     };
     let prediction = match replicate.get(&get_url).await {
         Ok(p) => p,
-        Err(FalError::Api { status: 404, .. }) => {
+        Err(ProviderError::Api { status: 404, .. }) => {
             return Ok(FalAnswer::Fail(
                 "Replicate does not know this prediction".into(),
             ));
@@ -273,7 +273,7 @@ async fn ask_fal(
             )));
         }
         Ok(_) => return Ok(FalAnswer::Running),
-        Err(FalError::Api { status: 404, .. }) => {
+        Err(ProviderError::Api { status: 404, .. }) => {
             return Ok(FalAnswer::Fail("fal.ai does not know this request".into()));
         }
         Err(e) => return Err(e.into()),

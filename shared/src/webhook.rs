@@ -8,7 +8,7 @@ use crate::completion::{self, Completion, CompletionError, Outcome};
 use crate::config::Settings;
 use crate::db::DbError;
 use crate::db::jobs::JobRecord;
-use crate::fal::FalError;
+use crate::provider::ProviderError;
 use crate::provider::ProviderKind;
 use crate::replicate::{Prediction, PredictionStatus};
 use crate::state::AppState;
@@ -46,9 +46,9 @@ pub enum DeliveryError {
     /// `payload: null` and no response URL recorded yet: a retry may find it.
     #[error("result not yet known: no response URL recorded")]
     ResultUnknown,
-    /// fal could not be asked for the result; the job is unchanged and fal should retry.
-    #[error("fal result fetch: {0}")]
-    Fal(#[source] FalError),
+    /// The provider could not be asked for the result; the job is unchanged and the provider should retry.
+    #[error("result fetch: {0}")]
+    Provider(#[source] ProviderError),
     /// A fault of ours (database, storage, media host); the job is unchanged and fal should retry.
     #[error("transient failure: {0}")]
     Transient(#[from] CompletionError),
@@ -216,7 +216,7 @@ async fn output_of(
             match state.fal(settings).result(&url).await {
                 Ok(output) => return Ok(Ok(output)),
                 Err(e) if e.is_caller_error() => format!("fal.ai result failed: {e}"),
-                Err(e) => return Err(DeliveryError::Fal(e)),
+                Err(e) => return Err(DeliveryError::Provider(e)),
             }
         }
     };

@@ -23,11 +23,7 @@ fn replicate_sync_model() -> String {
 
 /// The prediction as the emulator holds it: its `webhook` URL, the `output` it delivers, its deliveries.
 async fn prediction(id: &str) -> Value {
-    let url = format!(
-        "{}/_emulator/replicate/predictions/{id}",
-        stack_var("FAL_EMULATOR_URL")
-    );
-    json_of(http().get(url)).await
+    Provider::Replicate.request(id).await
 }
 
 /// A queued Replicate generation: the job id and the prediction id.

@@ -1,8 +1,8 @@
 //! The one place where use-case errors become HTTP statuses and `{error, details?}` bodies.
 
 use gen_pipeline::auth::AuthError;
-use gen_pipeline::fal::FalError;
 use gen_pipeline::input::InputError;
+use gen_pipeline::provider::{ProviderError, ProviderKind};
 use gen_pipeline::storage_links::LinkError;
 use gen_pipeline::submission::SubmitError;
 use lambda_http::http::StatusCode;
@@ -113,7 +113,11 @@ impl From<SubmitError> for ApiError {
             SubmitError::Misconfigured(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Server misconfigured")
             }
-            SubmitError::Fal { job_id, error } => fal_error(*job_id, error),
+            SubmitError::Provider {
+                job_id,
+                provider,
+                error,
+            } => provider_error(*job_id, *provider, error),
             SubmitError::ResultFailed { job_id, message } => ApiError {
                 status: StatusCode::BAD_GATEWAY,
                 body: json!({ "error": "Generation failed", "details": message, "jobId": job_id }),
@@ -131,33 +135,42 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-/// fal's own refusals keep fal's status; fal being down or slow is 503 (retry later) or 502 (bad answer).
-fn fal_error(job_id: uuid::Uuid, error: &FalError) -> ApiError {
+/// The provider's own refusals keep its status; the provider being down or slow is 503 (retry later) or 502 (bad
+/// answer). The titles are the original's for fal.
+fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderError) -> ApiError {
+    let name = provider.display_name();
     let (status, title) = match error {
         e if e.is_caller_error() => (
             e.status()
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST),
-            "fal.ai API request failed",
+            format!("{name} API request failed"),
         ),
-        FalError::Api {
+        ProviderError::Api {
             status: 429 | 503 | 504,
             ..
         }
-        | FalError::Timeout => (
+        | ProviderError::Timeout => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Model temporarily unavailable",
+            "Model temporarily unavailable".to_owned(),
         ),
-        _ => (StatusCode::BAD_GATEWAY, "Failed to call fal.ai API"),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            format!("Failed to call {name} API"),
+        ),
     };
     let mut body = json!({ "error": title, "details": error.to_string(), "jobId": job_id });
-    if let FalError::Api {
+    if let ProviderError::Api {
         status: s, detail, ..
     } = error
     {
         body["status"] = json!(s);
         if let Some(d) = detail {
-            body["fal_detail"] = d.clone();
+            let key = match provider {
+                ProviderKind::Fal => "fal_detail",
+                ProviderKind::Replicate => "detail",
+            };
+            body[key] = d.clone();
         }
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {

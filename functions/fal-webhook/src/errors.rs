@@ -44,7 +44,7 @@ impl From<&DeliveryError> for Refusal {
             DeliveryError::RequestMismatch => StatusCode::CONFLICT,
             DeliveryError::Busy
             | DeliveryError::ResultUnknown
-            | DeliveryError::Fal(_)
+            | DeliveryError::Provider(_)
             | DeliveryError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Refusal {

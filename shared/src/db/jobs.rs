@@ -189,6 +189,32 @@ pub async fn by_request_id<C: GenericClient>(
         .map(from_row))
 }
 
+/// Merges `patch` into an open job's metadata without changing its status; false when the job is closed.
+pub async fn annotate_open<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+    patch: &Value,
+) -> Result<bool, tokio_postgres::Error> {
+    let open: Vec<&str> = JobStatus::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal())
+        .map(JobStatus::as_str)
+        .collect();
+    let rows = client
+        .query_typed(
+            "UPDATE public.jobs SET metadata = coalesce(metadata, '{}'::jsonb) || $2
+              WHERE id = $1 AND status = ANY ($3)
+              RETURNING id",
+            &[
+                (&id, Type::UUID),
+                (patch, Type::JSONB),
+                (&open, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// Moves an open job to `to` (only along [`JobStatus::can_become`]), merging `patch` into its metadata and setting
 /// `completed_at` for terminal states. Returns false when the job was no longer in a state that allows it.
 pub async fn transition<C: GenericClient>(

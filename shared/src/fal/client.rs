@@ -1,5 +1,5 @@
 //! The fal HTTP client: sync run (bounded, retried with jittered backoff on 429/502/503/504), queue submit with a
-//! webhook, status, result and cancel. Every call has a timeout; fal's error bodies become [`FalError::Api`].
+//! webhook, status, result and cancel. Every call has a timeout; fal's error bodies become [`ProviderError::Api`].
 //! Endpoints come in typed ([`SyncEndpoint`], [`QueueEndpoint`]) from configuration, so this client knows no host.
 
 use std::time::Duration;
@@ -12,59 +12,7 @@ use url::Url;
 
 use super::endpoint::{ProviderUrl, QueueEndpoint, SyncEndpoint};
 use super::types::{CancelOutcome, ErrorBody, QueueState, QueueSubmitted};
-
-/// Error bodies larger than this are cut before parsing.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FalError {
-    /// fal answered with a non-success status.
-    #[error("fal answered {status}: {message}")]
-    Api {
-        status: u16,
-        error_type: Option<String>,
-        message: String,
-        detail: Option<Value>,
-    },
-    #[error("fal did not answer in time")]
-    Timeout,
-    #[error("fal could not be reached: {0}")]
-    Network(String),
-    #[error("fal's answer was not understood: {0}")]
-    Decode(String),
-}
-
-impl FalError {
-    /// Statuses fal's own client retries on.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, FalError::Api { status, .. } if matches!(status, 429 | 502 | 503 | 504))
-    }
-
-    /// The caller's input was refused (4xx other than 408/429): retrying or falling back cannot help.
-    pub fn is_caller_error(&self) -> bool {
-        matches!(self, FalError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            FalError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// A transport error, without its URL: a submit URL carries the webhook URL, whose query holds the job's token,
-    /// and errors end up in logs and job rows. (Shared with the Replicate client.)
-    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
-        let e = e.without_url();
-        if e.is_timeout() {
-            FalError::Timeout
-        } else if e.is_decode() {
-            FalError::Decode(e.to_string())
-        } else {
-            FalError::Network(e.to_string())
-        }
-    }
-}
+use crate::provider::{ProviderError, raw_message, read_capped};
 
 /// Backoff of sync runs: fal's JS client uses 3 retries, 1 s base, doubling, 30 s cap, with jitter.
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +65,11 @@ impl FalClient {
     }
 
     /// Runs the model synchronously (`POST <sync host>/<model>`) and returns its output.
-    pub async fn run(&self, endpoint: &SyncEndpoint, input: &Value) -> Result<Value, FalError> {
+    pub async fn run(
+        &self,
+        endpoint: &SyncEndpoint,
+        input: &Value,
+    ) -> Result<Value, ProviderError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.base)
             .with_max_delay(self.retry.max_delay)
@@ -128,7 +80,7 @@ impl FalClient {
         let attempt = || async {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
-                return Err(FalError::Timeout);
+                return Err(ProviderError::Timeout);
             }
             let response = self
                 .http
@@ -143,17 +95,17 @@ impl FalClient {
                 .timeout(remaining)
                 .send()
                 .await
-                .map_err(FalError::from_reqwest)?;
+                .map_err(ProviderError::from_reqwest)?;
             json_or_error(response).await
         };
         let retried = attempt
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(FalError::is_retryable)
+            .when(ProviderError::is_retryable)
             .notify(|e, delay| tracing::warn!(error = %e, ?delay, "fal sync run failed; retrying"));
         tokio::time::timeout(self.sync_timeout, retried)
             .await
-            .unwrap_or(Err(FalError::Timeout))
+            .unwrap_or(Err(ProviderError::Timeout))
     }
 
     /// Submits to the queue (`POST <queue host>/<model>?fal_webhook=<url>`); fal answers at once.
@@ -162,7 +114,7 @@ impl FalClient {
         endpoint: &QueueEndpoint,
         input: &Value,
         webhook: Option<&Url>,
-    ) -> Result<QueueSubmitted, FalError> {
+    ) -> Result<QueueSubmitted, ProviderError> {
         let mut url = endpoint.url().clone();
         if let Some(webhook) = webhook {
             url.query_pairs_mut()
@@ -176,25 +128,26 @@ impl FalClient {
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(FalError::from_reqwest)?;
+            .map_err(ProviderError::from_reqwest)?;
         let body = json_or_error(response).await?;
         serde_json::from_value(body)
-            .map_err(|e| FalError::Decode(format!("queue submit answer: {e}")))
+            .map_err(|e| ProviderError::Decode(format!("queue submit answer: {e}")))
     }
 
     /// The request's queue status (`GET status_url`).
-    pub async fn status(&self, status_url: &ProviderUrl) -> Result<QueueState, FalError> {
+    pub async fn status(&self, status_url: &ProviderUrl) -> Result<QueueState, ProviderError> {
         let body = self.get_json(status_url).await?;
-        QueueState::from_body(&body).ok_or_else(|| FalError::Decode("unknown queue status".into()))
+        QueueState::from_body(&body)
+            .ok_or_else(|| ProviderError::Decode("unknown queue status".into()))
     }
 
     /// The request's output (`GET response_url`); a failed request answers with fal's error.
-    pub async fn result(&self, response_url: &ProviderUrl) -> Result<Value, FalError> {
+    pub async fn result(&self, response_url: &ProviderUrl) -> Result<Value, ProviderError> {
         self.get_json(response_url).await
     }
 
     /// Asks fal to cancel (`PUT cancel_url`). fal answers 202/400/404 with a `status` naming the outcome.
-    pub async fn cancel(&self, cancel_url: &ProviderUrl) -> Result<CancelOutcome, FalError> {
+    pub async fn cancel(&self, cancel_url: &ProviderUrl) -> Result<CancelOutcome, ProviderError> {
         let response = self
             .http
             .put(cancel_url.url().clone())
@@ -202,7 +155,7 @@ impl FalClient {
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(FalError::from_reqwest)?;
+            .map_err(ProviderError::from_reqwest)?;
         let status = response.status();
         let bytes = read_capped(response).await?;
         let outcome = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
@@ -217,7 +170,7 @@ impl FalClient {
         }
     }
 
-    async fn get_json(&self, url: &ProviderUrl) -> Result<Value, FalError> {
+    async fn get_json(&self, url: &ProviderUrl) -> Result<Value, ProviderError> {
         let response = self
             .http
             .get(url.url().clone())
@@ -225,12 +178,12 @@ impl FalClient {
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(FalError::from_reqwest)?;
+            .map_err(ProviderError::from_reqwest)?;
         json_or_error(response).await
     }
 }
 
-async fn json_or_error(response: reqwest::Response) -> Result<Value, FalError> {
+async fn json_or_error(response: reqwest::Response) -> Result<Value, ProviderError> {
     let status = response.status();
     let error_type = response
         .headers()
@@ -241,40 +194,16 @@ async fn json_or_error(response: reqwest::Response) -> Result<Value, FalError> {
         return response
             .json::<Value>()
             .await
-            .map_err(FalError::from_reqwest);
+            .map_err(ProviderError::from_reqwest);
     }
     let bytes = read_capped(response).await?;
     Err(api_error(status, error_type, &bytes))
 }
 
-/// An error body, cut at [`MAX_ERROR_BODY`] (also the Replicate client's).
-pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, FalError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(FalError::from_reqwest)? {
-        let room = MAX_ERROR_BODY.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// The message of an error body that says none itself: its first 500 characters, or the status' reason.
-pub(crate) fn raw_message(status: StatusCode, bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_owned()
-    } else {
-        text.chars().take(500).collect()
-    }
-}
-
-fn api_error(status: StatusCode, header_type: Option<String>, bytes: &[u8]) -> FalError {
+fn api_error(status: StatusCode, header_type: Option<String>, bytes: &[u8]) -> ProviderError {
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
     let message = body.message().unwrap_or_else(|| raw_message(status, bytes));
-    FalError::Api {
+    ProviderError::Api {
         status: status.as_u16(),
         error_type: body.error_type.or(header_type),
         message,
@@ -288,7 +217,7 @@ mod tests {
 
     #[test]
     fn retryable_and_caller_errors_follow_fal_statuses() {
-        let api = |status| FalError::Api {
+        let api = |status| ProviderError::Api {
             status,
             error_type: None,
             message: String::new(),
@@ -303,7 +232,7 @@ mod tests {
         assert!(api(422).is_caller_error());
         assert!(!api(429).is_caller_error());
         assert!(!api(503).is_caller_error());
-        assert!(!FalError::Timeout.is_retryable());
+        assert!(!ProviderError::Timeout.is_retryable());
     }
 
     #[tokio::test]
@@ -332,7 +261,7 @@ mod tests {
         );
         let url = ProviderUrl::on_provider_hosts(&url, &[format!("http://{addr}")]).unwrap();
         let err = client.result(&url).await.unwrap_err();
-        assert!(matches!(err, FalError::Decode(_)), "{err:?}");
+        assert!(matches!(err, ProviderError::Decode(_)), "{err:?}");
         for shown in [err.to_string(), format!("{err:?}")] {
             for leak in [
                 "secret=",
@@ -354,7 +283,7 @@ mod tests {
             br#"{"detail":"No runner","error_type":"runner_scheduling_failure"}"#,
         );
         match e {
-            FalError::Api {
+            ProviderError::Api {
                 status,
                 error_type,
                 message,
@@ -372,7 +301,7 @@ mod tests {
             b"",
         );
         assert!(
-            matches!(e, FalError::Api { status: 502, error_type: Some(ref t), ref message, .. }
+            matches!(e, ProviderError::Api { status: 502, error_type: Some(ref t), ref message, .. }
             if t == "runner_incomplete_response" && message == "Bad Gateway")
         );
     }

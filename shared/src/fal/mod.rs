@@ -6,6 +6,6 @@ pub mod jwks;
 pub mod signature;
 pub mod types;
 
-pub use client::{FalClient, FalError, RetryPolicy};
+pub use client::{FalClient, RetryPolicy};
 pub use endpoint::{ProviderUrl, QueueEndpoint, SyncEndpoint};
 pub use jwks::JwksCache;

@@ -1,5 +1,5 @@
 //! The Replicate HTTP client: create a prediction (with a webhook, optionally waiting for it), read it, cancel it.
-//! Every call has a timeout; Replicate's problem-shaped error bodies become [`FalError::Api`]. The endpoint comes
+//! Every call has a timeout; Replicate's problem-shaped error bodies become [`ProviderError::Api`]. The endpoint comes
 //! in typed ([`PredictionsEndpoint`]) from configuration and later URLs as [`ProviderUrl`]s, so this client knows
 //! no host.
 
@@ -12,8 +12,8 @@ use url::Url;
 
 use super::endpoint::PredictionsEndpoint;
 use super::types::Prediction;
-use crate::fal::client::{raw_message, read_capped};
-use crate::fal::{FalError, ProviderUrl};
+use crate::fal::ProviderUrl;
+use crate::provider::{ProviderError, raw_message, read_capped};
 
 /// The longest `Prefer: wait` Replicate honours.
 const MAX_WAIT_SECS: u64 = 60;
@@ -44,7 +44,7 @@ impl ReplicateClient {
         input: &Value,
         webhook: Option<&Url>,
         wait: Option<Duration>,
-    ) -> Result<Prediction, FalError> {
+    ) -> Result<Prediction, ProviderError> {
         let mut request = self
             .http
             .post(endpoint.url().clone())
@@ -57,7 +57,7 @@ impl ReplicateClient {
                 .header("Prefer", format!("wait={seconds}"))
                 .timeout(self.request_timeout + Duration::from_secs(seconds));
         }
-        let response = request.send().await.map_err(FalError::from_reqwest)?;
+        let response = request.send().await.map_err(ProviderError::from_reqwest)?;
         prediction_or_error(response, |s| {
             matches!(s, StatusCode::CREATED | StatusCode::OK)
         })
@@ -65,23 +65,23 @@ impl ReplicateClient {
     }
 
     /// The prediction now (`GET urls.get`).
-    pub async fn get(&self, url: &ProviderUrl) -> Result<Prediction, FalError> {
+    pub async fn get(&self, url: &ProviderUrl) -> Result<Prediction, ProviderError> {
         self.at(self.http.get(url.url().clone())).await
     }
 
     /// Asks Replicate to cancel (`POST urls.cancel`); a prediction already over is answered as it is.
-    pub async fn cancel(&self, url: &ProviderUrl) -> Result<Prediction, FalError> {
+    pub async fn cancel(&self, url: &ProviderUrl) -> Result<Prediction, ProviderError> {
         self.at(self.http.post(url.url().clone())).await
     }
 
     /// A call on one of the prediction's own URLs, with the token and the request bound.
-    async fn at(&self, request: reqwest::RequestBuilder) -> Result<Prediction, FalError> {
+    async fn at(&self, request: reqwest::RequestBuilder) -> Result<Prediction, ProviderError> {
         let response = request
             .bearer_auth(self.token.expose_secret())
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(FalError::from_reqwest)?;
+            .map_err(ProviderError::from_reqwest)?;
         prediction_or_error(response, |s| s.is_success()).await
     }
 }
@@ -108,12 +108,15 @@ fn wait_secs(wait: Duration) -> u64 {
 async fn prediction_or_error(
     response: reqwest::Response,
     ok: fn(StatusCode) -> bool,
-) -> Result<Prediction, FalError> {
+) -> Result<Prediction, ProviderError> {
     let status = response.status();
     if ok(status) {
-        let bytes = response.bytes().await.map_err(FalError::from_reqwest)?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(ProviderError::from_reqwest)?;
         return serde_json::from_slice(&bytes)
-            .map_err(|e| FalError::Decode(format!("prediction: {e}")));
+            .map_err(|e| ProviderError::Decode(format!("prediction: {e}")));
     }
     let bytes = read_capped(response).await?;
     Err(api_error(status, &bytes))
@@ -121,7 +124,7 @@ async fn prediction_or_error(
 
 /// Replicate's problem body, `{"title", "detail", "status"}`: the title is the error type, the detail the message
 /// (and kept as the detail); an unreadable body gives its first 500 characters, an empty one the status' reason.
-fn api_error(status: StatusCode, bytes: &[u8]) -> FalError {
+fn api_error(status: StatusCode, bytes: &[u8]) -> ProviderError {
     let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     let text = |key: &str| {
         body.get(key)
@@ -139,7 +142,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> FalError {
     }
     .or_else(|| title.clone())
     .unwrap_or_else(|| raw_message(status, bytes));
-    FalError::Api {
+    ProviderError::Api {
         status: status.as_u16(),
         error_type: title,
         message,
@@ -335,7 +338,7 @@ mod tests {
             .await
             .unwrap_err();
         match &err {
-            FalError::Api {
+            ProviderError::Api {
                 status,
                 error_type,
                 message,
@@ -357,7 +360,7 @@ mod tests {
             .create(&endpoint, &json!({}), None, None)
             .await;
         assert!(
-            matches!(err, Err(FalError::Api { status: 202, .. })),
+            matches!(err, Err(ProviderError::Api { status: 202, .. })),
             "{err:?}"
         );
     }
@@ -369,18 +372,20 @@ mod tests {
             br#"{"title":"Request was throttled"}"#,
         );
         assert!(
-            matches!(&e, FalError::Api { message, detail: None, .. } if message == "Request was throttled")
+            matches!(&e, ProviderError::Api { message, detail: None, .. } if message == "Request was throttled")
         );
         assert!(e.is_retryable());
         let e = api_error(StatusCode::BAD_GATEWAY, b"");
         assert!(
-            matches!(&e, FalError::Api { message, error_type: None, .. } if message == "Bad Gateway")
+            matches!(&e, ProviderError::Api { message, error_type: None, .. } if message == "Bad Gateway")
         );
         let long = "x".repeat(2_000);
         let e = api_error(StatusCode::INTERNAL_SERVER_ERROR, long.as_bytes());
-        assert!(matches!(&e, FalError::Api { message, .. } if message.len() == 500));
+        assert!(matches!(&e, ProviderError::Api { message, .. } if message.len() == 500));
         let e = api_error(StatusCode::NOT_FOUND, br#"{"detail":{"reason":"gone"}}"#);
-        assert!(matches!(&e, FalError::Api { message, .. } if message == r#"{"reason":"gone"}"#));
+        assert!(
+            matches!(&e, ProviderError::Api { message, .. } if message == r#"{"reason":"gone"}"#)
+        );
     }
 
     #[tokio::test]
@@ -389,7 +394,7 @@ mod tests {
         let (base, _seen) = serve_once("200 OK", "not json!".into()).await;
         let url = provider_url(&format!("{base}/v1/predictions/p1?secret=s3"), &base);
         let decode = client(Duration::from_secs(5)).get(&url).await.unwrap_err();
-        assert!(matches!(decode, FalError::Decode(_)), "{decode:?}");
+        assert!(matches!(decode, ProviderError::Decode(_)), "{decode:?}");
 
         // A listener that never answers.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -405,7 +410,7 @@ mod tests {
             .cancel(&url)
             .await
             .unwrap_err();
-        assert!(matches!(timeout, FalError::Timeout), "{timeout:?}");
+        assert!(matches!(timeout, ProviderError::Timeout), "{timeout:?}");
         hold.abort();
 
         // Nothing listening.
@@ -414,7 +419,7 @@ mod tests {
         drop(closed);
         let url = provider_url(&format!("{base}/v1/predictions/p1?secret=s3"), &base);
         let network = client(Duration::from_secs(5)).get(&url).await.unwrap_err();
-        assert!(matches!(network, FalError::Network(_)), "{network:?}");
+        assert!(matches!(network, ProviderError::Network(_)), "{network:?}");
 
         for err in [decode, timeout, network] {
             for shown in [err.to_string(), format!("{err:?}")] {

@@ -16,6 +16,7 @@ use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::fal::{QueueEndpoint, SyncEndpoint};
 use crate::jobs::JobStatus;
+use crate::provider::ProviderKind;
 
 /// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input → the job fails; any other
 /// fault → `None`, and the job (now `processing`) runs on the sync host instead.
@@ -59,7 +60,11 @@ pub(super) async fn submit_queued(
         Err(error) if error.is_caller_error() => {
             let message = format!("Async submission failed: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
-            Err(SubmitError::Fal { job_id, error })
+            Err(SubmitError::Provider {
+                job_id,
+                provider: ProviderKind::Fal,
+                error,
+            })
         }
         Err(error) => {
             tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
@@ -104,7 +109,11 @@ pub(super) async fn run_sync(
                 json!({"model_key": plan.model_key}),
             );
             db::usage::insert_once(&**client, &failed).await?;
-            return Err(SubmitError::Fal { job_id, error });
+            return Err(SubmitError::Provider {
+                job_id,
+                provider: ProviderKind::Fal,
+                error,
+            });
         }
     };
     let usage = usage.row(

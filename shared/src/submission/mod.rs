@@ -15,12 +15,13 @@ use crate::db::jobs::JobRecord;
 use crate::db::runs::{NewRun, ObjectRef, PostTargets, WebhookAuth};
 use crate::db::{self, DbError, models::ModelRow};
 use crate::fal::endpoint::EndpointError;
-use crate::fal::{FalError, QueueEndpoint, SyncEndpoint};
+use crate::fal::{QueueEndpoint, SyncEndpoint};
 use crate::input::{
     self, BuiltInput, GenerationRequest, InputError, Modality, ModelSpec, StoredBucket,
     StoredReference,
 };
 use crate::jobs::JobStatus;
+use crate::provider::ProviderError;
 use crate::provider::ProviderKind;
 use crate::replicate::PredictionsEndpoint;
 use crate::state::AppState;
@@ -82,9 +83,13 @@ pub enum SubmitError {
     /// The caller has `MAX_OPEN_JOBS_PER_USER` open jobs already.
     #[error("Too many generations in progress")]
     TooManyOpenJobs,
-    /// fal refused the request (its 4xx), or failed it; the job is `failed`.
-    #[error("fal.ai API request failed")]
-    Fal { job_id: Uuid, error: FalError },
+    /// The provider refused the request (its 4xx), or failed it; the job is `failed`.
+    #[error("{} API request failed", provider.display_name())]
+    Provider {
+        job_id: Uuid,
+        provider: ProviderKind,
+        error: ProviderError,
+    },
     /// fal's result could not become an asset (our final verdict or a fault while storing); the job is `failed`.
     #[error("generation failed")]
     ResultFailed { job_id: Uuid, message: String },
@@ -603,9 +608,9 @@ async fn fail_job(
     Ok(())
 }
 
-fn describe(e: &FalError) -> String {
+fn describe(e: &ProviderError) -> String {
     match e {
-        FalError::Api {
+        ProviderError::Api {
             status, message, ..
         } => format!(
             "{status} - {}",

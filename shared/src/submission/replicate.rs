@@ -17,6 +17,7 @@ use crate::db;
 use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::jobs::JobStatus;
+use crate::provider::{ProviderError, ProviderKind};
 use crate::replicate::{Prediction, PredictionStatus, PredictionsEndpoint};
 
 /// What a Replicate submission came to.
@@ -47,6 +48,37 @@ fn request_of(p: &Prediction) -> ProviderRequest {
     }
 }
 
+/// Creates the prediction on `route`. As for fal, a queue create that failed for a reason not the caller's is
+/// made again on the sync route (with the same webhook, so a prediction outliving the wait is still finished by
+/// it), noted as `sync_fallback` on the job. Returns what the create came to and the route it was made on.
+async fn create(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    endpoint: &PredictionsEndpoint,
+    route: RouteKind,
+    webhook: Option<&Url>,
+) -> Result<(Result<Prediction, ProviderError>, RouteKind), SubmitError> {
+    let (settings, job_id) = (run.settings, run.job_id);
+    let replicate = run
+        .state
+        .replicate(settings)
+        .ok_or(SubmitError::ProviderNotConfigured("Replicate"))?;
+    let webhook = webhook.map(|w| with_job(w, settings, job_id));
+    let create = |route| {
+        let wait = (route == RouteKind::Sync).then(|| sync_wait(run));
+        replicate.create(endpoint, &run.plan.built.input, webhook.as_ref(), wait)
+    };
+    let created = create(route).await;
+    match created {
+        Err(error) if route == RouteKind::Queue && !error.is_caller_error() => {
+            tracing::warn!(%job_id, %error, "queued prediction not created; falling back to a sync run");
+            db::jobs::annotate_open(client, job_id, &json!({"sync_fallback": true})).await?;
+            Ok((create(RouteKind::Sync).await, RouteKind::Sync))
+        }
+        created => Ok((created, route)),
+    }
+}
+
 pub(super) async fn submit(
     run: &Run<'_>,
     client: &tokio_postgres::Client,
@@ -54,28 +86,19 @@ pub(super) async fn submit(
     route: RouteKind,
     webhook: Option<&Url>,
 ) -> Result<Submitted, SubmitError> {
-    let Run {
-        state,
-        settings,
-        job_id,
-        plan,
-        ..
-    } = *run;
-    let replicate = state
-        .replicate(settings)
-        .ok_or(SubmitError::ProviderNotConfigured("Replicate"))?;
-    let webhook = webhook.map(|w| with_job(w, settings, job_id));
-    let wait = (route == RouteKind::Sync).then(|| sync_wait(run));
+    let (state, settings, job_id) = (run.state, run.settings, run.job_id);
     let started = Instant::now();
-    let created = replicate
-        .create(endpoint, &plan.built.input, webhook.as_ref(), wait)
-        .await;
+    let (created, route) = create(run, client, endpoint, route, webhook).await?;
     let prediction = match created {
         Ok(p) => p,
         Err(error) => {
             let message = format!("Replicate API error: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
-            return Err(SubmitError::Fal { job_id, error });
+            return Err(SubmitError::Provider {
+                job_id,
+                provider: ProviderKind::Replicate,
+                error,
+            });
         }
     };
     match prediction.status {

@@ -2,9 +2,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::stack_var;
 use gen_pipeline::fal::types::{CancelOutcome, QueueState};
-use gen_pipeline::fal::{
-    FalClient, FalError, ProviderUrl, QueueEndpoint, RetryPolicy, SyncEndpoint,
-};
+use gen_pipeline::fal::{FalClient, ProviderUrl, QueueEndpoint, RetryPolicy, SyncEndpoint};
+use gen_pipeline::provider::ProviderError;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -155,7 +154,10 @@ async fn a_503_then_success_is_retried() {
         .run(&sync(), &prompt("#run-fail-first=1"))
         .await
         .unwrap_err();
-    assert!(matches!(err, FalError::Api { status: 503, .. }), "{err}");
+    assert!(
+        matches!(err, ProviderError::Api { status: 503, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -165,7 +167,7 @@ async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
         .run(&sync(), &prompt("#run-delay-ms=4000"))
         .await
         .unwrap_err();
-    assert!(matches!(err, FalError::Timeout), "{err}");
+    assert!(matches!(err, ProviderError::Timeout), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -175,7 +177,7 @@ async fn model_errors_and_queue_refusals_are_typed() {
     let err = c.run(&sync(), &prompt("#error")).await.unwrap_err();
     assert!(err.is_caller_error(), "{err}");
     assert!(
-        matches!(err, FalError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")),
+        matches!(err, ProviderError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")),
         "{err}"
     );
 
@@ -184,7 +186,7 @@ async fn model_errors_and_queue_refusals_are_typed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, FalError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"),
+        matches!(err, ProviderError::Api { status: 503, error_type: Some(ref t), .. } if t == "runner_scheduling_failure"),
         "{err}"
     );
     assert!(!err.is_caller_error());

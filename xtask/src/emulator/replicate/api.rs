@@ -172,7 +172,7 @@ pub async fn delivery(
     }
 }
 
-/// `GET /_emulator/replicate/predictions/{id}`: [`Prediction::inspection`], without a token like fal's.
+/// `GET /replicate/v1/_emulator/predictions/{id}` (`<REPLICATE_EMULATOR_URL>/_emulator/predictions/{id}`): [`Prediction::inspection`], without a token like fal's.
 pub async fn inspect(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.replicate.with(&id, |p| p.inspection()) {
         Some(view) => json_status(StatusCode::OK, view),

@@ -56,5 +56,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/replicate/v1/predictions/{id}/cancel", post(api::cancel))
         .route("/replicate/v1/webhooks/default/secret", get(api::secret))
         .route("/replicate/delivery/{id}/{file_name}", get(api::delivery))
-        .route("/_emulator/replicate/predictions/{id}", get(api::inspect))
+        .route(
+            "/replicate/v1/_emulator/predictions/{id}",
+            get(api::inspect),
+        )
 }

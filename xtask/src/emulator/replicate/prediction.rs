@@ -73,7 +73,7 @@ impl Prediction {
         let urls = json!({
             "get": get,
             "cancel": format!("{get}/cancel"),
-            "web": format!("{public_base}/_emulator/replicate/predictions/{id}"),
+            "web": format!("{public_base}/replicate/v1/_emulator/predictions/{id}"),
         });
         Prediction {
             output: output_for(&media_url, &directives),

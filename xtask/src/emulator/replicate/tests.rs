@@ -89,7 +89,7 @@ impl Emulator {
 
     /// The inspection view once `deliveries` attempts are recorded (just after the receiver answers them).
     async fn inspect_replicate(&self, id: &str, deliveries: usize) -> Value {
-        let url = format!("{}/_emulator/replicate/predictions/{id}", self.base);
+        let url = format!("{}/replicate/v1/_emulator/predictions/{id}", self.base);
         let recorded = |v: &Value| v["deliveries"].as_array().map_or(0, Vec::len);
         self.read_until(&url, |v| recorded(v) >= deliveries).await
     }
@@ -270,9 +270,10 @@ async fn inspection_shows_the_output_a_running_prediction_will_deliver() {
     );
     assert_eq!(view["webhook"], "http://127.0.0.1:9/hook?token=t");
     assert!(view["webhook_events_filter"].is_null());
-    let unknown = emu
-        .http
-        .get(format!("{}/_emulator/replicate/predictions/nope", emu.base));
+    let unknown = emu.http.get(format!(
+        "{}/replicate/v1/_emulator/predictions/nope",
+        emu.base
+    ));
     assert_eq!(unknown.send().await.unwrap().status(), 404);
 }
 

@@ -3,6 +3,10 @@
 //! (`fal-webhook`, `replicate-webhook`); everything after the provider's answer (completion, claims, streaming,
 //! the reconciler, post-processing, usage) is the same code for both.
 
+mod error;
+
+pub use error::{ProviderError, raw_message, read_capped};
+
 /// A provider we can run models on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -25,6 +29,14 @@ impl ProviderKind {
         match self {
             ProviderKind::Fal => "fal",
             ProviderKind::Replicate => "replicate",
+        }
+    }
+
+    /// How answers to clients and job errors name it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ProviderKind::Fal => "fal.ai",
+            ProviderKind::Replicate => "Replicate",
         }
     }
 

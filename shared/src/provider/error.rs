@@ -1,0 +1,87 @@
+//! What a call to a provider (fal or Replicate) can come to when it does not succeed, and the reading of error
+//! bodies both clients share.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Error bodies larger than this are cut before parsing.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A provider call that did not succeed. Its text names no URL and no key (it ends up in logs and job rows).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider answered with a non-success status.
+    #[error("the provider answered {status}: {message}")]
+    Api {
+        status: u16,
+        error_type: Option<String>,
+        message: String,
+        detail: Option<Value>,
+    },
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider could not be reached: {0}")]
+    Network(String),
+    #[error("the provider's answer was not understood: {0}")]
+    Decode(String),
+}
+
+impl ProviderError {
+    /// Statuses fal's own client retries on (Replicate asks for the same: 429 and the gateway errors).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Api { status, .. } if matches!(status, 429 | 502 | 503 | 504))
+    }
+
+    /// The caller's input was refused (4xx other than 408/429): retrying or falling back cannot help.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(self, ProviderError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProviderError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A transport error, without its URL: a submit URL carries the webhook URL, whose query holds the job's token,
+    /// and errors end up in logs and job rows.
+    pub fn from_reqwest(e: reqwest::Error) -> Self {
+        let e = e.without_url();
+        if e.is_timeout() {
+            ProviderError::Timeout
+        } else if e.is_decode() {
+            ProviderError::Decode(e.to_string())
+        } else {
+            ProviderError::Network(e.to_string())
+        }
+    }
+}
+
+/// An error body, cut at [`MAX_ERROR_BODY`] (also the Replicate client's).
+pub async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(ProviderError::from_reqwest)?
+    {
+        let room = MAX_ERROR_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The message of an error body that says none itself: its first 500 characters, or the status' reason.
+pub fn raw_message(status: StatusCode, bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
