@@ -3,16 +3,42 @@
 
 use std::time::Duration;
 
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
 /// Loads the standard configuration once. No network calls happen here; credentials resolve lazily.
 ///
 /// Every call is bounded: an endpoint that accepts connections but stops answering (a hung S3) fails the call
 /// instead of holding the invocation until Lambda's own timeout. The read timeout applies per read, so a long
 /// upload that keeps moving is not cut.
+///
+/// In Lambda (`AWS_LAMBDA_FUNCTION_NAME` set) the runtime puts the function role's credentials and the region in
+/// the environment, so they are read there, without building the default chains (profile files, web identity,
+/// ECS, IMDS) at every cold start. Elsewhere (tools, tests) the standard chains apply.
 pub async fn load() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    let loader = aws_config::defaults(BehaviorVersion::latest());
+    let loader = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        loader
+            .credentials_provider(EnvironmentVariableCredentialsProvider::new())
+            .region(EnvironmentVariableRegionProvider::new())
+    } else {
+        loader
+    };
+    loader
+        .http_client(SharedHttpClient::new(OneClient(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .build_https(),
+        )))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
@@ -21,6 +47,27 @@ pub async fn load() -> SdkConfig {
         )
         .load()
         .await
+}
+
+/// The SDK's hyper/rustls client, one for every SDK client of the process (S3, Secrets Manager, the credentials
+/// chain's STS). Its connector — and the root store it reads from the system's CA files — is built when the first
+/// call needs it, once per timeout setting, instead of once per SDK client at init as the SDK's default does (and
+/// again at the first call).
+#[derive(Debug)]
+struct OneClient(SharedHttpClient);
+
+impl HttpClient for OneClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 /// S3 client. Path-style addressing when a custom endpoint is configured: S3-compatible endpoints other than AWS

@@ -459,7 +459,14 @@ async fn transfer(
     let bucket = &settings.config.workspace_bucket;
     let size = match state
         .storage
-        .put_stream(bucket, &key, &mime_type, media.body, limit)
+        .put_download(
+            bucket,
+            &key,
+            &mime_type,
+            media.body,
+            media.content_length,
+            limit,
+        )
         .await
     {
         Ok(s) => s.size,

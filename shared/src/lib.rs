@@ -27,6 +27,7 @@ pub mod storage;
 pub mod storage_links;
 pub mod submission;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod webhook_auth;
 

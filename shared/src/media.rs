@@ -212,9 +212,10 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
 }
 
 /// An HTTP client for media: public-only DNS, redirects re-checked against the policy, bounded waits.
-pub fn http_client(policy: &MediaPolicy) -> reqwest::Result<reqwest::Client> {
+pub fn http_client(policy: &MediaPolicy) -> anyhow::Result<reqwest::Client> {
     let redirect_policy = policy.clone();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::tls::http_config()?)
         .no_proxy()
         .dns_resolver(Arc::new(PublicOnlyResolver))
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -228,7 +229,7 @@ pub fn http_client(policy: &MediaPolicy) -> reqwest::Result<reqwest::Client> {
         }))
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(policy.read_timeout)
-        .build()
+        .build()?)
 }
 
 /// The body of a media response, as it arrives.

@@ -101,6 +101,7 @@ impl AppState {
 /// The HTTP client for fal's API and key set.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::tls::http_config()?)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))

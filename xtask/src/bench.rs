@@ -9,13 +9,16 @@ mod cpu;
 mod ctx;
 mod deliveries;
 mod init;
+mod links;
 mod memory;
 mod plan;
 mod report;
 mod runtime_api;
+mod s3s;
 mod stats;
 mod submit;
 mod transfer;
+pub mod way;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,7 +31,7 @@ use crate::clock::Clock;
 use crate::net::free_ports;
 use crate::paths::Paths;
 use crate::stack::functions::{self, HTTP as FUNCTIONS};
-use crate::stack::{self, StackEnv};
+use crate::stack::{self, StackEnv, aws};
 
 /// Release builds go here, so the test loop's debug artifacts in `target/debug` stay valid.
 const BUILD_DIR: &str = "target/bench-build";
@@ -81,7 +84,11 @@ struct Built {
 async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow::Result<Built> {
     if smoke {
         let bin_dir = paths.root.join("target").join("debug");
-        if FUNCTIONS.iter().any(|f| !bin_dir.join(f).exists()) {
+        if FUNCTIONS
+            .iter()
+            .chain([&init::HELLO])
+            .any(|f| !bin_dir.join(f).exists())
+        {
             cargo_build(paths, clock, &[], None).await?;
         }
         return Ok(Built {
@@ -124,8 +131,27 @@ async fn measure(
         measurer,
         zips,
     } = built;
+    // The second S3 implementation of the transfer figure; without it that figure is reported for moto only, and
+    // the report says what is missing.
+    let buckets = [aws::WORKSPACE_BUCKET, aws::LIBRARY_BUCKET];
+    let s3s = match s3s::S3sFs::start(paths, clock, &dir.join("logs"), &buckets).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("bench: s3s-fs is not available: {e:#}");
+            None
+        }
+    };
+    let mut stores = vec![plan::StoreSpec {
+        name: stack::moto::NAME.to_owned(),
+        endpoint: None,
+    }];
+    stores.extend(s3s.as_ref().map(|s| plan::StoreSpec {
+        name: s3s::NAME.to_owned(),
+        endpoint: Some(s.endpoint.clone()),
+    }));
     let plan = plan::Plan {
         smoke,
+        stores,
         bin_dir,
         out: dir.join("measured.json"),
         logs: dir.join("logs"),
@@ -139,7 +165,11 @@ async fn measure(
             plan::Sizes::full()
         },
     };
-    let measured = run_measurer(paths, clock, env, &plan, &measurer).await?;
+    let measured = run_measurer(paths, clock, env, &plan, &measurer).await;
+    if let Some(s3s) = s3s {
+        s3s.stop().await;
+    }
+    let measured = measured?;
 
     let zips = zips.unwrap_or_else(|e| {
         eprintln!("bench: the release zips are missing: {e:#}");
@@ -203,7 +233,7 @@ async fn run_measurer(
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// `cargo build <args> --bin fal-image --bin fal-webhook`, into `target_dir` when given.
+/// `cargo build <args> --bin fal-image --bin fal-webhook --bin bench-hello`, into `target_dir` when given.
 async fn cargo_build(
     paths: &Paths,
     clock: &Clock,
@@ -215,15 +245,17 @@ async fn cargo_build(
     cmd.args(["build", "--quiet"])
         .args(args)
         .args(bin_args(&FUNCTIONS))
+        .args(["--bin", init::HELLO])
         .current_dir(&paths.root)
         .stdin(Stdio::null());
     if let Some(dir) = target_dir {
         cmd.env("CARGO_TARGET_DIR", dir);
     }
     let described = format!(
-        "cargo build {} {}{}",
+        "cargo build {} {} --bin {}{}",
         args.join(" "),
         FUNCTIONS.map(|f| format!("--bin {f}")).join(" "),
+        init::HELLO,
         target_dir
             .map(|d| format!(" (CARGO_TARGET_DIR={})", d.display()))
             .unwrap_or_default()

@@ -63,6 +63,8 @@ enum Command {
         /// Internal: the plan of the measuring process that `cargo xtask bench` starts.
         #[arg(long, hide = true)]
         plan: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        way: bench::way::WayArgs,
     },
     /// Build the functions' release zips for Lambda (arm64) with cargo-lambda, and print their sizes.
     Package {
@@ -107,7 +109,12 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate => rt.block_on(stack::migrate_from_env()),
         Command::Token { user_id, alg } => rt.block_on(stack::token(user_id, alg)),
         Command::Reconcile { older_than } => rt.block_on(stack::reconcile(older_than)),
-        Command::Bench { smoke, plan } => rt.block_on(bench::run(smoke, plan)),
+        Command::Bench { smoke, plan, way } => rt.block_on(async {
+            match way.run().await {
+                Some(done) => done,
+                None => bench::run(smoke, plan).await,
+            }
+        }),
         Command::Package { functions } => rt.block_on(package::run(functions)),
         Command::FalEmulator {
             listen,

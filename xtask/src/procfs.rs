@@ -65,13 +65,23 @@ pub fn machine_busy_ticks() -> Option<u64> {
 
 /// Peak resident set size (`VmHWM` of `/proc/<pid>/status`) in bytes.
 pub fn peak_rss_bytes(pid: i32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// The process's resident set now (VmRSS), in bytes.
+pub fn rss_bytes(pid: i32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: i32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 /// Sockets of the process that are not its connections to `allowed_port` on loopback: TCP connections to any other

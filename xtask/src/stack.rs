@@ -4,12 +4,12 @@
 //! and stops them in order.
 
 pub(crate) mod auth_keys;
-mod aws;
+pub mod aws;
 mod demo;
 mod envfile;
 mod fal_emulator;
 pub(crate) mod functions;
-mod moto;
+pub mod moto;
 mod pooler;
 mod postgres;
 mod procs;

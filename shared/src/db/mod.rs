@@ -131,18 +131,10 @@ fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Unavailable(e.to_string()))
 }
 
-/// rustls with the Mozilla roots; used only when the URL's `sslmode` asks for TLS (`prefer` tries it).
+/// rustls with the Mozilla roots ([`crate::tls`]); used only when the URL's `sslmode` asks for TLS (`prefer` tries
+/// it).
 pub fn tls() -> Result<MakeRustlsConnect, DbError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| DbError::Tls(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::tls::postgres_config().map_err(|e| DbError::Tls(e.to_string()))?;
     Ok(MakeRustlsConnect::new(config))
 }
 

@@ -44,8 +44,13 @@ async fn a_multipart_body_keeps_every_byte_in_order() {
         .await
         .unwrap();
     assert_eq!(stored.size, total);
+    assert_holds_the_pattern(&s, &bucket, &key, total).await;
+}
+
+/// The object's presigned URL serves exactly the `total` bytes of the test pattern.
+async fn assert_holds_the_pattern(s: &Storage, bucket: &str, key: &str, total: u64) {
     let url = s
-        .presign_get(&bucket, &key, Duration::from_secs(60))
+        .presign_get(bucket, key, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
@@ -127,4 +132,55 @@ async fn delete_keys_removes_exactly_the_given_keys_and_ignores_missing_ones() {
     s.delete_keys(&bucket, &candidates).await.unwrap();
     s.delete_keys(&bucket, &[]).await.unwrap();
     s.delete(&bucket, &neighbour).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sized_put_streams_every_byte_in_one_request() {
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let key = format!("{}/sized.mp4", unique("user"));
+    let total = 9 * 1024 * 1024 + 7;
+    let stored = s
+        .put_sized(&bucket, &key, "video/mp4", pattern_stream(total), total)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, total);
+    let meta = s.head(&bucket, &key).await.unwrap().unwrap();
+    assert_eq!(meta.content_type.as_deref(), Some("video/mp4"));
+    assert_holds_the_pattern(&s, &bucket, &key, total).await;
+    s.delete(&bucket, &key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sized_put_whose_source_breaks_off_or_lies_about_its_length_stores_nothing() {
+    use futures::StreamExt;
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let total = 3 * 1024 * 1024;
+    let broken = || {
+        pattern_stream(total).chain(futures::stream::iter([Err(std::io::Error::other(
+            "connection reset",
+        ))]))
+    };
+    let cases: [(&str, u64, _); 3] = [
+        (
+            "connection reset",
+            total + 10,
+            Box::pin(broken()) as futures::stream::BoxStream<_>,
+        ),
+        ("ended after", total + 10, pattern_stream(total).boxed()),
+        ("longer than", total - 10, pattern_stream(total).boxed()),
+    ];
+    for (reason, announced, body) in cases {
+        let key = format!("{}/sized-broken.mp4", unique("user"));
+        let err = s
+            .put_sized(&bucket, &key, "video/mp4", body, announced)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Source(ref m) if m.contains(reason)),
+            "{reason}: {err}"
+        );
+        assert_eq!(s.head(&bucket, &key).await.unwrap(), None, "{reason}");
+    }
 }

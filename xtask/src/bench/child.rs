@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::ctx::Ctx;
 use super::deliveries::{self, DeliveryResult};
 use super::init::{self, InitSamples};
+use super::links::{self, LinkSamples};
 use super::memory::{self, MemorySamples};
 use super::plan::Plan;
 use super::submit::{self, SubmitSamples};
@@ -27,6 +28,7 @@ pub struct Measured {
     pub transfer: Option<TransferSamples>,
     pub memory: Option<MemorySamples>,
     pub deliveries: Option<DeliveryResult>,
+    pub links: Option<LinkSamples>,
     pub seconds: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, String>,
 }
@@ -84,6 +86,14 @@ async fn measure(ctx: &Ctx) -> Measured {
     let figure = deliveries::measure(ctx, jobs, per_job, in_flight);
     let enabled = jobs > 0 && per_job > 0 && in_flight > 0;
     run.m.deliveries = run.figure("deliveries", enabled, what, figure).await;
+
+    let (verifications, signs) = (s.auth_verifications, s.sign_links);
+    let what =
+        format!("links: {verifications} token verifications per algorithm, {signs} signed links");
+    let figure = links::measure(ctx, verifications, signs);
+    run.m.links = run
+        .figure("links", verifications > 0 && signs > 0, what, figure)
+        .await;
 
     run.say("measurements done");
     run.m

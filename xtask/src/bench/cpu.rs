@@ -32,6 +32,16 @@ pub fn watched() -> Vec<(String, i32)> {
             .into_iter()
             .map(|(name, pid)| (name.to_owned(), pid)),
     );
+    // The bench's second S3 store, when it runs.
+    out.extend(
+        procfs::pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "s3s-fs")
+            })
+            .map(|pid| ("s3s-fs".to_owned(), pid)),
+    );
     out
 }
 

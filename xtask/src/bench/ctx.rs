@@ -117,9 +117,17 @@ impl Ctx {
 
     /// Deletes the job's stored result, so large results do not pile up in the S3 emulator's memory.
     pub async fn delete_result(&self, job_id: Uuid) -> anyhow::Result<()> {
+        self.delete_result_in(&self.state.storage, job_id).await
+    }
+
+    /// [`Self::delete_result`] on the store the result went to.
+    pub async fn delete_result_in(
+        &self,
+        storage: &gen_pipeline::storage::Storage,
+        job_id: Uuid,
+    ) -> anyhow::Result<()> {
         let key = self.result_key(job_id).await?;
-        self.state
-            .storage
+        storage
             .delete(&self.settings.config.workspace_bucket, &key)
             .await?;
         Ok(())

@@ -18,6 +18,9 @@ use crate::stack::functions::HTTP;
 
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The floor of the figure: a minimal `lambda_runtime` function (`xtask/hello`), built and started like ours.
+pub const HELLO: &str = "bench-hello";
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct InitSamples {
     pub ms: Vec<f64>,
@@ -26,12 +29,12 @@ pub struct InitSamples {
     pub foreign_sockets: Vec<usize>,
 }
 
-/// `starts` cold starts of each function, alternating between them, after one unrecorded start of each (so the
-/// first recorded one does not pay for reading the binary from disk).
+/// `starts` cold starts of each function and of [`HELLO`], alternating between them, after one unrecorded start of
+/// each (so the first recorded one does not pay for reading the binary from disk).
 pub async fn measure(plan: &Plan, starts: usize) -> anyhow::Result<BTreeMap<String, InitSamples>> {
     let mut out: BTreeMap<String, InitSamples> = BTreeMap::new();
     for round in 0..=starts {
-        for function in HTTP {
+        for function in HTTP.into_iter().chain([HELLO]) {
             let bin = plan.bin_dir.join(function);
             let (elapsed, peak, foreign) = cold_start(&bin, function, plan).await?;
             if round > 0 {

@@ -14,7 +14,16 @@ pub struct Plan {
     pub logs: PathBuf,
     /// The functions' settings from the stack (AWS endpoint, credentials, secret id, buckets, media policy).
     pub function_env: Vec<(String, String)>,
+    /// The S3 implementations the transfer figure runs on.
+    pub stores: Vec<StoreSpec>,
     pub sizes: Sizes,
+}
+
+/// An S3 implementation: its name in the report, and its endpoint (`None`: the stack's, moto).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreSpec {
+    pub name: String,
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +37,8 @@ pub struct Sizes {
     pub jobs: usize,
     pub deliveries_per_job: usize,
     pub in_flight: usize,
+    pub auth_verifications: usize,
+    pub sign_links: usize,
 }
 
 impl Sizes {
@@ -42,6 +53,8 @@ impl Sizes {
             jobs: 200,
             deliveries_per_job: 5,
             in_flight: 50,
+            auth_verifications: 2000,
+            sign_links: 200,
         }
     }
 
@@ -56,6 +69,8 @@ impl Sizes {
             jobs: 10,
             deliveries_per_job: 2,
             in_flight: 5,
+            auth_verifications: 20,
+            sign_links: 5,
         }
     }
 }

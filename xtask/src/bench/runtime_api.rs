@@ -2,7 +2,7 @@
 //! API's register and event/next (held open), the runtime's invocation/next (arrival recorded; an event served
 //! when one is queued, else held open) and the response and error posts.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,12 +23,18 @@ pub struct Posted {
     /// `response`, `error` or `init-error`.
     pub kind: &'static str,
     pub body: Bytes,
+    /// When it was posted.
+    pub at: Instant,
+    /// When the invocation's event was handed to the function (`None` for an init error).
+    pub served_at: Option<Instant>,
 }
 
 struct Shared {
     /// When the first `GET /runtime/invocation/next` arrived: the end of init.
     first_next: watch::Sender<Option<Instant>>,
     events: Mutex<VecDeque<(String, Vec<u8>)>>,
+    /// When each invocation's event was handed out.
+    served: Mutex<HashMap<String, Instant>>,
     posted: watch::Sender<Vec<Posted>>,
     /// Flipped on drop, so held-open requests end and their connections close.
     shutdown: watch::Sender<bool>,
@@ -49,6 +55,7 @@ impl RuntimeApi {
         let shared = Arc::new(Shared {
             first_next: watch::channel(None).0,
             events: Mutex::new(VecDeque::new()),
+            served: Mutex::new(HashMap::new()),
             posted: watch::channel(Vec::new()).0,
             shutdown: watch::channel(false).0,
         });
@@ -169,6 +176,11 @@ async fn invocation_next(State(shared): State<Arc<Shared>>) -> Response {
     let Some((request_id, body)) = event else {
         return hold(&shared).await;
     };
+    shared
+        .served
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(request_id.clone(), Instant::now());
     let deadline_ms = chrono::Utc::now().timestamp_millis() + 15 * 60 * 1000;
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
@@ -193,11 +205,20 @@ async fn hold(shared: &Shared) -> Response {
 }
 
 fn record(shared: &Shared, request_id: String, kind: &'static str, body: Bytes) -> Response {
+    let at = Instant::now();
+    let served_at = shared
+        .served
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&request_id)
+        .copied();
     shared.posted.send_modify(|all| {
         all.push(Posted {
             request_id,
             kind,
             body,
+            at,
+            served_at,
         })
     });
     (StatusCode::ACCEPTED, r#"{"status":"OK"}"#).into_response()

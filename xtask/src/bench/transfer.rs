@@ -1,18 +1,24 @@
-//! Transfer efficiency: the webhook's time to move a result from the emulator into S3 (`complete_from_webhook`
-//! in-process, with a real job and its real signed delivery) against max(download alone, upload alone) of the same
-//! number of bytes. The emulator's media is first throttled to the measured upload rate: with loopback downloads
-//! ~15x faster than the S3 emulator accepts, buffering and streaming would look alike; at equal rates streaming
-//! takes ~1x and buffer-then-upload ~2x. Diagnostics come with it: the same download and upload run at once but
-//! independently (what overlapping costs on this machine), a multipart upload made directly with the SDK with its
-//! CompleteMultipartUpload timed apart (that call can only follow the last byte, so no streaming transfer can beat
-//! download + completion), and the cores each phase kept busy.
+//! Transfer: the webhook's time to move a result from the emulator into S3 (`complete_from_webhook` in-process,
+//! with a real job and its real signed delivery), on each S3 store of the plan (moto, s3s-fs), against the least a
+//! streamed multipart copy can take: max(download alone, parts alone) + CompleteMultipartUpload alone, each
+//! measured in the same repetition against the same store. The emulator's media is throttled to the rate the
+//! store takes a whole upload at, so that neither half hides the other.
+//!
+//! Beside it, on the same media and store: one streamed PutObject of as many bytes (`Storage::put_sized`, what the
+//! webhook does when the length is announced), and the original's way — the whole result read into memory, then
+//! one upload — in a process of its own so that its peak RSS is its own, next to ours in the same kind of process
+//! (`way.rs`).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::StreamExt;
+use gen_pipeline::AppState;
 use gen_pipeline::media::{self, MediaPolicy};
+use gen_pipeline::storage::Storage;
 use gen_pipeline::webhook::{self, Delivery as Effect};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -20,27 +26,44 @@ use serde::{Deserialize, Serialize};
 use super::capture::Delivery;
 use super::cpu::{self, CpuUse};
 use super::ctx::Ctx;
+use super::plan::StoreSpec;
 use super::stats::ms;
+use super::way::{self, Way, WayRun};
 
 const SOURCE_CHUNK: usize = 64 * 1024;
+/// Phases of one repetition, run in a rotated order.
+const PHASES: usize = 6;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TransferSamples {
     pub bytes: u64,
-    /// The measured upload rate the media was throttled to (bytes per second).
+    /// By store name (`moto`, `s3s`).
+    pub stores: BTreeMap<String, StoreSamples>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StoreSamples {
+    /// The rate the store took the calibration's upload at, which the media was throttled to (bytes per second).
     pub media_rate_bytes_per_s: u64,
-    pub upload_ms: Vec<f64>,
+    /// The media fetched with the webhook's client and read to the end.
     pub download_ms: Vec<f64>,
+    /// `complete_from_webhook`: fetch, store, record.
     pub webhook_ms: Vec<f64>,
-    /// webhook / max(download, upload) of each repetition.
-    pub ratio: Vec<f64>,
-    /// Diagnostic: the download and an upload of as many bytes run at once, independently.
-    pub concurrent_ms: Vec<f64>,
-    /// Diagnostic: a direct SDK multipart upload of as many bytes: its parts, and its CompleteMultipartUpload.
-    pub sdk_parts_ms: Vec<f64>,
-    pub sdk_complete_ms: Vec<f64>,
-    /// webhook / (download + completion): against the least any streaming transfer can take.
-    pub ratio_to_streaming_floor: Vec<f64>,
+    /// A multipart upload made directly with the SDK (the webhook's part size and parts in flight): its parts, and
+    /// its CompleteMultipartUpload timed apart.
+    pub parts_ms: Vec<f64>,
+    pub complete_ms: Vec<f64>,
+    /// One streamed PutObject with the length announced (`Storage::put_sized`).
+    pub single_put_ms: Vec<f64>,
+    /// webhook / (max(download, parts) + completion) of each repetition.
+    pub ratio_to_floor: Vec<f64>,
+    /// single PUT / (parts + completion) of each repetition: which way of uploading wins on this store.
+    pub single_put_vs_multipart: Vec<f64>,
+    /// The original's way and ours, each in a process of its own, on the same media.
+    pub original: Vec<WayRun>,
+    pub ours: Vec<WayRun>,
+    /// original / webhook of each repetition.
+    pub speedup_vs_original: Vec<f64>,
     /// Cores busy during each phase of each repetition.
     pub cpu: Vec<PhaseCpu>,
 }
@@ -53,18 +76,72 @@ pub struct PhaseCpu {
     pub used: CpuUse,
 }
 
+/// One S3 implementation as the webhook sees it: the functions' state with its storage on that store.
+struct Store {
+    spec: StoreSpec,
+    state: Arc<AppState>,
+    s3: aws_sdk_s3::Client,
+}
+
+impl Store {
+    /// The stack's S3 (no endpoint: the functions' own state), or the functions' state built again with its S3
+    /// client on the store's endpoint (secrets, database and media stay the stack's).
+    async fn new(ctx: &Ctx, spec: &StoreSpec) -> anyhow::Result<Store> {
+        let sdk = gen_pipeline::aws::load().await;
+        let (state, s3) = match &spec.endpoint {
+            None => (ctx.state.clone(), gen_pipeline::aws::s3(&sdk)),
+            Some(endpoint) => {
+                let on_store = sdk.to_builder().endpoint_url(endpoint).build();
+                let s3 = gen_pipeline::aws::s3(&on_store);
+                let mut state = AppState::new(gen_pipeline::config::Config::from_env()?, &sdk)?;
+                state.storage = Storage::new(s3.clone());
+                (Arc::new(state), s3)
+            }
+        };
+        Ok(Store {
+            spec: spec.clone(),
+            state,
+            s3,
+        })
+    }
+
+    fn storage(&self) -> &Storage {
+        &self.state.storage
+    }
+}
+
 pub async fn measure(ctx: &Ctx, bytes: u64, reps: usize) -> anyhow::Result<TransferSamples> {
-    let source = source_block();
-    // Calibration: the rate S3 (moto) accepts from this process.
-    let calibration = upload_alone(ctx, &source, bytes).await?;
-    let rate = ((bytes as f64) / (calibration / 1000.0)).max(1.0) as u64;
     let mut out = TransferSamples {
         bytes,
+        stores: BTreeMap::new(),
+    };
+    for spec in &ctx.plan.stores {
+        let store = Store::new(ctx, spec).await?;
+        let samples = measure_store(ctx, &store, bytes, reps)
+            .await
+            .with_context(|| format!("on {}", spec.name))?;
+        out.stores.insert(spec.name.clone(), samples);
+    }
+    Ok(out)
+}
+
+async fn measure_store(
+    ctx: &Ctx,
+    store: &Store,
+    bytes: u64,
+    reps: usize,
+) -> anyhow::Result<StoreSamples> {
+    let source = source_block();
+    // Calibration: the rate this store takes a whole multipart upload (parts and completion) from this process.
+    // At that rate the media is no faster than the store takes it, and the two halves do not fight for the cores
+    // (a download at the emulator's full speed slows down when moto works beside it on this 2-core machine).
+    let (parts, complete) = sdk_multipart(ctx, store, &source, bytes).await?;
+    let rate = ((bytes as f64) / ((parts + complete) / 1000.0)).max(1.0) as u64;
+    let mut out = StoreSamples {
         media_rate_bytes_per_s: rate,
-        ..TransferSamples::default()
+        ..StoreSamples::default()
     };
     let watched = cpu::watched();
-    let s3 = gen_pipeline::aws::s3(&gen_pipeline::aws::load().await);
     for rep in 0..reps {
         let job = ctx
             .queued_job(&format!("#media-bytes={bytes} #media-rate={rate}"))
@@ -73,53 +150,100 @@ pub async fn measure(ctx: &Ctx, bytes: u64, reps: usize) -> anyhow::Result<Trans
             .delivery
             .media_url()
             .context("the delivery names no media URL")?;
-        let (mut up, mut down, mut hook, mut both) = (0.0, 0.0, 0.0, 0.0);
-        let (mut parts, mut complete) = (0.0, 0.0);
+        let mut r = Rep::default();
         // Rotate the order, so none of the phases always runs first (or right after another's cleanup).
-        for step in 0..5 {
+        for step in 0..PHASES {
             let before = cpu::snapshot(&watched);
-            let phase = match (rep + step) % 5 {
-                0 => {
-                    up = upload_alone(ctx, &source, bytes).await?;
-                    "upload"
-                }
-                1 => {
-                    down = download_alone(ctx, &url, bytes).await?;
-                    "download"
-                }
-                2 => {
-                    hook = through_webhook(ctx, job.job_id, &job.delivery).await?;
-                    "webhook"
-                }
-                3 => {
-                    (parts, complete) = sdk_multipart(ctx, &s3, &source, bytes).await?;
-                    "sdk-multipart"
-                }
-                _ => {
-                    let (u, d) = tokio::try_join!(
-                        upload_alone(ctx, &source, bytes),
-                        download_alone(ctx, &url, bytes)
-                    )?;
-                    both = u.max(d);
-                    "concurrent"
-                }
-            };
+            let phase = r
+                .run(
+                    (rep + step) % PHASES,
+                    ctx,
+                    store,
+                    &source,
+                    bytes,
+                    &url,
+                    &job,
+                )
+                .await?;
             out.cpu.push(PhaseCpu {
                 rep,
                 phase: phase.to_owned(),
                 used: before.until(&cpu::snapshot(&watched)),
             });
         }
-        out.upload_ms.push(up);
-        out.download_ms.push(down);
-        out.webhook_ms.push(hook);
-        out.concurrent_ms.push(both);
-        out.sdk_parts_ms.push(parts);
-        out.sdk_complete_ms.push(complete);
-        out.ratio.push(hook / up.max(down));
-        out.ratio_to_streaming_floor.push(hook / (down + complete));
+        r.record(&mut out);
     }
     Ok(out)
+}
+
+/// What one repetition measured.
+#[derive(Default)]
+struct Rep {
+    download: f64,
+    hook: f64,
+    parts: f64,
+    complete: f64,
+    single: f64,
+    original: WayRun,
+    ours: WayRun,
+}
+
+impl Rep {
+    /// Phase `n` of the repetition; returns its name.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &mut self,
+        n: usize,
+        ctx: &Ctx,
+        store: &Store,
+        source: &Bytes,
+        bytes: u64,
+        url: &str,
+        job: &super::ctx::QueuedJob,
+    ) -> anyhow::Result<&'static str> {
+        let endpoint = store.spec.endpoint.as_deref();
+        Ok(match n {
+            0 => {
+                self.download = download_alone(ctx, url, bytes).await?;
+                "download"
+            }
+            1 => {
+                self.hook = through_webhook(ctx, store, job.job_id, &job.delivery).await?;
+                "webhook"
+            }
+            2 => {
+                (self.parts, self.complete) = sdk_multipart(ctx, store, source, bytes).await?;
+                "multipart"
+            }
+            3 => {
+                self.single = single_put_alone(ctx, store, source, bytes).await?;
+                "single-put"
+            }
+            4 => {
+                self.original = way::run_child(ctx, Way::Original, url, endpoint, bytes).await?;
+                "original"
+            }
+            _ => {
+                self.ours = way::run_child(ctx, Way::Ours, url, endpoint, bytes).await?;
+                "ours-process"
+            }
+        })
+    }
+
+    fn record(self, out: &mut StoreSamples) {
+        out.download_ms.push(self.download);
+        out.webhook_ms.push(self.hook);
+        out.parts_ms.push(self.parts);
+        out.complete_ms.push(self.complete);
+        out.single_put_ms.push(self.single);
+        out.ratio_to_floor
+            .push(self.hook / (self.download.max(self.parts) + self.complete));
+        out.single_put_vs_multipart
+            .push(self.single / (self.parts + self.complete));
+        out.speedup_vs_original.push(self.original.ms / self.hook);
+        out.original.push(self.original);
+        out.ours.push(self.ours);
+    }
 }
 
 /// 1 MiB of random bytes, handed out as 64 KiB slices without copying: the cheapest possible source.
@@ -144,35 +268,43 @@ fn generated(
     }))
 }
 
-/// `Storage::put_stream` of `bytes` generated bytes: the webhook's upload half, alone.
-async fn upload_alone(ctx: &Ctx, source: &Bytes, bytes: u64) -> anyhow::Result<f64> {
+fn bench_key(what: &str) -> String {
+    format!("bench/{what}-{}.bin", uuid::Uuid::new_v4().simple())
+}
+
+/// `Storage::put_sized` of `bytes` generated bytes: one streamed PutObject, alone.
+async fn single_put_alone(
+    ctx: &Ctx,
+    store: &Store,
+    source: &Bytes,
+    bytes: u64,
+) -> anyhow::Result<f64> {
     let bucket = &ctx.settings.config.workspace_bucket;
-    let key = format!("bench/upload-{}.bin", uuid::Uuid::new_v4().simple());
+    let key = bench_key("single");
     let started = Instant::now();
-    let stored = ctx
-        .state
-        .storage
-        .put_stream(
+    let stored = store
+        .storage()
+        .put_sized(
             bucket,
             &key,
             "application/octet-stream",
             generated(source, bytes),
-            None,
+            bytes,
         )
         .await?;
     let elapsed = ms(started.elapsed());
-    ctx.state.storage.delete(bucket, &key).await?;
+    store.storage().delete(bucket, &key).await?;
     if stored.size != bytes {
-        bail!("upload stored {} bytes, not {bytes}", stored.size);
+        bail!("the single PUT stored {} bytes, not {bytes}", stored.size);
     }
     Ok(elapsed)
 }
 
-/// A multipart upload made directly with the SDK, parts of `put_stream`'s size with as many in flight: (ms of the
+/// A multipart upload made directly with the SDK, parts of the webhook's size with as many in flight: (ms of the
 /// parts, ms of CompleteMultipartUpload).
 async fn sdk_multipart(
     ctx: &Ctx,
-    s3: &aws_sdk_s3::Client,
+    store: &Store,
     source: &Bytes,
     bytes: u64,
 ) -> anyhow::Result<(f64, f64)> {
@@ -180,8 +312,9 @@ async fn sdk_multipart(
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     use gen_pipeline::storage::{DEFAULT_PART_SIZE, PARTS_IN_FLIGHT};
 
+    let s3 = &store.s3;
     let bucket = ctx.settings.config.workspace_bucket.clone();
-    let key = format!("bench/sdk-{}.bin", uuid::Uuid::new_v4().simple());
+    let key = bench_key("multipart");
     let started = Instant::now();
     let created = s3
         .create_multipart_upload()
@@ -239,7 +372,7 @@ async fn sdk_multipart(
         .send()
         .await?;
     let complete_ms = ms(completing.elapsed());
-    ctx.state.storage.delete(&bucket, &key).await?;
+    store.storage().delete(&bucket, &key).await?;
     Ok((parts_ms, complete_ms))
 }
 
@@ -261,16 +394,18 @@ async fn download_alone(ctx: &Ctx, url: &str, bytes: u64) -> anyhow::Result<f64>
     Ok(elapsed)
 }
 
-/// The delivery through `complete_from_webhook`; the stored object is deleted afterwards.
+/// The delivery of the repetition's own job through `complete_from_webhook` with the store's state; the stored
+/// object is deleted afterwards.
 async fn through_webhook(
     ctx: &Ctx,
+    store: &Store,
     job_id: uuid::Uuid,
     delivery: &Delivery,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     // Authentication is measured by the delivery phase; this one times the transfer.
     let (effect, _) = webhook::complete_from_webhook(
-        &ctx.state,
+        &store.state,
         &ctx.settings,
         gen_pipeline::webhook_auth::Verified {
             url: gen_pipeline::webhook_auth::Authenticated::Job(job_id),
@@ -286,6 +421,6 @@ async fn through_webhook(
     if effect != (Effect::Completed { job_id }) {
         bail!("the webhook did not complete job {job_id}: {effect:?}");
     }
-    ctx.delete_result(job_id).await?;
+    ctx.delete_result_in(store.storage(), job_id).await?;
     Ok(elapsed)
 }

@@ -1,5 +1,6 @@
-//! S3: streaming uploads of any length with bounded memory (one buffer of `part_size` being filled, at most
-//! [`PARTS_IN_FLIGHT`] parts uploading, so download and upload overlap), presigned GETs, object metadata, and
+//! S3: streaming uploads with bounded memory — one streamed PutObject when the length is known ahead
+//! ([`single_put`]), else a multipart upload (one buffer of `part_size` being filled, at most [`PARTS_IN_FLIGHT`]
+//! parts uploading, so download and upload overlap) —, presigned GETs, object metadata, and
 //! deletes by exact key (no listing: the functions' roles hold no s3:ListBucket).
 
 use std::time::Duration;
@@ -12,6 +13,10 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+mod single_put;
+
+pub use single_put::MAX_SINGLE_PUT;
 
 /// 8 MiB: above S3's 5 MiB minimum part size, small enough for a 128 MB Lambda.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -86,6 +91,39 @@ impl Storage {
 
     pub fn with_part_size(s3: aws_sdk_s3::Client, part_size: usize) -> Self {
         Storage { s3, part_size }
+    }
+
+    /// Stores a download of announced length `len` (its `Content-Length`, when it has one) under `bucket/key`: one
+    /// streamed PutObject ([`Self::put_sized`]) when the length is known, at least a part long and within one PUT's
+    /// limit, so nothing is buffered and no CompleteMultipartUpload follows the last byte; otherwise
+    /// [`Self::put_stream`]. A length over `max_bytes` is refused before anything is read.
+    pub async fn put_download<S, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        body: S,
+        len: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> Result<StoredObject, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<BoxError>,
+    {
+        if let (Some(len), Some(limit)) = (len, max_bytes)
+            && len > limit
+        {
+            return Err(StorageError::TooLarge { limit });
+        }
+        match len {
+            Some(len) if len >= self.part_size as u64 && len <= MAX_SINGLE_PUT => {
+                self.put_sized(bucket, key, content_type, body, len).await
+            }
+            _ => {
+                self.put_stream(bucket, key, content_type, body, max_bytes)
+                    .await
+            }
+        }
     }
 
     /// Streams `body` into `bucket/key`. Small bodies become one PUT; larger ones a multipart upload that is
