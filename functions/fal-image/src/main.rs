@@ -13,9 +13,11 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     gen_pipeline::telemetry::init();
-    let state = Arc::new(AppState::from_env().await?);
+    // The extension registers (a round trip to the runtime API) while the state is built.
     let (background, runner) = after_response::channel();
-    let extension = runner.register().await?;
+    let registering = tokio::spawn(runner.register());
+    let state = Arc::new(AppState::from_env().await?);
+    let extension = registering.await??;
     let handler = service_fn(move |req| {
         let state = state.clone();
         let ticket = background.ticket();
