@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::primitives::ByteStream;
@@ -23,6 +24,17 @@ pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 
 /// Chunks waiting between the source and the request.
 const CHANNEL_CHUNKS: usize = 8;
+
+/// The wait for a PUT's answer, which comes only after the store has taken the whole object: the SDK's 20 s read
+/// timeout (meant for a hung connection) plus a second per 16 MiB, so a store that checks and writes a large
+/// object (moto takes ~20 s for 1 GiB) is not cut off.
+fn answer_timeout(len: u64) -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    let read = Duration::from_secs(20 + len / (16 << 20));
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(read)
+        .build()
+}
 
 /// The request body: what the source sends through the channel, exactly `left` more bytes.
 struct SizedBody {
@@ -117,7 +129,8 @@ impl Storage {
             // signed on a plain-HTTP endpoint, which the stores then decode after the last byte.
             .config_override(
                 aws_sdk_s3::config::Builder::default()
-                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired),
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .timeout_config(answer_timeout(len)),
             )
             .send();
         let (fed, put) = tokio::join!(feed, put);

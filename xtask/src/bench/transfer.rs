@@ -91,8 +91,7 @@ impl Store {
         let (state, s3) = match &spec.endpoint {
             None => (ctx.state.clone(), gen_pipeline::aws::s3(&sdk)),
             Some(endpoint) => {
-                let on_store = sdk.to_builder().endpoint_url(endpoint).build();
-                let s3 = gen_pipeline::aws::s3(&on_store);
+                let s3 = on_store(&sdk, endpoint);
                 let mut state = AppState::new(gen_pipeline::config::Config::from_env()?, &sdk)?;
                 state.storage = Storage::new(s3.clone());
                 (Arc::new(state), s3)
@@ -266,6 +265,16 @@ fn generated(
         let at = at.min(source.len() - len);
         Ok(source.slice(at..at + len))
     }))
+}
+
+/// An S3 client on the store at `endpoint`. Set on the S3 client's own configuration: an endpoint set on the
+/// shared `SdkConfig` would lose to the environment's `AWS_ENDPOINT_URL` (the stack's moto).
+pub fn on_store(sdk: &aws_config::SdkConfig, endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 fn bench_key(what: &str) -> String {

@@ -83,12 +83,11 @@ pub async fn child(
 ) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let sdk = gen_pipeline::aws::load().await;
-    let sdk = match s3_endpoint {
-        Some(e) => sdk.to_builder().endpoint_url(e).build(),
-        None => sdk,
+    let s3 = match s3_endpoint {
+        Some(e) => super::transfer::on_store(&sdk, e),
+        None => gen_pipeline::aws::s3(&sdk),
     };
-    let storage = Storage::new(gen_pipeline::aws::s3(&sdk));
-    let s3 = gen_pipeline::aws::s3(&sdk);
+    let storage = Storage::new(s3.clone());
     let policy = MediaPolicy::from_config(&config);
     let http = media::http_client(&policy)?;
     let bucket = &config.workspace_bucket;
