@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::runs::{self, JobRun, NewRun};
-use crate::jobs::JobStatus;
+use crate::jobs::{JobStatus, OPEN_STATUSES_SQL};
 
 /// A job as stored.
 #[derive(Debug, Clone)]
@@ -195,22 +195,13 @@ pub async fn annotate_open<C: GenericClient>(
     id: Uuid,
     patch: &Value,
 ) -> Result<bool, tokio_postgres::Error> {
-    let open: Vec<&str> = JobStatus::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .map(JobStatus::as_str)
-        .collect();
+    let sql = format!(
+        "UPDATE public.jobs SET metadata = coalesce(metadata, '{{}}'::jsonb) || $2
+          WHERE id = $1 AND status IN {OPEN_STATUSES_SQL}
+          RETURNING id"
+    );
     let rows = client
-        .query_typed(
-            "UPDATE public.jobs SET metadata = coalesce(metadata, '{}'::jsonb) || $2
-              WHERE id = $1 AND status = ANY ($3)
-              RETURNING id",
-            &[
-                (&id, Type::UUID),
-                (patch, Type::JSONB),
-                (&open, Type::TEXT_ARRAY),
-            ],
-        )
+        .query_typed(&sql, &[(&id, Type::UUID), (patch, Type::JSONB)])
         .await?;
     Ok(!rows.is_empty())
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::ctx::Ctx;
 use super::init;
-use super::runtime_api::RuntimeApi;
+use super::runtime_api::{RuntimeApi, post_event};
 use super::stats::ms;
 use crate::stack::TokenAlg;
 use crate::stack::functions::FAL_IMAGE;
@@ -92,39 +92,20 @@ async fn sign_through_the_function(ctx: &Ctx, links: usize) -> anyhow::Result<Ve
     Ok(out)
 }
 
-/// An API Gateway HTTP API (v2) event for `POST /storage/v1/object/sign/workspace-temp/<path>`.
+/// An API Gateway HTTP API (v2) event for `POST /storage/v1/object/sign/workspace-temp/<path>`, as storage-js
+/// sends it.
 fn sign_event(authorization: &str, path: &str, request_id: &str) -> Value {
-    let raw_path = format!("/storage/v1/object/sign/workspace-temp/{path}");
-    let now = chrono::Utc::now();
-    json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": raw_path,
-        "rawQueryString": "",
-        "headers": {
-            "authorization": authorization,
-            "content-type": "application/json",
-            "host": "bench.execute-api.us-east-1.amazonaws.com",
-        },
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "bench",
-            "domainName": "bench.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "bench",
-            "http": {
-                "method": "POST",
-                "path": raw_path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "storage-js",
-            },
-            "requestId": request_id,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(),
-            "timeEpoch": now.timestamp_millis(),
-        },
-        "body": json!({"expiresIn": 3600}).to_string(),
-        "isBase64Encoded": false,
-    })
+    let domain = "bench.execute-api.us-east-1.amazonaws.com";
+    let headers = json!({
+        "authorization": authorization,
+        "content-type": "application/json",
+        "host": domain,
+        "user-agent": "storage-js",
+    });
+    let Value::Object(headers) = headers else {
+        unreachable!("a JSON object literal")
+    };
+    let path = format!("/storage/v1/object/sign/workspace-temp/{path}");
+    let body = json!({"expiresIn": 3600}).to_string();
+    post_event(domain, &path, "", headers, &body, request_id)
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::capture::Delivery;
 use super::ctx::Ctx;
 use super::init;
-use super::runtime_api::RuntimeApi;
+use super::runtime_api::{RuntimeApi, post_event};
 use super::stats::{MIB, ms};
 use crate::procfs;
 use crate::stack::functions::FAL_WEBHOOK;
@@ -109,37 +109,7 @@ fn function_url_event(d: &Delivery, request_id: &str) -> anyhow::Result<Value> {
             }
         }
     }
-    let query: Map<String, Value> = url::form_urlencoded::parse(d.query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), json!(v)))
-        .collect();
     let body = std::str::from_utf8(&d.body).context("the delivery body is not UTF-8")?;
-    let now = chrono::Utc::now();
-    Ok(json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": "/",
-        "rawQueryString": d.query,
-        "headers": headers,
-        "queryStringParameters": query,
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "bench",
-            "domainName": "bench.lambda-url.us-east-1.on.aws",
-            "domainPrefix": "bench",
-            "http": {
-                "method": "POST",
-                "path": "/",
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": d.header("user-agent").unwrap_or("fal"),
-            },
-            "requestId": request_id,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(),
-            "timeEpoch": now.timestamp_millis(),
-        },
-        "body": body,
-        "isBase64Encoded": false,
-    }))
+    let domain = "bench.lambda-url.us-east-1.on.aws";
+    Ok(post_event(domain, "/", &d.query, headers, body, request_id))
 }

@@ -241,3 +241,53 @@ async fn invocation_result(
 async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     record(&shared, String::new(), "init-error", body)
 }
+
+/// A POST as API Gateway's HTTP API (payload 2.0) and function URLs hand it to a function: `path` with its raw
+/// query, the headers (a repeated one already joined with commas), a UTF-8 body.
+pub fn post_event(
+    domain: &str,
+    path: &str,
+    raw_query: &str,
+    headers: serde_json::Map<String, serde_json::Value>,
+    body: &str,
+    request_id: &str,
+) -> serde_json::Value {
+    let query: serde_json::Map<String, serde_json::Value> =
+        url::form_urlencoded::parse(raw_query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), serde_json::json!(v)))
+            .collect();
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.as_str())
+        .unwrap_or("bench")
+        .to_owned();
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": headers,
+        "queryStringParameters": query,
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "bench",
+            "domainName": domain,
+            "domainPrefix": "bench",
+            "http": {
+                "method": "POST",
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": user_agent,
+            },
+            "requestId": request_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(),
+            "timeEpoch": now.timestamp_millis(),
+        },
+        "body": body,
+        "isBase64Encoded": false,
+    })
+}
