@@ -71,6 +71,8 @@ pub fn required_keys(smoke: bool) -> Vec<String> {
         keys.extend([
             format!("transfer_ratio_to_floor_{store}"),
             format!("transfer_single_put_vs_multipart_{store}"),
+            format!("transfer_half_failure_cost_ms_single_put_{store}"),
+            format!("transfer_half_failure_cost_ms_multipart_{store}"),
             format!("speedup_vs_original_256mib_{store}"),
         ]);
     }
@@ -211,8 +213,25 @@ impl Sections {
             ("parts_ms", &t.parts_ms),
             ("complete_ms", &t.complete_ms),
             ("single_put_ms", &t.single_put_ms),
+            ("single_put_half_failure_ms", &t.single_put_half_failure_ms),
+            ("part_retry_ms", &t.part_retry_ms),
         ] {
             self.summary(format!("transfer_{store}_{name}"), samples);
+        }
+        // What a failure half way adds: a single PUT loses what it sent and sends everything again; a multipart
+        // upload sends one part again.
+        let single_cost: Vec<f64> = (t.single_put_half_failure_ms.iter())
+            .zip(&t.single_put_ms)
+            .map(|(failed, whole)| failed + whole)
+            .collect();
+        for (way, samples) in [
+            ("single_put", &single_cost),
+            ("multipart", &t.part_retry_ms),
+        ] {
+            let key = format!("transfer_half_failure_cost_ms_{way}_{store}");
+            if let Some(r) = self.summary(&key, samples) {
+                self.figure(&key, r.median);
+            }
         }
         let mib = |b: u64| b as f64 / MIB;
         let ways = [("original", &t.original), ("ours_process", &t.ours)];
@@ -460,6 +479,10 @@ fn rows(report: &Value) -> Vec<(String, String, String)> {
         row(&floor, 3, Some(&floor));
         let vs = format!("transfer_single_put_vs_multipart_{store}");
         row(&vs, 3, Some(&vs));
+        for way in ["single_put", "multipart"] {
+            let cost = format!("transfer_half_failure_cost_ms_{way}_{store}");
+            row(&cost, 0, Some(&cost));
+        }
         row(&format!("transfer_media_rate_mb_per_s_{store}"), 1, None);
         for way in ["original", "ours_process"] {
             let ms = format!("{way}_transfer_ms_256mib_{store}");
