@@ -89,7 +89,8 @@ pub struct NewJob {
     pub max_open: i64,
 }
 
-/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`).
+/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`). The
+/// count is `public.open_jobs_below` (V8): a function, so that its plan is made once per server connection.
 pub async fn insert<C: GenericClient>(
     client: &C,
     job: &NewJob,
@@ -103,14 +104,10 @@ pub async fn insert<C: GenericClient>(
     };
     let row = client
         .query_typed_opt(
-            "WITH open AS (
-                 SELECT count(*) AS n FROM (
-                     SELECT 1 FROM public.jobs
-                      WHERE user_id = $1 AND status IN ('queued', 'processing') LIMIT $9) o
-             ), j AS (
+            "WITH j AS (
                  INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality,
                                           api_model_id, model_type, format, metadata)
-                 SELECT $1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8 FROM open WHERE open.n < $9
+                 SELECT $1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8 WHERE public.open_jobs_below($1, $9)
                  RETURNING id
              ), r AS (
                  INSERT INTO public.job_runs (job_id, user_id, provider_id, provider_name, model_key, webhook_auth,

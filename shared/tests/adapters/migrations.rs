@@ -279,18 +279,31 @@ async fn a_signed_in_client_can_neither_read_nor_write_the_port_tables() {
             format!("SELECT * FROM {table}"),
             format!("INSERT INTO {table} DEFAULT VALUES"),
         ] {
-            let err = as_user(&mut client, user, async |tx| tx.batch_execute(&sql).await)
-                .await
-                .expect_err(&sql);
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{sql}: {err}"
-            );
+            refused(&mut client, user, &sql).await;
         }
     }
+    // Nor call the port's function (Supabase grants every new function in public to its client roles, and
+    // PostgREST would expose it as an RPC).
+    refused(
+        &mut client,
+        user,
+        &format!("SELECT public.open_jobs_below('{user}', 1)"),
+    )
+    .await;
     drop(client);
     tmp.drop().await;
+}
+
+/// `sql` run as the signed-in user fails for want of privilege.
+async fn refused(client: &mut tokio_postgres::Client, user: Uuid, sql: &str) {
+    let err = as_user(client, user, async |tx| tx.batch_execute(sql).await)
+        .await
+        .expect_err(sql);
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{sql}: {err}"
+    );
 }
 
 #[tokio::test]
