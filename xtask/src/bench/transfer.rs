@@ -5,10 +5,10 @@
 //! store takes a whole upload at, so that neither half hides the other.
 //!
 //! Beside it, on the same media and store: one streamed PutObject of as many bytes (`Storage::put_sized`, what the
-//! webhook does when the length is announced); what a failure half way costs each way of uploading, by injection (a
-//! single PUT whose source breaks off half way, one part of the multipart upload sent again); and the original's way — the whole result read into memory, then
-//! one upload — in a process of its own so that its peak RSS is its own, next to ours in the same kind of process
-//! (`way.rs`).
+//! webhook does when the length is announced); what a failure half way costs each way of uploading, by injection
+//! (a single PUT whose source breaks off half way, one part of the multipart upload sent again); and the original's
+//! way — the whole result read into memory, then one upload — in a process of its own so that its peak RSS is its
+//! own, next to ours in the same kind of process (`way.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
