@@ -89,8 +89,9 @@ pub struct NewJob {
     pub max_open: i64,
 }
 
-/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`). The
-/// count is `public.open_jobs_below` (V8): a function, so that its plan is made once per server connection.
+/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`):
+/// `public.insert_job` (V9), a function, so that its statements are planned once per server connection rather
+/// than at every submission (the parameters are in the function's order).
 pub async fn insert<C: GenericClient>(
     client: &C,
     job: &NewJob,
@@ -103,19 +104,9 @@ pub async fn insert<C: GenericClient>(
         None => (None, None),
     };
     let row = client
-        .query_typed_opt(
-            "WITH j AS (
-                 INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality,
-                                          api_model_id, model_type, format, metadata)
-                 SELECT $1, $2, $3, $4, now(), $5, $6, 'sdxl', $7, $8 WHERE public.open_jobs_below($1, $9)
-                 RETURNING id
-             ), r AS (
-                 INSERT INTO public.job_runs (job_id, user_id, provider_id, provider_name, model_key, webhook_auth,
-                     reference_bucket, reference_key, destination, character_id, scene_id, storyboard_clip_id,
-                     post_steps)
-                 SELECT id, $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20 FROM j
-             )
-             SELECT id FROM j",
+        .query_typed_one(
+            "SELECT public.insert_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                                      $18, $19, $20)",
             &[
                 (&job.user_id, Type::UUID),
                 (&job.job_type, Type::TEXT),
@@ -140,7 +131,7 @@ pub async fn insert<C: GenericClient>(
             ],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.get(0))
 }
 
 pub async fn get<C: GenericClient>(

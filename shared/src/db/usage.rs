@@ -22,7 +22,8 @@ pub struct NewUsage {
     pub provider_metadata: Value,
 }
 
-/// The INSERT of [`insert_once`]: `$1`…`$13` are the row's columns.
+/// The INSERT of [`insert_once`]: `$1`…`$13` are the row's columns (in the order of [`params`], which
+/// `public.record_queued_request`'s first parameters follow too).
 const INSERT_ONCE: &str = "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type,
          endpoint_path, request_payload, cost_usd, response_status, response_time_ms, response_payload, error_message,
          provider_metadata)
@@ -41,27 +42,13 @@ pub async fn insert_once<C: GenericClient>(
 
 /// [`insert_once`] and, in the same statement, the provider's request recorded in the job's run (what the
 /// functions act on) and copied into its metadata (what the original's clients read): one round trip and one
-/// commit for all three (the queue route's last step, on the submit's critical path).
+/// commit for all three (the queue route's last step, on the submit's critical path). `public.record_queued_request`
+/// (V9), a function, so that its statements are planned once per server connection rather than at every submission.
 pub async fn insert_once_and_record_request<C: GenericClient>(
     client: &C,
     u: &NewUsage,
     r: &super::runs::ProviderRequest,
 ) -> Result<bool, tokio_postgres::Error> {
-    let sql = format!(
-        "WITH run AS (
-             UPDATE public.job_runs
-                SET request_id = $14, gateway_request_id = $15, status_url = $16, response_url = $17,
-                    cancel_url = $18
-              WHERE job_id = $1
-         ), copy AS (
-             UPDATE public.jobs
-                SET metadata = coalesce(metadata, '{{}}'::jsonb) || jsonb_build_object(
-                    'fal_request_id', $14::text, 'fal_gateway_request_id', $15::text, 'fal_status_url', $16::text,
-                    'fal_response_url', $17::text, 'fal_cancel_url', $18::text)
-              WHERE id = $1
-         )
-         {INSERT_ONCE}"
-    );
     let mut params = params(u).to_vec();
     params.extend([
         (
@@ -73,8 +60,14 @@ pub async fn insert_once_and_record_request<C: GenericClient>(
         (&r.response_url, Type::TEXT),
         (&r.cancel_url, Type::TEXT),
     ]);
-    let rows = client.query_typed(&sql, &params).await?;
-    Ok(!rows.is_empty())
+    let row = client
+        .query_typed_one(
+            "SELECT public.record_queued_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                                                 $16, $17, $18)",
+            &params,
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 fn params(u: &NewUsage) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 13] {

@@ -1,4 +1,5 @@
 use crate::common::{as_user, stack_var, unique, with_database};
+use gen_pipeline::jobs::OPEN_STATUSES_SQL;
 use gen_pipeline::{db, migrations};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
@@ -179,6 +180,52 @@ fn original_tables() -> Vec<String> {
         .collect()
 }
 
+/// The open-jobs bound's functions (V8, V9) spell the open statuses out, as V7's partial index does: they must be
+/// the statuses the guards call open, and the index's predicate must be the count's, or the count stops reading
+/// only that index.
+#[tokio::test]
+async fn the_open_jobs_bound_and_its_index_name_the_open_statuses_of_the_guards() {
+    let tmp = TempDb::new().await;
+    migrations::apply(&tmp.url).await.unwrap();
+    let client = db::connect(&tmp.url).await.unwrap();
+    let open = format!("status IN {OPEN_STATUSES_SQL}");
+    for function in ["open_jobs_below", "insert_job"] {
+        let body: String = client
+            .query_one(
+                "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = 'public'::regnamespace",
+                &[&function],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(body.contains(&open), "{function} does not count {open}");
+    }
+    // Postgres normalises a predicate: compare the index's with that of the same list on a scratch table.
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE open_probe (status text);
+             CREATE INDEX open_probe_idx ON open_probe (status) WHERE {open};"
+        ))
+        .await
+        .unwrap();
+    let predicate = async |index: &str| -> String {
+        client
+            .query_one(
+                "SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = $1::text::regclass",
+                &[&index],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        predicate("public.idx_jobs_open_by_user").await,
+        predicate("open_probe_idx").await
+    );
+    drop(client);
+    tmp.drop().await;
+}
+
 /// Every table of the database outside the system schemas, with whether row level security is on.
 async fn tables(client: &tokio_postgres::Client) -> Vec<(String, bool)> {
     client
@@ -282,12 +329,29 @@ async fn a_signed_in_client_can_neither_read_nor_write_the_port_tables() {
             refused(&mut client, user, &sql).await;
         }
     }
-    // Nor call the port's function (Supabase grants every new function in public to its client roles, and
-    // PostgREST would expose it as an RPC).
+    // Nor call the port's functions (Supabase grants every new function in public to its client roles, and
+    // PostgREST would expose them as RPCs).
     refused(
         &mut client,
         user,
         &format!("SELECT public.open_jobs_below('{user}', 1)"),
+    )
+    .await;
+    let args = "'image_fast', 'p', 'queued', 'fast', NULL, 'image', '{}', 10, NULL, 'fal', 'k', 'none', \
+                NULL, NULL, NULL, NULL, NULL, NULL, '{}'";
+    refused(
+        &mut client,
+        user,
+        &format!("SELECT public.insert_job('{user}', {args})"),
+    )
+    .await;
+    let args = "'image', '/', '{}', 0, NULL, 0, NULL, NULL, '{}', 'r', NULL, NULL, NULL, NULL";
+    refused(
+        &mut client,
+        user,
+        &format!(
+            "SELECT public.record_queued_request(gen_random_uuid(), NULL, NULL, '{user}', {args})"
+        ),
     )
     .await;
     drop(client);
