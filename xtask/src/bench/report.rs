@@ -214,12 +214,11 @@ impl Sections {
             ("complete_ms", &t.complete_ms),
             ("single_put_ms", &t.single_put_ms),
             ("single_put_half_failure_ms", &t.single_put_half_failure_ms),
-            ("part_retry_ms", &t.part_retry_ms),
         ] {
             self.summary(format!("transfer_{store}_{name}"), samples);
         }
         // What a failure half way adds: a single PUT loses what it sent and sends everything again; a multipart
-        // upload sends one part again.
+        // upload sends one part again (the resent part's time: its summary is this figure's).
         let single_cost: Vec<f64> = (t.single_put_half_failure_ms.iter())
             .zip(&t.single_put_ms)
             .map(|(failed, whole)| failed + whole)
