@@ -26,15 +26,56 @@ pub struct Zip {
     pub arch: String,
 }
 
-/// What each figure must stay within (`max`), or `None` where the brief sets no target.
-fn target(key: &str) -> Option<f64> {
+/// A figure's target: a bound it must stay within.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Target {
+    /// `report.json`'s form: `{"max": t}` or `{"min": t}`.
+    fn json(self) -> Value {
+        match self {
+            Target::AtMost(t) => json!({ "max": t }),
+            Target::AtLeast(t) => json!({ "min": t }),
+        }
+    }
+
+    /// Read back from `report.json`'s `targets`.
+    fn from_json(v: &Value) -> Option<Target> {
+        v["max"]
+            .as_f64()
+            .map(Target::AtMost)
+            .or_else(|| v["min"].as_f64().map(Target::AtLeast))
+    }
+
+    fn met(self, value: f64) -> bool {
+        match self {
+            Target::AtMost(t) => value <= t,
+            Target::AtLeast(t) => value >= t,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Target::AtMost(t) => format!("≤ {t}"),
+            Target::AtLeast(t) => format!("≥ {t}"),
+        }
+    }
+}
+
+/// Each figure's target, or `None` where the brief sets none.
+fn target(key: &str) -> Option<Target> {
+    use Target::{AtLeast, AtMost};
     Some(match key {
-        "submit_overhead_ratio" => 1.10,
-        k if k.starts_with("transfer_ratio_to_floor_") => 1.10,
-        k if k.starts_with("init_ratio_vs_hello_") => 1.3,
-        "webhook_peak_rss_mib_1gib" => 40.0,
-        "duplicates" => 0.0,
-        "init_foreign_sockets_fal_image" | "init_foreign_sockets_fal_webhook" => 0.0,
+        "submit_overhead_ratio" => AtMost(1.10),
+        k if k.starts_with("transfer_ratio_to_floor_") => AtMost(1.10),
+        k if k.starts_with("init_ratio_vs_hello_") => AtMost(1.3),
+        "webhook_peak_rss_mib_1gib" => AtMost(40.0),
+        "deliveries_per_s" => AtLeast(200.0),
+        "duplicates" => AtMost(0.0),
+        "init_foreign_sockets_fal_image" | "init_foreign_sockets_fal_webhook" => AtMost(0.0),
         _ => return None,
     })
 }
@@ -280,7 +321,7 @@ impl Sections {
         let targets: Map<String, Value> = self
             .figures
             .keys()
-            .filter_map(|k| target(k).map(|t| (k.clone(), json!({ "max": t }))))
+            .filter_map(|k| target(k).map(|t| (k.clone(), t.json())))
             .collect();
         let mut report = self.figures;
         report.insert(
@@ -370,14 +411,14 @@ pub fn print_table(report: &Value) {
     );
     let targets = &report["targets"];
     for (key, value, spread) in rows {
-        let (target, met) = match targets[&key]["max"].as_f64() {
+        let (target, met) = match Target::from_json(&targets[&key]) {
             Some(t) => {
                 let met = match report[&key].as_f64() {
-                    Some(v) if v <= t => "yes",
+                    Some(v) if t.met(v) => "yes",
                     Some(_) => "NO",
                     None => "",
                 };
-                (format!("≤ {t}"), met)
+                (t.label(), met)
             }
             None => (String::new(), ""),
         };
@@ -505,4 +546,26 @@ fn rows(report: &Value) -> Vec<(String, String, String)> {
         row(&format!("zip_mib_{}", f.replace('-', "_")), 2, None);
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_floor_target_is_met_at_or_above_it_and_a_ceiling_at_or_below_it() {
+        let deliveries = target("deliveries_per_s").expect("deliveries have a target");
+        assert_eq!(Target::from_json(&deliveries.json()), Some(deliveries));
+        assert_eq!(deliveries.label(), "≥ 200");
+        assert!(deliveries.met(200.0) && deliveries.met(405.1));
+        assert!(!deliveries.met(199.9));
+
+        let submit = target("submit_overhead_ratio").expect("submit has a target");
+        assert_eq!(Target::from_json(&submit.json()), Some(submit));
+        assert_eq!(submit.label(), "≤ 1.1");
+        assert!(submit.met(1.1) && !submit.met(1.11));
+
+        assert_eq!(target("zip_mib_fal_image"), None);
+        assert_eq!(Target::from_json(&json!({})), None);
+    }
 }
