@@ -1,17 +1,14 @@
 //! One tracing subscriber for every binary: JSON lines when Lambda's log format is JSON, text otherwise.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Installs the global subscriber once; later calls are no-ops.
-///
-/// The level comes from `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init() {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .or_else(|| std::env::var("AWS_LAMBDA_LOG_LEVEL").ok())
-        .map(|level| level.to_lowercase())
-        .and_then(|level| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+    );
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -26,4 +23,67 @@ pub fn init() {
     } else {
         builder.try_init()
     };
+}
+
+/// The filter from `RUST_LOG` (any `EnvFilter` directives), else Lambda's `AWS_LAMBDA_LOG_LEVEL` (`TRACE` …
+/// `FATAL`), else `info`; an empty variable counts as unset, and directives that do not parse give `info`.
+///
+/// A bare level — what Lambda's setting always is — becomes the filter as it is: the directive parser compiles
+/// its regular expressions on first use, which every cold start would pay for one word.
+fn filter(rust_log: Option<&str>, lambda_level: Option<&str>) -> EnvFilter {
+    let spec = [rust_log, lambda_level]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("info");
+    match level(spec) {
+        Some(level) => EnvFilter::default().add_directive(level.into()),
+        None => EnvFilter::try_new(spec)
+            .unwrap_or_else(|_| EnvFilter::default().add_directive(LevelFilter::INFO.into())),
+    }
+}
+
+/// A level name in any case, or Lambda's `FATAL` (tracing's nearest is `error`).
+fn level(spec: &str) -> Option<LevelFilter> {
+    if spec.eq_ignore_ascii_case("fatal") {
+        return Some(LevelFilter::ERROR);
+    }
+    spec.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max(rust_log: Option<&str>, lambda_level: Option<&str>) -> Option<LevelFilter> {
+        filter(rust_log, lambda_level).max_level_hint()
+    }
+
+    #[test]
+    fn lambda_levels_in_any_case_with_fatal_as_error() {
+        assert_eq!(max(None, Some("DEBUG")), Some(LevelFilter::DEBUG));
+        assert_eq!(max(None, Some("warn")), Some(LevelFilter::WARN));
+        assert_eq!(max(None, Some("FATAL")), Some(LevelFilter::ERROR));
+    }
+
+    #[test]
+    fn rust_log_wins_and_keeps_its_directives() {
+        assert_eq!(max(Some("warn"), Some("DEBUG")), Some(LevelFilter::WARN));
+        assert_eq!(
+            max(Some("info,gen_pipeline=trace"), None),
+            Some(LevelFilter::TRACE)
+        );
+    }
+
+    #[test]
+    fn unset_empty_or_unparsable_gives_info() {
+        assert_eq!(max(None, None), Some(LevelFilter::INFO));
+        assert_eq!(max(Some(" "), None), Some(LevelFilter::INFO));
+        assert_eq!(max(Some(""), Some("ERROR")), Some(LevelFilter::ERROR));
+        assert_eq!(
+            max(Some("gen_pipeline=loud"), None),
+            Some(LevelFilter::INFO)
+        );
+    }
 }

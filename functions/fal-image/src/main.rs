@@ -12,10 +12,10 @@ use lambda_http::{Error, run, service_fn};
 // The same cold-start wiring as fal-webhook: each binary keeps its own main (STYLE.md: thin entry points).
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    gen_pipeline::telemetry::init();
-    // The extension registers (a round trip to the runtime API) while the state is built.
+    // The extension registers (a round trip to the runtime API) while the logger and the state are built.
     let (background, runner) = after_response::channel();
     let registering = tokio::spawn(runner.register());
+    gen_pipeline::telemetry::init();
     let state = Arc::new(AppState::from_env().await?);
     let extension = registering.await??;
     let handler = service_fn(move |req| {
