@@ -632,15 +632,8 @@ fn unix_ms() -> u64 {
 /// any other test's job, and the pass looks at jobs older than 9 days.
 async fn reconcile_only(job_id: &str) -> gen_pipeline::reconcile::ReconcileReport {
     let id = Uuid::parse_str(job_id).unwrap();
-    let client = db().await;
-    client
-        .execute(
-            "UPDATE public.jobs SET started_at = now() - interval '10 days' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    client
+    age_job(job_id, "10 days").await;
+    db().await
         .execute(
             "UPDATE public.job_reconcile_checks SET checked_at = now() - interval '10 days' WHERE job_id = $1",
             &[&id],

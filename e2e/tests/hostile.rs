@@ -376,23 +376,6 @@ fn webhook_token(job_id: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The reconciler
-// ---------------------------------------------------------------------------------------------------------
-
-/// Makes a job look `age` old to the reconciler (setup standing in for the hour that passes).
-async fn age_job(job_id: &str, age: &str) {
-    let db = db().await;
-    for sql in [
-        format!("UPDATE public.jobs SET started_at = now() - interval '{age}' WHERE id = $1"),
-        format!(
-            "UPDATE public.job_runs SET created_at = now() - interval '{age}' WHERE job_id = $1"
-        ),
-    ] {
-        db.execute(&sql, &[&id(job_id)]).await.unwrap();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------------------
 

@@ -200,6 +200,15 @@ pub struct Completion<'a> {
     pub usage: UsageSettlement,
 }
 
+/// The result's video length in seconds as the provider reports it (`video.duration`, else `duration`).
+pub fn video_duration(output: &Value) -> Option<&Value> {
+    output
+        .get("video")
+        .and_then(|v| v.get("duration"))
+        .or_else(|| output.get("duration"))
+        .filter(|d| d.is_number())
+}
+
 impl<'a> Completion<'a> {
     /// A queued job's result (webhook delivery or reconciler): the request's summary as `fal_webhook_payload`, the
     /// caller's `extra` metadata keys, and the usage row written at submit completed.
@@ -215,6 +224,7 @@ impl<'a> Completion<'a> {
                 "seed": output.get("seed"),
                 "timings": output.get("timings"),
             },
+            "video_duration": video_duration(output),
         });
         if let (Some(m), Value::Object(extra)) = (metadata.as_object_mut(), extra) {
             m.extend(extra);
@@ -372,16 +382,21 @@ async fn complete_claimed(
     let asset_id = match committed {
         Ok(Some(id)) => id,
         Ok(None) => {
-            // Cancelled (or failed) while we transferred: keep it so, and leave no object behind.
-            remove_objects(state, settings, job).await;
+            // Cancelled (or failed) while we transferred: keep it so, and leave no object behind. Completed by
+            // another caller (one that took the claim over after our lease ran out, while our database was
+            // unreachable): the object under the job's key is the one its asset names, and stays.
             let status = current_status(state, settings, job.id).await?;
+            if status != JobStatus::Completed {
+                remove_objects(state, settings, job).await;
+            }
             return Ok(Outcome::AlreadyTerminal(status));
         }
         Err(e) => {
-            // The commit's fate is unknown until the job is read back: only a job seen still open loses the
-            // object (the retry that completes it writes it again). If the database cannot tell, the object
-            // stays; cancelling or failing the job later removes it.
-            if still_open(state, settings, job.id).await == Some(true) {
+            // The commit's fate is unknown until the job is read back: only a job seen still open, and not
+            // claimed by another caller since (who writes the same keys), loses the object (the retry that
+            // completes it writes it again). If the database cannot tell, the object stays; cancelling or
+            // failing the job later removes it.
+            if still_ours(state, settings, job.id, holder).await == Some(true) {
                 remove_objects(state, settings, job).await;
             }
             return Err(e);
@@ -571,10 +586,17 @@ async fn commit_completion(
     Ok(Some(asset_id))
 }
 
-async fn still_open(state: &AppState, settings: &Settings, job_id: Uuid) -> Option<bool> {
+/// Whether the job is still open and no other caller holds its claim (`None`: the database cannot tell).
+async fn still_ours(
+    state: &AppState,
+    settings: &Settings,
+    job_id: Uuid,
+    holder: Uuid,
+) -> Option<bool> {
     let client = state.db_client(settings).await.ok()?;
     let job = db::jobs::get(&**client, job_id).await.ok()??;
-    Some(!job.status.is_terminal())
+    let claimed_by = db::claims::holder(&**client, job_id).await.ok()?;
+    Some(!job.status.is_terminal() && claimed_by.is_none_or(|h| h == holder))
 }
 
 /// Deletes the job's result objects by their exact keys (every key a result of the job can have), best effort:

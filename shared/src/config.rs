@@ -15,7 +15,7 @@ pub const DEFAULT_FAL_JWKS_URL: &str = "https://rest.alpha.fal.ai/.well-known/jw
 pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str =
     "fal.media,*.fal.media,replicate.delivery,*.replicate.delivery";
 /// Lambda's longest function timeout (fal-webhook's and the reconciler's in `template.yaml`).
-const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
+pub(crate) const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

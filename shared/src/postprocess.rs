@@ -72,7 +72,7 @@ pub async fn run_steps(
     if job.status != JobStatus::Completed {
         return Ok(Vec::new());
     }
-    let Some(mut asset) = db::assets::for_job(&**client, job_id).await? else {
+    let Some(mut asset) = db::assets::for_job(&**client, job_id, job.user_id).await? else {
         return Ok(Vec::new());
     };
     drop(client);
@@ -340,18 +340,23 @@ async fn clip_link(
 async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessError> {
     let (state, settings, job, asset) = (step.state, step.settings, step.job, step.asset);
     if asset.asset_type != "video" {
+        // Nothing for a clip to show, decided once: recorded, so that the reconciler does not come back for it.
+        let client = state.db_client(settings).await?;
+        let skipped = json!({ "skipped": "the result is not a video" });
+        pp::record_step(&**client, job.id, STEP_STORYBOARD, &skipped).await?;
         return Ok(false);
     }
     let c = &settings.config;
     let url = clip_link(state, settings, &asset.temp_storage_path).await?;
+    // The queued routes record the length (`Completion::queued`); a sync run keeps the whole response.
     let duration = job
         .metadata
-        .get("fal_webhook_payload")
-        .or_else(|| job.metadata.get("fal_response"))
-        .and_then(|p| {
-            p.get("video")
-                .and_then(|v| v.get("duration"))
-                .or_else(|| p.get("duration"))
+        .get("video_duration")
+        .filter(|d| d.is_number())
+        .or_else(|| {
+            job.metadata
+                .get("fal_response")
+                .and_then(crate::completion::video_duration)
         })
         .and_then(Value::as_f64)
         .unwrap_or(5.0);

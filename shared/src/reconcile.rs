@@ -1,21 +1,24 @@
 //! `reconcile_stale_jobs`: the lost-webhook reconciler. fal never drops a queued request, but a webhook can be
-//! lost; every async job still `queued` past a threshold is asked about at fal's stored `status_url`. A result
-//! completes the job through the SAME completion core as the webhook (so a late webhook and the reconciler race
-//! safely); a failed request, an unknown one, or a job past the deadline is failed with a clear reason. It also
-//! re-runs post-processing that did not record completion. Bounded work per run; safe on several instances.
+//! lost; every job of ours still open past a threshold is asked about at the provider's stored `status_url`. A
+//! result completes the job through the SAME completion core as the webhook (so a late webhook and the reconciler
+//! race safely); a failed request, an unknown one, a sync run whose function stopped, or a job past the deadline
+//! (whatever fault is in the way then) is failed with a clear reason. It also re-runs post-processing steps that
+//! did not record completion. Bounded work per run, least recently checked first; safe on several instances.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::completion::{self, Completion, Outcome};
-use crate::config::Settings;
+use crate::config::{MAX_FUNCTION_TIMEOUT_SECS, Settings};
 use crate::db;
 use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::fal::types::QueueState;
+use crate::jobs::JobStatus;
 use crate::provider::ProviderError;
 use crate::replicate::PredictionStatus;
 use crate::state::AppState;
@@ -64,7 +67,7 @@ pub async fn reconcile_stale_jobs(
     let pending = async {
         let client = state.db_client(settings).await?;
         Ok::<_, db::DbError>(
-            db::reconcile::completed_needing_post_processing(
+            db::reconcile::take_post_processing_backlog(
                 &**client,
                 Duration::from_secs(120),
                 opts.batch,
@@ -100,7 +103,7 @@ async fn take(
     opts: ReconcileOptions,
 ) -> Result<Vec<Uuid>, db::DbError> {
     let client = state.db_client(settings).await?;
-    Ok(db::reconcile::take_stale_queued(&**client, opts.older_than, opts.batch).await?)
+    Ok(db::reconcile::take_stale_open(&**client, opts.older_than, opts.batch).await?)
 }
 
 enum Verdict {
@@ -139,29 +142,71 @@ async fn reconcile_one(
             _ => return Ok(Verdict::Skipped),
         }
     };
-    let asked = match job.run.as_ref().map(|r| r.provider_name.as_str()) {
-        Some("replicate") => ask_replicate(state, settings, &job, opts).await?,
-        _ => ask_fal(state, settings, &job, opts).await?,
+    // Past the deadline, a fault that lasts (the provider's answer, our storage) fails the job rather than
+    // leaving it open for the next pass to retry forever.
+    let past_deadline = past_deadline(&job, opts);
+    let asked = match ask(state, settings, &job, opts).await {
+        Ok(asked) => asked,
+        Err(e) if past_deadline => {
+            tracing::warn!(job_id = %job.id, error = %e, "the provider could not be asked; the deadline has passed");
+            FalAnswer::Fail(gave_up(opts, "its provider could not be asked"))
+        }
+        Err(e) => return Err(e),
     };
     let (output, usage) = match asked {
         FalAnswer::Output(output, usage) => (output, usage),
         FalAnswer::Running => return Ok(Verdict::Running),
-        FalAnswer::Fail(message) => {
-            let moved = completion::fail(state, settings, &job, &message).await?;
-            return Ok(if moved {
-                Verdict::Failed
-            } else {
-                Verdict::Skipped
-            });
-        }
+        FalAnswer::Fail(message) => return fail(state, settings, &job, &message).await,
     };
+    match complete(state, settings, &job, &output, usage).await {
+        Err(e) if past_deadline => {
+            tracing::warn!(job_id = %job.id, error = %e, "the result could not be stored; the deadline has passed");
+            fail(
+                state,
+                settings,
+                &job,
+                &gave_up(opts, "its result could not be stored"),
+            )
+            .await
+        }
+        verdict => verdict,
+    }
+}
+
+fn gave_up(opts: ReconcileOptions, why: &str) -> String {
+    let secs = opts.deadline.as_secs();
+    format!("The job did not finish within {secs} s: {why}")
+}
+
+async fn fail(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    message: &str,
+) -> Result<Verdict, ReconcileError> {
+    let moved = completion::fail(state, settings, job, message).await?;
+    Ok(if moved {
+        Verdict::Failed
+    } else {
+        Verdict::Skipped
+    })
+}
+
+/// Completes the job with the provider's output through the completion core, then post-processes it.
+async fn complete(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    output: &Value,
+    usage: Value,
+) -> Result<Verdict, ReconcileError> {
     let request_id = job
         .run
         .as_ref()
         .and_then(|r| r.request_id())
         .map(str::to_owned);
     let extra = json!({ "reconciled": true });
-    let mut completion = Completion::queued(&job, &output, request_id, extra);
+    let mut completion = Completion::queued(job, output, request_id, extra);
     completion.add_usage_metadata(usage);
     let outcome = completion::complete(state, settings, completion).await?;
     Ok(match outcome {
@@ -172,6 +217,35 @@ async fn reconcile_one(
         Outcome::Failed(_) => Verdict::Failed,
         Outcome::AlreadyTerminal(_) | Outcome::Busy => Verdict::Skipped,
     })
+}
+
+/// Asks the job's provider about it; a sync run whose function has certainly stopped is not asked.
+async fn ask(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    opts: ReconcileOptions,
+) -> Result<FalAnswer, ReconcileError> {
+    if interrupted_sync_run(job, Utc::now()) {
+        return Ok(FalAnswer::Fail(INTERRUPTED.into()));
+    }
+    match job.run.as_ref().map(|r| r.provider_name.as_str()) {
+        Some("replicate") => ask_replicate(state, settings, job, opts).await,
+        _ => ask_fal(state, settings, job, opts).await,
+    }
+}
+
+const INTERRUPTED: &str =
+    "The generation did not finish: the function running it stopped before storing a result";
+
+/// A `processing` job with no provider request recorded is a sync run (or a sync fallback): only the invocation
+/// that started it could finish it, and no invocation outlives Lambda's longest timeout.
+fn interrupted_sync_run(job: &JobRecord, now: DateTime<Utc>) -> bool {
+    let Some(run) = job.run.as_ref() else {
+        return false;
+    };
+    let limit = chrono::Duration::seconds(MAX_FUNCTION_TIMEOUT_SECS as i64);
+    job.status == JobStatus::Processing && run.request.is_none() && now - run.created_at > limit
 }
 
 /// What the provider says about a stale job's request.
@@ -211,11 +285,13 @@ async fn ask_replicate(
     let usage = json!({ "provider": "replicate", "metrics": prediction.metrics });
     Ok(match prediction.status {
         PredictionStatus::Succeeded => FalAnswer::Output(prediction.canonical_output(), usage),
-        PredictionStatus::Failed | PredictionStatus::Canceled => FalAnswer::Fail(
-            prediction
-                .error
-                .unwrap_or_else(|| "Replicate prediction failed".to_owned()),
-        ),
+        PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
+            FalAnswer::Fail(
+                prediction
+                    .error
+                    .unwrap_or_else(|| "Replicate prediction failed".to_owned()),
+            )
+        }
         _ if past_deadline(job, opts) => {
             if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
                 let _ = replicate.cancel(&cancel_url).await;
@@ -227,10 +303,12 @@ async fn ask_replicate(
     })
 }
 
+/// Whether the job's run was written longer ago than the deadline (the server's clock, not `jobs.started_at`).
 fn past_deadline(job: &JobRecord, opts: ReconcileOptions) -> bool {
-    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or_default();
-    job.started_at
-        .is_some_and(|t| chrono::Utc::now() - t > deadline)
+    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or(chrono::Duration::MAX);
+    job.run
+        .as_ref()
+        .is_some_and(|r| Utc::now() - r.created_at > deadline)
 }
 
 /// A job with no request recorded: failed once past the deadline, else left running.
@@ -280,7 +358,9 @@ async fn ask_fal(
     }
     match fal.result(&response_url).await {
         Ok(output) => Ok(FalAnswer::Output(output, json!({}))),
-        Err(e) if e.is_caller_error() => Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}"))),
+        Err(e) if e.rejects_the_request() => {
+            Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}")))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -25,6 +25,8 @@ struct SecretJson {
     jwt_secret: Option<String>,
     #[serde(rename = "STORAGE_SIGNING_KEY", default)]
     storage_signing_key: Option<String>,
+    #[serde(rename = "STORAGE_SIGNING_KEY_PREVIOUS", default)]
+    storage_signing_key_previous: Option<String>,
     #[serde(rename = "REPLICATE_API_TOKEN", default)]
     replicate_api_token: Option<String>,
     #[serde(rename = "REPLICATE_WEBHOOK_SIGNING_SECRET", default)]
@@ -45,6 +47,9 @@ pub struct AppSecrets {
     pub jwt_secret: Option<SecretString>,
     /// Key of the storage links' tokens (`storage_links`); `None` turns storage signing off.
     pub storage_signing_key: Option<SecretString>,
+    /// The key before the last rotation: links signed with it keep working until their own expiry, or until it is
+    /// removed from the secret. New links are signed with the current key only.
+    pub storage_signing_key_previous: Option<SecretString>,
     /// Replicate's API token and its account's webhook signing secret (`whsec_…`): both, or Replicate models are
     /// answered 503.
     pub replicate: Option<ReplicateSecrets>,
@@ -89,6 +94,7 @@ impl AppSecrets {
             database_url: SecretString::from(raw.database_url),
             jwt_secret: raw.jwt_secret.and_then(non_empty),
             storage_signing_key: raw.storage_signing_key.and_then(non_empty),
+            storage_signing_key_previous: raw.storage_signing_key_previous.and_then(non_empty),
             replicate: raw
                 .replicate_api_token
                 .and_then(non_empty)

@@ -185,17 +185,25 @@ pub fn verify(
     path: &str,
     token: &str,
 ) -> Result<(), LinkError> {
-    let key = DecodingKey::from_secret(signing_key(settings)?.expose_secret().as_bytes());
+    let current = signing_key(settings)?;
+    let previous = settings.secrets.storage_signing_key_previous.as_ref();
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp"]);
-    let claims = decode::<LinkClaims>(token, &key, &validation)
-        .map_err(|e| match e.kind() {
+    // The current key, then the one before the last rotation (links handed out before it stay valid).
+    let mut outcome = Err(LinkError::BadToken);
+    for key in std::iter::once(current).chain(previous) {
+        let key = DecodingKey::from_secret(key.expose_secret().as_bytes());
+        outcome = decode::<LinkClaims>(token, &key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => LinkError::Expired,
             _ => LinkError::BadToken,
-        })?
-        .claims;
+        });
+        if !matches!(outcome, Err(LinkError::BadToken)) {
+            break;
+        }
+    }
+    let claims = outcome?.claims;
     if claims.url != format!("{}/{path}", bucket.name()) {
         return Err(LinkError::OtherPath);
     }
@@ -240,11 +248,13 @@ mod tests {
     use std::sync::Arc;
 
     fn settings() -> Settings {
-        let secrets = AppSecrets::from_json(
-            "s",
-            r#"{"FAL_KEY":"k","DATABASE_URL":"postgres://x","STORAGE_SIGNING_KEY":"links"}"#,
-        )
-        .unwrap();
+        settings_with(r#""STORAGE_SIGNING_KEY":"links""#)
+    }
+
+    /// Settings whose secret holds these storage keys (a JSON fragment).
+    fn settings_with(keys: &str) -> Settings {
+        let json = format!(r#"{{"FAL_KEY":"k","DATABASE_URL":"postgres://x",{keys}}}"#);
+        let secrets = AppSecrets::from_json("s", &json).unwrap();
         let config =
             Config::from_lookup(|k| (k == "APP_SECRET_ID").then(|| "s".to_owned())).unwrap();
         Settings {
@@ -287,6 +297,32 @@ mod tests {
         assert_eq!(
             verify(&s, Bucket::WorkspaceTemp, &path, &forged),
             Err(LinkError::BadToken)
+        );
+    }
+
+    #[test]
+    fn after_a_rotation_links_of_the_previous_key_verify_and_new_ones_use_the_current_key() {
+        let me = Uuid::new_v4();
+        let path = format!("{me}/clip.mp4");
+        let ttl = Duration::from_secs(600);
+        let before = settings_with(r#""STORAGE_SIGNING_KEY":"old""#);
+        let old_link = sign_for_user(&before, me, Bucket::WorkspaceTemp, &path, ttl).unwrap();
+        let rotated =
+            settings_with(r#""STORAGE_SIGNING_KEY":"new","STORAGE_SIGNING_KEY_PREVIOUS":"old""#);
+        let new_link = sign_for_user(&rotated, me, Bucket::WorkspaceTemp, &path, ttl).unwrap();
+
+        let at = |s: &Settings, link: &str| verify(s, Bucket::WorkspaceTemp, &path, token_of(link));
+        assert_eq!(at(&rotated, &old_link), Ok(()));
+        assert_eq!(at(&rotated, &new_link), Ok(()));
+        assert_eq!(at(&before, &new_link), Err(LinkError::BadToken));
+        // Once the previous key is dropped from the secret, its links stop working.
+        let dropped = settings_with(r#""STORAGE_SIGNING_KEY":"new""#);
+        assert_eq!(at(&dropped, &old_link), Err(LinkError::BadToken));
+        // A link of the previous key still names only its own object.
+        let other = format!("{me}/other.mp4");
+        assert_eq!(
+            verify(&rotated, Bucket::WorkspaceTemp, &other, token_of(&old_link)),
+            Err(LinkError::OtherPath)
         );
     }
 

@@ -1,7 +1,12 @@
 //! One tracing subscriber for every binary: JSON lines when Lambda's log format is JSON, text otherwise.
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The project's crates: the only ones that may log at `trace`.
+const OWN_CRATES: [&str; 4] = ["gen_pipeline", "fal_image", "fal_webhook", "reconciler"];
 
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {
@@ -19,10 +24,21 @@ pub fn init() {
             .json()
             .with_current_span(false)
             .without_time()
+            .finish()
+            .with(dependency_cap())
             .try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(dependency_cap()).try_init()
     };
+}
+
+/// Other crates log at most at `debug`, whatever the level asked for: at `trace`, lambda_runtime logs every raw
+/// invocation event, whose query string carries a webhook's token or secret and whose headers a caller's bearer
+/// token. Built without parsing, so it costs the cold start nothing measurable.
+fn dependency_cap() -> Targets {
+    Targets::new()
+        .with_targets(OWN_CRATES.map(|c| (c, LevelFilter::TRACE)))
+        .with_default(LevelFilter::DEBUG)
 }
 
 /// The filter from `RUST_LOG` (any `EnvFilter` directives), else Lambda's `AWS_LAMBDA_LOG_LEVEL` (`TRACE` …
@@ -74,6 +90,20 @@ mod tests {
             max(Some("info,gen_pipeline=trace"), None),
             Some(LevelFilter::TRACE)
         );
+    }
+
+    #[test]
+    fn at_trace_only_our_crates_log_it() {
+        let cap = dependency_cap();
+        for own in OWN_CRATES {
+            assert!(cap.would_enable(&format!("{own}::webhook"), &tracing::Level::TRACE));
+        }
+        // lambda_runtime's raw event (a webhook URL's token, a bearer token) is logged at trace.
+        let raw_event = "lambda_runtime::layers::api_response";
+        assert!(!cap.would_enable(raw_event, &tracing::Level::TRACE));
+        assert!(cap.would_enable(raw_event, &tracing::Level::DEBUG));
+        assert!(!cap.would_enable("lambda_http", &tracing::Level::TRACE));
+        assert!(!cap.would_enable("hyper_util::client", &tracing::Level::TRACE));
     }
 
     #[test]

@@ -131,15 +131,16 @@ pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
 /// `canceled` its error.
 pub fn parse_prediction(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
     let p: Prediction = serde_json::from_slice(body).map_err(|_| DeliveryError::BadJson)?;
-    let outcome = match p.status {
-        PredictionStatus::Succeeded => WebhookOutcome::Ok(p.canonical_output()),
-        PredictionStatus::Failed | PredictionStatus::Canceled => WebhookOutcome::Error(
-            p.error
-                .clone()
-                .unwrap_or_else(|| format!("Replicate prediction {:?}", p.status).to_lowercase()),
-        ),
-        PredictionStatus::Starting | PredictionStatus::Processing => WebhookOutcome::NotOver,
-    };
+    let outcome =
+        match p.status {
+            PredictionStatus::Succeeded => WebhookOutcome::Ok(p.canonical_output()),
+            PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
+                WebhookOutcome::Error(p.error.clone().unwrap_or_else(|| {
+                    format!("Replicate prediction {:?}", p.status).to_lowercase()
+                }))
+            }
+            PredictionStatus::Starting | PredictionStatus::Processing => WebhookOutcome::NotOver,
+        };
     Ok(WebhookBody {
         request_id: Some(p.id).filter(|id| !id.is_empty()),
         outcome,
@@ -178,10 +179,7 @@ pub async fn complete_from_webhook(
         Ok(output) => output,
         Err(failed) => return Ok((failed, None)),
     };
-    let extra = json!({
-        "webhook_processed": true,
-        "video_duration": output.get("video").and_then(|v| v.get("duration")),
-    });
+    let extra = json!({ "webhook_processed": true });
     let mut completion = Completion::queued(&job, &output, Some(request_id), extra);
     completion.add_usage_metadata(parsed.usage);
     let outcome = completion::complete(state, settings, completion).await?;
@@ -215,7 +213,7 @@ async fn output_of(
             };
             match state.fal(settings).result(&url).await {
                 Ok(output) => return Ok(Ok(output)),
-                Err(e) if e.is_caller_error() => format!("fal.ai result failed: {e}"),
+                Err(e) if e.rejects_the_request() => format!("fal.ai result failed: {e}"),
                 Err(e) => return Err(DeliveryError::Provider(e)),
             }
         }

@@ -490,6 +490,42 @@ async fn a_character_portrait_updates_the_character_and_library_once_even_when_r
 }
 
 #[tokio::test]
+async fn a_portrait_naming_its_character_without_an_id_updates_the_callers_latest_character_of_that_name()
+ {
+    let (other, _) = user().await;
+    let (user, jwt) = user().await;
+    let (older, latest, others) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let client = db().await;
+    for (id, owner, updated) in [
+        (older, user, "2026-01-01"),
+        (latest, user, "2026-06-01"),
+        // Another user's character of the same name, updated last: never the caller's.
+        (others, other, "2026-12-01"),
+    ] {
+        client
+            .execute(
+                "INSERT INTO public.characters (id, user_id, name, updated_at) VALUES ($1, $2, 'Cy', $3::text::timestamptz)",
+                &[&id, &owner, &updated],
+            )
+            .await
+            .unwrap();
+    }
+    let metadata = json!({"destination": "character_portrait", "characterName": "Cy"});
+    let (job_id, row) =
+        post_processed_once(&jwt, user, "portrait of Cy", metadata, "character_portrait").await;
+
+    assert_eq!(row["character_id"], json!(latest));
+    assert_eq!(row["storage_path"], format!("{user}/{job_id}_{latest}.png"));
+    let image_urls: Vec<Option<String>> = first_column(
+        &client,
+        "SELECT image_url FROM public.characters WHERE id = ANY($1) ORDER BY updated_at",
+        &[&vec![older, others]],
+    )
+    .await;
+    assert_eq!(image_urls, vec![None, None]);
+}
+
+#[tokio::test]
 async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
     let (user, jwt) = user().await;
     let character = Uuid::new_v4();

@@ -182,13 +182,7 @@ async fn a_lost_replicate_webhook_is_completed_by_the_reconciler() {
         prediction(&prediction_id).await["status"] == "succeeded"
     })
     .await;
-    db().await
-        .execute(
-            "UPDATE public.jobs SET started_at = now() - interval '62 minutes' WHERE id = $1",
-            &[&Uuid::parse_str(&job_id).unwrap()],
-        )
-        .await
-        .unwrap();
+    age_job(&job_id, "62 minutes").await;
     reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
     let j = job(&job_id).await;
     assert_eq!(j["status"], "completed", "{j}");

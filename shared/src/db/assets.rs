@@ -69,16 +69,19 @@ pub async fn insert_once<C: GenericClient>(
     Ok(row.get(0))
 }
 
-/// The job's first asset.
+/// The job's first asset among its owner's rows: anyone may insert `workspace_assets` rows of their own under
+/// another user's `job_id` (RLS checks only `user_id`), and those are never the job's.
 pub async fn for_job<C: GenericClient>(
     client: &C,
     job_id: Uuid,
+    owner: Uuid,
 ) -> Result<Option<AssetRow>, tokio_postgres::Error> {
     Ok(client
         .query_typed_opt(
             "SELECT id, asset_type, temp_storage_path, thumbnail_path, mime_type, file_size_bytes
-               FROM public.workspace_assets WHERE job_id = $1 ORDER BY asset_index LIMIT 1",
-            &[(&job_id, Type::UUID)],
+               FROM public.workspace_assets WHERE job_id = $1 AND user_id = $2
+              ORDER BY asset_index LIMIT 1",
+            &[(&job_id, Type::UUID), (&owner, Type::UUID)],
         )
         .await?
         .map(|r| AssetRow {

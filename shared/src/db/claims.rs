@@ -75,6 +75,20 @@ pub async fn release<C: GenericClient>(
     Ok(())
 }
 
+/// Who holds the job's claim, if anyone (a lease that ran out still names its holder until taken over).
+pub async fn holder<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = client
+        .query_typed_opt(
+            "SELECT holder FROM public.job_completion_claims WHERE job_id = $1",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Drops any claim on a job that just became terminal (cancelled or failed): a holder that lost its database
 /// connection could not release it, and nobody will complete the job any more.
 pub async fn clear<C: GenericClient>(

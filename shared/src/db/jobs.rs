@@ -214,6 +214,9 @@ pub async fn transition<C: GenericClient>(
     }
     let to_str = to.as_str();
     let terminal = to.is_terminal();
+    // Postgres refuses U+0000 in text and jsonb; a provider's error text can carry one, and would fail every retry.
+    let error_message = error_message.map(|m| m.replace('\0', ""));
+    let patch = crate::json::without_nul(patch);
     let rows = client
         .query_typed(
             "UPDATE public.jobs
@@ -228,7 +231,7 @@ pub async fn transition<C: GenericClient>(
                 (&to_str, Type::TEXT),
                 (&error_message, Type::TEXT),
                 (&terminal, Type::BOOL),
-                (patch, Type::JSONB),
+                (&patch, Type::JSONB),
                 (&from, Type::TEXT_ARRAY),
             ],
         )

@@ -188,6 +188,23 @@ pub async fn complete_storyboard_clip<C: GenericClient>(
     Ok(())
 }
 
+/// The caller's character of that name, the most recently updated one: the original's portrait lookup when a
+/// request names its character but gives no id.
+pub async fn character_by_name<C: GenericClient>(
+    client: &C,
+    user_id: Uuid,
+    name: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    Ok(client
+        .query_typed_opt(
+            "SELECT id FROM public.characters WHERE user_id = $1 AND name = $2
+              ORDER BY updated_at DESC NULLS LAST LIMIT 1",
+            &[(&user_id, Type::UUID), (&name, Type::TEXT)],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// Whether the user may target these rows: a character of theirs, a scene of one of their characters, a clip
 /// open for them ([`CLIP_OPEN_FOR`]). An absent id passes. One round trip for all three.
 pub async fn targets_allowed<C: GenericClient>(

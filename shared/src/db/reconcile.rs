@@ -1,4 +1,8 @@
 //! Queries of the lost-webhook reconciler.
+//!
+//! Both pick jobs by what the functions wrote (`job_runs`), least recently checked first, and record the check in
+//! `job_reconcile_checks`: an owner can insert and rewrite their own `jobs` rows (status, `started_at`), so rows
+//! of theirs never crowd a pass or come back to the front of it.
 
 use std::time::Duration;
 
@@ -6,57 +10,68 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-/// Takes up to `limit` queued jobs older than `older_than` that were not checked within `older_than`, and
-/// records the check; concurrent runs skip each other's rows.
-pub async fn take_stale_queued<C: GenericClient>(
+use crate::jobs::OPEN_STATUSES_SQL;
+
+/// Takes up to `limit` open (`queued` or `processing`) jobs whose run the functions wrote more than `older_than`
+/// ago and that were not checked within `older_than`, and records the check; concurrent runs skip each other's
+/// rows.
+pub async fn take_stale_open<C: GenericClient>(
     client: &C,
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let secs = older_than.as_secs_f64();
-    let rows = client
-        .query_typed(
-            "WITH candidates AS (
-                 SELECT j.id
-                   FROM public.jobs j
-                   LEFT JOIN public.job_reconcile_checks r ON r.job_id = j.id
-                  WHERE j.status = 'queued'
-                    AND j.started_at < now() - make_interval(secs => $1)
-                    AND (r.checked_at IS NULL OR r.checked_at < now() - make_interval(secs => $1))
-                  ORDER BY coalesce(r.checked_at, j.started_at)
-                  LIMIT $2
-                  FOR UPDATE OF j SKIP LOCKED)
-             INSERT INTO public.job_reconcile_checks (job_id)
-             SELECT id FROM candidates
-             ON CONFLICT (job_id) DO UPDATE
-                SET checked_at = now(), checks = public.job_reconcile_checks.checks + 1
-             RETURNING job_id",
-            &[(&secs, Type::FLOAT8), (&limit, Type::INT8)],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let filter = format!(
+        "j.status IN {OPEN_STATUSES_SQL} AND run.created_at < now() - make_interval(secs => $1)"
+    );
+    take(client, &filter, "run.created_at", older_than, limit).await
 }
 
-/// Completed jobs of the last day that ask for post-processing, for a re-run of steps that did not record
-/// completion (the re-run skips recorded steps).
-pub async fn completed_needing_post_processing<C: GenericClient>(
+/// Takes up to `limit` jobs completed within the last day (and more than `settle` ago) with a post-processing
+/// step of their run not recorded, not checked within `settle`, and records the check: the re-run skips recorded
+/// steps, and a job whose step cannot be recorded waits its turn behind the others.
+pub async fn take_post_processing_backlog<C: GenericClient>(
     client: &C,
     settle: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let secs = settle.as_secs_f64();
-    let rows = client
-        .query_typed(
-            "SELECT j.id FROM public.jobs j JOIN public.job_runs r ON r.job_id = j.id
-              WHERE j.status = 'completed'
+    let filter = "j.status = 'completed'
                 AND j.completed_at > now() - interval '1 day'
                 AND j.completed_at < now() - make_interval(secs => $1)
-                AND cardinality(r.post_steps) > 0
-                AND NOT EXISTS (SELECT 1 FROM public.job_postprocessing p WHERE p.job_id = j.id)
-              ORDER BY j.completed_at
-              LIMIT $2",
-            &[(&secs, Type::FLOAT8), (&limit, Type::INT8)],
-        )
+                AND EXISTS (SELECT 1 FROM unnest(run.post_steps) AS s(step)
+                             WHERE NOT EXISTS (SELECT 1 FROM public.job_postprocessing p
+                                                WHERE p.job_id = j.id AND p.step = s.step))";
+    take(client, filter, "j.completed_at", settle, limit).await
+}
+
+/// Up to `$2` jobs with a run matching `filter`, not checked within `$1` seconds (`age`), least recently checked
+/// (else by `since`) first, locked past concurrent passes; their check recorded, their ids returned.
+async fn take<C: GenericClient>(
+    client: &C,
+    filter: &str,
+    since: &str,
+    age: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH candidates AS (
+             SELECT j.id
+               FROM public.jobs j
+               JOIN public.job_runs run ON run.job_id = j.id
+               LEFT JOIN public.job_reconcile_checks r ON r.job_id = j.id
+              WHERE {filter}
+                AND (r.checked_at IS NULL OR r.checked_at < now() - make_interval(secs => $1))
+              ORDER BY coalesce(r.checked_at, {since})
+              LIMIT $2
+              FOR UPDATE OF j SKIP LOCKED)
+         INSERT INTO public.job_reconcile_checks (job_id)
+         SELECT id FROM candidates
+         ON CONFLICT (job_id) DO UPDATE
+            SET checked_at = now(), checks = public.job_reconcile_checks.checks + 1
+         RETURNING job_id"
+    );
+    let secs = age.as_secs_f64();
+    let rows = client
+        .query_typed(&sql, &[(&secs, Type::FLOAT8), (&limit, Type::INT8)])
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -1,6 +1,7 @@
 //! `job_runs`: the server-owned state of a job, one typed row per job. Only the functions write it (RLS on, no
 //! client policy, no client grants), so unlike `jobs.metadata` it is what the functions act on.
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -76,13 +77,15 @@ pub struct JobRun {
     pub thumbnail_key: Option<String>,
     /// `api_providers.base_url` and `sync_base_url`: the only hosts the provider's key is sent to.
     pub provider_hosts: Vec<String>,
+    /// When the submission wrote the run: the server's clock (the owner can rewrite `jobs.started_at`).
+    pub created_at: DateTime<Utc>,
 }
 
 /// The `job_runs` columns read with a job (`r` is `job_runs`, `p` its provider), in [`from_row`]'s order.
 pub(crate) const COLUMNS: &str = "r.job_id, r.provider_id, r.provider_name, r.model_key, r.webhook_auth,
     r.request_id, r.gateway_request_id, r.status_url, r.response_url, r.cancel_url, r.reference_bucket,
     r.reference_key, r.destination, r.character_id, r.scene_id, r.storyboard_clip_id, r.result_key,
-    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps";
+    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at";
 
 /// The joins that go with [`COLUMNS`], after `FROM public.jobs j`.
 pub(crate) const JOINS: &str = "LEFT JOIN public.job_runs r ON r.job_id = j.id
@@ -120,6 +123,7 @@ pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<JobRun> {
         thumbnail_key: s(17),
         provider_hosts: [s(18), s(19)].into_iter().flatten().collect(),
         post_steps: row.get(at + 20),
+        created_at: row.get(at + 21),
     })
 }
 

@@ -71,6 +71,16 @@ pub fn post_targets(metadata: Option<&Map<String, Value>>) -> Result<PostTargets
     })
 }
 
+/// The character a portrait request names (`character_name`, or `characterName`), when it gives no id.
+pub fn character_name(metadata: Option<&Map<String, Value>>) -> Option<&str> {
+    let metadata = metadata?;
+    ["character_name", "characterName"]
+        .into_iter()
+        .find_map(|k| metadata.get(k).and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +88,19 @@ mod tests {
 
     fn targets(v: Value) -> Result<PostTargets, InputError> {
         post_targets(v.as_object())
+    }
+
+    #[test]
+    fn a_character_is_named_by_either_key_and_a_blank_name_is_none() {
+        let name = |v: Value| character_name(v.as_object()).map(str::to_owned);
+        assert_eq!(
+            name(json!({"character_name": " Ada "})).as_deref(),
+            Some("Ada")
+        );
+        assert_eq!(name(json!({"characterName": "Bo"})).as_deref(), Some("Bo"));
+        assert_eq!(name(json!({"character_name": "  "})), None);
+        assert_eq!(name(json!({"character_name": 7})), None);
+        assert_eq!(character_name(None), None);
     }
 
     #[test]

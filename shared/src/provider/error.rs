@@ -37,6 +37,12 @@ impl ProviderError {
         matches!(self, ProviderError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
     }
 
+    /// A final verdict on the request itself: a caller error other than 401/403, which are about our key (rotated
+    /// or revoked), so a retry once it is fixed can still succeed.
+    pub fn rejects_the_request(&self) -> bool {
+        self.is_caller_error() && !matches!(self.status(), Some(401 | 403))
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ProviderError::Api { status, .. } => Some(*status),
@@ -83,5 +89,34 @@ pub fn raw_message(status: StatusCode, bytes: &[u8]) -> String {
         status.canonical_reason().unwrap_or("error").to_owned()
     } else {
         text.chars().take(500).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> ProviderError {
+        ProviderError::Api {
+            status,
+            error_type: None,
+            message: "m".into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_request_itself_is_a_final_verdict() {
+        for final_status in [400, 404, 410, 422] {
+            assert!(api(final_status).rejects_the_request(), "{final_status}");
+        }
+        // Our key (rotated, revoked), the provider's throttling and timeouts, its faults: worth another try.
+        for retry in [401, 403, 408, 429, 500, 502, 503] {
+            assert!(!api(retry).rejects_the_request(), "{retry}");
+        }
+        assert!(!ProviderError::Timeout.rejects_the_request());
+        assert!(!ProviderError::Network("reset".into()).rejects_the_request());
+        // 401/403 stay the caller's error at submission, where fal's answer is returned as it is.
+        assert!(api(401).is_caller_error() && api(403).is_caller_error());
     }
 }

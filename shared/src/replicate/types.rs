@@ -5,7 +5,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
-/// Where a prediction stands: `starting` → `processing` → `succeeded` | `failed` | `canceled`.
+/// Where a prediction stands: `starting` → `processing` → `succeeded` | `failed` | `canceled`, or `aborted` (its
+/// deadline passed before it started).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PredictionStatus {
@@ -14,6 +15,7 @@ pub enum PredictionStatus {
     Succeeded,
     Failed,
     Canceled,
+    Aborted,
 }
 
 impl PredictionStatus {
@@ -21,7 +23,10 @@ impl PredictionStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            PredictionStatus::Succeeded | PredictionStatus::Failed | PredictionStatus::Canceled
+            PredictionStatus::Succeeded
+                | PredictionStatus::Failed
+                | PredictionStatus::Canceled
+                | PredictionStatus::Aborted
         )
     }
 }
@@ -140,6 +145,7 @@ mod tests {
             ("succeeded", PredictionStatus::Succeeded, true),
             ("failed", PredictionStatus::Failed, true),
             ("canceled", PredictionStatus::Canceled, true),
+            ("aborted", PredictionStatus::Aborted, true),
         ] {
             let p = parse(documented(text, Value::Null, Value::Null));
             assert_eq!(p.status, status);

@@ -16,10 +16,11 @@ use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
 use crate::fal::{QueueEndpoint, SyncEndpoint};
 use crate::jobs::JobStatus;
-use crate::provider::ProviderKind;
+use crate::provider::{ProviderError, ProviderKind};
 
-/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input → the job fails; any other
-/// fault → `None`, and the job (now `processing`) runs on the sync host instead.
+/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input, or an accepted submission
+/// whose answer cannot be read → the job fails; any other fault (network, timeout, fal 5xx) → `None`, and the job
+/// (now `processing`) runs on the sync host instead.
 pub(super) async fn submit_queued(
     run: &Run<'_>,
     client: &tokio_postgres::Client,
@@ -48,7 +49,13 @@ pub(super) async fn submit_queued(
             let usage = plan
                 .usage(job_id, user_id)
                 .row(None, 0, None, None, provider_metadata);
-            db::usage::insert_once_and_record_request(client, &usage, &request).await?;
+            // fal has the request now: an error here must not send the caller back to submit it again (a second
+            // generation). The webhook finds the job by the token in its URL and writes the usage row it lacks.
+            if let Err(e) =
+                db::usage::insert_once_and_record_request(client, &usage, &request).await
+            {
+                tracing::error!(%job_id, error = %e, "fal queued the request, but recording it failed; its webhook completes the job");
+            }
             Ok(Some(SubmitResult {
                 answer: Submitted::Queued {
                     job_id,
@@ -57,7 +64,9 @@ pub(super) async fn submit_queued(
                 post_process: None,
             }))
         }
-        Err(error) if error.is_caller_error() => {
+        // Refused for the caller's input, or accepted (2xx) with an answer we cannot read: a sync run would be a
+        // second generation of what fal may already be running.
+        Err(error) if error.is_caller_error() || matches!(error, ProviderError::Decode(_)) => {
             let message = format!("Async submission failed: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
             Err(SubmitError::Provider {
@@ -68,14 +77,13 @@ pub(super) async fn submit_queued(
         }
         Err(error) => {
             tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
-            db::jobs::transition(
-                client,
-                job_id,
-                JobStatus::Processing,
-                None,
-                &json!({"sync_fallback": true}),
-            )
-            .await?;
+            let patch = json!({"sync_fallback": true});
+            if !db::jobs::transition(client, job_id, JobStatus::Processing, None, &patch).await? {
+                // Closed meanwhile (the owner cancelled it): nothing to run.
+                let current = current_job(state, settings, job_id).await?;
+                let status = current.map_or(JobStatus::Cancelled, |j| j.status);
+                return Err(SubmitError::Closed { job_id, status });
+            }
             Ok(None)
         }
     }

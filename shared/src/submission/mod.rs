@@ -259,7 +259,8 @@ async fn plan(
     user_id: Uuid,
     req: &GenerationRequest,
 ) -> Result<Plan, SubmitError> {
-    let targets = input::targets::post_targets(req.metadata.as_ref())?;
+    let mut targets = input::targets::post_targets(req.metadata.as_ref())?;
+    portrait_by_name(client, user_id, req, &mut targets).await?;
     let model = resolve_model(state, client, req).await?;
     let provider =
         ProviderKind::of(&model.provider_name).ok_or(SubmitError::UnsupportedProvider)?;
@@ -375,6 +376,25 @@ fn target(
         (RouteKind::Sync, _) => None,
     };
     Ok(Target::Fal { sync, queue })
+}
+
+/// A portrait request that names its character but gives no id gets the caller's most recently updated character
+/// of that name, as the original's sync path did (on both routes here); none of that name: no portrait step.
+async fn portrait_by_name(
+    client: &tokio_postgres::Client,
+    user_id: Uuid,
+    req: &GenerationRequest,
+    targets: &mut PostTargets,
+) -> Result<(), SubmitError> {
+    if targets.destination.as_deref() != Some("character_portrait")
+        || targets.character_id.is_some()
+    {
+        return Ok(());
+    }
+    if let Some(name) = input::targets::character_name(req.metadata.as_ref()) {
+        targets.character_id = db::postprocess::character_by_name(client, user_id, name).await?;
+    }
+    Ok(())
 }
 
 /// The post-processing targets must be the caller's: 404 before anything is written otherwise.
@@ -548,7 +568,11 @@ async fn completed_elsewhere(
     let (job, asset) = {
         let client = state.db_client(settings).await?;
         let job = db::jobs::get(&**client, job_id).await?;
-        (job, db::assets::for_job(&**client, job_id).await?)
+        let asset = match &job {
+            Some(job) => db::assets::for_job(&**client, job_id, job.user_id).await?,
+            None => None,
+        };
+        (job, asset)
     };
     let (Some(job), Some(asset)) = (job, asset) else {
         return Err(closed);
@@ -776,7 +800,7 @@ pub async fn job_status(
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(None);
     };
-    let Some(asset) = db::assets::for_job(&**client, job_id).await? else {
+    let Some(asset) = db::assets::for_job(&**client, job_id, user_id).await? else {
         return Ok(Some(JobView { job, asset: None }));
     };
     drop(client);

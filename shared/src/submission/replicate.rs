@@ -107,7 +107,7 @@ pub(super) async fn submit(
                 .await
                 .map(|finished| Submitted::Finished(Box::new(finished)))
         }
-        PredictionStatus::Failed | PredictionStatus::Canceled => {
+        PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
             let message = prediction.error.clone().unwrap_or_else(|| {
                 format!("Replicate prediction {:?}", prediction.status).to_lowercase()
             });

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::common::stack_var;
+use crate::common::{open_jobs_of, stack_var};
 use gen_pipeline::db::{self, Db, users};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -73,4 +73,39 @@ async fn a_bad_database_url_is_an_error_not_a_panic() {
         .await
         .unwrap_err();
     assert!(matches!(err, db::DbError::BadUrl));
+}
+
+/// The open-jobs bound holds under a burst of concurrent submissions from one user: each counts the user's open
+/// jobs only after the previous one committed (V10's per-user lock), so exactly the bound gets through.
+#[tokio::test]
+async fn concurrent_submissions_never_exceed_the_open_jobs_bound() {
+    const BURST: usize = 12;
+    const MAX_OPEN: i64 = 3;
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(BURST));
+    let submissions = (0..BURST).map(|_| {
+        let start = start.clone();
+        tokio::spawn(async move {
+            let client = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+            start.wait().await;
+            let row = client
+                .query_one(
+                    "SELECT public.insert_job($1, 'image_fast', 'burst', 'queued', 'fast', NULL, 'image',
+                                              '{}'::jsonb, $2, NULL, 'fal', 'burst-model', 'token', NULL, NULL,
+                                              NULL, NULL, NULL, NULL, '{}'::text[])",
+                    &[&user, &MAX_OPEN],
+                )
+                .await
+                .unwrap();
+            row.get::<_, Option<Uuid>>(0)
+        })
+    });
+    let mut admitted = 0;
+    for submission in submissions.collect::<Vec<_>>() {
+        admitted += usize::from(submission.await.unwrap().is_some());
+    }
+    assert_eq!(admitted, MAX_OPEN as usize);
+    assert_eq!(open_jobs_of(&admin, user).await, MAX_OPEN);
 }

@@ -119,6 +119,13 @@ pub async fn as_user<T>(
     Ok(out)
 }
 
+/// How many open (`queued`/`processing`) jobs the user has: what the open-jobs bound counts.
+pub async fn open_jobs_of(db: &tokio_postgres::Client, user_id: uuid::Uuid) -> i64 {
+    let open = gen_pipeline::jobs::OPEN_STATUSES_SQL;
+    let sql = format!("SELECT count(*) FROM public.jobs WHERE user_id = $1 AND status IN {open}");
+    db.query_one(&sql, &[&user_id]).await.unwrap().get(0)
+}
+
 /// A deterministic body of `total` bytes, produced in 64 KiB chunks so it never exists whole in memory.
 pub fn pattern_stream(
     total: u64,
