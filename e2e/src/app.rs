@@ -17,9 +17,13 @@ pub async fn app_state() -> (AppState, Settings) {
     (state, settings)
 }
 
-/// One pass of the lost-webhook reconciler in this process over queued jobs older than `older_than`, failing
-/// those past `deadline`.
+/// One pass of the lost-webhook reconciler in this process over open jobs older than `older_than`, failing
+/// those past `deadline`. The tests of one binary share the database, and a pass takes every stale job, its own
+/// and the other tests': passes run one at a time, so that when a test's pass returns, the pass that took its
+/// jobs (its own, or one before it) is over.
 pub async fn reconcile_pass(older_than: Duration, deadline: Duration) -> ReconcileReport {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (state, settings) = app_state().await;
     let options = ReconcileOptions {
         older_than,

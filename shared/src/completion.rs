@@ -586,7 +586,7 @@ async fn commit_completion(
     Ok(Some(asset_id))
 }
 
-/// Whether the job is still open and no other caller holds its claim (`None`: the database cannot tell).
+/// Whether the job is still open and its claim, if any, is ours and live (`None`: the database cannot tell).
 async fn still_ours(
     state: &AppState,
     settings: &Settings,
@@ -595,8 +595,9 @@ async fn still_ours(
 ) -> Option<bool> {
     let client = state.db_client(settings).await.ok()?;
     let job = db::jobs::get(&**client, job_id).await.ok()??;
-    let claimed_by = db::claims::holder(&**client, job_id).await.ok()?;
-    Some(!job.status.is_terminal() && claimed_by.is_none_or(|h| h == holder))
+    let claim = db::claims::current(&**client, job_id).await.ok()?;
+    // A lease of ours that ran out can be taken over at any moment: then the keys are about to be someone else's.
+    Some(!job.status.is_terminal() && claim.is_none_or(|c| c.holder == holder && c.live))
 }
 
 /// Deletes the job's result objects by their exact keys (every key a result of the job can have), best effort:

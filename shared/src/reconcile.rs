@@ -16,7 +16,7 @@ use crate::completion::{self, Completion, Outcome};
 use crate::config::{MAX_FUNCTION_TIMEOUT_SECS, Settings};
 use crate::db;
 use crate::db::jobs::JobRecord;
-use crate::db::runs::ProviderRequest;
+use crate::db::runs::{ProviderRequest, WebhookAuth};
 use crate::fal::types::QueueState;
 use crate::jobs::JobStatus;
 use crate::provider::ProviderError;
@@ -238,14 +238,18 @@ async fn ask(
 const INTERRUPTED: &str =
     "The generation did not finish: the function running it stopped before storing a result";
 
-/// A `processing` job with no provider request recorded is a sync run (or a sync fallback): only the invocation
-/// that started it could finish it, and no invocation outlives Lambda's longest timeout.
+/// A `processing` sync run (no webhook, no provider request recorded): only the invocation that started it could
+/// finish it, and no invocation outlives Lambda's longest timeout. A sync fallback keeps its webhook (fal may have
+/// queued the request after all), so it waits for the deadline like a queued job.
 fn interrupted_sync_run(job: &JobRecord, now: DateTime<Utc>) -> bool {
     let Some(run) = job.run.as_ref() else {
         return false;
     };
     let limit = chrono::Duration::seconds(MAX_FUNCTION_TIMEOUT_SECS as i64);
-    job.status == JobStatus::Processing && run.request.is_none() && now - run.created_at > limit
+    job.status == JobStatus::Processing
+        && run.webhook_auth == WebhookAuth::None
+        && run.request.is_none()
+        && now - run.created_at > limit
 }
 
 /// What the provider says about a stale job's request.

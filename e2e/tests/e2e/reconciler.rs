@@ -64,16 +64,17 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(job(&running).await["status"], "queued");
 }
 
-/// A sync run's job as fal-image writes it before the run starts (`processing`, no provider request, no webhook),
-/// `age` old: what a function killed mid-run (its timeout, a crash) leaves behind.
-async fn interrupted_sync_job(user: Uuid, age: &str) -> String {
+/// A sync run's job as fal-image writes it before the run starts (`processing`, no provider request; a webhook
+/// only for a sync fallback, `webhook_auth` `token`, else `none`), `age` old: what a function killed mid-run (its
+/// timeout, a crash) leaves behind.
+async fn interrupted_sync_job(user: Uuid, webhook_auth: &str, age: &str) -> String {
     let id: Uuid = db()
         .await
         .query_one(
             "SELECT public.insert_job($1, 'image_fast', 'interrupted', 'processing', 'fast', NULL, 'image',
-                                      '{}'::jsonb, 1000, NULL, 'fal', 'sync-model', 'none', NULL, NULL, NULL,
+                                      '{}'::jsonb, 1000, NULL, 'fal', 'sync-model', $2, NULL, NULL, NULL,
                                       NULL, NULL, NULL, '{}'::text[])",
-            &[&user],
+            &[&user, &webhook_auth],
         )
         .await
         .unwrap()
@@ -85,10 +86,16 @@ async fn interrupted_sync_job(user: Uuid, age: &str) -> String {
 
 #[tokio::test]
 async fn a_sync_run_whose_function_stopped_is_failed_and_no_longer_counts_as_open() {
+    let (fallback_user, _) = user().await;
     let (user, _) = user().await;
-    let stopped = interrupted_sync_job(user, "61 minutes").await;
+    let stopped = interrupted_sync_job(user, "none", "61 minutes").await;
+    // A sync fallback's queue submission may have reached fal after all: its webhook can still come, so it waits
+    // for the deadline like a queued job.
+    let fallback = interrupted_sync_job(fallback_user, "token", "61 minutes").await;
 
     reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+
+    assert_eq!(job(&fallback).await["status"], "processing");
 
     let (j, message) = failed_job(&stopped).await;
     assert!(message.contains("function running it stopped"), "{j}");

@@ -75,18 +75,29 @@ pub async fn release<C: GenericClient>(
     Ok(())
 }
 
-/// Who holds the job's claim, if anyone (a lease that ran out still names its holder until taken over).
-pub async fn holder<C: GenericClient>(
+/// A job's claim: who holds it, and whether its lease still runs (with a margin for what the holder is about to do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub holder: Uuid,
+    pub live: bool,
+}
+
+/// The job's claim, if any (a lease that ran out still names its holder until taken over).
+pub async fn current<C: GenericClient>(
     client: &C,
     job_id: Uuid,
-) -> Result<Option<Uuid>, tokio_postgres::Error> {
+) -> Result<Option<Claim>, tokio_postgres::Error> {
     let row = client
         .query_typed_opt(
-            "SELECT holder FROM public.job_completion_claims WHERE job_id = $1",
+            "SELECT holder, lease_expires_at > now() + interval '5 seconds'
+               FROM public.job_completion_claims WHERE job_id = $1",
             &[(&job_id, Type::UUID)],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| Claim {
+        holder: r.get(0),
+        live: r.get(1),
+    }))
 }
 
 /// Drops any claim on a job that just became terminal (cancelled or failed): a holder that lost its database

@@ -1,8 +1,9 @@
 //! Queries of the lost-webhook reconciler.
 //!
-//! Both pick jobs by what the functions wrote (`job_runs`), least recently checked first, and record the check in
-//! `job_reconcile_checks`: an owner can insert and rewrite their own `jobs` rows (status, `started_at`), so rows
-//! of theirs never crowd a pass or come back to the front of it.
+//! Both pick jobs by what the functions wrote (`job_runs`: the run, its age, its stored result), least recently
+//! checked first, and record the check in `job_reconcile_checks`: an owner can insert and rewrite their own `jobs`
+//! rows (status, `started_at`, `completed_at`), so rows of theirs never come back to the front of a pass, and
+//! rows the functions did not write are never in one.
 
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ pub async fn take_stale_open<C: GenericClient>(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    // A stored result means the functions completed the job: an owner who sets it open again reopens nothing.
     let filter = format!(
-        "j.status IN {OPEN_STATUSES_SQL} AND run.created_at < now() - make_interval(secs => $1)"
+        "j.status IN {OPEN_STATUSES_SQL} AND run.result_key IS NULL
+         AND run.created_at < now() - make_interval(secs => $1)"
     );
     take(client, &filter, "run.created_at", older_than, limit).await
 }
@@ -34,7 +37,8 @@ pub async fn take_post_processing_backlog<C: GenericClient>(
     settle: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let filter = "j.status = 'completed'
+    // `run.result_key` is written only by the completing transaction: a job its owner set `completed` is not one.
+    let filter = "j.status = 'completed' AND run.result_key IS NOT NULL
                 AND j.completed_at > now() - interval '1 day'
                 AND j.completed_at < now() - make_interval(secs => $1)
                 AND EXISTS (SELECT 1 FROM unnest(run.post_steps) AS s(step)

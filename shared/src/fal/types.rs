@@ -3,15 +3,20 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The queue's answer to a submit. The three URLs are stored and used as given, never rebuilt.
+/// The queue's answer to a submit. The three URLs are stored and used as given, never rebuilt; only the request
+/// id is required (an answer without it is the one a request cannot be followed from), and a URL fal leaves out
+/// is recorded absent, not a reason to treat a request fal is running as refused.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct QueueSubmitted {
     pub request_id: String,
     #[serde(default)]
     pub gateway_request_id: Option<String>,
-    pub status_url: String,
-    pub response_url: String,
-    pub cancel_url: String,
+    #[serde(default)]
+    pub status_url: Option<String>,
+    #[serde(default)]
+    pub response_url: Option<String>,
+    #[serde(default)]
+    pub cancel_url: Option<String>,
     #[serde(default)]
     pub queue_position: Option<i64>,
 }
@@ -132,6 +137,29 @@ mod tests {
             Some("image_size: bad size; num_images.0: too many")
         );
         assert_eq!(ErrorBody::default().message(), None);
+    }
+
+    #[test]
+    fn a_submit_answer_needs_only_its_request_id() {
+        let full: QueueSubmitted = serde_json::from_value(json!({
+            "request_id": "r1", "status": "IN_QUEUE", "queue_position": 0,
+            "status_url": "https://queue.fal.run/a/b/requests/r1/status",
+            "response_url": "https://queue.fal.run/a/b/requests/r1",
+            "cancel_url": "https://queue.fal.run/a/b/requests/r1/cancel",
+        }))
+        .unwrap();
+        assert_eq!(
+            full.cancel_url.as_deref(),
+            Some("https://queue.fal.run/a/b/requests/r1/cancel")
+        );
+        let bare: QueueSubmitted = serde_json::from_value(json!({"request_id": "r2"})).unwrap();
+        assert_eq!(
+            (bare.request_id.as_str(), bare.status_url, bare.cancel_url),
+            ("r2", None, None)
+        );
+        assert!(
+            serde_json::from_value::<QueueSubmitted>(json!({"status_url": "https://x"})).is_err()
+        );
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub(super) async fn submit_queued(
             let request = ProviderRequest {
                 request_id: submitted.request_id.clone(),
                 gateway_request_id: submitted.gateway_request_id.clone(),
-                status_url: Some(submitted.status_url.clone()),
-                response_url: Some(submitted.response_url.clone()),
-                cancel_url: Some(submitted.cancel_url.clone()),
+                status_url: submitted.status_url.clone(),
+                response_url: submitted.response_url.clone(),
+                cancel_url: submitted.cancel_url.clone(),
             };
             let provider_metadata = json!({"request_id": submitted.request_id, "async": true, "model_key": plan.model_key});
             let usage = plan

@@ -82,22 +82,22 @@ async fn queue_submit_status_and_result() {
         .submit(&queue(), &prompt("#no-webhook #delay-ms=300"), None)
         .await
         .unwrap();
+    let status_url = submitted.status_url.as_deref().unwrap();
     // Status, result and cancel URLs use only the model id's first two segments.
     assert!(
-        submitted.status_url.ends_with(&format!(
+        status_url.ends_with(&format!(
             "/queue/fal-ai/bytedance/requests/{}/status",
             submitted.request_id
         )),
-        "{}",
-        submitted.status_url
+        "{status_url}"
     );
     assert!(matches!(
-        c.status(&on_fal(&submitted.status_url)).await.unwrap(),
+        c.status(&on_fal(status_url)).await.unwrap(),
         QueueState::InQueue { .. } | QueueState::InProgress
     ));
     let started = Instant::now();
     loop {
-        if c.status(&on_fal(&submitted.status_url)).await.unwrap() == QueueState::Completed {
+        if c.status(&on_fal(status_url)).await.unwrap() == QueueState::Completed {
             break;
         }
         assert!(
@@ -106,7 +106,10 @@ async fn queue_submit_status_and_result() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = c.result(&on_fal(&submitted.response_url)).await.unwrap();
+    let out = c
+        .result(&on_fal(submitted.response_url.as_deref().unwrap()))
+        .await
+        .unwrap();
     assert!(out["images"][0]["url"].is_string(), "{out}");
 }
 
@@ -117,7 +120,10 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         .submit(&queue(), &prompt("#no-webhook #delay-ms=5000"), None)
         .await
         .unwrap();
-    let outcome = c.cancel(&on_fal(&queued.cancel_url)).await.unwrap();
+    let outcome = c
+        .cancel(&on_fal(queued.cancel_url.as_deref().unwrap()))
+        .await
+        .unwrap();
     assert!(
         matches!(
             outcome,
@@ -131,12 +137,19 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
         .await
         .unwrap();
     let started = Instant::now();
-    while c.status(&on_fal(&quick.status_url)).await.unwrap() != QueueState::Completed {
+    while c
+        .status(&on_fal(quick.status_url.as_deref().unwrap()))
+        .await
+        .unwrap()
+        != QueueState::Completed
+    {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        c.cancel(&on_fal(&quick.cancel_url)).await.unwrap(),
+        c.cancel(&on_fal(quick.cancel_url.as_deref().unwrap()))
+            .await
+            .unwrap(),
         CancelOutcome::AlreadyCompleted
     );
 }
