@@ -289,13 +289,11 @@ async fn ask_replicate(
     let usage = json!({ "provider": "replicate", "metrics": prediction.metrics });
     Ok(match prediction.status {
         PredictionStatus::Succeeded => FalAnswer::Output(prediction.canonical_output(), usage),
-        PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
-            FalAnswer::Fail(
-                prediction
-                    .error
-                    .unwrap_or_else(|| "Replicate prediction failed".to_owned()),
-            )
-        }
+        status if status.is_failure() => FalAnswer::Fail(
+            prediction
+                .error
+                .unwrap_or_else(|| "Replicate prediction failed".to_owned()),
+        ),
         _ if past_deadline(job, opts) => {
             if let Some(cancel_url) = url(|q| q.cancel_url.as_ref()) {
                 let _ = replicate.cancel(&cancel_url).await;

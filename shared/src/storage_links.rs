@@ -191,19 +191,19 @@ pub fn verify(
     validation.leeway = 0;
     validation.validate_aud = false;
     validation.set_required_spec_claims(&["exp"]);
-    // The current key, then the one before the last rotation (links handed out before it stay valid).
-    let mut outcome = Err(LinkError::BadToken);
-    for key in std::iter::once(current).chain(previous) {
+    let decode_with = |key: &SecretString| {
         let key = DecodingKey::from_secret(key.expose_secret().as_bytes());
-        outcome = decode::<LinkClaims>(token, &key, &validation).map_err(|e| match e.kind() {
+        decode::<LinkClaims>(token, &key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => LinkError::Expired,
             _ => LinkError::BadToken,
-        });
-        if !matches!(outcome, Err(LinkError::BadToken)) {
-            break;
-        }
-    }
-    let claims = outcome?.claims;
+        })
+    };
+    // The current key, then the one before the last rotation (links handed out before it stay valid).
+    let claims = match decode_with(current) {
+        Err(LinkError::BadToken) => previous.map_or(Err(LinkError::BadToken), decode_with),
+        decoded => decoded,
+    }?
+    .claims;
     if claims.url != format!("{}/{path}", bucket.name()) {
         return Err(LinkError::OtherPath);
     }

@@ -131,16 +131,12 @@ pub fn parse_body(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
 /// `canceled` its error.
 pub fn parse_prediction(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
     let p: Prediction = serde_json::from_slice(body).map_err(|_| DeliveryError::BadJson)?;
-    let outcome =
-        match p.status {
-            PredictionStatus::Succeeded => WebhookOutcome::Ok(p.canonical_output()),
-            PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
-                WebhookOutcome::Error(p.error.clone().unwrap_or_else(|| {
-                    format!("Replicate prediction {:?}", p.status).to_lowercase()
-                }))
-            }
-            PredictionStatus::Starting | PredictionStatus::Processing => WebhookOutcome::NotOver,
-        };
+    let outcome = match p.status {
+        PredictionStatus::Succeeded => WebhookOutcome::Ok(p.canonical_output()),
+        _ => p
+            .failure()
+            .map_or(WebhookOutcome::NotOver, WebhookOutcome::Error),
+    };
     Ok(WebhookBody {
         request_id: Some(p.id).filter(|id| !id.is_empty()),
         outcome,

@@ -21,13 +21,20 @@ pub enum PredictionStatus {
 impl PredictionStatus {
     /// Over: it will not change again, and its webhook's `completed` event is (or was) on its way.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PredictionStatus::Succeeded
-                | PredictionStatus::Failed
-                | PredictionStatus::Canceled
-                | PredictionStatus::Aborted
-        )
+        self == PredictionStatus::Succeeded || self.is_failure()
+    }
+
+    /// Over without an output: failed, cancelled, or aborted before it started. Every status is named, so a new
+    /// one has to be placed here.
+    pub fn is_failure(self) -> bool {
+        match self {
+            PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
+                true
+            }
+            PredictionStatus::Starting
+            | PredictionStatus::Processing
+            | PredictionStatus::Succeeded => false,
+        }
     }
 }
 
@@ -62,6 +69,16 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// Why a prediction that ended without output did: Replicate's error, else its status (`replicate prediction
+    /// canceled`); `None` while it runs or once it succeeded.
+    pub fn failure(&self) -> Option<String> {
+        self.status.is_failure().then(|| {
+            self.error
+                .clone()
+                .unwrap_or_else(|| format!("Replicate prediction {:?}", self.status).to_lowercase())
+        })
+    }
+
     /// The output in the shape completion's `result_media` reads: a URL (or an array's first URL) becomes
     /// `{"output": {"url": …}}`, an object with a `url` stays `{"output": {…}}`, anything else `{"output": null}`;
     /// plus the input's `seed`, when it had one, at the top.

@@ -101,18 +101,15 @@ pub(super) async fn submit(
             });
         }
     };
+    if let Some(message) = prediction.failure() {
+        fail_job(state, settings, job_id, &message).await?;
+        return Err(SubmitError::ResultFailed { job_id, message });
+    }
     match prediction.status {
         PredictionStatus::Succeeded if route == RouteKind::Sync => {
             finish(run, &prediction, started)
                 .await
                 .map(|finished| Submitted::Finished(Box::new(finished)))
-        }
-        PredictionStatus::Failed | PredictionStatus::Canceled | PredictionStatus::Aborted => {
-            let message = prediction.error.clone().unwrap_or_else(|| {
-                format!("Replicate prediction {:?}", prediction.status).to_lowercase()
-            });
-            fail_job(state, settings, job_id, &message).await?;
-            Err(SubmitError::ResultFailed { job_id, message })
         }
         _ => queued(run, client, &prediction)
             .await
