@@ -116,6 +116,14 @@ pub fn async_model() -> String {
     stack_var("ASYNC_MODEL_ID")
 }
 
+/// The functions' `MAX_OPEN_JOBS_PER_USER`: the test's environment's, else the functions' default.
+pub fn max_open_jobs() -> usize {
+    std::env::var("MAX_OPEN_JOBS_PER_USER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
 /// Sends an event to a function through the runtime API of `cargo lambda watch`, as `cargo lambda invoke` (or
 /// API Gateway) does; returns the function's answer.
 pub async fn invoke(function: &str, event: &Value) -> Value {

@@ -864,10 +864,7 @@ async fn model_key_override_outside_the_active_models_is_400_and_writes_nothing(
 
 #[tokio::test]
 async fn a_client_past_the_open_job_bound_gets_429_with_retry_after() {
-    let limit: usize = std::env::var("MAX_OPEN_JOBS_PER_USER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let limit = max_open_jobs();
     let (user_id, jwt) = user().await;
     let mut open = Vec::new();
     for _ in 0..limit {
@@ -1028,4 +1025,7 @@ async fn a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing
     let j = job(&job_id).await;
     assert_eq!(j["status"], "cancelled", "{j}");
     assert_eq!(asset_count(&job_id).await, 0);
+    // The provider is done with it: it no longer counts against the owner's open jobs.
+    let closed = "SELECT count(*) FROM public.job_runs WHERE job_id = $1 AND closed_at IS NOT NULL";
+    assert_eq!(count(closed, &job_id).await, 1);
 }

@@ -262,7 +262,7 @@ pub async fn complete(
     c: Completion<'_>,
 ) -> Result<Outcome, CompletionError> {
     let job = c.job;
-    if job.status.is_terminal() {
+    if job.is_closed() {
         return Ok(Outcome::AlreadyTerminal(job.status));
     }
     let holder = Uuid::new_v4();
@@ -311,7 +311,7 @@ async fn acquire(
         tokio::time::sleep(Duration::from_millis(200)).await;
         let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, job_id).await? {
-            Some(j) if j.status.is_terminal() => {
+            Some(j) if j.is_closed() => {
                 return Ok(Some(Outcome::AlreadyTerminal(j.status)));
             }
             Some(_) => {}
@@ -423,7 +423,7 @@ async fn terminal_under_claim(
 ) -> Result<Option<JobStatus>, CompletionError> {
     let client = state.db_client(settings).await?;
     match db::jobs::get(&**client, job_id).await? {
-        Some(current) if current.status.is_terminal() => {
+        Some(current) if current.is_closed() => {
             db::claims::release(&**client, job_id, holder).await?;
             Ok(Some(current.status))
         }
@@ -597,7 +597,7 @@ async fn still_ours(
     let job = db::jobs::get(&**client, job_id).await.ok()??;
     let claim = db::claims::current(&**client, job_id).await.ok()?;
     // A lease of ours that ran out can be taken over at any moment: then the keys are about to be someone else's.
-    Some(!job.status.is_terminal() && claim.is_none_or(|c| c.holder == holder && c.live))
+    Some(!job.is_closed() && claim.is_none_or(|c| c.holder == holder && c.live))
 }
 
 /// Deletes the job's result objects by their exact keys (every key a result of the job can have), best effort:

@@ -30,6 +30,8 @@ pub struct ReconcileReport {
     pub examined: usize,
     pub completed: usize,
     pub failed: usize,
+    /// Runs of jobs their owners ended, closed (their request cancelled at the provider).
+    pub closed: usize,
     pub still_running: usize,
     pub skipped: usize,
     pub errors: usize,
@@ -56,6 +58,7 @@ pub async fn reconcile_stale_jobs(
         match reconcile_one(state, settings, id, opts).await {
             Ok(Verdict::Completed) => report.completed += 1,
             Ok(Verdict::Failed) => report.failed += 1,
+            Ok(Verdict::Closed) => report.closed += 1,
             Ok(Verdict::Running) => report.still_running += 1,
             Ok(Verdict::Skipped) => report.skipped += 1,
             Err(e) => {
@@ -109,6 +112,7 @@ async fn take(
 enum Verdict {
     Completed,
     Failed,
+    Closed,
     Running,
     Skipped,
 }
@@ -138,7 +142,10 @@ async fn reconcile_one(
     let job = {
         let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, id).await? {
-            Some(j) if !j.status.is_terminal() => j,
+            Some(j) if !j.is_closed() => j,
+            Some(j) if j.run.as_ref().is_some_and(|r| r.closed_at.is_none()) => {
+                return close_ended(state, settings, &j).await;
+            }
             _ => return Ok(Verdict::Skipped),
         }
     };
@@ -171,6 +178,20 @@ async fn reconcile_one(
         }
         verdict => verdict,
     }
+}
+
+/// A job its owner ended through RLS while its run was open: the provider is told to stop (best effort; a request
+/// that finished refuses), and the run is closed, so it no longer counts against the owner's open jobs and the job
+/// is not completed if its owner sets it open again.
+async fn close_ended(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+) -> Result<Verdict, ReconcileError> {
+    crate::submission::cancel_at_provider(state, settings, job).await;
+    let client = state.db_client(settings).await?;
+    db::runs::close(&**client, job.id).await?;
+    Ok(Verdict::Closed)
 }
 
 fn gave_up(opts: ReconcileOptions, why: &str) -> String {

@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::completion::{self, Completion, CompletionError, Outcome};
 use crate::config::Settings;
-use crate::db::DbError;
 use crate::db::jobs::JobRecord;
+use crate::db::{self, DbError};
 use crate::provider::ProviderError;
 use crate::provider::ProviderKind;
 use crate::replicate::{Prediction, PredictionStatus};
@@ -168,7 +168,10 @@ pub async fn complete_from_webhook(
         })
         .ok_or(DeliveryError::MissingRequestId)?;
     let job = find_job(state, settings, auth, job_id_param, &request_id).await?;
-    if job.status.is_terminal() {
+    if job.is_closed() {
+        if !matches!(parsed.outcome, WebhookOutcome::NotOver) {
+            close_ended_run(state, settings, &job).await?;
+        }
         return Ok((Delivery::Skipped, None));
     }
     let output = match output_of(state, settings, &job, parsed.outcome).await? {
@@ -182,7 +185,10 @@ pub async fn complete_from_webhook(
     match outcome {
         Outcome::Completed(_) => Ok((Delivery::Completed { job_id: job.id }, Some(job.id))),
         Outcome::Failed(_) => Ok((Delivery::Failed { job_id: job.id }, None)),
-        Outcome::AlreadyTerminal(_) => Ok((Delivery::Skipped, None)),
+        Outcome::AlreadyTerminal(_) => {
+            close_ended_run(state, settings, &job).await?;
+            Ok((Delivery::Skipped, None))
+        }
         Outcome::Busy => Err(DeliveryError::Busy),
     }
 }
@@ -259,6 +265,21 @@ async fn find_job(
         return Err(DeliveryError::RequestMismatch);
     }
     Ok(job)
+}
+
+/// A final delivery for a job that was ended meanwhile (by its owner, through RLS: the functions close the runs of
+/// the jobs they end): the provider is done with it now, so its run no longer counts against the owner's open
+/// jobs.
+async fn close_ended_run(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+) -> Result<(), DeliveryError> {
+    if job.run.as_ref().is_some_and(|r| r.closed_at.is_none()) {
+        let client = state.db_client(settings).await?;
+        db::runs::close(&**client, job.id).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ async fn jobs_a_client_wrote_itself_neither_crowd_a_pass_nor_are_touched_by_it()
     .iter()
     .map(|r| r.get(0))
     .collect();
-    // Another user's job (the planted rows count against the attacker's own open jobs).
+    // Another user's job.
     let (lost, lost_rid) = lost_webhook_job(&jwt, "#delay-ms=20", "61 minutes").await;
     wait_fal_completed(&lost_rid).await;
 
@@ -176,4 +176,89 @@ async fn jobs_a_client_wrote_itself_neither_crowd_a_pass_nor_are_touched_by_it()
         .unwrap()
         .get(0);
     assert_eq!(still_queued, planted.len() as i64);
+}
+
+/// The original's clients cancel by writing `status = 'cancelled'` through RLS, which reaches no function, and
+/// the provider goes on running those requests: they keep counting against the owner's open jobs until a pass
+/// cancels them at the provider and closes their runs. Set open again by their owner after that, they are never
+/// completed.
+#[tokio::test]
+async fn jobs_their_owner_ended_through_rls_hold_the_bound_until_a_pass_closes_them_for_good() {
+    let limit = max_open_jobs();
+    let (owner, jwt) = user().await;
+    let submit = async |directives: &str| {
+        let body = json!({"prompt": prompt("ended by its owner", &format!("#no-webhook {directives}")), "apiModelId": async_model()});
+        submit_queued(&jwt, &body).await
+    };
+    // One request fal is still running; the others done at fal, their webhooks lost.
+    let (running, running_rid) = submit("#delay-ms=600000").await;
+    let mut jobs = vec![(running.clone(), running_rid.clone())];
+    for _ in 1..limit {
+        jobs.push(submit("#delay-ms=20").await);
+    }
+    let ids: Vec<Uuid> = jobs
+        .iter()
+        .map(|(j, _)| Uuid::parse_str(j).unwrap())
+        .collect();
+    let owner_sets = async |status: &str| {
+        let mut session = db().await;
+        let sql = "UPDATE public.jobs SET status = $2 WHERE id = ANY($1)";
+        let n = e2e::common::as_user(&mut session, owner, async |tx| {
+            tx.execute(sql, &[&ids, &status]).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, ids.len() as u64, "the owner's update through RLS");
+    };
+    owner_sets("cancelled").await;
+
+    let over = json!({"prompt": prompt("past the bound", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &over).await;
+    assert_eq!(
+        status, 429,
+        "cancelled through RLS, still running at fal: {answer}"
+    );
+
+    for (job_id, request_id) in &jobs[1..] {
+        wait_fal_completed(request_id).await;
+        age_job(job_id, "61 minutes").await;
+    }
+    age_job(&running, "61 minutes").await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+
+    let closed: i64 = db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM public.job_runs WHERE job_id = ANY($1) AND closed_at IS NOT NULL",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(closed, ids.len() as i64);
+    assert!(
+        Provider::Fal.cancelled(&running_rid).await,
+        "fal was not told to stop"
+    );
+
+    // Open again, and no check recorded to hold a pass back: a pass still completes none of them.
+    owner_sets("queued").await;
+    db().await
+        .execute(
+            "DELETE FROM public.job_reconcile_checks WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    for (job_id, _) in &jobs {
+        assert_eq!(job(job_id).await["status"], "queued", "{job_id}");
+        assert_eq!(asset_count(job_id).await, 0, "{job_id}");
+    }
+
+    // Closed runs no longer count.
+    let (status, answer) = generate(&jwt, &over).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = cancel_job(&jwt, answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
 }

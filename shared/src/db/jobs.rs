@@ -29,6 +29,12 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// Ended: its status is terminal, or the functions closed its run (an owner may have set the status open
+    /// again since; the run decides).
+    pub fn is_closed(&self) -> bool {
+        self.status.is_terminal() || self.run.as_ref().is_some_and(|r| r.closed_at.is_some())
+    }
+
     pub fn meta_str(&self, key: &str) -> Option<&str> {
         self.metadata
             .get(key)
@@ -195,7 +201,8 @@ pub async fn annotate_open<C: GenericClient>(
 }
 
 /// Moves an open job to `to` (only along [`JobStatus::can_become`]), merging `patch` into its metadata and setting
-/// `completed_at` for terminal states. Returns false when the job was no longer in a state that allows it.
+/// `completed_at` for terminal states, which also close its run. Returns false when the job was no longer in a
+/// state that allows it, or its run is closed.
 pub async fn transition<C: GenericClient>(
     client: &C,
     id: Uuid,
@@ -217,15 +224,24 @@ pub async fn transition<C: GenericClient>(
     // Postgres refuses U+0000 in text and jsonb; a provider's error text can carry one, and would fail every retry.
     let error_message = error_message.map(|m| m.replace('\0', ""));
     let patch = crate::json::without_nul(patch);
+    // A closed run's job stays closed whatever its owner wrote into its status since; a terminal move closes the
+    // run in the same statement (the job's row locked first, as everywhere).
     let rows = client
         .query_typed(
-            "UPDATE public.jobs
-                SET status = $2,
-                    error_message = coalesce($3, error_message),
-                    completed_at = CASE WHEN $4 THEN now() ELSE completed_at END,
-                    metadata = coalesce(metadata, '{}'::jsonb) || $5
-              WHERE id = $1 AND status = ANY ($6)
-              RETURNING id",
+            "WITH moved AS (
+                 UPDATE public.jobs
+                    SET status = $2,
+                        error_message = coalesce($3, error_message),
+                        completed_at = CASE WHEN $4 THEN now() ELSE completed_at END,
+                        metadata = coalesce(metadata, '{}'::jsonb) || $5
+                  WHERE id = $1 AND status = ANY ($6)
+                    AND NOT EXISTS (SELECT 1 FROM public.job_runs r WHERE r.job_id = $1 AND r.closed_at IS NOT NULL)
+                  RETURNING id
+             ), closed AS (
+                 UPDATE public.job_runs SET closed_at = now()
+                  WHERE $4 AND job_id IN (SELECT id FROM moved)
+             )
+             SELECT id FROM moved",
             &[
                 (&id, Type::UUID),
                 (&to_str, Type::TEXT),

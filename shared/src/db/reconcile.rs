@@ -11,40 +11,38 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::jobs::OPEN_STATUSES_SQL;
-
-/// Takes up to `limit` open (`queued` or `processing`) jobs whose run the functions wrote more than `older_than`
-/// ago and that were not checked within `older_than`, and records the check; concurrent runs skip each other's
-/// rows.
+/// Takes up to `limit` jobs with an open run (none stored, not closed) that the functions wrote more than
+/// `older_than` ago and that were not checked within `older_than`, and records the check; concurrent runs skip
+/// each other's rows. Jobs their owners ended are among them: their runs get closed.
 pub async fn take_stale_open<C: GenericClient>(
     client: &C,
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    // A stored result means the functions completed the job: an owner who sets it open again reopens nothing.
-    let filter = format!(
-        "j.status IN {OPEN_STATUSES_SQL} AND run.result_key IS NULL
-         AND run.created_at < now() - make_interval(secs => $1)"
-    );
-    take(client, &filter, "run.created_at", older_than, limit).await
+    // A stored result or a closed run means the functions ended the job: an owner who sets it open again reopens
+    // nothing.
+    let filter = "run.closed_at IS NULL AND run.result_key IS NULL
+                  AND run.created_at < now() - make_interval(secs => $1)";
+    take(client, filter, "run.created_at", older_than, limit).await
 }
 
-/// Takes up to `limit` jobs completed within the last day (and more than `settle` ago) with a post-processing
-/// step of their run not recorded, not checked within `settle`, and records the check: the re-run skips recorded
-/// steps, and a job whose step cannot be recorded waits its turn behind the others.
+/// Takes up to `limit` completed jobs whose run closed within the last day (and more than `settle` ago) with a
+/// post-processing step of their run not recorded, not checked within `settle`, and records the check: the re-run
+/// skips recorded steps, and a job whose step cannot be recorded waits its turn behind the others.
 pub async fn take_post_processing_backlog<C: GenericClient>(
     client: &C,
     settle: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     // `run.result_key` is written only by the completing transaction: a job its owner set `completed` is not one.
+    // The window goes by the run's close (the owner can rewrite `completed_at`).
     let filter = "j.status = 'completed' AND run.result_key IS NOT NULL
-                AND j.completed_at > now() - interval '1 day'
-                AND j.completed_at < now() - make_interval(secs => $1)
+                AND run.closed_at > now() - interval '1 day'
+                AND run.closed_at < now() - make_interval(secs => $1)
                 AND EXISTS (SELECT 1 FROM unnest(run.post_steps) AS s(step)
                              WHERE NOT EXISTS (SELECT 1 FROM public.job_postprocessing p
                                                 WHERE p.job_id = j.id AND p.step = s.step))";
-    take(client, filter, "j.completed_at", settle, limit).await
+    take(client, filter, "run.closed_at", settle, limit).await
 }
 
 /// Up to `$2` jobs with a run matching `filter`, not checked within `$1` seconds (`age`), least recently checked

@@ -79,13 +79,15 @@ pub struct JobRun {
     pub provider_hosts: Vec<String>,
     /// When the submission wrote the run: the server's clock (the owner can rewrite `jobs.started_at`).
     pub created_at: DateTime<Utc>,
+    /// When the functions ended the run (V11): its job is never completed after that, whatever its status says.
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
 /// The `job_runs` columns read with a job (`r` is `job_runs`, `p` its provider), in [`from_row`]'s order.
 pub(crate) const COLUMNS: &str = "r.job_id, r.provider_id, r.provider_name, r.model_key, r.webhook_auth,
     r.request_id, r.gateway_request_id, r.status_url, r.response_url, r.cancel_url, r.reference_bucket,
     r.reference_key, r.destination, r.character_id, r.scene_id, r.storyboard_clip_id, r.result_key,
-    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at";
+    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at, r.closed_at";
 
 /// The joins that go with [`COLUMNS`], after `FROM public.jobs j`.
 pub(crate) const JOINS: &str = "LEFT JOIN public.job_runs r ON r.job_id = j.id
@@ -124,6 +126,7 @@ pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<JobRun> {
         provider_hosts: [s(18), s(19)].into_iter().flatten().collect(),
         post_steps: row.get(at + 20),
         created_at: row.get(at + 21),
+        closed_at: row.get(at + 22),
     })
 }
 
@@ -154,6 +157,21 @@ pub async fn record_result<C: GenericClient>(
                 (&result_key, Type::TEXT),
                 (&thumbnail_key, Type::TEXT),
             ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Closes the run of a job its owner ended (the status says so), once the provider is done with it or told to
+/// stop: from then on it no longer counts against the owner's open jobs, and the job is never completed.
+pub async fn close<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.job_runs SET closed_at = now() WHERE job_id = $1 AND closed_at IS NULL",
+            &[(&job_id, Type::UUID)],
         )
         .await?;
     Ok(())

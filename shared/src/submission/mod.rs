@@ -875,7 +875,7 @@ pub async fn cancel_job(
 }
 
 /// Asks the job's provider to cancel its request (best effort: the job is cancelled whatever it answers).
-async fn cancel_at_provider(state: &AppState, settings: &Settings, job: &JobRecord) {
+pub(crate) async fn cancel_at_provider(state: &AppState, settings: &Settings, job: &JobRecord) {
     let Some(run) = job.run.as_ref() else {
         return;
     };

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use crate::common::{open_jobs_of, stack_var};
 use gen_pipeline::db::{self, Db, users};
+use gen_pipeline::jobs::JobStatus;
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -108,4 +109,104 @@ async fn concurrent_submissions_never_exceed_the_open_jobs_bound() {
     }
     assert_eq!(admitted, MAX_OPEN as usize);
     assert_eq!(open_jobs_of(&admin, user).await, MAX_OPEN);
+}
+
+/// A job and its run, as a submission writes them, admitted below `max_open` (`None` at the bound).
+async fn insert_job(client: &tokio_postgres::Client, user: Uuid, max_open: i64) -> Option<Uuid> {
+    client
+        .query_one(
+            "SELECT public.insert_job($1, 'image_fast', 'bound', 'queued', 'fast', NULL, 'image', '{}'::jsonb, $2,
+                                      NULL, 'fal', 'bound-model', 'token', NULL, NULL, NULL, NULL, NULL, NULL,
+                                      '{}'::text[])",
+            &[&user, &max_open],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The bound counts the runs the functions have not closed, not the statuses the owner can rewrite: jobs their
+/// owner set `cancelled` (the original's clients cancel that way, through RLS) count until the functions close
+/// their runs, as the provider is still running them.
+#[tokio::test]
+async fn jobs_their_owner_closed_count_against_the_bound_until_their_runs_close() {
+    const MAX_OPEN: i64 = 2;
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..MAX_OPEN {
+        jobs.push(
+            insert_job(&admin, user, MAX_OPEN)
+                .await
+                .expect("below the bound"),
+        );
+    }
+    admin
+        .execute(
+            "UPDATE public.jobs SET status = 'cancelled' WHERE id = ANY($1)",
+            &[&jobs],
+        )
+        .await
+        .unwrap();
+    assert_eq!(open_jobs_of(&admin, user).await, 0);
+    assert_eq!(insert_job(&admin, user, MAX_OPEN).await, None);
+
+    db::runs::close(&admin, jobs[0]).await.unwrap();
+    let admitted = insert_job(&admin, user, MAX_OPEN).await;
+    assert!(admitted.is_some());
+    assert_eq!(insert_job(&admin, user, MAX_OPEN).await, None);
+}
+
+/// A terminal transition closes the run in the same statement, and a closed run's job is never moved again, even
+/// after its owner set its status open.
+#[tokio::test]
+async fn a_terminal_transition_closes_the_run_for_good() {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let job = insert_job(&admin, user, 10).await.unwrap();
+    let closed_at = async || -> Option<chrono::DateTime<chrono::Utc>> {
+        admin
+            .query_one(
+                "SELECT closed_at FROM public.job_runs WHERE job_id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let patch = serde_json::json!({});
+    let to_processing = db::jobs::transition(&admin, job, JobStatus::Processing, None, &patch);
+    assert!(to_processing.await.unwrap());
+    assert_eq!(
+        closed_at().await,
+        None,
+        "a move between open statuses closed the run"
+    );
+    let failed = db::jobs::transition(&admin, job, JobStatus::Failed, Some("gone"), &patch);
+    assert!(failed.await.unwrap());
+    assert!(closed_at().await.is_some());
+
+    admin
+        .execute(
+            "UPDATE public.jobs SET status = 'queued' WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let reopened = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(reopened.status, JobStatus::Queued);
+    assert!(reopened.is_closed());
+    let completed = db::jobs::transition(&admin, job, JobStatus::Completed, None, &patch);
+    assert!(
+        !completed.await.unwrap(),
+        "a closed run's job was completed"
+    );
+    let status: String = admin
+        .query_one("SELECT status FROM public.jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "queued");
 }

@@ -180,26 +180,33 @@ fn original_tables() -> Vec<String> {
         .collect()
 }
 
-/// The open-jobs bound's functions (V8, V9) spell the open statuses out, as V7's partial index does: they must be
-/// the statuses the guards call open, and the index's predicate must be the count's, or the count stops reading
-/// only that index.
+/// V8's bound (still called by the release before V9) spells the open statuses out, as V7's partial index does:
+/// they must be the statuses the guards call open, and the index's predicate must be the count's, or the count
+/// stops reading only that index. Since V11, `insert_job` counts the runs the functions have not closed, and reads
+/// only their partial index.
 #[tokio::test]
 async fn the_open_jobs_bound_and_its_index_name_the_open_statuses_of_the_guards() {
     let tmp = TempDb::new().await;
     migrations::apply(&tmp.url).await.unwrap();
     let client = db::connect(&tmp.url).await.unwrap();
     let open = format!("status IN {OPEN_STATUSES_SQL}");
-    for function in ["open_jobs_below", "insert_job"] {
-        let body: String = client
+    let body = async |function: &str| -> String {
+        client
             .query_one(
                 "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = 'public'::regnamespace",
                 &[&function],
             )
             .await
             .unwrap()
-            .get(0);
-        assert!(body.contains(&open), "{function} does not count {open}");
-    }
+            .get(0)
+    };
+    assert!(body("open_jobs_below").await.contains(&open));
+    let insert_job = body("insert_job").await;
+    assert!(
+        insert_job.contains("FROM public.job_runs") && insert_job.contains("closed_at IS NULL"),
+        "insert_job does not count open runs: {insert_job}"
+    );
+    assert!(!insert_job.contains(&open), "insert_job counts statuses");
     // Postgres normalises a predicate: compare the index's with that of the same list on a scratch table.
     client
         .batch_execute(&format!(
@@ -221,6 +228,10 @@ async fn the_open_jobs_bound_and_its_index_name_the_open_statuses_of_the_guards(
     assert_eq!(
         predicate("public.idx_jobs_open_by_user").await,
         predicate("open_probe_idx").await
+    );
+    assert_eq!(
+        predicate("public.job_runs_open_by_user").await,
+        "(closed_at IS NULL)"
     );
     drop(client);
     tmp.drop().await;

@@ -265,11 +265,14 @@ async fn floor(
     Ok(elapsed)
 }
 
-/// Closes a measured job (untimed), so that the user's open jobs — which every submission counts against its
-/// bound — stay as few as a real user's, not one more per iteration.
+/// Closes a measured job and its run (untimed), as the functions' cancel does, so that the user's open runs —
+/// which every submission counts against its bound — stay as few as a real user's, not one more per iteration.
 async fn close(raw: &tokio_postgres::Client, job_id: Uuid) -> anyhow::Result<()> {
     raw.execute(
-        "UPDATE public.jobs SET status = 'cancelled', completed_at = now() WHERE id = $1",
+        "WITH job AS (
+             UPDATE public.jobs SET status = 'cancelled', completed_at = now() WHERE id = $1 RETURNING id
+         )
+         UPDATE public.job_runs SET closed_at = now() WHERE job_id IN (SELECT id FROM job)",
         &[&job_id],
     )
     .await?;
