@@ -688,6 +688,7 @@ for_each_provider!(
     queue_503_falls_back_to_sync_with_one_job_one_asset_one_usage,
     media_failing_past_the_providers_retries_is_completed_by_the_reconciler,
     media_stalling_past_the_read_timeout_is_retried_and_completed_once,
+    a_failed_record_after_the_provider_accepted_still_answers_queued,
 );
 
 /// (a) S3 (moto) frozen with SIGSTOP for ~5 s in the middle of a webhook's transfer, then continued.
@@ -924,4 +925,50 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once(prov
     assert_eq!(f.record().await["media_fetches"], 2);
     assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
+}
+
+/// (g) Recording the provider's request failing after the provider accepted it (a trigger refuses the run's
+/// update for this one job): the caller still gets its `queued` answer, since a 503 would invite a second
+/// generation, and the provider's webhook, finding the job by the token in its URL, completes it with its one
+/// usage row.
+async fn a_failed_record_after_the_provider_accepted_still_answers_queued(provider: Provider) {
+    let marker = format!("record_fault_{}", Uuid::new_v4().simple());
+    let db = db().await;
+    // Fires only for the job whose prompt carries the marker, so other tests' jobs are untouched.
+    db.batch_execute(&format!(
+        "CREATE FUNCTION public.{marker}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.request_id IS NOT NULL AND OLD.request_id IS NULL AND EXISTS (
+                SELECT 1 FROM public.jobs WHERE id = NEW.job_id AND original_prompt LIKE '%{marker}%') THEN
+             RAISE EXCEPTION 'injected fault: the request is not recorded';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER {marker} BEFORE UPDATE ON public.job_runs
+           FOR EACH ROW EXECUTE FUNCTION public.{marker}();"
+    ))
+    .await
+    .unwrap();
+    let (user_id, jwt) = user().await;
+    let body =
+        json!({"prompt": prompt(&marker, "#delay-ms=300"), "apiModelId": provider.queued_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    db.batch_execute(&format!(
+        "DROP TRIGGER {marker} ON public.job_runs; DROP FUNCTION public.{marker}();"
+    ))
+    .await
+    .unwrap();
+
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    let job_id = answer["jobId"].as_str().unwrap();
+    let recorded =
+        "SELECT count(*) FROM public.job_runs WHERE job_id = $1 AND request_id IS NOT NULL";
+    assert_eq!(count(recorded, job_id).await, 0, "the fault did not hit");
+    wait_terminal(job_id, Duration::from_secs(60)).await;
+    assert_exactly_once(user_id, job_id, "completed").await;
+    assert_eq!(jobs_of_user(user_id).await, 1);
 }

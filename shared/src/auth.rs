@@ -35,6 +35,10 @@ pub enum AuthError {
     /// `SUPABASE_URL` is not set: no token can be checked for its issuer.
     #[error("Server misconfigured")]
     NotConfigured,
+    /// The project's JWKS cannot be had and no copy is cached: the token can be neither accepted nor refused
+    /// (our fault, not the caller's session's).
+    #[error("Authentication temporarily unavailable")]
+    KeysUnavailable,
 }
 
 #[derive(Deserialize)]
@@ -123,7 +127,7 @@ impl UserTokens {
                 (Algorithm::HS256, key)
             }
             (_, Some(kid)) => {
-                let k = key_for(keys, &kid).await.ok_or(AuthError::Invalid)?;
+                let k = key_for(keys, &kid).await?;
                 (k.algorithm, k.key)
             }
             (_, None) => return Err(AuthError::Invalid),
@@ -145,22 +149,20 @@ impl UserTokens {
 }
 
 /// The key named `kid`: from the cached set, else from one refetch (a rotation publishes the next key first).
-/// `None` when it is not in the set or no set can be had (failing closed).
-async fn key_for(keys: &KeySetCache<Keys>, kid: &str) -> Option<UserKey> {
-    let (set, fresh) = match keys.keys().await {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(error = %e, "the project's JWKS is unavailable");
-            return None;
-        }
-    };
+/// Failing closed: `Invalid` when it is not in the set, `KeysUnavailable` when no set can be had at all.
+async fn key_for(keys: &KeySetCache<Keys>, kid: &str) -> Result<UserKey, AuthError> {
+    let (set, fresh) = keys.keys().await.map_err(|e| {
+        tracing::warn!(error = %e, "the project's JWKS is unavailable");
+        AuthError::KeysUnavailable
+    })?;
     if let Some(k) = set.get(kid) {
-        return Some(k.clone());
+        return Ok(k.clone());
     }
     if fresh {
-        return None;
+        return Err(AuthError::Invalid);
     }
-    keys.refetch().await?.get(kid).cloned()
+    let refetched = keys.refetch().await.ok_or(AuthError::Invalid)?;
+    refetched.get(kid).cloned().ok_or(AuthError::Invalid)
 }
 
 fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {

@@ -65,6 +65,7 @@ impl From<AuthError> for ApiError {
         let status = match e {
             AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
             AuthError::NotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, &e.to_string())
     }

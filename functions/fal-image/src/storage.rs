@@ -25,8 +25,22 @@ struct SignMany {
     paths: Vec<String>,
 }
 
-fn body_of<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    serde_json::from_slice(req.body().as_ref())
+/// Most paths one `createSignedUrls` call signs: each is an HMAC and an entry of the answer, which Lambda caps at
+/// 6 MB.
+const MAX_PATHS: usize = 1000;
+
+/// The body, within the functions' `MAX_BODY_BYTES` like every other route's.
+fn body_of<T: serde::de::DeserializeOwned>(state: &AppState, req: &Request) -> Result<T, ApiError> {
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > state.config.max_body_bytes {
+        let message = format!("The body exceeds {} bytes", state.config.max_body_bytes);
+        return Err(ApiError::storage(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            &message,
+        ));
+    }
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::storage(StatusCode::BAD_REQUEST, "InvalidRequest", &e.to_string()))
 }
 
@@ -53,7 +67,7 @@ pub async fn sign_one(
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
     let bucket = bucket(bucket_name)?;
-    let ttl = lifetime(body_of::<SignOne>(req)?.expires_in)?;
+    let ttl = lifetime(body_of::<SignOne>(state, req)?.expires_in)?;
     let signed = storage_links::sign_for_user(&settings, user, bucket, path, ttl)?;
     Ok(json!({ "signedURL": signed }))
 }
@@ -67,7 +81,15 @@ pub async fn sign_many(
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
     let bucket = bucket(bucket_name)?;
-    let body = body_of::<SignMany>(req)?;
+    let body = body_of::<SignMany>(state, req)?;
+    if body.paths.len() > MAX_PATHS {
+        let message = format!("At most {MAX_PATHS} paths are signed at once");
+        return Err(ApiError::storage(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &message,
+        ));
+    }
     let ttl = lifetime(body.expires_in)?;
     let signed = storage_links::sign_many_for_user(&settings, user, bucket, &body.paths, ttl);
     if signed

@@ -119,8 +119,10 @@ pub async fn complete<C: GenericClient>(
     Ok(rows.len() as u64)
 }
 
-/// Inserts the row of a queued generation that has none (submitted before the port): provider by name,
-/// cost from the job's estimate. No-op when the job has a row.
+/// Inserts the row of a queued generation that has none (submitted before the port, or its submission's record
+/// failed): provider by name, model from its run when it has one, cost from the job's estimate. The estimate is
+/// in metadata its owner can rewrite: one that `numeric(10,6)` cannot hold is left out rather than failing the
+/// completing transaction at every retry. No-op when the job has a row.
 pub async fn insert_for_job<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -134,11 +136,15 @@ pub async fn insert_for_job<C: GenericClient>(
                  cost_usd, response_status, response_time_ms, provider_metadata)
              SELECT j.id, p.id, j.api_model_id, j.user_id,
                     CASE WHEN j.format = 'video' THEN 'video' ELSE 'image' END,
-                    '/' || coalesce(j.metadata->>'model_key', ''),
-                    CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number'
-                         THEN (j.metadata->>'estimated_cost')::numeric(10,6) END,
+                    '/' || coalesce(r.model_key, j.metadata->>'model_key', ''),
+                    CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number' THEN
+                         CASE WHEN (j.metadata->>'estimated_cost')::numeric BETWEEN 0 AND 9999
+                              THEN (j.metadata->>'estimated_cost')::numeric(10,6) END
+                    END,
                     200, $3, $4
-               FROM public.jobs j JOIN public.api_providers p ON p.name = $2
+               FROM public.jobs j
+               JOIN public.api_providers p ON p.name = $2
+               LEFT JOIN public.job_runs r ON r.job_id = j.id
               WHERE j.id = $1
              ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
              RETURNING id",

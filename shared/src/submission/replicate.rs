@@ -131,7 +131,13 @@ async fn queued(
         .plan
         .usage(run.job_id, run.user_id)
         .row(None, 0, None, None, provider_metadata);
-    db::usage::insert_once_and_record_request(client, &usage, &request_of(prediction)).await?;
+    // Replicate has the prediction now: an error here must not send the caller back to submit it again (a second
+    // generation). Its webhook finds the job by the token in its URL and writes the missing usage row.
+    let request = request_of(prediction);
+    if let Err(e) = db::usage::insert_once_and_record_request(client, &usage, &request).await {
+        let job_id = run.job_id;
+        tracing::error!(%job_id, error = %e, "Replicate has the prediction, but recording it failed; its webhook completes the job");
+    }
     Ok(SubmitResult {
         answer: Answer::Queued {
             job_id: run.job_id,

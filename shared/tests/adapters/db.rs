@@ -210,3 +210,40 @@ async fn a_terminal_transition_closes_the_run_for_good() {
         .get(0);
     assert_eq!(status, "queued");
 }
+
+/// A usage row made from a job's estimate (a job submitted before the port): the estimate is in metadata its owner
+/// can rewrite, and one the column cannot hold is left out instead of failing the completing transaction.
+#[tokio::test]
+async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    for (estimate, expected) in [
+        (serde_json::json!(0.25), Some("0.250000")),
+        (serde_json::json!(1e9), None),
+        (serde_json::json!(-1), None),
+        (serde_json::json!("12"), None),
+    ] {
+        let metadata = serde_json::json!({ "estimated_cost": estimate });
+        let job: Uuid = admin
+            .query_one(
+                "INSERT INTO public.jobs (user_id, job_type, metadata) VALUES ($1, 'image_fast', $2) RETURNING id",
+                &[&user, &metadata],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let meta = serde_json::json!({});
+        let inserted = db::usage::insert_for_job(&admin, job, "fal", 1, &meta).await;
+        assert!(inserted.unwrap(), "{estimate}");
+        let cost: Option<String> = admin
+            .query_one(
+                "SELECT cost_usd::text FROM public.api_usage_logs WHERE job_id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(cost.as_deref(), expected, "{estimate}");
+    }
+}

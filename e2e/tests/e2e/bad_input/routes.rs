@@ -84,3 +84,40 @@ async fn job_routes_refuse_others_jobs_and_hostile_ids() {
 
     world.run("job routes", rows).await;
 }
+
+/// The storage signing routes storage-js calls: bodies past `MAX_BODY_BYTES` are 413 and more paths than one
+/// call signs are 400, with Supabase's error shape; a call at the limit is answered.
+#[tokio::test]
+async fn storage_signing_bodies_past_their_bounds_are_refused() {
+    let world = World::new().await;
+    // Paths of a user no row calls as (the answer names each path, and must not name the victim).
+    let someone = Uuid::new_v4();
+    let many = |n: usize| {
+        let paths: Vec<String> = (0..n).map(|i| format!("{someone}/{i}.png")).collect();
+        serde_json::to_vec(&json!({ "expiresIn": 60, "paths": paths })).unwrap()
+    };
+    let big_one =
+        serde_json::to_vec(&json!({ "expiresIn": 60, "pad": "x".repeat(2 << 20) })).unwrap();
+    let sign = |path: String| call(Method::POST, path, Auth::Caller);
+    let one = format!("/storage/v1/object/sign/workspace-temp/{someone}/a.png");
+    let batch = "/storage/v1/object/sign/workspace-temp".to_owned();
+    let mut rows = Vec::new();
+    for (name, target, body, status) in [
+        ("createSignedUrl with a 2 MiB body", sign(one), big_one, 413),
+        (
+            "createSignedUrls with 1001 paths",
+            sign(batch.clone()),
+            many(1001),
+            400,
+        ),
+        (
+            "createSignedUrls with 1000 paths (the limit)",
+            sign(batch),
+            many(1000),
+            200,
+        ),
+    ] {
+        rows.push(row(name, target, body, status).await);
+    }
+    world.run("storage signing bounds", rows).await;
+}
