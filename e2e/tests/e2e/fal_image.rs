@@ -626,3 +626,46 @@ async fn a_storyboard_clip_is_completed_with_its_video() {
     assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
     assert_clip_completed(job_id, clip).await;
 }
+
+/// A browser `fetch()` of a signed link from the app's origin: the 302 and the object's own answer both carry
+/// CORS headers (the buckets' rule in `template.yaml`, set on the local buckets too), so a page can read the
+/// bytes, not only show them in an `<img>`.
+#[tokio::test]
+async fn a_signed_link_fetched_from_the_apps_origin_is_readable_by_the_page() {
+    let (_, jwt) = user().await;
+    let body = json!({"prompt": prompt("cors", ""), "apiModelId": sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let origin = "https://app.example";
+    let step_by_step = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let get = async |url: &str| {
+        step_by_step
+            .get(url)
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap()
+    };
+    // `*`, or the origin echoed (as moto does for a `*` rule): either lets the page read the answer.
+    let readable = |r: &reqwest::Response| {
+        let allowed = r.headers().get("access-control-allow-origin");
+        let allowed = allowed.and_then(|v| v.to_str().ok());
+        assert!(
+            allowed == Some("*") || allowed == Some(origin),
+            "{} allows {allowed:?}",
+            r.url()
+        );
+    };
+    let link = get(answer["resultUrl"].as_str().unwrap()).await;
+    assert_eq!(link.status(), 302);
+    readable(&link);
+    let location = link.headers()["location"].to_str().unwrap().to_owned();
+    let object = get(&location).await;
+    assert_eq!(object.status(), 200);
+    readable(&object);
+}

@@ -116,6 +116,30 @@ pub async fn provision(endpoint: &str, secret: &AppSecret, clock: &Clock) -> any
     Ok(())
 }
 
+/// The buckets' CORS rule in `template.yaml` (`CorsConfiguration`): signed links are fetched from the app's
+/// origin.
+fn cors_configuration() -> anyhow::Result<aws_sdk_s3::types::CorsConfiguration> {
+    use aws_sdk_s3::types::{CorsConfiguration, CorsRule};
+    let rule = CorsRule::builder()
+        .allowed_origins("*")
+        .allowed_methods("GET")
+        .allowed_methods("HEAD")
+        .allowed_headers("*")
+        .set_expose_headers(Some(
+            [
+                "Content-Length",
+                "Content-Type",
+                "Content-Disposition",
+                "ETag",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ))
+        .max_age_seconds(3600)
+        .build()?;
+    Ok(CorsConfiguration::builder().cors_rules(rule).build()?)
+}
+
 async fn create(endpoint: &str, secret_json: &str) -> anyhow::Result<()> {
     let config = sdk_config(endpoint).await;
     let s3 = aws_sdk_s3::Client::from_conf(
@@ -135,6 +159,13 @@ async fn create(endpoint: &str, secret_json: &str) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot create bucket {bucket}"));
             }
         }
+        s3.put_bucket_cors()
+            .bucket(bucket)
+            .cors_configuration(cors_configuration()?)
+            .send()
+            .await
+            .map_err(aws_sdk_s3::Error::from)
+            .with_context(|| format!("cannot set the CORS rule of bucket {bucket}"))?;
     }
 
     let sm = aws_sdk_secretsmanager::Client::new(&config);
