@@ -178,19 +178,27 @@ describe('generations through invoke, results through signed URLs', () => {
         assert.equal(one.error, null, String(one.error));
         await assertServes(one.data.signedUrl, stored);
 
-        const many = await bucket.createSignedUrls([path, neighbour.path], 3600);
+        // A path of the user's with no object: Supabase answers from its object rows, so no link to nothing.
+        const missing = `${user}/${jobId}_missing.png`;
+        const many = await bucket.createSignedUrls([path, neighbour.path, missing], 3600);
         assert.equal(many.error, null, String(many.error));
-        assert.equal(many.data.length, 2);
+        assert.equal(many.data.length, 3);
         assert.equal(many.data[0].path, path);
         assert.equal(many.data[0].error, null);
         await assertServes(many.data[0].signedUrl, stored);
-        assert.equal(many.data[1].path, neighbour.path);
-        assert.ok(many.data[1].error, "another user's path has its error");
-        assert.equal(many.data[1].signedUrl, null);
+        for (const [i, p, what] of [[1, neighbour.path, "another user's path"], [2, missing, 'a missing object']]) {
+          assert.equal(many.data[i].path, p);
+          assert.equal(many.data[i].error, 'Either the object does not exist or you do not have access to it', what);
+          assert.equal(many.data[i].signedUrl, null, what);
+        }
 
         const theirs = await bucket.createSignedUrl(neighbour.path, 3600);
         assert.equal(theirs.data, null);
-        assert.ok(theirs.error, "another user's path is not signed");
+        assert.equal(theirs.error?.status, 403, `another user's path is not signed: ${theirs.error}`);
+        const nothing = await bucket.createSignedUrl(missing, 3600);
+        assert.equal(nothing.data, null);
+        assert.equal(nothing.error?.status, 404, `a missing object is not signed: ${nothing.error}`);
+        assert.equal(nothing.error?.message, 'Object not found');
 
         // My link's token does not open another path.
         const redirected = one.data.signedUrl.replace(encodeURI(path), encodeURI(neighbour.path));

@@ -74,6 +74,12 @@ pub enum LinkError {
     /// A valid token of another object.
     #[error("The url does not match the signature")]
     OtherPath,
+    /// The caller's own path, with no object there.
+    #[error("Object not found")]
+    NotFound,
+    /// Whether the object exists could not be asked of our storage.
+    #[error("Storage is unavailable")]
+    StorageUnavailable,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,18 +132,56 @@ pub fn sign_for_user(
     signed_path(settings, bucket, path, ttl)
 }
 
-/// `createSignedUrls`: each path signed, or the reason it cannot be, in the order given.
-pub fn sign_many_for_user(
-    settings: &Settings,
-    user_id: Uuid,
-    bucket: Bucket,
-    paths: &[String],
-    ttl: Duration,
-) -> Vec<(String, Result<String, LinkError>)> {
-    paths
-        .iter()
-        .map(|p| (p.clone(), sign_for_user(settings, user_id, bucket, p, ttl)))
-        .collect()
+/// Existence checks in flight for one `createSignedUrls`.
+const CHECKS_AT_ONCE: usize = 16;
+
+/// One caller's signing request: `createSignedUrl(s)` of objects that exist, as Supabase Storage answers from its
+/// `storage.objects` rows (a link to nothing is `Object not found`, not a link that fails when followed).
+#[derive(Clone, Copy)]
+pub struct Signing<'a> {
+    pub state: &'a AppState,
+    pub settings: &'a Settings,
+    pub user_id: Uuid,
+    pub bucket: Bucket,
+    pub ttl: Duration,
+}
+
+impl Signing<'_> {
+    /// `createSignedUrl`: [`sign_for_user`], for an object that exists.
+    pub async fn present(self, path: &str) -> Result<String, LinkError> {
+        let Signing {
+            state,
+            settings,
+            user_id,
+            bucket,
+            ttl,
+        } = self;
+        let signed = sign_for_user(settings, user_id, bucket, path, ttl)?;
+        match state.storage.exists(bucket.s3_bucket(settings), path).await {
+            Ok(true) => Ok(signed),
+            Ok(false) => Err(LinkError::NotFound),
+            Err(e) => {
+                tracing::warn!(error = %e, "whether an object to sign exists could not be asked");
+                Err(LinkError::StorageUnavailable)
+            }
+        }
+    }
+
+    /// `createSignedUrls`: each path as [`Self::present`] signs it, or the reason it cannot be, in the order
+    /// given.
+    pub async fn many(self, paths: &[String]) -> Vec<(String, Result<String, LinkError>)> {
+        use futures::StreamExt as _;
+        // Collected first: a stream over the closure would not be `Send` for every lifetime the handler needs.
+        let entries: Vec<_> = paths.iter().map(|p| self.entry(p)).collect();
+        futures::stream::iter(entries)
+            .buffered(CHECKS_AT_ONCE)
+            .collect()
+            .await
+    }
+
+    async fn entry(self, path: &str) -> (String, Result<String, LinkError>) {
+        (path.to_owned(), self.present(path).await)
+    }
 }
 
 /// A link a client keeps for `ttl` to an object of the functions' own making (a result, a storyboard clip): a

@@ -55,6 +55,10 @@ impl From<LinkError> for ApiError {
             LinkError::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             LinkError::Expired | LinkError::BadToken => (StatusCode::BAD_REQUEST, "InvalidJWT"),
             LinkError::OtherPath => (StatusCode::BAD_REQUEST, "InvalidSignature"),
+            LinkError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            LinkError::StorageUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
         };
         ApiError::storage(status, error, &e.to_string())
     }

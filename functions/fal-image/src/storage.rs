@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use gen_pipeline::AppState;
-use gen_pipeline::storage_links::{self, Bucket, LinkError};
+use gen_pipeline::storage_links::{self, Bucket, LinkError, Signing};
+use gen_pipeline::{AppState, Settings};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::errors::ApiError;
 use crate::http::{caller, cors, error_response, settings};
@@ -57,6 +58,23 @@ fn lifetime(seconds: f64) -> Result<Duration, ApiError> {
     }
 }
 
+/// The caller's signing of `bucket` for `expires_in` seconds.
+fn signing<'a>(
+    state: &'a AppState,
+    settings: &'a Settings,
+    user_id: Uuid,
+    bucket: Bucket,
+    expires_in: f64,
+) -> Result<Signing<'a>, ApiError> {
+    Ok(Signing {
+        state,
+        settings,
+        user_id,
+        bucket,
+        ttl: lifetime(expires_in)?,
+    })
+}
+
 /// `createSignedUrl`: `{signedURL}` for one of the caller's own paths.
 pub async fn sign_one(
     state: &AppState,
@@ -67,8 +85,9 @@ pub async fn sign_one(
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
     let bucket = bucket(bucket_name)?;
-    let ttl = lifetime(body_of::<SignOne>(state, req)?.expires_in)?;
-    let signed = storage_links::sign_for_user(&settings, user, bucket, path, ttl)?;
+    let body = body_of::<SignOne>(state, req)?;
+    let signing = signing(state, &settings, user, bucket, body.expires_in)?;
+    let signed = signing.present(path).await?;
     Ok(json!({ "signedURL": signed }))
 }
 
@@ -90,19 +109,24 @@ pub async fn sign_many(
             &message,
         ));
     }
-    let ttl = lifetime(body.expires_in)?;
-    let signed = storage_links::sign_many_for_user(&settings, user, bucket, &body.paths, ttl);
-    if signed
-        .iter()
-        .any(|(_, r)| r == &Err(LinkError::NotConfigured))
-    {
-        return Err(ApiError::from(LinkError::NotConfigured));
+    let signing = signing(state, &settings, user, bucket, body.expires_in)?;
+    let signed = signing.many(&body.paths).await;
+    // Faults of ours fail the whole call; a path's own reason goes in its entry.
+    for fault in [LinkError::NotConfigured, LinkError::StorageUnavailable] {
+        if signed.iter().any(|(_, r)| r.as_ref().err() == Some(&fault)) {
+            return Err(ApiError::from(fault));
+        }
     }
     Ok(Value::Array(
         signed
             .into_iter()
             .map(|(path, result)| match result {
                 Ok(url) => json!({ "path": path, "signedURL": url, "error": null }),
+                // Supabase's one wording for a path that is missing or not the caller's.
+                Err(LinkError::NotFound) => {
+                    let error = LinkError::NotYours.to_string();
+                    json!({ "path": path, "signedURL": null, "error": error })
+                }
                 Err(e) => json!({ "path": path, "signedURL": null, "error": e.to_string() }),
             })
             .collect(),

@@ -293,6 +293,22 @@ impl Storage {
         }
     }
 
+    /// Whether the object exists. S3 answers a HEAD of a missing key with 403 to a role that may not list the
+    /// bucket (the functions' roles may not: nothing of theirs lists), while they may read every object of their
+    /// buckets: a 403 is an absent object too.
+    pub async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_not_found())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 403) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(s3_err("HeadObject")(e)),
+        }
+    }
+
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
         self.s3
             .delete_object()

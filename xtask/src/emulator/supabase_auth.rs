@@ -169,7 +169,8 @@ mod tests {
         let jwt = s.token(Algorithm::ES256, user);
         assert_eq!(s.set_status(503).await, 200);
         assert_eq!(s.jwks_status().await, 503);
-        assert_eq!(s.verify(&jwt).await, Err(AuthError::Invalid));
+        // No key set fetched yet: neither accepted nor blamed on the token.
+        assert_eq!(s.verify(&jwt).await, Err(AuthError::KeysUnavailable));
         assert_eq!(s.set_status(200).await, 200);
         assert_eq!(s.jwks_status().await, 200);
         assert_eq!(s.verify(&jwt).await, Ok(user));
