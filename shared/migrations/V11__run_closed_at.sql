@@ -16,6 +16,26 @@ UPDATE public.job_runs r
    AND r.closed_at IS NULL
    AND (r.result_key IS NOT NULL OR j.status NOT IN ('queued', 'processing'));
 
+-- Runs V5 brought over from an existing deployment that the port has nothing to act on, closed so that no
+-- reconciler pass fails their jobs: jobs of the original's other pipelines (replicate-webhook, job-callback:
+-- no fal model and no fal request), and jobs the original left open although their result is stored (its stuck
+-- `processing` portraits, which have their asset). The port's own runs are never among them: a queued or
+-- fallback run authenticates with a per-job token, and a sync run has a fal model and no asset before its result
+-- key (both are written in one transaction).
+UPDATE public.job_runs r
+   SET closed_at = now()
+  FROM public.jobs j
+ WHERE j.id = r.job_id
+   AND r.closed_at IS NULL
+   AND r.result_key IS NULL
+   AND r.webhook_auth <> 'token'
+   AND ((r.request_id IS NULL
+         AND NOT EXISTS (SELECT 1
+                           FROM public.api_models m
+                           JOIN public.api_providers p ON p.id = m.provider_id
+                          WHERE m.id = j.api_model_id AND p.name = 'fal'))
+        OR EXISTS (SELECT 1 FROM public.workspace_assets a WHERE a.job_id = j.id));
+
 -- The bound's count reads only this index: as many entries as the user has open runs.
 CREATE INDEX IF NOT EXISTS job_runs_open_by_user ON public.job_runs (user_id) WHERE closed_at IS NULL;
 

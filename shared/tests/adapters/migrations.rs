@@ -1,6 +1,7 @@
 use crate::common::{as_user, stack_var, unique, with_database};
 use gen_pipeline::jobs::OPEN_STATUSES_SQL;
 use gen_pipeline::{db, migrations};
+use serde_json::json;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -154,6 +155,99 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
         row.get::<_, Option<String>>(1).as_deref(),
         Some("https://fal.run")
     );
+    drop(client);
+    tmp.drop().await;
+}
+
+/// The open jobs of an existing deployment as the migrations find them: V5 brings each over with a run, and V11
+/// closes the runs the port has nothing to act on, so no reconciler pass fails another pipeline's job or one whose
+/// result the original stored. The original's queued fal jobs stay open for their webhooks (and the reconciler).
+#[tokio::test]
+async fn the_runs_of_an_existing_deployments_open_jobs_stay_open_only_for_the_originals_fal_requests()
+ {
+    let tmp = TempDb::new().await;
+    let client = db::connect(&tmp.url).await.unwrap();
+    client.batch_execute(ORIGINAL_SCHEMA).await.unwrap();
+    let user = Uuid::new_v4();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO auth.users (id) VALUES ('{user}');
+             INSERT INTO public.profiles (id) VALUES ('{user}');
+             INSERT INTO public.api_providers (name, display_name, base_url)
+             VALUES ('fal', 'fal.ai', 'https://queue.fal.run'), ('replicate', 'Replicate', 'https://api.replicate.com');
+             INSERT INTO public.api_models (provider_id, model_key, display_name, modality, tasks)
+             SELECT id, name || '-model', name, 'image', '{{generate}}' FROM public.api_providers;"
+        ))
+        .await
+        .unwrap();
+    let job = async |prompt: &str,
+                     status: &str,
+                     provider: Option<&str>,
+                     metadata: serde_json::Value|
+           -> Uuid {
+        client
+            .query_one(
+                "INSERT INTO public.jobs (user_id, job_type, status, original_prompt, api_model_id, metadata)
+                 VALUES ($1, 'image_fast', $2, $3,
+                         (SELECT m.id FROM public.api_models m JOIN public.api_providers p ON p.id = m.provider_id
+                           WHERE p.name = $4), $5)
+                 RETURNING id",
+                &[&user, &status, &prompt, &provider, &metadata],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let queued_fal = job(
+        "fal, queued",
+        "queued",
+        Some("fal"),
+        json!({"fal_request_id": "r-1"}),
+    )
+    .await;
+    let other_pipeline = job("job-callback", "processing", None, json!({})).await;
+    let replicate_pipeline = job("replicate-webhook", "queued", Some("replicate"), json!({})).await;
+    let stuck_portrait = job("portrait", "processing", Some("fal"), json!({})).await;
+    client
+        .execute(
+            "INSERT INTO public.workspace_assets (user_id, job_id, asset_type, temp_storage_path, file_size_bytes,
+                                                 mime_type, generation_seed, original_prompt, model_used)
+             VALUES ($1, $2, 'image', 'p.png', 1, 'image/png', 1, 'portrait', 'fal-model')",
+            &[&user, &stuck_portrait],
+        )
+        .await
+        .unwrap();
+
+    migrations::apply(&tmp.url).await.unwrap();
+
+    let open: Vec<Uuid> = client
+        .query(
+            "SELECT job_id FROM public.job_runs WHERE closed_at IS NULL ORDER BY job_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(open, vec![queued_fal]);
+    let brought: i64 = client
+        .query_one("SELECT count(*) FROM public.job_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(brought, 4, "V5 brings every open job over");
+    for closed in [other_pipeline, replicate_pipeline, stuck_portrait] {
+        let status: String = client
+            .query_one("SELECT status FROM public.jobs WHERE id = $1", &[&closed])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            status == "queued" || status == "processing",
+            "the job itself is left as it was"
+        );
+    }
     drop(client);
     tmp.drop().await;
 }
