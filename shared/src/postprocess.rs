@@ -212,6 +212,19 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         if pp::step_done(&**client, job.id, s.step).await? {
             return Ok(false);
         }
+        // Its owner deleted the character or scene since the submission: recorded as skipped, so that no pass
+        // copies the result again for a step whose rows can never be written.
+        let (character, scene) = match s.pointer {
+            Pointer::Character { id, .. } => (Some(id), None),
+            Pointer::Scene { id } => (s.row.character_id, Some(id)),
+        };
+        let [character_ok, scene_ok, _] =
+            pp::targets_allowed(&**client, job.user_id, character, scene, None).await?;
+        if !(character_ok && scene_ok) {
+            let skipped = json!({ "skipped": "its character or scene no longer exists" });
+            pp::record_step(&**client, job.id, s.step, &skipped).await?;
+            return Ok(false);
+        }
     }
     state
         .storage

@@ -669,3 +669,53 @@ async fn a_signed_link_fetched_from_the_apps_origin_is_readable_by_the_page() {
     assert_eq!(object.status(), 200);
     readable(&object);
 }
+
+/// A portrait whose character its owner deleted before the result came: the step is recorded as skipped with
+/// nothing copied into the library, so that no reconciler pass copies the result again for a row it can never
+/// write.
+#[tokio::test]
+async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
+    let (user, jwt) = user().await;
+    let character = Uuid::new_v4();
+    let client = db().await;
+    client
+        .execute(
+            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Gone')",
+            &[&character, &user],
+        )
+        .await
+        .unwrap();
+    let metadata = json!({"destination": "character_portrait", "character_id": character});
+    let body = json!({
+        "prompt": prompt("portrait of a deleted character", "#delay-ms=1500"),
+        "apiModelId": async_model(),
+        "metadata": metadata,
+    });
+    let (job_id, _) = submit_queued(&jwt, &body).await;
+    client
+        .execute("DELETE FROM public.characters WHERE id = $1", &[&character])
+        .await
+        .unwrap();
+
+    wait_step(&job_id, "character_portrait").await;
+    let detail: Value = client
+        .query_one(
+            "SELECT detail FROM public.job_postprocessing WHERE job_id = $1::text::uuid AND step = 'character_portrait'",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail["skipped"].is_string(), "{detail}");
+    assert!(rerun_post_processing(&job_id).await.is_empty());
+    assert_eq!(library_rows(user).await, Vec::<Value>::new());
+    let copies = s3()
+        .await
+        .list_objects_v2()
+        .bucket(stack_var("LIBRARY_BUCKET"))
+        .prefix(format!("{user}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copies.key_count(), Some(0));
+}
