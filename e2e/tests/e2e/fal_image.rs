@@ -719,3 +719,54 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
         .unwrap();
     assert_eq!(copies.key_count(), Some(0));
 }
+
+/// Every refusal on the storage routes has Supabase Storage's shape (`{statusCode, error, message}`), which
+/// storage-js reads, the refusals made before the route is known included.
+#[tokio::test]
+async fn storage_route_refusals_have_supabase_storages_error_shape() {
+    let (user, jwt) = user().await;
+    let one = format!("/storage/v1/object/sign/workspace-temp/{user}/a.png");
+    let bearer = format!("Bearer {jwt}");
+    for (method, path, authorization, status) in [
+        (reqwest::Method::POST, one.as_str(), None, 401),
+        (
+            reqwest::Method::POST,
+            one.as_str(),
+            Some("Bearer not-a-token"),
+            401,
+        ),
+        (
+            reqwest::Method::DELETE,
+            one.as_str(),
+            Some(bearer.as_str()),
+            405,
+        ),
+        (
+            reqwest::Method::POST,
+            "/storage/v1/object/sign/b/%FF",
+            Some(bearer.as_str()),
+            404,
+        ),
+        (
+            reqwest::Method::POST,
+            "/storage/v1/object/sign/nope/a.png",
+            Some(bearer.as_str()),
+            404,
+        ),
+    ] {
+        let mut request = http()
+            .request(method.clone(), api(path))
+            .json(&json!({"expiresIn": 60}));
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        let (got, body) = answer_of(request.send().await.unwrap()).await;
+        let what = format!("{method} {path}: {got} {body}");
+        assert_eq!(got, status, "{what}");
+        assert_eq!(body["statusCode"], status.to_string(), "{what}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{what}"
+        );
+    }
+}

@@ -36,6 +36,20 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The same refusal in Supabase Storage's shape, for the storage routes (an error already in it is kept): the
+    /// status's name as `error`, the message as `message`.
+    pub fn into_storage(self) -> Self {
+        if self.body.get("statusCode").is_some() {
+            return self;
+        }
+        let message = self.body["error"].as_str().unwrap_or_default().to_owned();
+        let name = self.status.canonical_reason().unwrap_or("Error");
+        ApiError {
+            retry_after: self.retry_after,
+            ..ApiError::storage(self.status, name, &message)
+        }
+    }
+
     /// Supabase Storage's error shape: `{statusCode, error, message}`, the status as a string.
     pub fn storage(status: StatusCode, error: &str, message: &str) -> Self {
         ApiError {

@@ -111,9 +111,16 @@ pub async fn handle(
             return storage::follow(&state, &req, &bucket, &path).await;
         }
     };
+    // storage-js reads Supabase Storage's error shape on every answer of its routes.
+    let storage_route = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .starts_with("storage/v1/");
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),
         Err(e) => {
+            let e = if storage_route { e.into_storage() } else { e };
             if e.status.is_server_error() {
                 tracing::error!(status = e.status.as_u16(), error = %e.body["error"], "request failed");
             } else {

@@ -169,6 +169,7 @@ pub async fn follow(
             .header("cache-control", "private, max-age=60")
             .body(Body::Empty)?),
         Err(e) => {
+            let e = e.into_storage();
             tracing::info!(status = e.status.as_u16(), error = %e.body["error"], "signed link refused");
             error_response(e)
         }
