@@ -167,7 +167,14 @@ pub async fn complete_from_webhook(
                 .map(str::to_owned)
         })
         .ok_or(DeliveryError::MissingRequestId)?;
-    let job = find_job(state, settings, auth, job_id_param, &request_id).await?;
+    let job = match find_job(state, settings, auth, job_id_param, &request_id).await {
+        Err(DeliveryError::JobNotFound)
+            if ended_before_the_port(state, settings, auth, job_id_param, &request_id).await? =>
+        {
+            return Ok((Delivery::Skipped, None));
+        }
+        found => found?,
+    };
     if job.is_closed() {
         if !matches!(parsed.outcome, WebhookOutcome::NotOver) {
             close_ended_run(state, settings, &job).await?;
@@ -265,6 +272,27 @@ async fn find_job(
         return Err(DeliveryError::RequestMismatch);
     }
     Ok(job)
+}
+
+/// A redelivery, to a pre-token URL, of a fal request whose job ended before the port (it has no run, so the
+/// lookup by request id cannot find it): answered as skipped like any ended job's, so fal stops retrying. The
+/// request id is matched in `jobs.metadata`, which its owner can rewrite, but only to skip: nothing is changed.
+async fn ended_before_the_port(
+    state: &AppState,
+    settings: &Settings,
+    auth: Verified,
+    job_id_param: Option<&str>,
+    request_id: &str,
+) -> Result<bool, DeliveryError> {
+    let by_request = job_id_param.is_none_or(|s| s.trim().is_empty());
+    if !(auth.url == Authenticated::LegacySecret
+        && auth.provider == ProviderKind::Fal
+        && by_request)
+    {
+        return Ok(false);
+    }
+    let client = state.db_client(settings).await?;
+    Ok(db::jobs::ended_without_run(&**client, request_id).await?)
 }
 
 /// A final delivery for a job that was ended meanwhile (by its owner, through RLS: the functions close the runs of

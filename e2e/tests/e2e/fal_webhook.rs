@@ -476,3 +476,37 @@ async fn result_urls_outside_the_allow_list_fail_without_being_fetched() {
         other => panic!("the disallowed host was contacted: {other:?}"),
     }
 }
+
+/// A redelivery to a pre-token URL (`?secret=`, the request id in the body) of a request whose job ended before
+/// the port: the job has no run, so it is found by the original's `fal_request_id`, only to be skipped like any
+/// ended job's delivery (200, so fal stops retrying), and nothing changes.
+#[tokio::test]
+async fn a_redelivery_for_a_job_that_ended_before_the_port_is_skipped() {
+    let real = capture_delivery().await;
+    let secret = stack_var("FAL_WEBHOOK_SECRET");
+    let query = [("secret", secret.as_str())];
+    // No job knows the request yet: nothing to find.
+    let (s, text) = replay(&query, &real).await;
+    assert_eq!(s, 404, "{text}");
+
+    let (user, _) = user().await;
+    let request_id = real.header(HEADER_REQUEST_ID).to_owned();
+    let client = db().await;
+    let job: Uuid = client
+        .query_one(
+            "INSERT INTO public.jobs (user_id, job_type, status, completed_at, metadata)
+             VALUES ($1, 'image_fast', 'completed', now() - interval '2 days', jsonb_build_object('fal_request_id', $2::text))
+             RETURNING id",
+            &[&user, &request_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (s, text) = replay(&query, &real).await;
+    assert_eq!(s, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["skipped"], true, "{text}");
+    assert_eq!(asset_count(&job.to_string()).await, 0);
+    assert_eq!(usage_count(&job.to_string()).await, 0);
+    assert_eq!(rows("job_runs", &job.to_string()).await, 0);
+}

@@ -183,6 +183,23 @@ pub async fn by_request_id<C: GenericClient>(
         .map(from_row))
 }
 
+/// Whether a job that ended before the port (no run) recorded this fal request id in its metadata (the original's
+/// `fal_request_id`, indexed since V5). Only good for skipping a redelivery: metadata is the owner's to rewrite.
+pub async fn ended_without_run<C: GenericClient>(
+    client: &C,
+    request_id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM public.jobs j
+                         WHERE j.metadata->>'fal_request_id' = $1 AND j.status NOT IN {OPEN_STATUSES_SQL}
+                           AND NOT EXISTS (SELECT 1 FROM public.job_runs r WHERE r.job_id = j.id))"
+    );
+    let row = client
+        .query_typed_one(&sql, &[(&request_id, Type::TEXT)])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Merges `patch` into an open job's metadata without changing its status; false when the job is closed.
 pub async fn annotate_open<C: GenericClient>(
     client: &C,
