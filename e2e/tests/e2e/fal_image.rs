@@ -64,24 +64,31 @@ async fn api_gateway_jwt_authorizer_claims_identify_the_caller() {
     let body = json!({"prompt": prompt("claims", "#no-webhook #delay-ms=60000"), "apiModelId": async_model()});
     let (_, answer) = generate(&jwt, &body).await;
     let path = format!("/jobs/{}", answer["jobId"].as_str().unwrap());
-    let r = invoke_http_api(
-        "GET",
-        &path,
-        json!({}),
-        Some(json!({"sub": user.to_string()})),
-    )
-    .await;
+    let claims = |sub: Uuid, role: Option<&str>| {
+        let mut c = json!({"sub": sub.to_string()});
+        if let Some(role) = role {
+            c["role"] = json!(role);
+        }
+        Some(c)
+    };
+    let r = invoke_http_api("GET", &path, json!({}), claims(user, Some("authenticated"))).await;
     assert_eq!(r["statusCode"], 200, "{r}");
     let view: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
     assert_eq!(view["status"], "queued");
+    let someone = Uuid::new_v4();
     let r = invoke_http_api(
         "GET",
         &path,
         json!({}),
-        Some(json!({"sub": Uuid::new_v4().to_string()})),
+        claims(someone, Some("authenticated")),
     )
     .await;
     assert_eq!(r["statusCode"], 404, "{r}");
+    // The role is checked as on tokens the function verifies itself: only signed-in users.
+    for role in [Some("anon"), Some("service_role"), None] {
+        let r = invoke_http_api("GET", &path, json!({}), claims(user, role)).await;
+        assert_eq!(r["statusCode"], 401, "{role:?}: {r}");
+    }
 }
 
 #[tokio::test]

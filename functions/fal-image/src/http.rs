@@ -155,13 +155,16 @@ pub(crate) async fn caller(
     settings: &Settings,
 ) -> Result<Uuid, ApiError> {
     if let RequestContext::ApiGatewayV2(ctx) = req.request_context()
-        && let Some(sub) = ctx
-            .authorizer
-            .as_ref()
-            .and_then(|a| a.jwt.as_ref())
-            .and_then(|jwt| jwt.claims.get("sub"))
+        && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
     {
-        return Ok(auth::user_id(sub)?);
+        // The authorizer checked the signature, issuer and audience; the role is ours to check, as below.
+        let claim = |name: &str| jwt.claims.get(name).map(String::as_str);
+        if claim("role") != Some(auth::AUTHENTICATED) {
+            return Err(auth::AuthError::Invalid.into());
+        }
+        return Ok(auth::user_id(
+            claim("sub").ok_or(auth::AuthError::Invalid)?,
+        )?);
     }
     let header = req
         .headers()
