@@ -98,6 +98,7 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, &e.to_string())
             }
             SubmitError::TargetNotFound(what) => ApiError::new(StatusCode::NOT_FOUND, what),
+            SubmitError::UnknownCaller => ApiError::new(StatusCode::UNAUTHORIZED, &e.to_string()),
             SubmitError::TooManyOpenJobs => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 body: json!({

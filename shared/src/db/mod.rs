@@ -54,6 +54,14 @@ impl DbError {
     }
 }
 
+/// Whether the statement failed on the named foreign key (the row it points at does not exist).
+pub fn violates_foreign_key(e: &tokio_postgres::Error, constraint: &str) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code() == &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION
+            && d.constraint() == Some(constraint)
+    })
+}
+
 /// The process's database handle. The pool is created on first use from the URL in the secret, and created again
 /// if a rotated secret carries a different URL.
 /// The pool and the fingerprint of the URL it was built from.

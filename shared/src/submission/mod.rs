@@ -80,6 +80,9 @@ pub enum SubmitError {
     /// A post-processing target (character, scene, storyboard clip) that is not the caller's.
     #[error("{0}")]
     TargetNotFound(&'static str),
+    /// The token verified, but its user no longer exists.
+    #[error("Authentication failed")]
+    UnknownCaller,
     /// The caller has `MAX_OPEN_JOBS_PER_USER` open jobs already.
     #[error("Too many generations in progress")]
     TooManyOpenJobs,
@@ -501,9 +504,14 @@ async fn insert_job(
         },
         max_open: i64::from(settings.config.max_open_jobs_per_user),
     };
-    db::jobs::insert(client, &new_job)
-        .await?
-        .ok_or(SubmitError::TooManyOpenJobs)
+    match db::jobs::insert(client, &new_job).await {
+        Ok(inserted) => inserted.ok_or(SubmitError::TooManyOpenJobs),
+        // A verified token of a user deleted since (no profile to own the job): the caller, not our database.
+        Err(e) if db::violates_foreign_key(&e, "jobs_user_id_fkey") => {
+            Err(SubmitError::UnknownCaller)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What the caller of a sync run is answered, from the completion's outcome.

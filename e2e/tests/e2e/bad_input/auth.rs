@@ -92,6 +92,11 @@ async fn fal_image_requests_without_a_valid_token_are_row() {
             )),
         ),
         (
+            // A valid token of a user who no longer exists (deleted with their profile): not a database fault.
+            "valid token of a user with no profile",
+            Auth::Header(format!("Bearer {}", jwt_for(stranger, 600))),
+        ),
+        (
             "token whose sub is SQL",
             Auth::Header(format!(
                 "Bearer {}",
