@@ -39,23 +39,35 @@ async fn refusal(jwt: &str, body: &Value) -> (u16, String) {
 
 #[tokio::test]
 async fn preflight_answers_ok_with_cors_headers() {
-    // Through the runtime API: `cargo lambda watch` answers OPTIONS on function URLs itself.
-    let r = invoke_http_api(
-        "OPTIONS",
+    // Through the runtime API: `cargo lambda watch` answers OPTIONS on function URLs itself. Every path a
+    // supabase-js client calls, with every header it sends.
+    for path in [
         "/fal-image",
-        json!({"origin": "https://app.example"}),
-        None,
-    )
-    .await;
-    assert_eq!(r["statusCode"], 200, "{r}");
-    assert_eq!(r["headers"]["access-control-allow-origin"], "*");
-    assert!(
-        r["headers"]["access-control-allow-headers"]
+        "/functions/v1/fal-image",
+        "/storage/v1/object/sign/workspace-temp",
+        "/storage/v1/object/sign/workspace-temp/u/a.png",
+        "/jobs/00000000-0000-0000-0000-000000000000",
+    ] {
+        let r = invoke_http_api(
+            "OPTIONS",
+            path,
+            json!({"origin": "https://app.example"}),
+            None,
+        )
+        .await;
+        assert_eq!(r["statusCode"], 200, "{path}: {r}");
+        assert_eq!(r["headers"]["access-control-allow-origin"], "*", "{path}");
+        let allowed = r["headers"]["access-control-allow-headers"]
             .as_str()
-            .unwrap()
-            .contains("authorization")
-    );
-    assert_eq!(r["body"], "ok");
+            .unwrap();
+        for header in ["authorization", "apikey", "x-client-info", "content-type"] {
+            assert!(
+                allowed.contains(header),
+                "{path}: {header} not in {allowed}"
+            );
+        }
+        assert_eq!(r["body"], "ok");
+    }
 }
 
 #[tokio::test]
@@ -728,7 +740,7 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
 }
 
 /// Every refusal on the storage routes has Supabase Storage's shape (`{statusCode, error, message}`), which
-/// storage-js reads, the refusals made before the route is known included.
+/// storage-js reads, the refusals made before the route is known included, and CORS headers.
 #[tokio::test]
 async fn storage_route_refusals_have_supabase_storages_error_shape() {
     let (user, jwt) = user().await;
@@ -767,9 +779,20 @@ async fn storage_route_refusals_have_supabase_storages_error_shape() {
         if let Some(a) = authorization {
             request = request.header("authorization", a);
         }
-        let (got, body) = answer_of(request.send().await.unwrap()).await;
+        let response = request.send().await.unwrap();
+        // A browser shows the refusal to the page only with CORS headers on it.
+        let cors = response
+            .headers()
+            .get("access-control-allow-origin")
+            .cloned();
+        let (got, body) = answer_of(response).await;
         let what = format!("{method} {path}: {got} {body}");
         assert_eq!(got, status, "{what}");
+        assert_eq!(
+            cors.as_ref().and_then(|v| v.to_str().ok()),
+            Some("*"),
+            "{what}"
+        );
         assert_eq!(body["statusCode"], status.to_string(), "{what}");
         assert!(
             body["error"].is_string() && body["message"].is_string(),
