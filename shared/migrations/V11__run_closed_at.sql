@@ -39,7 +39,53 @@ UPDATE public.job_runs r
 -- The bound's count reads only this index: as many entries as the user has open runs.
 CREATE INDEX IF NOT EXISTS job_runs_open_by_user ON public.job_runs (user_id) WHERE closed_at IS NULL;
 
--- V10's insert_job, counting open runs instead of open statuses (restated whole: V10 cannot change).
+-- A job deleted while its run is open: owners may delete their jobs through RLS, and the run goes with the job
+-- (ON DELETE CASCADE), but the provider may still be running its request. Its run is kept here, counting against
+-- the owner's open jobs, until a reconciler pass asks the provider to cancel it. Only the functions read it.
+CREATE TABLE IF NOT EXISTS public.job_run_orphans (
+  job_id uuid PRIMARY KEY,
+  user_id uuid NOT NULL,
+  provider_id uuid,
+  provider_name text NOT NULL,
+  cancel_url text,
+  created_at timestamptz NOT NULL,
+  orphaned_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS job_run_orphans_by_user ON public.job_run_orphans (user_id);
+ALTER TABLE public.job_run_orphans ENABLE ROW LEVEL SECURITY;
+
+-- Runs as its owner, whoever deletes the job: the client roles may not write the table.
+CREATE OR REPLACE FUNCTION public.keep_orphaned_run() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+BEGIN
+  INSERT INTO public.job_run_orphans (job_id, user_id, provider_id, provider_name, cancel_url, created_at)
+  VALUES (OLD.job_id, OLD.user_id, OLD.provider_id, OLD.provider_name, OLD.cancel_url, OLD.created_at)
+  ON CONFLICT (job_id) DO NOTHING;
+  RETURN OLD;
+END
+$$;
+DROP TRIGGER IF EXISTS keep_orphaned_run ON public.job_runs;
+CREATE TRIGGER keep_orphaned_run AFTER DELETE ON public.job_runs
+  FOR EACH ROW WHEN (OLD.closed_at IS NULL AND OLD.result_key IS NULL)
+  EXECUTE FUNCTION public.keep_orphaned_run();
+
+DO $$
+DECLARE
+  r text;
+BEGIN
+  REVOKE ALL ON FUNCTION public.keep_orphaned_run() FROM PUBLIC;
+  -- Only Supabase (or the local stack playing it) has the client roles (V6).
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+    CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r);
+    EXECUTE format('REVOKE ALL ON TABLE public.job_run_orphans FROM %I', r);
+    EXECUTE format('REVOKE ALL ON FUNCTION public.keep_orphaned_run() FROM %I', r);
+  END LOOP;
+END
+$$;
+
+-- V10's insert_job, counting open runs (and those of deleted jobs) instead of open statuses (restated whole: V10
+-- cannot change).
 CREATE OR REPLACE FUNCTION public.insert_job(
   p_user_id uuid, p_job_type text, p_original_prompt text, p_status text, p_quality text, p_api_model_id uuid,
   p_format text, p_metadata jsonb, p_max_open bigint,
@@ -55,9 +101,10 @@ BEGIN
   -- One submission of a user at a time from the count to the commit (V10).
   PERFORM pg_advisory_xact_lock(hashtextextended('public.insert_job:' || p_user_id::text, 0));
   IF (SELECT count(*) FROM (
-        SELECT 1 FROM public.job_runs
-         WHERE user_id = p_user_id AND closed_at IS NULL
-         LIMIT p_max_open) o) >= p_max_open THEN
+        (SELECT 1 FROM public.job_runs WHERE user_id = p_user_id AND closed_at IS NULL
+         UNION ALL
+         SELECT 1 FROM public.job_run_orphans WHERE user_id = p_user_id)
+        LIMIT p_max_open) o) >= p_max_open THEN
     RETURN NULL;
   END IF;
   INSERT INTO public.jobs (user_id, job_type, original_prompt, status, started_at, quality, api_model_id,

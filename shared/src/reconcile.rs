@@ -30,7 +30,7 @@ pub struct ReconcileReport {
     pub examined: usize,
     pub completed: usize,
     pub failed: usize,
-    /// Runs of jobs their owners ended, closed (their request cancelled at the provider).
+    /// Runs of jobs their owners ended or deleted, closed (their request cancelled at the provider).
     pub closed: usize,
     pub still_running: usize,
     pub skipped: usize,
@@ -67,6 +67,7 @@ pub async fn reconcile_stale_jobs(
             }
         }
     }
+    report.closed += close_orphans(state, settings, opts, &mut report.errors).await;
     let pending = async {
         let client = state.db_client(settings).await?;
         Ok::<_, db::DbError>(
@@ -98,6 +99,40 @@ pub async fn reconcile_stale_jobs(
     }
     tracing::info!(?report, "reconciler pass done");
     report
+}
+
+/// The runs of jobs deleted while open: each request is cancelled at its provider (best effort), and the run no
+/// longer counts against its owner. How many were taken.
+async fn close_orphans(
+    state: &AppState,
+    settings: &Settings,
+    opts: ReconcileOptions,
+    errors: &mut usize,
+) -> usize {
+    let taken = async {
+        let client = state.db_client(settings).await?;
+        let orphans = db::reconcile::take_orphans(&**client, opts.older_than, opts.batch).await?;
+        Ok::<_, db::DbError>(orphans)
+    };
+    let orphans = match taken.await {
+        Ok(orphans) => orphans,
+        Err(e) => {
+            tracing::error!(error = %e, "reconciler could not read the runs of deleted jobs");
+            *errors += 1;
+            return 0;
+        }
+    };
+    for o in &orphans {
+        let cancel_url = o
+            .cancel_url
+            .as_deref()
+            .and_then(|u| crate::fal::ProviderUrl::on_provider_hosts(u, &o.provider_hosts).ok());
+        if let Some(url) = cancel_url {
+            crate::submission::cancel_request(state, settings, &o.provider_name, &url, o.job_id)
+                .await;
+        }
+    }
+    orphans.len()
 }
 
 async fn take(
@@ -142,6 +177,11 @@ async fn reconcile_one(
     let job = {
         let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, id).await? {
+            // Its result is stored (the completing transaction wrote it): over, whatever the status says now.
+            Some(j) if j.run.as_ref().is_some_and(|r| r.result_key.is_some()) => {
+                db::runs::close(&**client, j.id).await?;
+                return Ok(Verdict::Closed);
+            }
             Some(j) if !j.is_closed() => j,
             Some(j) if j.run.as_ref().is_some_and(|r| r.closed_at.is_none()) => {
                 return close_ended(state, settings, &j).await;

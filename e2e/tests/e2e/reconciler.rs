@@ -262,3 +262,85 @@ async fn jobs_their_owner_ended_through_rls_hold_the_bound_until_a_pass_closes_t
     let (status, _) = cancel_job(&jwt, answer["jobId"].as_str().unwrap()).await;
     assert_eq!(status, 200);
 }
+
+/// A run whose result is stored but that was never closed (a job completed by the release before V11's functions,
+/// during the upgrade) is closed by the next pass, whatever its job's status says: it would otherwise count against
+/// its owner's open jobs for good.
+#[tokio::test]
+async fn a_stored_result_whose_run_was_never_closed_is_closed_by_a_pass() {
+    let (user, _) = user().await;
+    let client = db().await;
+    let job_id: Uuid = client
+        .query_one(
+            "SELECT public.insert_job($1, 'image_fast', 'old release', 'queued', 'fast', NULL, 'image', '{}'::jsonb,
+                                      10, NULL, 'fal', 'm', 'token', NULL, NULL, NULL, NULL, NULL, NULL, '{}'::text[])",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // What the release before V11 wrote when it completed a job: the status and the result key, no close.
+    client
+        .batch_execute(&format!(
+            "UPDATE public.jobs SET status = 'completed', completed_at = now() WHERE id = '{job_id}';
+             UPDATE public.job_runs SET result_key = '{user}/{job_id}_0.png' WHERE job_id = '{job_id}';"
+        ))
+        .await
+        .unwrap();
+    age_job(&job_id.to_string(), "61 minutes").await;
+
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+
+    let closed = "SELECT count(*) FROM public.job_runs WHERE job_id = $1 AND closed_at IS NOT NULL";
+    assert_eq!(count(closed, &job_id.to_string()).await, 1);
+    assert_eq!(job(&job_id.to_string()).await["status"], "completed");
+}
+
+/// Owners may also delete their jobs through RLS, and a job's run goes with it, while the provider may still be
+/// running the request: the run is kept aside (V11's `job_run_orphans`) and counts against the bound until a pass
+/// cancels the request at the provider.
+#[tokio::test]
+async fn jobs_their_owner_deleted_while_running_hold_the_bound_until_a_pass_cancels_them() {
+    let limit = max_open_jobs();
+    let (owner, jwt) = user().await;
+    let parked = json!({"prompt": prompt("deleted by its owner", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
+    let mut jobs = Vec::new();
+    for _ in 0..limit {
+        jobs.push(submit_queued(&jwt, &parked).await);
+    }
+    let ids: Vec<Uuid> = jobs
+        .iter()
+        .map(|(j, _)| Uuid::parse_str(j).unwrap())
+        .collect();
+    let mut session = db().await;
+    let deleted = e2e::common::as_user(&mut session, owner, async |tx| {
+        tx.execute("DELETE FROM public.jobs WHERE id = ANY($1)", &[&ids])
+            .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(deleted, ids.len() as u64, "the owner's delete through RLS");
+    assert_eq!(jobs_of_user(owner).await, 0);
+
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 429, "deleted, still running at fal: {answer}");
+
+    db().await
+        .execute(
+            "UPDATE public.job_run_orphans SET created_at = now() - interval '61 minutes' WHERE job_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    for (_, request_id) in &jobs {
+        assert!(
+            Provider::Fal.cancelled(request_id).await,
+            "fal was not told to stop {request_id}"
+        );
+    }
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = cancel_job(&jwt, answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+}

@@ -242,7 +242,8 @@ pub async fn transition<C: GenericClient>(
     let error_message = error_message.map(|m| m.replace('\0', ""));
     let patch = crate::json::without_nul(patch);
     // A closed run's job stays closed whatever its owner wrote into its status since; a terminal move closes the
-    // run in the same statement (the job's row locked first, as everywhere).
+    // run in the same statement (the job's row locked first, as everywhere). A NULL status (the column allows it)
+    // is the column's default, as `from_row` reads it.
     let rows = client
         .query_typed(
             "WITH moved AS (
@@ -251,7 +252,7 @@ pub async fn transition<C: GenericClient>(
                         error_message = coalesce($3, error_message),
                         completed_at = CASE WHEN $4 THEN now() ELSE completed_at END,
                         metadata = coalesce(metadata, '{}'::jsonb) || $5
-                  WHERE id = $1 AND status = ANY ($6)
+                  WHERE id = $1 AND coalesce(status, 'queued') = ANY ($6)
                     AND NOT EXISTS (SELECT 1 FROM public.job_runs r WHERE r.job_id = $1 AND r.closed_at IS NOT NULL)
                   RETURNING id
              ), closed AS (

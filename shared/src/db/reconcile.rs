@@ -19,10 +19,9 @@ pub async fn take_stale_open<C: GenericClient>(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    // A stored result or a closed run means the functions ended the job: an owner who sets it open again reopens
-    // nothing.
-    let filter = "run.closed_at IS NULL AND run.result_key IS NULL
-                  AND run.created_at < now() - make_interval(secs => $1)";
+    // A closed run means the functions ended the job: an owner who sets it open again reopens nothing. A run with
+    // a stored result but not closed (completed by the release before V11's functions) is taken to be closed.
+    let filter = "run.closed_at IS NULL AND run.created_at < now() - make_interval(secs => $1)";
     take(client, filter, "run.created_at", older_than, limit).await
 }
 
@@ -43,6 +42,51 @@ pub async fn take_post_processing_backlog<C: GenericClient>(
                              WHERE NOT EXISTS (SELECT 1 FROM public.job_postprocessing p
                                                 WHERE p.job_id = j.id AND p.step = s.step))";
     take(client, filter, "run.closed_at", settle, limit).await
+}
+
+/// A run whose job was deleted while it was open (V11's `job_run_orphans`), with its provider's hosts.
+pub struct Orphan {
+    pub job_id: Uuid,
+    pub provider_name: String,
+    pub cancel_url: Option<String>,
+    pub provider_hosts: Vec<String>,
+}
+
+/// Takes (deletes) up to `limit` orphaned runs written more than `older_than` ago, oldest orphan first; the caller
+/// asks the provider to cancel each (best effort). From then on they no longer count against their owner.
+pub async fn take_orphans<C: GenericClient>(
+    client: &C,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Orphan>, tokio_postgres::Error> {
+    let secs = older_than.as_secs_f64();
+    let rows = client
+        .query_typed(
+            "WITH taken AS (
+                 DELETE FROM public.job_run_orphans o
+                  WHERE o.job_id IN (SELECT job_id FROM public.job_run_orphans
+                                      WHERE created_at < now() - make_interval(secs => $1)
+                                      ORDER BY orphaned_at
+                                      LIMIT $2
+                                      FOR UPDATE SKIP LOCKED)
+                 RETURNING o.job_id, o.provider_id, o.provider_name, o.cancel_url)
+             SELECT t.job_id, t.provider_name, t.cancel_url, p.base_url, p.sync_base_url
+               FROM taken t LEFT JOIN public.api_providers p ON p.id = t.provider_id",
+            &[(&secs, Type::FLOAT8), (&limit, Type::INT8)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Orphan {
+            job_id: r.get(0),
+            provider_name: r.get(1),
+            cancel_url: r.get(2),
+            provider_hosts: [r.get::<_, Option<String>>(3), r.get(4)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        })
+        .collect())
 }
 
 /// Up to `$2` jobs with a run matching `filter`, not checked within `$1` seconds (`age`), least recently checked

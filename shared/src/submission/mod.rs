@@ -854,7 +854,7 @@ pub async fn cancel_job(
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(CancelResult::NotFound);
     };
-    if job.status.is_terminal() {
+    if job.is_closed() {
         return Ok(CancelResult::AlreadyTerminal(job.status));
     }
     let moved = db::jobs::transition(
@@ -890,15 +890,25 @@ pub(crate) async fn cancel_at_provider(state: &AppState, settings: &Settings, jo
     let Some(cancel_url) = run.provider_url(|q| q.cancel_url.as_ref()) else {
         return;
     };
-    let asked = match ProviderKind::of(&run.provider_name) {
+    cancel_request(state, settings, &run.provider_name, &cancel_url, job.id).await;
+}
+
+/// Asks `provider_name` to cancel the request at `cancel_url` (best effort, logged when it fails).
+pub(crate) async fn cancel_request(
+    state: &AppState,
+    settings: &Settings,
+    provider_name: &str,
+    cancel_url: &crate::fal::ProviderUrl,
+    job_id: Uuid,
+) {
+    let asked = match ProviderKind::of(provider_name) {
         Some(ProviderKind::Replicate) => match state.replicate(settings) {
-            Some(replicate) => replicate.cancel(&cancel_url).await.map(|_| ()),
+            Some(replicate) => replicate.cancel(cancel_url).await.map(|_| ()),
             None => Ok(()),
         },
-        _ => state.fal(settings).cancel(&cancel_url).await.map(|_| ()),
+        _ => state.fal(settings).cancel(cancel_url).await.map(|_| ()),
     };
     if let Err(e) = asked {
-        let job_id = job.id;
         tracing::warn!(%job_id, error = %e, "the provider's cancel failed; the job stays cancelled");
     }
 }

@@ -247,3 +247,28 @@ async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
         assert_eq!(cost.as_deref(), expected, "{estimate}");
     }
 }
+
+/// A NULL status (the column's CHECK admits it, and owners may write it) is read as the column's default,
+/// `queued`; the transition's guard agrees, so such a job can still be ended and its run closed.
+#[tokio::test]
+async fn a_job_whose_owner_nulled_its_status_can_still_be_ended() {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let job = insert_job(&admin, user, 10).await.unwrap();
+    admin
+        .execute(
+            "UPDATE public.jobs SET status = NULL WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(read.status, JobStatus::Queued);
+    let patch = serde_json::json!({});
+    let failed = db::jobs::transition(&admin, job, JobStatus::Failed, Some("gone"), &patch);
+    assert!(failed.await.unwrap());
+    let ended = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(ended.status, JobStatus::Failed);
+    assert!(ended.run.unwrap().closed_at.is_some());
+}

@@ -129,6 +129,7 @@ async fn migrations_apply_on_top_of_the_original_schema_and_keep_every_original_
             "job_reconcile_checks",
             "job_postprocessing",
             "job_runs",
+            "job_run_orphans",
             "gen_pipeline_migrations",
         ]
         .iter()
