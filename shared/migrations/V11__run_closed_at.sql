@@ -143,6 +143,11 @@ BEGIN
      SET request_id = p_request_id, gateway_request_id = p_gateway_request_id, status_url = p_status_url,
          response_url = p_response_url, cancel_url = p_cancel_url
    WHERE job_id = p_job_id;
+  IF NOT FOUND THEN
+    -- Its owner deleted the job before the provider's answer was recorded: the orphaned run gets the cancel URL,
+    -- so that the reconciler can stop the request.
+    UPDATE public.job_run_orphans SET cancel_url = p_cancel_url WHERE job_id = p_job_id;
+  END IF;
   INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
                                      request_payload, cost_usd, response_status, response_time_ms,
                                      response_payload, error_message, provider_metadata)

@@ -111,7 +111,7 @@ async fn close_orphans(
 ) -> usize {
     let taken = async {
         let client = state.db_client(settings).await?;
-        let orphans = db::reconcile::take_orphans(&**client, opts.older_than, opts.batch).await?;
+        let orphans = db::reconcile::stale_orphans(&**client, opts.older_than, opts.batch).await?;
         Ok::<_, db::DbError>(orphans)
     };
     let orphans = match taken.await {
@@ -122,6 +122,7 @@ async fn close_orphans(
             return 0;
         }
     };
+    let mut closed = 0;
     for o in &orphans {
         let cancel_url = o
             .cancel_url
@@ -131,8 +132,19 @@ async fn close_orphans(
             crate::submission::cancel_request(state, settings, &o.provider_name, &url, o.job_id)
                 .await;
         }
+        let dropped = async {
+            let client = state.db_client(settings).await?;
+            Ok::<_, db::DbError>(db::reconcile::drop_orphan(&**client, o.job_id).await?)
+        };
+        match dropped.await {
+            Ok(()) => closed += 1,
+            Err(e) => {
+                tracing::warn!(job_id = %o.job_id, error = %e, "a deleted job's run could not be dropped; the next pass retries");
+                *errors += 1;
+            }
+        }
     }
-    orphans.len()
+    closed
 }
 
 async fn take(

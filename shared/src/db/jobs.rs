@@ -208,7 +208,7 @@ pub async fn annotate_open<C: GenericClient>(
 ) -> Result<bool, tokio_postgres::Error> {
     let sql = format!(
         "UPDATE public.jobs SET metadata = coalesce(metadata, '{{}}'::jsonb) || $2
-          WHERE id = $1 AND status IN {OPEN_STATUSES_SQL}
+          WHERE id = $1 AND coalesce(status, 'queued') IN {OPEN_STATUSES_SQL}
           RETURNING id"
     );
     let rows = client

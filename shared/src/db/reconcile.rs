@@ -52,9 +52,10 @@ pub struct Orphan {
     pub provider_hosts: Vec<String>,
 }
 
-/// Takes (deletes) up to `limit` orphaned runs written more than `older_than` ago, oldest orphan first; the caller
-/// asks the provider to cancel each (best effort). From then on they no longer count against their owner.
-pub async fn take_orphans<C: GenericClient>(
+/// Up to `limit` orphaned runs written more than `older_than` ago, oldest orphan first. The caller asks the
+/// provider to cancel each (best effort), then [`drop_orphan`]s it: a pass stopped half way leaves the rest for the
+/// next one (two concurrent passes may both ask; a cancel is idempotent).
+pub async fn stale_orphans<C: GenericClient>(
     client: &C,
     older_than: Duration,
     limit: i64,
@@ -62,16 +63,11 @@ pub async fn take_orphans<C: GenericClient>(
     let secs = older_than.as_secs_f64();
     let rows = client
         .query_typed(
-            "WITH taken AS (
-                 DELETE FROM public.job_run_orphans o
-                  WHERE o.job_id IN (SELECT job_id FROM public.job_run_orphans
-                                      WHERE created_at < now() - make_interval(secs => $1)
-                                      ORDER BY orphaned_at
-                                      LIMIT $2
-                                      FOR UPDATE SKIP LOCKED)
-                 RETURNING o.job_id, o.provider_id, o.provider_name, o.cancel_url)
-             SELECT t.job_id, t.provider_name, t.cancel_url, p.base_url, p.sync_base_url
-               FROM taken t LEFT JOIN public.api_providers p ON p.id = t.provider_id",
+            "SELECT o.job_id, o.provider_name, o.cancel_url, p.base_url, p.sync_base_url
+               FROM public.job_run_orphans o LEFT JOIN public.api_providers p ON p.id = o.provider_id
+              WHERE o.created_at < now() - make_interval(secs => $1)
+              ORDER BY o.orphaned_at
+              LIMIT $2",
             &[(&secs, Type::FLOAT8), (&limit, Type::INT8)],
         )
         .await?;
@@ -87,6 +83,20 @@ pub async fn take_orphans<C: GenericClient>(
                 .collect(),
         })
         .collect())
+}
+
+/// The orphaned run no longer counts against its owner.
+pub async fn drop_orphan<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "DELETE FROM public.job_run_orphans WHERE job_id = $1",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Up to `$2` jobs with a run matching `filter`, not checked within `$1` seconds (`age`), least recently checked

@@ -1,7 +1,7 @@
 //! The client-facing checks, reported without targets yet: a user token's verification in process with the key set
 //! warm (`UserTokens::verify`, ES256 and RS256 tokens made with the stack's signing keys), and one signed storage
 //! link through the fal-image binary (`POST /storage/v1/object/sign/…`, as storage-js's `createSignedUrl` sends
-//! it), served by the bench's runtime API one event after another in a warm process.
+//! it, for an object the bench stored, so each link includes the function's existence check), served by the bench's runtime API one event after another in a warm process.
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,20 @@ pub async fn measure(ctx: &Ctx, verifications: usize, links: usize) -> anyhow::R
 async fn sign_through_the_function(ctx: &Ctx, links: usize) -> anyhow::Result<Vec<f64>> {
     let header = format!("Bearer {}", token(ctx, TokenAlg::Es256)?);
     let path = format!("{}/bench/link.png", ctx.user);
+    // A link is signed only for an object that exists (Supabase's `Object not found` otherwise).
+    let png: Result<bytes::Bytes, std::io::Error> =
+        Ok(bytes::Bytes::from_static(b"\x89PNG bench link"));
+    ctx.state
+        .storage
+        .put_stream(
+            &ctx.settings.config.workspace_bucket,
+            &path,
+            "image/png",
+            futures::stream::iter([png]),
+            None,
+        )
+        .await
+        .context("storing the object to sign")?;
     let api = RuntimeApi::start().await?;
     let ids: Vec<String> = (0..=links).map(|i| format!("sign-{i}")).collect();
     for id in &ids {
