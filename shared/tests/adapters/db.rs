@@ -272,3 +272,81 @@ async fn a_job_whose_owner_nulled_its_status_can_still_be_ended() {
     assert_eq!(ended.status, JobStatus::Failed);
     assert!(ended.run.unwrap().closed_at.is_some());
 }
+
+/// A job its owner deleted between its insert and the provider's answer: its run is kept aside (V11's
+/// `job_run_orphans`) and is given the provider's cancel URL when the answer is recorded, so that the reconciler
+/// can stop the request. Reading the stale orphans takes nothing away (a pass stopped before asking the provider
+/// leaves them to the next); the run counts against its owner's bound until it is dropped, after the cancel.
+#[tokio::test]
+async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_it_is_dropped() {
+    const MAX_OPEN: i64 = 1;
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let model = admin
+        .query_one(
+            "SELECT m.id, m.provider_id FROM public.api_models m
+               JOIN public.api_providers p ON p.id = m.provider_id
+              WHERE p.name = 'fal' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    let deleted = admin
+        .execute("DELETE FROM public.jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+
+    let cancel_url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+    let usage = db::usage::NewUsage {
+        job_id: job,
+        provider_id: model.get(1),
+        model_id: model.get(0),
+        user_id: user,
+        request_type: "image".to_owned(),
+        endpoint_path: "fal-webhook".to_owned(),
+        request_payload: serde_json::json!({}),
+        cost_usd: None,
+        response_status: Some(200),
+        response_time_ms: 1,
+        response_payload: None,
+        error_message: None,
+        provider_metadata: serde_json::json!({}),
+    };
+    let request = db::runs::ProviderRequest {
+        request_id: job.to_string(),
+        gateway_request_id: None,
+        status_url: None,
+        response_url: None,
+        cancel_url: Some(cancel_url.clone()),
+    };
+    db::usage::insert_once_and_record_request(&admin, &usage, &request)
+        .await
+        .unwrap();
+
+    let orphan_url = async || {
+        db::reconcile::stale_orphans(&admin, Duration::ZERO, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|o| o.job_id == job)
+            .map(|o| o.cancel_url)
+    };
+    assert_eq!(orphan_url().await, Some(Some(cancel_url.clone())));
+    assert_eq!(
+        orphan_url().await,
+        Some(Some(cancel_url)),
+        "reading the stale orphans took one away"
+    );
+    assert_eq!(
+        insert_job(&admin, user, MAX_OPEN).await,
+        None,
+        "the deleted job's run did not count"
+    );
+
+    db::reconcile::drop_orphan(&admin, job).await.unwrap();
+    assert_eq!(orphan_url().await, None);
+    assert!(insert_job(&admin, user, MAX_OPEN).await.is_some());
+}
