@@ -70,7 +70,7 @@ fn may_fetch(reason: Reason, failures: u32, since_last_attempt: Option<Duration>
     since >= wait
 }
 
-/// Turns a fetched body into the keys kept (an error when it holds none usable).
+/// Turns a fetched body into the keys kept (an error when it is not a key set the caller can use).
 pub type ParseKeys<K> = fn(&[u8]) -> Result<K, String>;
 
 pub struct KeySetCache<K> {

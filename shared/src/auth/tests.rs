@@ -302,6 +302,34 @@ async fn unknown_kids_refetch_at_most_once_a_minute_and_a_down_jwks_fails_closed
     );
 }
 
+/// A project that signs with the legacy secret alone publishes an empty JWKS: its users' HS256 tokens pass, and a
+/// token naming a `kid` is refused as invalid (401), not as keys unavailable (503), from the one cached fetch.
+#[tokio::test]
+async fn an_empty_jwks_of_a_legacy_secret_project_refuses_kid_tokens_as_invalid() {
+    let k = keys();
+    let p = project(&json!({"keys": []})).await;
+    let tokens = p.tokens();
+    let user = Uuid::new_v4();
+    let claims = p.claims(user);
+    let hs = hs256(
+        LEGACY.as_bytes(),
+        json!({"alg": "HS256", "typ": "JWT"}),
+        &claims,
+    );
+    assert_eq!(
+        tokens.verify(Some(&bearer_of(&hs)), Some(&legacy())).await,
+        Ok(user)
+    );
+    for _ in 0..3 {
+        let t = rs256(&k, "rsa-1", &claims);
+        assert_eq!(
+            tokens.verify(Some(&bearer_of(&t)), Some(&legacy())).await,
+            Err(AuthError::Invalid)
+        );
+    }
+    assert_eq!(p.hits.load(Ordering::SeqCst), 1, "the empty set is cached");
+}
+
 #[tokio::test]
 async fn missing_headers_and_a_missing_project_url_are_told_apart() {
     let tokens = UserTokens::new(reqwest::Client::new(), None);
