@@ -134,10 +134,12 @@ async fn close_orphans(
         }
         let dropped = async {
             let client = state.db_client(settings).await?;
-            Ok::<_, db::DbError>(db::reconcile::drop_orphan(&**client, o.job_id).await?)
+            let url = o.cancel_url.as_deref();
+            Ok::<_, db::DbError>(db::reconcile::drop_orphan(&**client, o.job_id, url).await?)
         };
         match dropped.await {
-            Ok(()) => closed += 1,
+            Ok(true) => closed += 1,
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(job_id = %o.job_id, error = %e, "a deleted job's run could not be dropped; the next pass retries");
                 *errors += 1;

@@ -85,18 +85,21 @@ pub async fn stale_orphans<C: GenericClient>(
         .collect())
 }
 
-/// The orphaned run no longer counts against its owner.
+/// The orphaned run no longer counts against its owner, unless its cancel URL changed since it was read (`cancel_url`,
+/// as read): a submission that recorded the provider's answer meanwhile leaves it for the next pass to cancel.
 pub async fn drop_orphan<C: GenericClient>(
     client: &C,
     job_id: Uuid,
-) -> Result<(), tokio_postgres::Error> {
-    client
+    cancel_url: Option<&str>,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
         .query_typed(
-            "DELETE FROM public.job_run_orphans WHERE job_id = $1",
-            &[(&job_id, Type::UUID)],
+            "DELETE FROM public.job_run_orphans WHERE job_id = $1 AND cancel_url IS NOT DISTINCT FROM $2
+             RETURNING job_id",
+            &[(&job_id, Type::UUID), (&cancel_url, Type::TEXT)],
         )
         .await?;
-    Ok(())
+    Ok(!rows.is_empty())
 }
 
 /// Up to `$2` jobs with a run matching `filter`, not checked within `$1` seconds (`age`), least recently checked

@@ -876,9 +876,9 @@ pub async fn cancel_job(
     db::claims::clear(&**client, job_id).await?;
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
-    if job.status == JobStatus::Queued {
-        cancel_at_provider(state, settings, &job).await;
-    }
+    // Whatever status the row shows (its owner can write it), a request with a cancel URL is asked to stop: the run
+    // is closed now and no pass will come back to it. fal answers a finished request with ALREADY_COMPLETED.
+    cancel_at_provider(state, settings, &job).await;
     Ok(CancelResult::Cancelled)
 }
 
