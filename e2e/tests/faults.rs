@@ -932,6 +932,9 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once(prov
 /// generation, and the provider's webhook, finding the job by the token in its URL, completes it with its one
 /// usage row.
 async fn a_failed_record_after_the_provider_accepted_still_answers_queued(provider: Provider) {
+    // Its trigger touches only its own job, but its calls must not land while another fault has Postgres down
+    // or a function process killed.
+    let _turn = FAULTS.lock().await;
     let marker = format!("record_fault_{}", Uuid::new_v4().simple());
     let db = db().await;
     // Fires only for the job whose prompt carries the marker, so other tests' jobs are untouched.

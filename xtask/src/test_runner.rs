@@ -70,6 +70,8 @@ fn failed(code: i32) -> i32 {
 async fn round(clock: &Clock, pooler: bool, args: &[String]) -> anyhow::Result<i32> {
     let paths = Paths::new();
     let env = stack::up(pooler).await?;
+    let watch_log = paths.logs.join("cargo-lambda-watch.log");
+    let log_from = std::fs::metadata(&watch_log).map_or(0, |m| m.len());
     let mut code = cargo_test(clock, &paths, &env, pooler, args).await;
     let node = node_test(clock, &paths, &env).await;
     if node != 0 {
@@ -88,6 +90,9 @@ async fn round(clock: &Clock, pooler: bool, args: &[String]) -> anyhow::Result<i
     let stopped = tokio::task::spawn_blocking(stack::down).await;
     if !scan(clock, &paths, &env, secret_versions) {
         code = failed(code);
+    } else if code != 0 {
+        // Scanned clean, so safe to print: a 500 that no function wrote comes from the emulator, and this says why.
+        print_emulator_errors(&watch_log, log_from);
     }
     match stopped {
         Ok(Ok(())) => {}
@@ -101,6 +106,35 @@ async fn round(clock: &Clock, pooler: bool, args: &[String]) -> anyhow::Result<i
         }
     }
     Ok(code)
+}
+
+/// Prints the last errors `cargo lambda watch` logged itself since byte `from` of its log.
+fn print_emulator_errors(log: &std::path::Path, from: u64) {
+    const SHOWN: usize = 30;
+    let Ok(bytes) = std::fs::read(log) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
+    let errors = emulator_errors(&text);
+    if errors.is_empty() {
+        return;
+    }
+    eprintln!(
+        "cargo lambda watch logged {} errors of its own this round; the last {}:",
+        errors.len(),
+        errors.len().min(SHOWN)
+    );
+    for line in &errors[errors.len().saturating_sub(SHOWN)..] {
+        eprintln!("  {}", line.chars().take(300).collect::<String>());
+    }
+}
+
+/// The emulator's own error lines: they have no timestamp (the functions' lines do), and its records of the 5xx
+/// answers functions gave ("response failed") are left out.
+fn emulator_errors(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.trim_start().starts_with("ERROR") && !l.contains("response failed"))
+        .collect()
 }
 
 /// `cargo test --workspace --no-fail-fast [--test <suite>…] <args>`; returns its exit code.
@@ -189,5 +223,27 @@ fn scan(
             eprintln!("secret scan failed: {e:#}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emulator_errors;
+
+    #[test]
+    fn only_the_emulators_own_errors_are_picked() {
+        let log = "\
+2026-12-04T15:25:15Z ERROR Lambda runtime invoke{requestId=\"a\"}: a function's error
+ERROR response failed classification=Status code: 503 Service Unavailable latency=8 ms
+ INFO starting lambda function instance function=\"fal-image\"
+ERROR failed to send message to extension: channel closed
+ ERROR runtime error err=io";
+        assert_eq!(
+            emulator_errors(log),
+            [
+                "ERROR failed to send message to extension: channel closed",
+                " ERROR runtime error err=io"
+            ]
+        );
     }
 }
