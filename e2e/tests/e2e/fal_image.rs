@@ -376,6 +376,91 @@ async fn a_result_on_a_disallowed_host_fails_the_job_without_being_fetched() {
     );
 }
 
+/// The cancel route closes the run for good, so it asks the provider to stop whatever status the row shows: an
+/// owner who first set their queued job `processing` through RLS does not get a slot back while fal runs on.
+#[tokio::test]
+async fn cancelling_a_job_its_owner_marked_processing_still_cancels_it_at_fal() {
+    let (owner, jwt) = user().await;
+    let parked = json!({"prompt": prompt("marked processing", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
+    let (job_id, request_id) = submit_queued(&jwt, &parked).await;
+    let id = Uuid::parse_str(&job_id).unwrap();
+    let mut session = db().await;
+    let marked = e2e::common::as_user(&mut session, owner, async |tx| {
+        tx.execute(
+            "UPDATE public.jobs SET status = 'processing' WHERE id = $1",
+            &[&id],
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(marked, 1, "the owner's update through RLS");
+
+    let (status, answer) = cancel_job(&jwt, &job_id).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        Provider::Fal.cancelled(&request_id).await,
+        "fal was not told to stop {request_id}"
+    );
+}
+
+/// A job cancelled through the API while its fal submission is in flight: the run is closed before fal's answer
+/// brings the cancel URL, so the cancel route has nothing to ask fal; the submission, finding the run closed when
+/// it records the answer, asks fal to stop. The caller still gets its `queued` answer.
+#[tokio::test]
+async fn a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_fal() {
+    let (owner, jwt) = user().await;
+    let body = json!({
+        "prompt": prompt("cancelled in flight", "#no-webhook #delay-ms=600000 #submit-delay-ms=3000"),
+        "apiModelId": async_model(),
+    });
+    let submitting = tokio::spawn({
+        let jwt = jwt.clone();
+        async move { generate(&jwt, &body).await }
+    });
+    let db = db().await;
+    let mut written = None;
+    wait_until(
+        "the job row of the submission in flight",
+        Duration::from_secs(20),
+        async || {
+            written = db
+                .query_opt(
+                    "SELECT id::text FROM public.jobs WHERE user_id = $1",
+                    &[&owner],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0));
+            written.is_some()
+        },
+    )
+    .await;
+    let job_id = written.unwrap();
+    let (status, answer) = cancel_job(&jwt, &job_id).await;
+    assert_eq!(status, 200, "{answer}");
+    let runs_url = "SELECT cancel_url IS NULL FROM public.job_runs WHERE job_id = $1::text::uuid";
+    let no_url_yet: bool = db.query_one(runs_url, &[&job_id]).await.unwrap().get(0);
+    assert!(
+        no_url_yet,
+        "fal answered the submission before the cancel: the test proves nothing"
+    );
+
+    let (status, answer) = submitting.await.unwrap();
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    let request_id = answer["requestId"].as_str().expect("requestId");
+    assert!(
+        Provider::Fal.cancelled(request_id).await,
+        "fal was not told to stop {request_id}"
+    );
+    let (_, job) = view_job(&jwt, &job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+}
+
 #[tokio::test]
 async fn users_cannot_read_or_cancel_each_others_jobs_and_cancel_is_once() {
     let (_, owner) = user().await;

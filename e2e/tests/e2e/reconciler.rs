@@ -344,31 +344,3 @@ async fn jobs_their_owner_deleted_while_running_hold_the_bound_until_a_pass_canc
     let (status, _) = cancel_job(&jwt, answer["jobId"].as_str().unwrap()).await;
     assert_eq!(status, 200);
 }
-
-/// The cancel route closes the run for good, so it asks the provider to stop whatever status the row shows: an
-/// owner who first set their queued job `processing` through RLS does not get a slot back while fal runs on.
-#[tokio::test]
-async fn cancelling_a_job_its_owner_marked_processing_still_cancels_it_at_fal() {
-    let (owner, jwt) = user().await;
-    let parked = json!({"prompt": prompt("marked processing", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
-    let (job_id, request_id) = submit_queued(&jwt, &parked).await;
-    let id = Uuid::parse_str(&job_id).unwrap();
-    let mut session = db().await;
-    let marked = e2e::common::as_user(&mut session, owner, async |tx| {
-        tx.execute(
-            "UPDATE public.jobs SET status = 'processing' WHERE id = $1",
-            &[&id],
-        )
-        .await
-    })
-    .await
-    .unwrap();
-    assert_eq!(marked, 1, "the owner's update through RLS");
-
-    let (status, answer) = cancel_job(&jwt, &job_id).await;
-    assert_eq!(status, 200, "{answer}");
-    assert!(
-        Provider::Fal.cancelled(&request_id).await,
-        "fal was not told to stop {request_id}"
-    );
-}

@@ -44,6 +44,8 @@ pub async fn insert_once<C: GenericClient>(
 /// functions act on) and copied into its metadata (what the original's clients read): one round trip and one
 /// commit for all three (the queue route's last step, on the submit's critical path). `public.record_queued_request`
 /// (V9), a function, so that its statements are planned once per server connection rather than at every submission.
+/// True when the request went into the job's open run; false when the run was closed meanwhile (the job cancelled
+/// through the API) or the job deleted (V12), so that nothing will act on the request.
 pub async fn insert_once_and_record_request<C: GenericClient>(
     client: &C,
     u: &NewUsage,

@@ -893,6 +893,28 @@ pub(crate) async fn cancel_at_provider(state: &AppState, settings: &Settings, jo
     cancel_request(state, settings, &run.provider_name, &cancel_url, job.id).await;
 }
 
+/// The provider took a request whose run was closed (its job cancelled through the API) or whose job was deleted
+/// while the submission was in flight. The cancel route could not stop it then, having no cancel URL yet, and
+/// nothing reads a closed run again: it is asked to stop now. A deleted job's orphan has the cancel URL already,
+/// and the reconciler's next pass cancels it.
+pub(crate) async fn cancel_unwanted(
+    state: &AppState,
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    job_id: Uuid,
+) {
+    match db::jobs::get(client, job_id).await {
+        Ok(Some(job)) => {
+            tracing::info!(%job_id, "the job was closed while its request was submitted; cancelling it at the provider");
+            cancel_at_provider(state, settings, &job).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "a request submitted for a closed job could not be read to cancel it");
+        }
+    }
+}
+
 /// Asks `provider_name` to cancel the request at `cancel_url` (best effort, logged when it fails).
 pub(crate) async fn cancel_request(
     state: &AppState,

@@ -273,17 +273,9 @@ async fn a_job_whose_owner_nulled_its_status_can_still_be_ended() {
     assert!(ended.run.unwrap().closed_at.is_some());
 }
 
-/// A job its owner deleted between its insert and the provider's answer: its run is kept aside (V11's
-/// `job_run_orphans`) and is given the provider's cancel URL when the answer is recorded, so that the reconciler
-/// can stop the request. Reading the stale orphans takes nothing away (a pass stopped before asking the provider
-/// leaves them to the next); the run counts against its owner's bound until it is dropped, after the cancel.
-#[tokio::test]
-async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_it_is_dropped() {
-    const MAX_OPEN: i64 = 1;
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
-    let model = admin
+/// The fal model of the seed: (model id, provider id).
+async fn fal_model(client: &tokio_postgres::Client) -> tokio_postgres::Row {
+    client
         .query_one(
             "SELECT m.id, m.provider_id FROM public.api_models m
                JOIN public.api_providers p ON p.id = m.provider_id
@@ -291,15 +283,16 @@ async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_i
             &[],
         )
         .await
-        .unwrap();
-    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
-    let deleted = admin
-        .execute("DELETE FROM public.jobs WHERE id = $1", &[&job])
-        .await
-        .unwrap();
-    assert_eq!(deleted, 1);
+        .unwrap()
+}
 
-    let cancel_url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+/// The usage row and the provider's request as a queued submission records them for `job`.
+fn queued_request(
+    job: Uuid,
+    user: Uuid,
+    model: &tokio_postgres::Row,
+    cancel_url: &str,
+) -> (db::usage::NewUsage, db::runs::ProviderRequest) {
     let usage = db::usage::NewUsage {
         job_id: job,
         provider_id: model.get(1),
@@ -320,11 +313,73 @@ async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_i
         gateway_request_id: None,
         status_url: None,
         response_url: None,
-        cancel_url: Some(cancel_url.clone()),
+        cancel_url: Some(cancel_url.to_owned()),
     };
-    db::usage::insert_once_and_record_request(&admin, &usage, &request)
+    (usage, request)
+}
+
+/// Recording the provider's answer says whether it went into an open run (V12): a job cancelled through the API
+/// while its submission was in flight has a closed run, and its request must then be cancelled by the submitter,
+/// since nothing reads that run again. The URL is written either way, and the usage row once.
+#[tokio::test]
+async fn recording_a_request_says_whether_its_run_is_still_open() {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let model = fal_model(&admin).await;
+    let open = insert_job(&admin, user, 10).await.unwrap();
+    let closed = insert_job(&admin, user, 10).await.unwrap();
+    let patch = serde_json::json!({"cancelled_by": "user"});
+    let cancelled = db::jobs::transition(&admin, closed, JobStatus::Cancelled, None, &patch);
+    assert!(cancelled.await.unwrap());
+
+    for (job, want_open) in [(open, true), (closed, false)] {
+        let url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+        let (usage, request) = queued_request(job, user, &model, &url);
+        let recorded = db::usage::insert_once_and_record_request(&admin, &usage, &request).await;
+        assert_eq!(recorded.unwrap(), want_open, "job {job}");
+        let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+        let run = read.run.unwrap();
+        assert_eq!(run.closed_at.is_none(), want_open);
+        let recorded_url = run.request.and_then(|r| r.cancel_url);
+        assert_eq!(recorded_url.as_deref(), Some(url.as_str()));
+        let usages = admin
+            .query_one(
+                "SELECT count(*) FROM public.api_usage_logs WHERE job_id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(usages, 1);
+    }
+}
+
+/// A job its owner deleted between its insert and the provider's answer: its run is kept aside (V11's
+/// `job_run_orphans`) and is given the provider's cancel URL when the answer is recorded, so that the reconciler
+/// can stop the request. Reading the stale orphans takes nothing away (a pass stopped before asking the provider
+/// leaves them to the next); the run counts against its owner's bound until it is dropped, after the cancel.
+#[tokio::test]
+async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_it_is_dropped() {
+    const MAX_OPEN: i64 = 1;
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let model = fal_model(&admin).await;
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    let deleted = admin
+        .execute("DELETE FROM public.jobs WHERE id = $1", &[&job])
         .await
         .unwrap();
+    assert_eq!(deleted, 1);
+
+    let cancel_url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+    let (usage, request) = queued_request(job, user, &model, &cancel_url);
+    let recorded = db::usage::insert_once_and_record_request(&admin, &usage, &request).await;
+    assert!(
+        !recorded.unwrap(),
+        "a deleted job's request was reported as recorded into an open run"
+    );
 
     let orphan_url = async || {
         db::reconcile::stale_orphans(&admin, Duration::ZERO, 10_000)

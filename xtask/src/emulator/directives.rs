@@ -26,6 +26,8 @@ pub struct Directives {
     pub concurrent: bool,
     pub early: bool,
     pub delay_ms: u64,
+    /// The queue's answer to a submission comes this long after the request was accepted (it runs meanwhile).
+    pub submit_delay_ms: u64,
     pub no_webhook: bool,
     pub queue_status: Option<u16>,
     pub run_status: Option<u16>,
@@ -52,6 +54,7 @@ impl Default for Directives {
             concurrent: false,
             early: false,
             delay_ms: 50,
+            submit_delay_ms: 0,
             no_webhook: false,
             queue_status: None,
             run_status: None,
@@ -107,6 +110,7 @@ impl Directives {
                 v.parse().ok().map(|n: u32| n.min(MAX_DELIVERIES)),
             ),
             ("delay-ms", Some(v)) => set(&mut self.delay_ms, v.parse().ok()),
+            ("submit-delay-ms", Some(v)) => set(&mut self.submit_delay_ms, v.parse().ok()),
             ("queue-status", Some(v)) => self.queue_status = v.parse().ok().or(self.queue_status),
             ("run-status", Some(v)) => self.run_status = v.parse().ok().or(self.run_status),
             ("run-fail-first", Some(v)) => set(&mut self.run_fail_first, v.parse().ok()),
@@ -174,12 +178,13 @@ mod tests {
     #[test]
     fn numeric_directives_are_parsed() {
         let d = Directives::parse(
-            "#deliveries=3 #delay-ms=2000 #queue-status=503 #run-status=429 #run-fail-first=2 \
+            "#deliveries=3 #delay-ms=2000 #submit-delay-ms=900 #queue-status=503 #run-status=429 #run-fail-first=2 \
              #run-delay-ms=700 #media-bytes=1073741824 #media-status=404 #media-fail-first=1 \
              #media-slow-ms=250 #media-slow-first=2 #media-rate=1000",
         );
         assert_eq!(d.deliveries, 3);
         assert_eq!(d.delay_ms, 2000);
+        assert_eq!(d.submit_delay_ms, 900);
         assert_eq!(d.queue_status, Some(503));
         assert_eq!(d.run_status, Some(429));
         assert_eq!(d.run_fail_first, 2);

@@ -152,6 +152,8 @@ async fn submit(
         // The receiver sees the webhook before the client knows the request id: the race fal allows.
         let _ = tokio::time::timeout(delay + EARLY_WAIT, first_rx).await;
     }
+    // A slow answer to a request fal already runs: the submitter's window between the two.
+    tokio::time::sleep(Duration::from_millis(directives.submit_delay_ms)).await;
     json_status(StatusCode::OK, answer)
 }
 
