@@ -101,8 +101,9 @@ pub async fn reconcile_stale_jobs(
     report
 }
 
-/// The runs of jobs deleted while open: each request is cancelled at its provider (best effort), and the run no
-/// longer counts against its owner. How many were taken.
+/// The orphaned runs (of jobs deleted while open, or closed while their cancel did not go through): each request is
+/// cancelled at its provider, and the run no longer counts against its owner. One whose provider cannot be asked
+/// now is kept for a later pass, until the deadline. How many were dropped.
 async fn close_orphans(
     state: &AppState,
     settings: &Settings,
@@ -128,20 +129,32 @@ async fn close_orphans(
             .cancel_url
             .as_deref()
             .and_then(|u| crate::fal::ProviderUrl::on_provider_hosts(u, &o.provider_hosts).ok());
-        if let Some(url) = cancel_url {
-            crate::submission::cancel_request(state, settings, &o.provider_name, &url, o.job_id)
-                .await;
+        let settled = match cancel_url {
+            Some(url) => {
+                crate::submission::cancel_request(state, settings, &o.provider_name, &url, o.job_id)
+                    .await
+            }
+            None => true,
+        };
+        let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or(chrono::Duration::MAX);
+        let given_up = Utc::now() - o.created_at > deadline;
+        if !settled && given_up {
+            tracing::warn!(job_id = %o.job_id, "a request could not be cancelled before the deadline; its run is dropped");
         }
-        let dropped = async {
+        let done = async {
             let client = state.db_client(settings).await?;
+            if !settled && !given_up {
+                db::reconcile::orphan_cancel_failed(&**client, o.job_id).await?;
+                return Ok(false);
+            }
             let url = o.cancel_url.as_deref();
             Ok::<_, db::DbError>(db::reconcile::drop_orphan(&**client, o.job_id, url).await?)
         };
-        match dropped.await {
+        match done.await {
             Ok(true) => closed += 1,
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(job_id = %o.job_id, error = %e, "a deleted job's run could not be dropped; the next pass retries");
+                tracing::warn!(job_id = %o.job_id, error = %e, "an orphaned run could not be dropped; the next pass retries");
                 *errors += 1;
             }
         }
@@ -234,16 +247,18 @@ async fn reconcile_one(
     }
 }
 
-/// A job its owner ended through RLS while its run was open: the provider is told to stop (best effort; a request
-/// that finished refuses), and the run is closed, so it no longer counts against the owner's open jobs and the job
-/// is not completed if its owner sets it open again.
+/// A job its owner ended through RLS while its run was open: the provider is told to stop (a request that finished
+/// refuses), and the run is closed, so the job is not completed if its owner sets it open again. It no longer counts
+/// against the owner's open jobs, unless the provider could not be asked: then it is kept with the orphans, for a
+/// later pass to ask again.
 async fn close_ended(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
 ) -> Result<Verdict, ReconcileError> {
-    crate::submission::cancel_at_provider(state, settings, job).await;
+    // Asked before the close, so a pass stopped between the two leaves the run open for the next one to ask again.
     let client = state.db_client(settings).await?;
+    crate::submission::cancel_closed_run(state, settings, &client, job).await;
     db::runs::close(&**client, job.id).await?;
     Ok(Verdict::Closed)
 }

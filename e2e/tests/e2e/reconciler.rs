@@ -296,6 +296,30 @@ async fn a_stored_result_whose_run_was_never_closed_is_closed_by_a_pass() {
     assert_eq!(job(&job_id.to_string()).await["status"], "completed");
 }
 
+/// `limit` queued jobs of `body` for the holder of `jwt`: (job id, fal request id) each.
+async fn submit_up_to_the_bound(
+    jwt: &str,
+    body: &serde_json::Value,
+    limit: usize,
+) -> Vec<(String, String)> {
+    let mut jobs = Vec::new();
+    for _ in 0..limit {
+        jobs.push(submit_queued(jwt, body).await);
+    }
+    jobs
+}
+
+/// The owner deletes these jobs of theirs through RLS; how many went.
+async fn delete_as_owner(owner: Uuid, ids: &[Uuid]) -> u64 {
+    let mut session = db().await;
+    e2e::common::as_user(&mut session, owner, async |tx| {
+        tx.execute("DELETE FROM public.jobs WHERE id = ANY($1)", &[&ids])
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 /// Owners may also delete their jobs through RLS, and a job's run goes with it, while the provider may still be
 /// running the request: the run is kept aside (V11's `job_run_orphans`) and counts against the bound until a pass
 /// cancels the request at the provider.
@@ -304,21 +328,12 @@ async fn jobs_their_owner_deleted_while_running_hold_the_bound_until_a_pass_canc
     let limit = max_open_jobs();
     let (owner, jwt) = user().await;
     let parked = json!({"prompt": prompt("deleted by its owner", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
-    let mut jobs = Vec::new();
-    for _ in 0..limit {
-        jobs.push(submit_queued(&jwt, &parked).await);
-    }
+    let jobs = submit_up_to_the_bound(&jwt, &parked, limit).await;
     let ids: Vec<Uuid> = jobs
         .iter()
         .map(|(j, _)| Uuid::parse_str(j).unwrap())
         .collect();
-    let mut session = db().await;
-    let deleted = e2e::common::as_user(&mut session, owner, async |tx| {
-        tx.execute("DELETE FROM public.jobs WHERE id = ANY($1)", &[&ids])
-            .await
-    })
-    .await
-    .unwrap();
+    let deleted = delete_as_owner(owner, &ids).await;
     assert_eq!(deleted, ids.len() as u64, "the owner's delete through RLS");
     assert_eq!(jobs_of_user(owner).await, 0);
 
@@ -343,4 +358,122 @@ async fn jobs_their_owner_deleted_while_running_hold_the_bound_until_a_pass_canc
     assert_eq!(status, 200, "{answer}");
     let (status, _) = cancel_job(&jwt, answer["jobId"].as_str().unwrap()).await;
     assert_eq!(status, 200);
+}
+
+/// Whether the job's run is kept in `job_run_orphans`, and if so whether a cancel of it was tried there.
+async fn orphan_tried(job_id: &str) -> Option<bool> {
+    db().await
+        .query_opt(
+            "SELECT cancel_tried_at IS NOT NULL FROM public.job_run_orphans WHERE job_id = $1::text::uuid",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// Makes a kept run due for the next pass: written and last tried `age` ago.
+async fn age_orphan(job_id: &str, age: &str) {
+    let sql = format!(
+        "UPDATE public.job_run_orphans SET created_at = now() - interval '{age}',
+                cancel_tried_at = now() - interval '{age}' WHERE job_id = $1::text::uuid"
+    );
+    let updated = db().await.execute(&sql, &[&job_id]).await.unwrap();
+    assert_eq!(updated, 1, "no kept run for {job_id}");
+}
+
+/// The API's cancel when fal cannot take it (a 503): the job is cancelled at once, but its run, which fal still
+/// runs, keeps counting against its owner, kept with the orphans; a later pass asks fal again and frees it.
+#[tokio::test]
+async fn a_cancel_fal_could_not_take_keeps_the_run_counted_until_a_pass_cancels_it() {
+    let limit = max_open_jobs();
+    let (_, jwt) = user().await;
+    let parked = json!({"prompt": prompt("cancel refused once", "#no-webhook #delay-ms=600000 #cancel-fail-first=1"), "apiModelId": async_model()});
+    let jobs = submit_up_to_the_bound(&jwt, &parked, limit).await;
+    let (job_id, request_id) = jobs[0].clone();
+    let (status, answer) = cancel_job(&jwt, &job_id).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("cancelled")),
+        "{answer}"
+    );
+    let fal = inspect(&request_id).await;
+    assert_eq!(
+        (fal["cancel_calls"].as_u64(), fal["cancelled"].as_bool()),
+        (Some(1), Some(false)),
+        "{fal}"
+    );
+    assert_eq!(orphan_tried(&job_id).await, Some(true));
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 429, "cancelled, still running at fal: {answer}");
+
+    age_orphan(&job_id, "61 minutes").await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    assert!(
+        Provider::Fal.cancelled(&request_id).await,
+        "fal was not told to stop {request_id} again"
+    );
+    assert_eq!(orphan_tried(&job_id).await, None);
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A pass whose cancel of a deleted job's run fal cannot take (a 503) keeps the run for a later pass, which does
+/// not try it again before `older_than` and cancels it then; past the deadline, a run fal keeps refusing is
+/// dropped, so that nothing is held for good.
+#[tokio::test]
+async fn a_pass_keeps_a_run_fal_could_not_cancel_until_it_can_or_the_deadline_passes() {
+    let (owner, jwt) = user().await;
+    let submit = async |refusals: u32| {
+        let directives = format!("#no-webhook #delay-ms=600000 #cancel-fail-first={refusals}");
+        let body = json!({"prompt": prompt("deleted, cancel refused", &directives), "apiModelId": async_model()});
+        submit_queued(&jwt, &body).await
+    };
+    let (retried, retried_rid) = submit(1).await;
+    let (expired, expired_rid) = submit(100).await;
+    let ids: Vec<Uuid> = [&retried, &expired]
+        .iter()
+        .map(|j| Uuid::parse_str(j).unwrap())
+        .collect();
+    let deleted = delete_as_owner(owner, &ids).await;
+    assert_eq!(deleted, 2, "the owner's delete through RLS");
+    age_orphan(&retried, "61 minutes").await;
+    db().await
+        .execute(
+            "UPDATE public.job_run_orphans SET created_at = now() - interval '3 hours' WHERE job_id = $1",
+            &[&ids[1]],
+        )
+        .await
+        .unwrap();
+
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    let fal = inspect(&retried_rid).await;
+    assert_eq!(
+        (fal["cancel_calls"].as_u64(), fal["cancelled"].as_bool()),
+        (Some(1), Some(false)),
+        "{fal}"
+    );
+    assert_eq!(
+        orphan_tried(&retried).await,
+        Some(true),
+        "kept for a later pass"
+    );
+    let fal = inspect(&expired_rid).await;
+    assert_eq!(fal["cancelled"], false, "{fal}");
+    assert_eq!(
+        orphan_tried(&expired).await,
+        None,
+        "past the deadline, dropped"
+    );
+
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    assert_eq!(
+        inspect(&retried_rid).await["cancel_calls"],
+        1,
+        "tried again before older_than"
+    );
+    age_orphan(&retried, "61 minutes").await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    assert!(Provider::Fal.cancelled(&retried_rid).await);
+    assert_eq!(orphan_tried(&retried).await, None);
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -50,11 +51,14 @@ pub struct Orphan {
     pub provider_name: String,
     pub cancel_url: Option<String>,
     pub provider_hosts: Vec<String>,
+    /// When the run was written (the reconcile deadline counts from it).
+    pub created_at: DateTime<Utc>,
 }
 
-/// Up to `limit` orphaned runs written more than `older_than` ago, oldest orphan first. The caller asks the
-/// provider to cancel each (best effort), then [`drop_orphan`]s it: a pass stopped half way leaves the rest for the
-/// next one (two concurrent passes may both ask; a cancel is idempotent).
+/// Up to `limit` orphaned runs written more than `older_than` ago and not tried within `older_than`: those never
+/// tried first (oldest orphan first), then the least recently tried (V13). The caller asks the provider to cancel
+/// each, then [`drop_orphan`]s it, or [`orphan_cancel_failed`] when the provider could not be reached: a pass
+/// stopped half way leaves the rest for the next one (two concurrent passes may both ask; a cancel is idempotent).
 pub async fn stale_orphans<C: GenericClient>(
     client: &C,
     older_than: Duration,
@@ -63,10 +67,11 @@ pub async fn stale_orphans<C: GenericClient>(
     let secs = older_than.as_secs_f64();
     let rows = client
         .query_typed(
-            "SELECT o.job_id, o.provider_name, o.cancel_url, p.base_url, p.sync_base_url
+            "SELECT o.job_id, o.provider_name, o.cancel_url, p.base_url, p.sync_base_url, o.created_at
                FROM public.job_run_orphans o LEFT JOIN public.api_providers p ON p.id = o.provider_id
               WHERE o.created_at < now() - make_interval(secs => $1)
-              ORDER BY o.orphaned_at
+                AND (o.cancel_tried_at IS NULL OR o.cancel_tried_at < now() - make_interval(secs => $1))
+              ORDER BY o.cancel_tried_at NULLS FIRST, o.orphaned_at
               LIMIT $2",
             &[(&secs, Type::FLOAT8), (&limit, Type::INT8)],
         )
@@ -81,8 +86,44 @@ pub async fn stale_orphans<C: GenericClient>(
                 .into_iter()
                 .flatten()
                 .collect(),
+            created_at: r.get(5),
         })
         .collect())
+}
+
+/// Keeps a closed run whose request the provider could not be asked to cancel (the API's cancel, a pass closing a
+/// job its owner ended) with the orphans: it counts against its owner while the provider may still run it, and a
+/// later pass asks again (after `older_than`, since it was tried now) until the reconcile deadline.
+pub async fn keep_for_cancel<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "INSERT INTO public.job_run_orphans (job_id, user_id, provider_id, provider_name, cancel_url, created_at,
+                                                 cancel_tried_at)
+             SELECT job_id, user_id, provider_id, provider_name, cancel_url, created_at, now()
+               FROM public.job_runs
+              WHERE job_id = $1 AND cancel_url IS NOT NULL AND result_key IS NULL
+             ON CONFLICT (job_id) DO NOTHING",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The provider could not be asked to cancel the orphaned run: it stays, and goes behind the others.
+pub async fn orphan_cancel_failed<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.job_run_orphans SET cancel_tried_at = now() WHERE job_id = $1",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The orphaned run no longer counts against its owner, unless its cancel URL changed since it was read (`cancel_url`,

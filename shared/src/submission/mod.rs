@@ -877,20 +877,27 @@ pub async fn cancel_job(
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
     // Whatever status the row shows (its owner can write it), a request with a cancel URL is asked to stop: the run
-    // is closed now and no pass will come back to it. fal answers a finished request with ALREADY_COMPLETED.
-    cancel_at_provider(state, settings, &job).await;
+    // is closed now. fal answers a finished request with ALREADY_COMPLETED.
+    cancel_closed_run(state, settings, &client, &job).await;
     Ok(CancelResult::Cancelled)
 }
 
-/// Asks the job's provider to cancel its request (best effort: the job is cancelled whatever it answers).
-pub(crate) async fn cancel_at_provider(state: &AppState, settings: &Settings, job: &JobRecord) {
-    let Some(run) = job.run.as_ref() else {
+/// Asks the provider to stop the request of a run that is closed, or being closed. When it cannot be asked now, the
+/// run is kept with the orphans ([`db::reconcile::keep_for_cancel`]): it counts against its owner while the
+/// provider may still run it, and the reconciler asks again until its deadline.
+pub(crate) async fn cancel_closed_run(
+    state: &AppState,
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    job: &JobRecord,
+) {
+    if cancel_at_provider(state, settings, job).await {
         return;
-    };
-    let Some(cancel_url) = run.provider_url(|q| q.cancel_url.as_ref()) else {
-        return;
-    };
-    cancel_request(state, settings, &run.provider_name, &cancel_url, job.id).await;
+    }
+    if let Err(e) = db::reconcile::keep_for_cancel(client, job.id).await {
+        let job_id = job.id;
+        tracing::warn!(%job_id, error = %e, "a run whose cancel did not go through could not be kept for a retry");
+    }
 }
 
 /// The provider took a request whose run was closed (its job cancelled through the API) or whose job was deleted
@@ -906,7 +913,7 @@ pub(crate) async fn cancel_unwanted(
     match db::jobs::get(client, job_id).await {
         Ok(Some(job)) => {
             tracing::info!(%job_id, "the job was closed while its request was submitted; cancelling it at the provider");
-            cancel_at_provider(state, settings, &job).await;
+            cancel_closed_run(state, settings, client, &job).await;
         }
         Ok(None) => {}
         Err(e) => {
@@ -915,23 +922,51 @@ pub(crate) async fn cancel_unwanted(
     }
 }
 
-/// Asks `provider_name` to cancel the request at `cancel_url` (best effort, logged when it fails).
+/// Asks the job's provider to cancel its request (best effort: the job is cancelled whatever it answers). True when
+/// that is settled ([`cancel_request`]), or when there is nothing to ask.
+pub(crate) async fn cancel_at_provider(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+) -> bool {
+    let Some(run) = job.run.as_ref() else {
+        return true;
+    };
+    let Some(cancel_url) = run.provider_url(|q| q.cancel_url.as_ref()) else {
+        return true;
+    };
+    cancel_request(state, settings, &run.provider_name, &cancel_url, job.id).await
+}
+
+/// Asks `provider_name` to cancel the request at `cancel_url`. True when that is settled: the provider cancelled
+/// it, or answered that there is nothing to cancel (already over, unknown); false when it could not be asked (no
+/// answer, 5xx, 429, our key refused, the provider not configured here), which is logged: asking again later can
+/// still stop it.
 pub(crate) async fn cancel_request(
     state: &AppState,
     settings: &Settings,
     provider_name: &str,
     cancel_url: &crate::fal::ProviderUrl,
     job_id: Uuid,
-) {
+) -> bool {
     let asked = match ProviderKind::of(provider_name) {
         Some(ProviderKind::Replicate) => match state.replicate(settings) {
             Some(replicate) => replicate.cancel(cancel_url).await.map(|_| ()),
-            None => Ok(()),
+            None => {
+                tracing::warn!(%job_id, "a Replicate request cannot be cancelled: Replicate is not configured");
+                return false;
+            }
         },
         _ => state.fal(settings).cancel(cancel_url).await.map(|_| ()),
     };
-    if let Err(e) = asked {
-        tracing::warn!(%job_id, error = %e, "the provider's cancel failed; the job stays cancelled");
+    match asked {
+        Ok(()) => true,
+        // A 2xx we could not read, or a final refusal of this request: asking again changes nothing.
+        Err(e) if matches!(e, ProviderError::Decode(_)) || e.rejects_the_request() => true,
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "the provider's cancel did not go through");
+            false
+        }
     }
 }
 

@@ -126,6 +126,7 @@ pub fn accept_call(
         webhook_url,
         deliveries: Vec::new(),
         media_fetches: 0,
+        cancel_calls: 0,
     };
     state.insert(record);
     Ok(Accepted {
@@ -160,6 +161,7 @@ fn rejected_record(request_id: &str, mode: Mode, model_id: &str, input: Value) -
         webhook_url: None,
         deliveries: Vec::new(),
         media_fetches: 0,
+        cancel_calls: 0,
     }
 }
 

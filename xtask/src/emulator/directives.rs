@@ -33,6 +33,8 @@ pub struct Directives {
     pub run_status: Option<u16>,
     pub run_fail_first: u32,
     pub run_delay_ms: u64,
+    /// The first K cancel calls of a queued request are answered 503 (the request runs on).
+    pub cancel_fail_first: u32,
     pub media_bytes: u64,
     pub media_type: Option<String>,
     pub media_status: Option<u16>,
@@ -60,6 +62,7 @@ impl Default for Directives {
             run_status: None,
             run_fail_first: 0,
             run_delay_ms: 0,
+            cancel_fail_first: 0,
             media_bytes: 4096,
             media_type: None,
             media_status: None,
@@ -115,6 +118,7 @@ impl Directives {
             ("run-status", Some(v)) => self.run_status = v.parse().ok().or(self.run_status),
             ("run-fail-first", Some(v)) => set(&mut self.run_fail_first, v.parse().ok()),
             ("run-delay-ms", Some(v)) => set(&mut self.run_delay_ms, v.parse().ok()),
+            ("cancel-fail-first", Some(v)) => set(&mut self.cancel_fail_first, v.parse().ok()),
             ("media-bytes", Some(v)) => set(&mut self.media_bytes, v.parse().ok()),
             ("media-type", Some(v)) if v.contains('/') => {
                 self.media_type = Some(v.to_ascii_lowercase())
@@ -179,7 +183,7 @@ mod tests {
     fn numeric_directives_are_parsed() {
         let d = Directives::parse(
             "#deliveries=3 #delay-ms=2000 #submit-delay-ms=900 #queue-status=503 #run-status=429 #run-fail-first=2 \
-             #run-delay-ms=700 #media-bytes=1073741824 #media-status=404 #media-fail-first=1 \
+             #run-delay-ms=700 #cancel-fail-first=2 #media-bytes=1073741824 #media-status=404 #media-fail-first=1 \
              #media-slow-ms=250 #media-slow-first=2 #media-rate=1000",
         );
         assert_eq!(d.deliveries, 3);
@@ -189,6 +193,7 @@ mod tests {
         assert_eq!(d.run_status, Some(429));
         assert_eq!(d.run_fail_first, 2);
         assert_eq!(d.run_delay_ms, 700);
+        assert_eq!(d.cancel_fail_first, 2);
         assert_eq!(d.media_bytes, 1 << 30);
         assert_eq!(d.media_status, Some(404));
         assert_eq!(d.media_fail_first, 1);

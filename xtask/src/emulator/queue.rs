@@ -231,6 +231,10 @@ fn cancel(state: &AppState, id: &str) -> Response {
         CancelOutcome::NotFound => {
             json_status(StatusCode::NOT_FOUND, json!({"status": "NOT_FOUND"}))
         }
+        CancelOutcome::Unavailable => json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"detail": "emulated cancel outage"}),
+        ),
     }
 }
 

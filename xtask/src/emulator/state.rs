@@ -116,6 +116,8 @@ pub struct RequestRecord {
     pub webhook_url: Option<String>,
     pub deliveries: Vec<DeliveryAttempt>,
     pub media_fetches: u64,
+    /// Cancel calls received, refused ones included.
+    pub cancel_calls: u64,
 }
 
 impl RequestRecord {
@@ -132,6 +134,7 @@ impl RequestRecord {
             "webhook_url_present": self.webhook_url.is_some(),
             "deliveries": self.deliveries,
             "media_fetches": self.media_fetches,
+            "cancel_calls": self.cancel_calls,
             "auth_ok": self.auth_ok,
         })
     }
@@ -149,6 +152,8 @@ pub enum CancelOutcome {
     Requested,
     AlreadyCompleted,
     NotFound,
+    /// `#cancel-fail-first=K`: one of the first K cancel calls, answered 503 with nothing changed.
+    Unavailable,
 }
 
 /// What the media endpoint needs for one fetch.
@@ -279,6 +284,10 @@ impl AppState {
         else {
             return CancelOutcome::NotFound;
         };
+        r.cancel_calls += 1;
+        if r.cancel_calls <= u64::from(r.directives.cancel_fail_first) {
+            return CancelOutcome::Unavailable;
+        }
         match r.status {
             Status::Completed => CancelOutcome::AlreadyCompleted,
             _ => {

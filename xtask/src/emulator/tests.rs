@@ -349,6 +349,32 @@ async fn cancel_of_a_completed_request_is_refused() {
 }
 
 #[tokio::test]
+async fn cancel_fail_first_refuses_the_first_cancels_and_the_request_runs_on() {
+    let emu = emulator(fast()).await;
+    let submitted = emu
+        .submit(
+            "fal-ai/flux/dev",
+            "x #delay-ms=600000 #no-webhook #cancel-fail-first=2",
+            None,
+        )
+        .await;
+    let id = submitted["request_id"].as_str().unwrap();
+    let cancel_url = submitted["cancel_url"].as_str().unwrap();
+    for _ in 0..2 {
+        let cancel = emu.unkeyed(Method::PUT, cancel_url).await;
+        assert_answer(cancel, 503, json!({"detail": "emulated cancel outage"})).await;
+        assert_eq!(emu.inspect(id).await["cancelled"], false);
+    }
+    let cancel = emu.unkeyed(Method::PUT, cancel_url).await;
+    assert_answer(cancel, 202, json!({"status": "CANCELLATION_REQUESTED"})).await;
+    let view = emu.inspect(id).await;
+    assert_eq!(
+        (view["cancelled"].as_bool(), view["cancel_calls"].as_u64()),
+        (Some(true), Some(3))
+    );
+}
+
+#[tokio::test]
 async fn media_fail_first_fails_once_then_serves() {
     let emu = emulator(fast()).await;
     let out: Value = emu
