@@ -91,6 +91,40 @@ pub async fn submit(text: &str, directives: &str) -> (Uuid, String, String) {
     (user_id, job_id, request_id)
 }
 
+/// A generation for the holder of `jwt` (`owner`), sent in the background: its answer to await, and its job's id once
+/// the row is written (the submission still in flight at fal's, for a body that delays the provider's answer).
+/// `marker` is a word of its prompt, which no other job of the owner has.
+pub async fn generate_in_flight(
+    jwt: &str,
+    owner: Uuid,
+    body: Value,
+    marker: &str,
+) -> (tokio::task::JoinHandle<(u16, Value)>, String) {
+    let submitting = tokio::spawn({
+        let jwt = jwt.to_owned();
+        async move { generate(&jwt, &body).await }
+    });
+    let db = db().await;
+    let mut written = None;
+    crate::wait_until(
+        "the job row of the submission in flight",
+        Duration::from_secs(20),
+        async || {
+            written = db
+                .query_opt(
+                    "SELECT id::text FROM public.jobs WHERE user_id = $1 AND strpos(original_prompt, $2) > 0",
+                    &[&owner, &marker],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0));
+            written.is_some()
+        },
+    )
+    .await;
+    (submitting, written.expect("written"))
+}
+
 /// `GET /jobs/{id}` as the holder of `jwt`: status and JSON answer.
 pub async fn view_job(jwt: &str, job_id: &str) -> (u16, Value) {
     let request = http().get(api(&format!("/jobs/{job_id}")));

@@ -404,39 +404,22 @@ async fn cancelling_a_job_its_owner_marked_processing_still_cancels_it_at_fal() 
     );
 }
 
-/// A job cancelled through the API while its fal submission is in flight: the run is closed before fal's answer
-/// brings the cancel URL, so the cancel route has nothing to ask fal; the submission, finding the run closed when
-/// it records the answer, asks fal to stop. The caller still gets its `queued` answer.
-#[tokio::test]
-async fn a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_fal() {
+for_each_provider!(a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_the_provider);
+
+/// A job cancelled through the API while its queue submission is in flight: the run is closed before the
+/// provider's answer brings the cancel URL, so the cancel route has nothing to ask the provider; the submission,
+/// finding the run closed when it records the answer, asks the provider to stop. The caller still gets its
+/// `queued` answer.
+async fn a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_the_provider(
+    provider: Provider,
+) {
     let (owner, jwt) = user().await;
     let body = json!({
         "prompt": prompt("cancelled in flight", "#no-webhook #delay-ms=600000 #submit-delay-ms=3000"),
-        "apiModelId": async_model(),
+        "apiModelId": provider.queued_model(),
     });
-    let submitting = tokio::spawn({
-        let jwt = jwt.clone();
-        async move { generate(&jwt, &body).await }
-    });
+    let (submitting, job_id) = generate_in_flight(&jwt, owner, body, "cancelled in flight").await;
     let db = db().await;
-    let mut written = None;
-    wait_until(
-        "the job row of the submission in flight",
-        Duration::from_secs(20),
-        async || {
-            written = db
-                .query_opt(
-                    "SELECT id::text FROM public.jobs WHERE user_id = $1",
-                    &[&owner],
-                )
-                .await
-                .unwrap()
-                .map(|r| r.get::<_, String>(0));
-            written.is_some()
-        },
-    )
-    .await;
-    let job_id = written.unwrap();
     let (status, answer) = cancel_job(&jwt, &job_id).await;
     assert_eq!(status, 200, "{answer}");
     let runs_url = "SELECT cancel_url IS NULL FROM public.job_runs WHERE job_id = $1::text::uuid";
@@ -454,8 +437,8 @@ async fn a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_fal()
     );
     let request_id = answer["requestId"].as_str().expect("requestId");
     assert!(
-        Provider::Fal.cancelled(request_id).await,
-        "fal was not told to stop {request_id}"
+        provider.cancelled(request_id).await,
+        "{provider:?} was not told to stop {request_id}"
     );
     let (_, job) = view_job(&jwt, &job_id).await;
     assert_eq!(job["status"], "cancelled", "{job}");

@@ -477,3 +477,31 @@ async fn a_pass_keeps_a_run_fal_could_not_cancel_until_it_can_or_the_deadline_pa
     assert!(Provider::Fal.cancelled(&retried_rid).await);
     assert_eq!(orphan_tried(&retried).await, None);
 }
+
+/// A sync run cancelled through the API while fal works on it: the job is cancelled at once, but the run keeps
+/// counting against its owner until fal's answer comes back to the submitting function (it was freed at once
+/// before, so cancelling and submitting again passed the bound), which then answers 409 and frees it.
+#[tokio::test]
+async fn a_sync_run_cancelled_while_fal_works_counts_until_its_call_returns() {
+    let limit = max_open_jobs();
+    let (owner, jwt) = user().await;
+    let parked = json!({"prompt": prompt("parked", "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
+    submit_up_to_the_bound(&jwt, &parked, limit - 1).await;
+    let slow =
+        json!({"prompt": prompt("slow sync", "#run-delay-ms=4000"), "apiModelId": sync_model()});
+    let (submitting, sync_job) = generate_in_flight(&jwt, owner, slow, "slow sync").await;
+    let (status, answer) = cancel_job(&jwt, &sync_job).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 429, "cancelled, still running at fal: {answer}");
+
+    let (status, answer) = submitting.await.unwrap();
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(
+        orphan_tried(&sync_job).await,
+        None,
+        "the hold outlived the call"
+    );
+    let (status, answer) = generate(&jwt, &parked).await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -93,7 +93,8 @@ pub async fn stale_orphans<C: GenericClient>(
 
 /// Keeps a closed run whose request the provider could not be asked to cancel (the API's cancel, a pass closing a
 /// job its owner ended) with the orphans: it counts against its owner while the provider may still run it, and a
-/// later pass asks again (after `older_than`, since it was tried now) until the reconcile deadline.
+/// later pass asks again (after `older_than`, since it was tried now) until the reconcile deadline. A hold
+/// ([`hold_in_flight`]) gets the cancel URL.
 pub async fn keep_for_cancel<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -105,7 +106,46 @@ pub async fn keep_for_cancel<C: GenericClient>(
              SELECT job_id, user_id, provider_id, provider_name, cancel_url, created_at, now()
                FROM public.job_runs
               WHERE job_id = $1 AND cancel_url IS NOT NULL AND result_key IS NULL
-             ON CONFLICT (job_id) DO NOTHING",
+             ON CONFLICT (job_id) DO UPDATE SET cancel_url = EXCLUDED.cancel_url, cancel_tried_at = EXCLUDED.cancel_tried_at
+              WHERE public.job_run_orphans.cancel_url IS NULL",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Holds the open run of a job about to be cancelled whose submission may still be in flight (no provider request
+/// recorded, written within `in_flight`): kept with the orphans, without a cancel URL, it counts against its owner
+/// until the submission ends and [`release_hold`]s it, or [`keep_for_cancel`] gives it the provider's cancel URL,
+/// or (the submitting function stopped) a reconciler pass drops it. True when held.
+pub async fn hold_in_flight<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    in_flight: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "INSERT INTO public.job_run_orphans (job_id, user_id, provider_id, provider_name, cancel_url, created_at)
+             SELECT job_id, user_id, provider_id, provider_name, NULL, created_at
+               FROM public.job_runs
+              WHERE job_id = $1 AND closed_at IS NULL AND request_id IS NULL AND result_key IS NULL
+                AND created_at > now() - make_interval(secs => $2)
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING job_id",
+            &[(&job_id, Type::UUID), (&in_flight.as_secs_f64(), Type::FLOAT8)],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Drops the job's hold ([`hold_in_flight`]): its submission ended, or its request's cancel is settled.
+pub async fn release_hold<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "DELETE FROM public.job_run_orphans WHERE job_id = $1 AND cancel_url IS NULL",
             &[(&job_id, Type::UUID)],
         )
         .await?;

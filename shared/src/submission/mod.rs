@@ -226,24 +226,49 @@ pub async fn submit_generation(
         job_id,
         plan: &plan,
     };
-    let (job, outcome) = match &plan.target {
+    let submitted = submit_inserted(&run, client, api_base).await;
+    if submitted.is_err() {
+        // Whatever the provider was asked is over: a cancel that came meanwhile no longer needs to hold the run.
+        release_held_run(state, settings, job_id).await;
+    }
+    submitted
+}
+
+/// The job's row is written: queue it, or run it and answer with its result.
+async fn submit_inserted(
+    run: &Run<'_>,
+    client: crate::db::Client,
+    api_base: Option<&Url>,
+) -> Result<SubmitResult, SubmitError> {
+    let (job, outcome) = match &run.plan.target {
         Target::Fal { sync, queue } => {
-            if let Some(queued) = fal::submit_queued(&run, &client, queue.as_ref()).await? {
+            if let Some(queued) = fal::submit_queued(run, &client, queue.as_ref()).await? {
                 return Ok(queued);
             }
             drop(client);
-            fal::run_sync(&run, sync).await?
+            fal::run_sync(run, sync).await?
         }
         Target::Replicate {
             endpoint,
             route,
             webhook,
-        } => match replicate::submit(&run, &client, endpoint, *route, webhook.as_ref()).await? {
+        } => match replicate::submit(run, &client, endpoint, *route, webhook.as_ref()).await? {
             replicate::Submitted::Answered(answer) => return Ok(answer),
             replicate::Submitted::Finished(finished) => *finished,
         },
     };
-    sync_answer(state, settings, api_base, &job, outcome).await
+    sync_answer(run.state, run.settings, api_base, &job, outcome).await
+}
+
+/// Drops the hold a cancel put on a run whose submission was in flight ([`db::reconcile::hold_in_flight`]).
+async fn release_held_run(state: &AppState, settings: &Settings, job_id: Uuid) {
+    let released = async {
+        let client = state.db_client(settings).await?;
+        Ok::<_, DbError>(db::reconcile::release_hold(&**client, job_id).await?)
+    };
+    if let Err(e) = released.await {
+        tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+    }
 }
 
 /// One submission after its job row is written.
@@ -857,6 +882,11 @@ pub async fn cancel_job(
     if job.is_closed() {
         return Ok(CancelResult::AlreadyTerminal(job.status));
     }
+    // A submission still in flight (no provider request recorded: another invocation is waiting on the provider)
+    // keeps counting against its owner until it ends. Held before the close, so that the submission, seeing the job
+    // closed, always finds the hold to release.
+    let in_flight = settings.config.fal_sync_timeout * 2;
+    let held = db::reconcile::hold_in_flight(&**client, job_id, in_flight).await?;
     let moved = db::jobs::transition(
         &**client,
         job_id,
@@ -866,6 +896,9 @@ pub async fn cancel_job(
     )
     .await?;
     if !moved {
+        if held {
+            db::reconcile::release_hold(&**client, job_id).await?;
+        }
         let status = db::jobs::get(&**client, job_id)
             .await?
             .map(|j| j.status)
@@ -885,23 +918,25 @@ pub async fn cancel_job(
 /// Asks the provider to stop the request of a run that is closed, or being closed. When it cannot be asked now, the
 /// run is kept with the orphans ([`db::reconcile::keep_for_cancel`]): it counts against its owner while the
 /// provider may still run it, and the reconciler asks again until its deadline.
+/// True when the cancel is settled.
 pub(crate) async fn cancel_closed_run(
     state: &AppState,
     settings: &Settings,
     client: &tokio_postgres::Client,
     job: &JobRecord,
-) {
+) -> bool {
     if cancel_at_provider(state, settings, job).await {
-        return;
+        return true;
     }
     if let Err(e) = db::reconcile::keep_for_cancel(client, job.id).await {
         let job_id = job.id;
         tracing::warn!(%job_id, error = %e, "a run whose cancel did not go through could not be kept for a retry");
     }
+    false
 }
 
-/// The provider took a request whose run was closed (its job cancelled through the API) or whose job was deleted
-/// while the submission was in flight. The cancel route could not stop it then, having no cancel URL yet, and
+/// The provider took a request whose run was closed (its job cancelled through the API, or failed by an early
+/// delivery) or whose job was deleted while the submission was in flight. The cancel route could not stop it then, having no cancel URL yet, and
 /// nothing reads a closed run again: it is asked to stop now. A deleted job's orphan has the cancel URL already,
 /// and the reconciler's next pass cancels it.
 pub(crate) async fn cancel_unwanted(
@@ -911,9 +946,16 @@ pub(crate) async fn cancel_unwanted(
     job_id: Uuid,
 ) {
     match db::jobs::get(client, job_id).await {
+        // An early delivery completed it: nothing to stop.
+        Ok(Some(job)) if job.run.as_ref().is_some_and(|r| r.result_key.is_some()) => {}
         Ok(Some(job)) => {
-            tracing::info!(%job_id, "the job was closed while its request was submitted; cancelling it at the provider");
-            cancel_closed_run(state, settings, client, &job).await;
+            tracing::info!(%job_id, "the job's run was closed while its request was submitted; asking the provider to stop it");
+            // Settled, the request no longer runs: the hold the cancel put on the run goes.
+            if cancel_closed_run(state, settings, client, &job).await
+                && let Err(e) = db::reconcile::release_hold(client, job_id).await
+            {
+                tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+            }
         }
         Ok(None) => {}
         Err(e) => {

@@ -355,6 +355,90 @@ async fn recording_a_request_says_whether_its_run_is_still_open() {
     }
 }
 
+/// A cancel holds a run whose submission may be in flight (no request recorded, young): the hold counts against the
+/// owner, takes the provider's cancel URL when its cancel does not go through, and is released (only while it has
+/// no URL) when the submission ends. A run with its request recorded, or an old one, is not held.
+#[tokio::test]
+async fn a_cancel_holds_a_run_in_flight_until_it_is_released_or_given_a_cancel_url() {
+    const MAX_OPEN: i64 = 1;
+    let in_flight = Duration::from_secs(50);
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    let model = fal_model(&admin).await;
+    let orphan_url = async |job: Uuid| {
+        admin
+            .query_opt(
+                "SELECT cancel_url FROM public.job_run_orphans WHERE job_id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, Option<String>>(0))
+    };
+    let hold = async |job: Uuid| {
+        db::reconcile::hold_in_flight(&admin, job, in_flight)
+            .await
+            .unwrap()
+    };
+    let close = async |job: Uuid| {
+        let patch = serde_json::json!({"cancelled_by": "user"});
+        let closed = db::jobs::transition(&admin, job, JobStatus::Cancelled, None, &patch);
+        assert!(closed.await.unwrap());
+    };
+
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    assert!(hold(job).await);
+    close(job).await;
+    assert_eq!(orphan_url(job).await, Some(None));
+    assert_eq!(
+        insert_job(&admin, user, MAX_OPEN).await,
+        None,
+        "the hold did not count"
+    );
+    db::reconcile::release_hold(&admin, job).await.unwrap();
+    assert_eq!(orphan_url(job).await, None);
+
+    // The provider took it and its cancel did not go through: the hold becomes a kept run, no longer released.
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    assert!(hold(job).await);
+    close(job).await;
+    let url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+    let (usage, request) = queued_request(job, user, &model, &url);
+    let recorded = db::usage::insert_once_and_record_request(&admin, &usage, &request).await;
+    assert!(!recorded.unwrap());
+    db::reconcile::keep_for_cancel(&admin, job).await.unwrap();
+    db::reconcile::release_hold(&admin, job).await.unwrap();
+    assert_eq!(orphan_url(job).await, Some(Some(url.clone())));
+    assert!(
+        db::reconcile::drop_orphan(&admin, job, Some(&url))
+            .await
+            .unwrap()
+    );
+
+    // Its request recorded, or written long ago: no submission of it is in flight.
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    let url = format!("http://127.0.0.1:9/fal-ai/flux/requests/{job}/cancel");
+    let (usage, request) = queued_request(job, user, &model, &url);
+    assert!(
+        db::usage::insert_once_and_record_request(&admin, &usage, &request)
+            .await
+            .unwrap()
+    );
+    assert!(!hold(job).await);
+    close(job).await;
+    let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
+    admin
+        .execute(
+            "UPDATE public.job_runs SET created_at = now() - interval '51 seconds' WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    assert!(!hold(job).await);
+    close(job).await;
+}
+
 /// A job its owner deleted between its insert and the provider's answer: its run is kept aside (V11's
 /// `job_run_orphans`) and is given the provider's cancel URL when the answer is recorded, so that the reconciler
 /// can stop the request. Reading the stale orphans takes nothing away (a pass stopped before asking the provider

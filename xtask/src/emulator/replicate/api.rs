@@ -100,7 +100,7 @@ async fn create(
     if let Some(code) = scripted {
         return scripted_problem(code);
     }
-    let (id, early) = (prediction.id.clone(), d.early);
+    let (id, early, submit_delay_ms) = (prediction.id.clone(), d.early, d.submit_delay_ms);
     let delay = Duration::from_millis(d.delay_ms);
     let mut finished = state.replicate.insert(prediction);
     let first_answered = run(state.clone(), id.clone(), delay);
@@ -110,6 +110,9 @@ async fn create(
     }
     if let Some(wait) = wait {
         let _ = tokio::time::timeout(wait, finished.wait_for(|done| *done)).await;
+    } else {
+        // `#submit-delay-ms`: a slow answer to a prediction that already runs, as the fal queue plays it.
+        tokio::time::sleep(Duration::from_millis(submit_delay_ms)).await;
     }
     prediction_answer(&state, &id, StatusCode::CREATED)
 }
