@@ -137,6 +137,15 @@ fn legacy() -> SecretString {
     SecretString::from(LEGACY.to_owned())
 }
 
+/// A token the project's legacy secret signed, as Supabase's auth server signs them.
+fn legacy_hs256(claims: &Value) -> String {
+    hs256(
+        LEGACY.as_bytes(),
+        json!({"alg": "HS256", "typ": "JWT"}),
+        claims,
+    )
+}
+
 #[tokio::test]
 async fn es256_rs256_and_legacy_hs256_tokens_give_their_user() {
     let k = keys();
@@ -144,11 +153,7 @@ async fn es256_rs256_and_legacy_hs256_tokens_give_their_user() {
     let tokens = p.tokens();
     let user = Uuid::new_v4();
     let claims = p.claims(user);
-    let hs = hs256(
-        LEGACY.as_bytes(),
-        json!({"alg": "HS256", "typ": "JWT"}),
-        &claims,
-    );
+    let hs = legacy_hs256(&claims);
     for t in [es256(&k, "ec-1", &claims), rs256(&k, "rsa-1", &claims), hs] {
         let got = tokens.verify(Some(&bearer_of(&t)), Some(&legacy())).await;
         assert_eq!(got, Ok(user), "{t}");
@@ -311,11 +316,7 @@ async fn an_empty_jwks_of_a_legacy_secret_project_refuses_kid_tokens_as_invalid(
     let tokens = p.tokens();
     let user = Uuid::new_v4();
     let claims = p.claims(user);
-    let hs = hs256(
-        LEGACY.as_bytes(),
-        json!({"alg": "HS256", "typ": "JWT"}),
-        &claims,
-    );
+    let hs = legacy_hs256(&claims);
     assert_eq!(
         tokens.verify(Some(&bearer_of(&hs)), Some(&legacy())).await,
         Ok(user)
