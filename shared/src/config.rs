@@ -118,7 +118,7 @@ impl Config {
                 .into_iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect();
-        Ok(Config {
+        Config {
             app_secret_id,
             secret_ttl: Duration::from_secs(parse_num(&var, "SECRET_TTL_SECS", 300)?),
             workspace_bucket: var("WORKSPACE_BUCKET").unwrap_or_else(|| "workspace-temp".into()),
@@ -166,7 +166,30 @@ impl Config {
             public_api_url: var("PUBLIC_API_URL")
                 .map(|v| parse_url("PUBLIC_API_URL", &v))
                 .transpose()?,
-        })
+        }
+        .checked()
+    }
+
+    /// The longest one submission waits on its provider: a queue submit, then the sync run it may fall back to,
+    /// and a margin for the database. A job younger than this may have a submission in flight.
+    pub fn submission_bound(&self) -> Duration {
+        self.fal_request_timeout + self.fal_sync_timeout + Duration::from_secs(10)
+    }
+
+    /// A reconciler pass must not take a job whose submission may still be in flight.
+    fn checked(self) -> Result<Self, ConfigError> {
+        let bound = self.submission_bound();
+        if self.reconcile.older_than <= bound {
+            return Err(ConfigError::Invalid {
+                name: "RECONCILE_OLDER_THAN_SECS",
+                reason: format!(
+                    "must exceed FAL_REQUEST_TIMEOUT_SECS + FAL_SYNC_TIMEOUT_SECS + 10 ({} s): a pass would take \
+                     submissions still in flight",
+                    bound.as_secs()
+                ),
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -294,6 +317,8 @@ mod tests {
         assert!(!c.media_allow_http);
         assert!(c.fal_webhook_url.is_none());
         assert!(c.fal_sync_timeout < Duration::from_secs(30));
+        assert_eq!(c.submission_bound(), Duration::from_secs(45));
+        assert!(c.reconcile.older_than > c.submission_bound());
         assert_eq!(c.media_download_deadline, Duration::from_secs(600));
     }
 
@@ -314,6 +339,8 @@ mod tests {
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),
             ("RECONCILE_OLDER_THAN_SECS", "15m"),
+            // The defaults' submission bound: 10 + 25 + 10 s.
+            ("RECONCILE_OLDER_THAN_SECS", "45"),
             ("RECONCILE_DEADLINE_SECS", "-5"),
             ("RECONCILE_BATCH", "0"),
             ("MAX_OPEN_JOBS_PER_USER", "0"),

@@ -217,6 +217,17 @@ pub async fn annotate_open<C: GenericClient>(
     Ok(!rows.is_empty())
 }
 
+/// Locks the job's row until the transaction ends: writers of a job and its run take the job first.
+pub async fn lock<C: GenericClient>(client: &C, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "SELECT 1 FROM public.jobs WHERE id = $1 FOR UPDATE",
+            &[(&id, Type::UUID)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Moves an open job to `to` (only along [`JobStatus::can_become`]), merging `patch` into its metadata and setting
 /// `completed_at` for terminal states, which also close its run. Returns false when the job was no longer in a
 /// state that allows it, or its run is closed.

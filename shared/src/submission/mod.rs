@@ -868,51 +868,77 @@ pub enum CancelResult {
     AlreadyTerminal(JobStatus),
 }
 
-/// Cancels the caller's open job; fal is asked to cancel queued ones (best effort, after the row changed).
+/// Cancels the caller's open job: the run is closed, and its provider asked to stop the request.
 pub async fn cancel_job(
     state: &AppState,
     settings: &Settings,
     user_id: Uuid,
     job_id: Uuid,
 ) -> Result<CancelResult, SubmitError> {
-    let client = state.db_client(settings).await?;
+    let mut client = state.db_client(settings).await?;
     let Some(job) = db::jobs::get_for_user(&**client, job_id, user_id).await? else {
         return Ok(CancelResult::NotFound);
     };
     if job.is_closed() {
         return Ok(CancelResult::AlreadyTerminal(job.status));
     }
-    // A submission still in flight (no provider request recorded: another invocation is waiting on the provider)
-    // keeps counting against its owner until it ends. Held before the close, so that the submission, seeing the job
-    // closed, always finds the hold to release.
-    let in_flight = settings.config.fal_sync_timeout * 2;
-    let held = db::reconcile::hold_in_flight(&**client, job_id, in_flight).await?;
-    let moved = db::jobs::transition(
-        &**client,
-        job_id,
-        JobStatus::Cancelled,
-        None,
-        &json!({"cancelled_by": "user"}),
-    )
-    .await?;
-    if !moved {
-        if held {
-            db::reconcile::release_hold(&**client, job_id).await?;
-        }
+    if !close_for_cancel(&mut client, settings, job_id).await? {
         let status = db::jobs::get(&**client, job_id)
             .await?
             .map(|j| j.status)
             .unwrap_or(JobStatus::Cancelled);
         return Ok(CancelResult::AlreadyTerminal(status));
     }
-    // No one completes it any more: drop a claim a holder could not release.
-    db::claims::clear(&**client, job_id).await?;
+    // Read again: a request the submission recorded before the close is the one to stop (a later one finds the run
+    // closed, and its submission stops it).
+    let job = match db::jobs::get(&**client, job_id).await {
+        Ok(fresh) => fresh.unwrap_or(job),
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "the cancelled job could not be read again");
+            job
+        }
+    };
+    // Whatever status the row shows (its owner can write it), a request with a cancel URL is asked to stop. fal
+    // answers a finished request with ALREADY_COMPLETED.
+    let settled = cancel_closed_run(state, settings, &client, &job).await;
+    let recorded = job.run.as_ref().is_some_and(|r| r.request.is_some());
+    if settled
+        && recorded
+        && let Err(e) = db::reconcile::release_hold(&**client, job_id).await
+    {
+        tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+    }
+    // No one completes it any more: drop a claim a holder could not release (its lease ends anyway).
+    if let Err(e) = db::claims::clear(&**client, job_id).await {
+        tracing::warn!(%job_id, error = %e, "the cancelled job's claim could not be cleared");
+    }
     // An attempt may have stored the result before its commit failed: a cancelled job keeps no object.
     completion::remove_objects(state, settings, &job).await;
-    // Whatever status the row shows (its owner can write it), a request with a cancel URL is asked to stop: the run
-    // is closed now. fal answers a finished request with ALREADY_COMPLETED.
-    cancel_closed_run(state, settings, &client, &job).await;
     Ok(CancelResult::Cancelled)
+}
+
+/// Closes the job's run for a cancel, in one transaction with the job's row locked: first a hold on a submission
+/// still in flight (no provider request recorded: another invocation is waiting on the provider), which keeps
+/// counting against its owner until it ends, then the close. So the submission, seeing the job closed, always finds
+/// the hold to release, and a concurrent cancel or completion waits and then finds the job closed. False, with
+/// nothing written, when the job ended meanwhile.
+async fn close_for_cancel(
+    client: &mut db::Client,
+    settings: &Settings,
+    job_id: Uuid,
+) -> Result<bool, DbError> {
+    let tx = client.transaction().await?;
+    db::jobs::lock(&*tx, job_id).await?;
+    let in_flight = settings.config.submission_bound();
+    db::reconcile::hold_in_flight(&*tx, job_id, in_flight).await?;
+    let patch = json!({"cancelled_by": "user"});
+    let moved = db::jobs::transition(&*tx, job_id, JobStatus::Cancelled, None, &patch).await?;
+    if moved {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(moved)
 }
 
 /// Asks the provider to stop the request of a run that is closed, or being closed. When it cannot be asked now, the
