@@ -136,8 +136,7 @@ async fn close_orphans(
             }
             None => true,
         };
-        let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or(chrono::Duration::MAX);
-        let given_up = Utc::now() - o.created_at > deadline;
+        let given_up = written_past_deadline(o.created_at, opts);
         if !settled && given_up {
             tracing::warn!(job_id = %o.job_id, "a request could not be cancelled before the deadline; its run is dropped");
         }
@@ -397,10 +396,15 @@ async fn ask_replicate(
 
 /// Whether the job's run was written longer ago than the deadline (the server's clock, not `jobs.started_at`).
 fn past_deadline(job: &JobRecord, opts: ReconcileOptions) -> bool {
-    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or(chrono::Duration::MAX);
     job.run
         .as_ref()
-        .is_some_and(|r| Utc::now() - r.created_at > deadline)
+        .is_some_and(|r| written_past_deadline(r.created_at, opts))
+}
+
+/// Whether a run written at `created_at` is past the reconcile deadline.
+fn written_past_deadline(created_at: DateTime<Utc>, opts: ReconcileOptions) -> bool {
+    let deadline = chrono::Duration::from_std(opts.deadline).unwrap_or(chrono::Duration::MAX);
+    Utc::now() - created_at > deadline
 }
 
 /// A job with no request recorded: failed once past the deadline, else left running.

@@ -262,11 +262,17 @@ async fn submit_inserted(
 
 /// Drops the hold a cancel put on a run whose submission was in flight ([`db::reconcile::hold_in_flight`]).
 async fn release_held_run(state: &AppState, settings: &Settings, job_id: Uuid) {
-    let released = async {
-        let client = state.db_client(settings).await?;
-        Ok::<_, DbError>(db::reconcile::release_hold(&**client, job_id).await?)
-    };
-    if let Err(e) = released.await {
+    match state.db_client(settings).await {
+        Ok(client) => release_hold(&client, job_id).await,
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+        }
+    }
+}
+
+/// [`db::reconcile::release_hold`], logged when it fails (a reconciler pass drops the hold then).
+async fn release_hold(client: &tokio_postgres::Client, job_id: Uuid) {
+    if let Err(e) = db::reconcile::release_hold(client, job_id).await {
         tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
     }
 }
@@ -902,11 +908,8 @@ pub async fn cancel_job(
     // answers a finished request with ALREADY_COMPLETED.
     let settled = cancel_closed_run(state, settings, &client, &job).await;
     let recorded = job.run.as_ref().is_some_and(|r| r.request.is_some());
-    if settled
-        && recorded
-        && let Err(e) = db::reconcile::release_hold(&**client, job_id).await
-    {
-        tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+    if settled && recorded {
+        release_hold(&client, job_id).await;
     }
     // No one completes it any more: drop a claim a holder could not release (its lease ends anyway).
     if let Err(e) = db::claims::clear(&**client, job_id).await {
@@ -962,8 +965,8 @@ pub(crate) async fn cancel_closed_run(
 }
 
 /// The provider took a request whose run was closed (its job cancelled through the API, or failed by an early
-/// delivery) or whose job was deleted while the submission was in flight. The cancel route could not stop it then, having no cancel URL yet, and
-/// nothing reads a closed run again: it is asked to stop now. A deleted job's orphan has the cancel URL already,
+/// delivery) or whose job was deleted while the submission was in flight. The cancel route could not stop it then,
+/// having no cancel URL yet, and nothing reads a closed run again: it is asked to stop now. A deleted job's orphan has the cancel URL already,
 /// and the reconciler's next pass cancels it.
 pub(crate) async fn cancel_unwanted(
     state: &AppState,
@@ -977,10 +980,8 @@ pub(crate) async fn cancel_unwanted(
         Ok(Some(job)) => {
             tracing::info!(%job_id, "the job's run was closed while its request was submitted; asking the provider to stop it");
             // Settled, the request no longer runs: the hold the cancel put on the run goes.
-            if cancel_closed_run(state, settings, client, &job).await
-                && let Err(e) = db::reconcile::release_hold(client, job_id).await
-            {
-                tracing::warn!(%job_id, error = %e, "the hold of a cancelled submission could not be released; a reconciler pass drops it");
+            if cancel_closed_run(state, settings, client, &job).await {
+                release_hold(client, job_id).await;
             }
         }
         Ok(None) => {}
