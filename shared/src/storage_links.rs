@@ -128,7 +128,10 @@ pub fn sign_for_user(
     path: &str,
     ttl: Duration,
 ) -> Result<String, LinkError> {
-    let path = ownership::owned_key(user_id, path).ok_or(LinkError::NotYours)?;
+    // Not logged here: the refusal is the answer, and a batch of them is logged once by `Signing::many`.
+    if !ownership::is_owned_key(user_id, path) {
+        return Err(LinkError::NotYours);
+    }
     signed_path(settings, bucket, path, ttl)
 }
 
@@ -173,10 +176,19 @@ impl Signing<'_> {
         use futures::StreamExt as _;
         // Collected first: a stream over the closure would not be `Send` for every lifetime the handler needs.
         let entries: Vec<_> = paths.iter().map(|p| self.entry(p)).collect();
-        futures::stream::iter(entries)
+        let signed: Vec<_> = futures::stream::iter(entries)
             .buffered(CHECKS_AT_ONCE)
             .collect()
-            .await
+            .await;
+        let refused = signed
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(LinkError::NotYours)))
+            .count();
+        if refused > 0 {
+            let user_id = self.user_id;
+            tracing::warn!(%user_id, refused, "paths outside the caller's prefix refused");
+        }
+        signed
     }
 
     async fn entry(self, path: &str) -> (String, Result<String, LinkError>) {
