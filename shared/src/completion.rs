@@ -580,7 +580,7 @@ async fn commit_completion(
     }
     let thumbnail = stored.thumbnail_path.as_deref();
     db::runs::record_result(&*tx, job.id, &stored.key, thumbnail).await?;
-    settle_usage(&*tx, job, &c.usage).await?;
+    settle_usage(&*tx, job, &c.usage, stored.media.result_type).await?;
     db::claims::release(&*tx, job.id, holder).await?;
     tx.commit().await?;
     Ok(Some(asset_id))
@@ -613,10 +613,14 @@ pub async fn remove_objects(state: &AppState, settings: &Settings, job: &JobReco
     }
 }
 
+/// Settles the usage row in the completing transaction. A queued job's time and price come from its run (the
+/// server's clock and price list), never from `started_at` or the metadata estimate its owner can rewrite; a job
+/// without a run (submitted before the port) has nothing else.
 async fn settle_usage<C: tokio_postgres::GenericClient>(
     client: &C,
     job: &JobRecord,
     usage: &UsageSettlement,
+    result_type: ResultType,
 ) -> Result<(), tokio_postgres::Error> {
     match usage {
         UsageSettlement::Insert(row) => {
@@ -626,8 +630,17 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
             request_id,
             provider_metadata,
         } => {
-            let elapsed_ms = job
-                .started_at
+            let (started, cost) = match &job.run {
+                Some(run) => (
+                    Some(run.created_at),
+                    Some(crate::pricing::estimated_cost(
+                        &run.model_key,
+                        result_type == ResultType::Video,
+                    )),
+                ),
+                None => (job.started_at, None),
+            };
+            let elapsed_ms = started
                 .map(|t| {
                     (chrono::Utc::now() - t)
                         .num_milliseconds()
@@ -654,7 +667,8 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
             .await?;
             if updated == 0 {
                 let provider = job.run.as_ref().map_or("fal", |r| r.provider_name.as_str());
-                db::usage::insert_for_job(client, job.id, provider, elapsed_ms, &meta).await?;
+                db::usage::insert_for_job(client, job.id, provider, cost, elapsed_ms, &meta)
+                    .await?;
             }
         }
     }

@@ -62,8 +62,11 @@ pub struct Config {
     pub fal_retry_base: Duration,
     /// Retries of a sync run on 429/502/503/504.
     pub fal_retry_max: usize,
-    /// Largest request body the functions accept.
+    /// Largest request body the API's routes accept.
     pub max_body_bytes: usize,
+    /// Largest delivery the webhook accepts: a provider's delivery can echo the whole input it was given (Replicate
+    /// sends the prediction, input included), so it is bounded by what Lambda itself takes, not by `max_body_bytes`.
+    pub webhook_max_body_bytes: usize,
     /// How long an instance keeps a model row it looked up (0: looked up on every request).
     pub model_cache_ttl: Duration,
     /// Most open (`queued`/`processing`) jobs one user may have; a submission beyond it is answered 429.
@@ -149,6 +152,7 @@ impl Config {
             fal_retry_base: Duration::from_millis(parse_num(&var, "FAL_RETRY_BASE_MS", 1000)?),
             fal_retry_max: parse_num(&var, "FAL_RETRY_MAX", 3)?,
             max_body_bytes: parse_num(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
+            webhook_max_body_bytes: parse_num(&var, "WEBHOOK_MAX_BODY_BYTES", 6 * 1024 * 1024)?,
             model_cache_ttl: Duration::from_secs(parse_num(&var, "MODEL_CACHE_TTL_SECS", 30)?),
             // In range by the check, so the cast cannot truncate.
             max_open_jobs_per_user: parse_num_in(&var, "MAX_OPEN_JOBS_PER_USER", 20, 1..1_000_001)?

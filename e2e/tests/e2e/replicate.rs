@@ -59,6 +59,19 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// A completing delivery of the prediction as Replicate would make it: its webhook URL (with our per-job token), the
+/// prediction `succeeded`, and the stack's signing secret.
+async fn succeeded_delivery(prediction_id: &str) -> (String, Value, String) {
+    let p = prediction(prediction_id).await;
+    let webhook = p["webhook"]
+        .as_str()
+        .expect("the emulator shows the webhook URL")
+        .to_owned();
+    let mut body = p.clone();
+    body["status"] = json!("succeeded");
+    (webhook, body, stack_var("REPLICATE_WEBHOOK_SIGNING_SECRET"))
+}
+
 #[tokio::test]
 async fn a_sync_replicate_model_answers_with_the_stored_result() {
     let (user, jwt) = user().await;
@@ -125,13 +138,8 @@ async fn deliveries_with_a_bad_signature_a_stale_timestamp_or_another_jobs_id_ch
     let (_, jwt) = user().await;
     let (job_id, prediction_id) =
         queued(&jwt, "replicate forged", "#no-webhook #delay-ms=20").await;
-    let p = prediction(&prediction_id).await;
-    let webhook = p["webhook"]
-        .as_str()
-        .expect("the emulator shows the webhook URL");
-    let mut body = p.clone();
-    body["status"] = json!("succeeded");
-    let secret = stack_var("REPLICATE_WEBHOOK_SIGNING_SECRET");
+    let (webhook, body, secret) = succeeded_delivery(&prediction_id).await;
+    let webhook = webhook.as_str();
     let other_secret = "whsec_bm90LXRoZS1hY2NvdW50cy1zZWNyZXQ=";
     assert_eq!(
         deliver_signed(webhook, &body, other_secret, now()).await.0,
@@ -150,6 +158,76 @@ async fn deliveries_with_a_bad_signature_a_stale_timestamp_or_another_jobs_id_ch
     let (status, answer) = deliver_signed(webhook, &body, &secret, now()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(wait_terminal(&job_id, WAIT).await["status"], "completed");
+}
+
+/// Replicate's delivery is the whole prediction, its input included: a submission near `MAX_BODY_BYTES` (a `data:`
+/// reference image) comes back larger than that, and must still complete its job.
+#[tokio::test]
+async fn a_delivery_larger_than_the_submission_limit_completes_the_job() {
+    let (user, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate large delivery", "#no-webhook #delay-ms=20").await;
+    let (webhook, mut body, secret) = succeeded_delivery(&prediction_id).await;
+    let image = format!("data:image/png;base64,{}", "A".repeat(2 * 1024 * 1024));
+    body["input"] = json!({"prompt": "replicate large delivery", "image": image});
+    let (status, answer) = deliver_signed(&webhook, &body, &secret, now()).await;
+    assert_eq!(status, 200, "{answer}");
+    wait_terminal(&job_id, WAIT).await;
+    assert_exactly_once(user, &job_id, "completed").await;
+}
+
+/// The usage row the webhook writes for a job whose submission's record it came before (or that failed) is priced
+/// by the server's list for the run's model and timed from the run, whatever the owner wrote through RLS into the
+/// job's estimate and `started_at`.
+#[tokio::test]
+async fn a_usage_row_the_webhook_writes_ignores_what_the_owner_rewrote() {
+    let (user, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate owner rewrites", "#no-webhook #delay-ms=20").await;
+    let id = Uuid::parse_str(&job_id).unwrap();
+    let admin = db().await;
+    // As the delivery finds the job when it comes before the submission's record: no usage row yet.
+    let removed = admin
+        .execute(
+            "DELETE FROM public.api_usage_logs WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the submission's usage row");
+    let mut session = db().await;
+    let rewritten = e2e::common::as_user(&mut session, user, async |tx| {
+        tx.execute(
+            "UPDATE public.jobs SET metadata = metadata || '{\"estimated_cost\": 0}',
+                    started_at = '1970-01-01T00:00:00Z' WHERE id = $1",
+            &[&id],
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(rewritten, 1, "the owner's update through RLS");
+
+    let (webhook, body, secret) = succeeded_delivery(&prediction_id).await;
+    let webhook = webhook.as_str();
+    let (status, answer) = deliver_signed(webhook, &body, &secret, now()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(wait_terminal(&job_id, WAIT).await["status"], "completed");
+    let row = admin
+        .query_one(
+            "SELECT cost_usd::text, response_time_ms FROM public.api_usage_logs WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    // The stack's Replicate video model has no entry in the price list: the video default.
+    let expected = format!("{:.6}", gen_pipeline::pricing::DEFAULT_VIDEO);
+    assert_eq!(row.get::<_, Option<String>>(0), Some(expected));
+    let elapsed: i32 = row.get(1);
+    assert!(
+        (0..600_000).contains(&elapsed),
+        "timed from the run, not the rewritten started_at: {elapsed} ms"
+    );
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result
         ));
     }
     let body: &[u8] = req.body().as_ref();
-    if body.len() > state.config.max_body_bytes {
+    if body.len() > state.config.webhook_max_body_bytes {
         tracing::warn!(bytes = body.len(), "webhook body over the limit");
         return Err(Refusal::json(
             StatusCode::PAYLOAD_TOO_LARGE,

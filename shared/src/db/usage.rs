@@ -121,14 +121,16 @@ pub async fn complete<C: GenericClient>(
     Ok(rows.len() as u64)
 }
 
-/// Inserts the row of a queued generation that has none (submitted before the port, or its submission's record
-/// failed): provider by name, model from its run when it has one, cost from the job's estimate. The estimate is
-/// in metadata its owner can rewrite: one that `numeric(10,6)` cannot hold is left out rather than failing the
-/// completing transaction at every retry. No-op when the job has a row.
+/// Inserts the row of a queued generation that has none (submitted before the port, its delivery came before its
+/// submission's record, or that record failed): provider by name, model from its run when it has one. `cost` is
+/// the server's price of the run; `None` (a job without a run, submitted before the port) takes the job's own
+/// estimate, which is in metadata its owner can rewrite: one that `numeric(10,6)` cannot hold is left out rather
+/// than failing the completing transaction at every retry. No-op when the job has a row.
 pub async fn insert_for_job<C: GenericClient>(
     client: &C,
     job_id: Uuid,
     provider_name: &str,
+    cost: Option<f64>,
     response_time_ms: i32,
     provider_metadata: &Value,
 ) -> Result<bool, tokio_postgres::Error> {
@@ -139,10 +141,11 @@ pub async fn insert_for_job<C: GenericClient>(
              SELECT j.id, p.id, j.api_model_id, j.user_id,
                     CASE WHEN j.format = 'video' THEN 'video' ELSE 'image' END,
                     '/' || coalesce(r.model_key, j.metadata->>'model_key', ''),
-                    CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number' THEN
-                         CASE WHEN (j.metadata->>'estimated_cost')::numeric BETWEEN 0 AND 9999
-                              THEN (j.metadata->>'estimated_cost')::numeric(10,6) END
-                    END,
+                    coalesce($5::numeric(10,6),
+                      CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number' THEN
+                           CASE WHEN (j.metadata->>'estimated_cost')::numeric BETWEEN 0 AND 9999
+                                THEN (j.metadata->>'estimated_cost')::numeric(10,6) END
+                      END),
                     200, $3, $4
                FROM public.jobs j
                JOIN public.api_providers p ON p.name = $2
@@ -155,6 +158,7 @@ pub async fn insert_for_job<C: GenericClient>(
                 (&provider_name, Type::TEXT),
                 (&response_time_ms, Type::INT4),
                 (provider_metadata, Type::JSONB),
+                (&cost, Type::FLOAT8),
             ],
         )
         .await?;

@@ -212,7 +212,8 @@ async fn a_terminal_transition_closes_the_run_for_good() {
 }
 
 /// A usage row made from a job's estimate (a job submitted before the port): the estimate is in metadata its owner
-/// can rewrite, and one the column cannot hold is left out instead of failing the completing transaction.
+/// can rewrite, and one the column cannot hold is left out instead of failing the completing transaction. A job
+/// with a run gets the server's price instead.
 #[tokio::test]
 async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
     let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
@@ -234,18 +235,39 @@ async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
             .unwrap()
             .get(0);
         let meta = serde_json::json!({});
-        let inserted = db::usage::insert_for_job(&admin, job, "fal", 1, &meta).await;
+        let inserted = db::usage::insert_for_job(&admin, job, "fal", None, 1, &meta).await;
         assert!(inserted.unwrap(), "{estimate}");
-        let cost: Option<String> = admin
-            .query_one(
-                "SELECT cost_usd::text FROM public.api_usage_logs WHERE job_id = $1",
-                &[&job],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(cost.as_deref(), expected, "{estimate}");
+        assert_eq!(
+            cost_of(&admin, job).await.as_deref(),
+            expected,
+            "{estimate}"
+        );
     }
+    // A job with a run is priced by the server: the owner's estimate is not read.
+    let job = insert_job(&admin, user, 10).await.unwrap();
+    admin
+        .execute(
+            "UPDATE public.jobs SET metadata = '{\"estimated_cost\": 0}' WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let meta = serde_json::json!({});
+    let inserted = db::usage::insert_for_job(&admin, job, "fal", Some(0.25), 1, &meta);
+    assert!(inserted.await.unwrap());
+    assert_eq!(cost_of(&admin, job).await.as_deref(), Some("0.250000"));
+}
+
+/// The job's usage row's `cost_usd`, as Postgres prints it.
+async fn cost_of(admin: &tokio_postgres::Client, job: Uuid) -> Option<String> {
+    admin
+        .query_one(
+            "SELECT cost_usd::text FROM public.api_usage_logs WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// A NULL status (the column's CHECK admits it, and owners may write it) is read as the column's default,

@@ -123,10 +123,10 @@ async fn forged_or_malformed_deliveries_are_row() {
             401,
         ),
         (
-            "right token, body over 1 MiB",
+            "right token, body over WEBHOOK_MAX_BODY_BYTES (6 MiB)",
             job_q(Some(&token)),
             fresh(),
-            vec![b' '; MIB + 1],
+            vec![b' '; 6 * MIB + 1],
             413,
         ),
     ] {
