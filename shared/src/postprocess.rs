@@ -245,7 +245,8 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
             .map(|_| tkey),
         _ => None,
     };
-    let url = format!("{}/{}", c.library_bucket, s.key);
+    // The original's `<bucket>/<key>` pointer names the storage bucket clients sign in, not the S3 bucket behind it.
+    let url = format!("{}/{}", storage_links::Bucket::UserLibrary.name(), s.key);
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
@@ -359,7 +360,6 @@ async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessE
         pp::record_step(&**client, job.id, STEP_STORYBOARD, &skipped).await?;
         return Ok(false);
     }
-    let c = &settings.config;
     let url = clip_link(state, settings, &asset.temp_storage_path).await?;
     // The queued routes record the length (`Completion::queued`); a sync run keeps the whole response.
     let duration = job
@@ -376,7 +376,7 @@ async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessE
     let thumb = asset
         .thumbnail_path
         .as_ref()
-        .map(|t| format!("{}/{t}", c.workspace_bucket));
+        .map(|t| format!("{}/{t}", storage_links::Bucket::WorkspaceTemp.name()));
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, STEP_STORYBOARD, &json!({})).await? {

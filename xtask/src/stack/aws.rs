@@ -18,8 +18,11 @@ use crate::net::random_hex;
 pub const REGION: &str = "us-east-1";
 pub const ACCESS_KEY: &str = "test";
 pub const SECRET_KEY: &str = "test";
-pub const WORKSPACE_BUCKET: &str = "workspace-temp";
-pub const LIBRARY_BUCKET: &str = "user-library";
+/// The S3 buckets behind the storage buckets clients name (`workspace-temp`, `user-library`), named otherwise as a
+/// deployment's are (CloudFormation makes their names up), so that a test sees which of the two names a value
+/// carries.
+pub const WORKSPACE_BUCKET: &str = "gen-workspace-temp";
+pub const LIBRARY_BUCKET: &str = "gen-user-library";
 pub const SECRET_ID: &str = "gen-pipeline/local";
 
 async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
