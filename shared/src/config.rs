@@ -174,8 +174,9 @@ impl Config {
         .checked()
     }
 
-    /// The longest one submission waits on its provider: a queue submit, then the sync run it may fall back to,
-    /// and a margin for the database. A job younger than this may have a submission in flight.
+    /// An upper bound of how long one submission waits on its provider (a queue submit, then the sync run it may
+    /// fall back to, which ends by the submission's deadline, `fal_sync_timeout` after it began), with a margin
+    /// for the database. A job younger than this may have a submission in flight.
     pub fn submission_bound(&self) -> Duration {
         self.fal_request_timeout + self.fal_sync_timeout + Duration::from_secs(10)
     }

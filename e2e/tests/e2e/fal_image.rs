@@ -292,6 +292,28 @@ async fn a_queue_503_falls_back_to_the_sync_host_and_completes() {
     assert_eq!(usage_count(answer["jobId"].as_str().unwrap()).await, 1);
 }
 
+/// A queue submission that times out leaves the sync run only what is left of the sync bound: the two together end
+/// within it (and so within the function's 29 s timeout), with the job failed, instead of the function being killed
+/// with the job left `processing`.
+#[tokio::test]
+async fn a_sync_run_after_a_timed_out_queue_submission_ends_within_the_sync_bound() {
+    let (_, jwt) = user().await;
+    // fal's queue answers after the submission's 10 s bound; its sync host would take 20 s more.
+    let directives = "#no-webhook #submit-delay-ms=12000 #run-delay-ms=20000";
+    let body = json!({"prompt": prompt("slow queue", directives), "apiModelId": async_model()});
+    let started = std::time::Instant::now();
+    let (status, answer) = generate(&jwt, &body).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        took < Duration::from_secs(29),
+        "answered after {took:?}, past the function's timeout"
+    );
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
+}
+
 #[tokio::test]
 async fn a_queue_422_fails_the_job_with_fals_message() {
     let (_, jwt) = user().await;

@@ -230,6 +230,24 @@ async fn a_usage_row_the_webhook_writes_ignores_what_the_owner_rewrote() {
     );
 }
 
+/// Replicate accepted the create but its answer cannot be read: the prediction may be running, so the job fails
+/// rather than falling back to a sync create (a second paid prediction).
+#[tokio::test]
+async fn an_accepted_create_whose_answer_cannot_be_read_is_not_made_again() {
+    let (_, jwt) = user().await;
+    let body = json!({
+        // No delivery: the prediction's own webhook would complete the job (its token finds it) in a race with
+        // the submission failing it.
+        "prompt": prompt("replicate unreadable", "#queue-unreadable #no-webhook #delay-ms=20"),
+        "apiModelId": replicate_model(),
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 502, "{answer}");
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["metadata"].get("sync_fallback").is_none(), "{j}");
+}
+
 #[tokio::test]
 async fn a_replicate_signature_cannot_complete_a_fal_job() {
     let (_, jwt) = user().await;

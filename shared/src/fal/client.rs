@@ -64,11 +64,13 @@ impl FalClient {
         format!("Key {}", self.key.expose_secret())
     }
 
-    /// Runs the model synchronously (`POST <sync host>/<model>`) and returns its output.
+    /// Runs the model synchronously (`POST <sync host>/<model>`) and returns its output, retries included within
+    /// the sync bound and by `deadline` (what the caller's own time leaves; past it: [`ProviderError::Timeout`]).
     pub async fn run(
         &self,
         endpoint: &SyncEndpoint,
         input: &Value,
+        deadline: tokio::time::Instant,
     ) -> Result<Value, ProviderError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.base)
@@ -76,7 +78,7 @@ impl FalClient {
             .with_factor(2.0)
             .with_max_times(self.retry.max_retries)
             .with_jitter();
-        let deadline = tokio::time::Instant::now() + self.sync_timeout;
+        let deadline = deadline.min(tokio::time::Instant::now() + self.sync_timeout);
         let attempt = || async {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
@@ -103,7 +105,7 @@ impl FalClient {
             .sleep(tokio::time::sleep)
             .when(ProviderError::is_retryable)
             .notify(|e, delay| tracing::warn!(error = %e, ?delay, "fal sync run failed; retrying"));
-        tokio::time::timeout(self.sync_timeout, retried)
+        tokio::time::timeout_at(deadline, retried)
             .await
             .unwrap_or(Err(ProviderError::Timeout))
     }

@@ -17,6 +17,10 @@ use crate::provider::{ProviderError, raw_message, read_capped};
 
 /// The longest `Prefer: wait` Replicate honours.
 const MAX_WAIT_SECS: u64 = 60;
+/// How long after its `Prefer: wait` a create may take to be answered: Replicate answers when the wait is over, so
+/// this is the network's share only, and a create with a wait ends within the bound its caller computed the wait
+/// from.
+const WAIT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct ReplicateClient {
@@ -55,7 +59,7 @@ impl ReplicateClient {
             let seconds = wait_secs(wait);
             request = request
                 .header("Prefer", format!("wait={seconds}"))
-                .timeout(self.request_timeout + Duration::from_secs(seconds));
+                .timeout(Duration::from_secs(seconds) + WAIT_ANSWER_MARGIN);
         }
         let response = request.send().await.map_err(ProviderError::from_reqwest)?;
         prediction_or_error(response, |s| {

@@ -102,10 +102,15 @@ pub(super) async fn run_sync(
         user_id,
         job_id,
         plan,
+        deadline,
     } = *run;
     let started = Instant::now();
     let usage = plan.usage(job_id, user_id);
-    let output = match state.fal(settings).run(endpoint, &plan.built.input).await {
+    let output = match state
+        .fal(settings)
+        .run(endpoint, &plan.built.input, deadline)
+        .await
+    {
         Ok(o) => o,
         Err(error) => {
             let message = format!("fal.ai API error: {}", describe(&error));

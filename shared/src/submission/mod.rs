@@ -212,6 +212,7 @@ pub async fn submit_generation(
     req: GenerationRequest,
     api_base: Option<&Url>,
 ) -> Result<SubmitResult, SubmitError> {
+    let deadline = tokio::time::Instant::now() + settings.config.fal_sync_timeout;
     // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
     // trip). Released before anything that takes connections of its own (sync completion, failing the job).
     let client = state.db_client(settings).await?;
@@ -225,6 +226,7 @@ pub async fn submit_generation(
         user_id,
         job_id,
         plan: &plan,
+        deadline,
     };
     let submitted = submit_inserted(&run, client, api_base).await;
     if submitted.is_err() {
@@ -284,6 +286,10 @@ struct Run<'a> {
     user_id: Uuid,
     job_id: Uuid,
     plan: &'a Plan,
+    /// When the provider calls of this submission must be over: `FAL_SYNC_TIMEOUT_SECS` after it began, whatever
+    /// route they took. A sync run after a failed queue submission gets what the submission left, so the two
+    /// together end within the function's timeout instead of being killed with the job left open.
+    deadline: tokio::time::Instant,
 }
 
 async fn plan(
@@ -387,6 +393,15 @@ fn target(
         let endpoint = PredictionsEndpoint::new(model.base_url.as_deref(), model_key)
             .map_err(|e| endpoint_error("Replicate", e))?;
         let webhook = webhook_url(settings);
+        let route = match (route, &webhook) {
+            (RouteKind::Queue, None) => {
+                tracing::warn!(
+                    "no webhook secret or URL configured: queue model runs on Replicate's sync route"
+                );
+                RouteKind::Sync
+            }
+            (route, _) => route,
+        };
         return Ok(Target::Replicate {
             endpoint,
             route,

@@ -28,12 +28,13 @@ pub(super) enum Submitted {
     Finished(Box<(JobRecord, Result<Outcome, CompletionError>)>),
 }
 
-/// How long the sync route waits for the prediction: the sync bound, less time to store the result, at most
-/// Replicate's 60 s.
+/// How long the sync route waits for the prediction: what the submission's deadline leaves (all of the sync bound,
+/// less a failed queue create's time), less time to store the result, at least 1 s and at most Replicate's 60 s.
 fn sync_wait(run: &Run<'_>) -> Duration {
-    let bound = run.settings.config.fal_sync_timeout;
-    bound
-        .saturating_sub(Duration::from_secs(5))
+    let left = run
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    left.saturating_sub(Duration::from_secs(5))
         .clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
@@ -70,9 +71,20 @@ async fn create(
     };
     let created = create(route).await;
     match created {
-        Err(error) if route == RouteKind::Queue && !error.is_caller_error() => {
+        // Not for an accepted create whose answer we cannot read: Replicate may be running that prediction, and a
+        // sync create would be a second generation of it.
+        Err(error)
+            if route == RouteKind::Queue
+                && !error.is_caller_error()
+                && !matches!(error, ProviderError::Decode(_)) =>
+        {
             tracing::warn!(%job_id, %error, "queued prediction not created; falling back to a sync run");
-            db::jobs::annotate_open(client, job_id, &json!({"sync_fallback": true})).await?;
+            if !db::jobs::annotate_open(client, job_id, &json!({"sync_fallback": true})).await? {
+                // Closed meanwhile (the owner cancelled it): nothing to run.
+                let current = current_job(run.state, settings, job_id).await?;
+                let status = current.map_or(JobStatus::Cancelled, |j| j.status);
+                return Err(SubmitError::Closed { job_id, status });
+            }
             Ok((create(RouteKind::Sync).await, RouteKind::Sync))
         }
         created => Ok((created, route)),

@@ -46,6 +46,11 @@ fn on_fal(url: &str) -> ProviderUrl {
     ProviderUrl::on_provider_hosts(url, &[queue_host]).unwrap()
 }
 
+/// A caller's deadline past every bound of these tests: the client's own sync bound decides.
+fn no_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3600)
+}
+
 /// A prompt unique to the test, with the emulator directives given.
 fn prompt(directives: &str) -> Value {
     json!({ "prompt": format!("a lighthouse at dusk {} {directives}", Uuid::new_v4()) })
@@ -54,7 +59,7 @@ fn prompt(directives: &str) -> Value {
 #[tokio::test]
 async fn sync_run_returns_the_model_output() {
     let out = client(0, Duration::from_secs(10))
-        .run(&sync(), &prompt(""))
+        .run(&sync(), &prompt(""), no_deadline())
         .await
         .unwrap();
     let url = out["images"][0]["url"].as_str().unwrap();
@@ -71,7 +76,10 @@ async fn a_wrong_fal_key_is_refused_by_fal() {
         Duration::from_secs(5),
         Duration::from_secs(5),
     );
-    let err = c.run(&sync(), &prompt("")).await.unwrap_err();
+    let err = c
+        .run(&sync(), &prompt(""), no_deadline())
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(401), "{err}");
 }
 
@@ -158,13 +166,13 @@ async fn cancel_of_a_queued_request_and_of_a_finished_one() {
 async fn a_503_then_success_is_retried() {
     let input = prompt("#run-fail-first=1");
     let out = client(3, Duration::from_secs(10))
-        .run(&sync(), &input)
+        .run(&sync(), &input, no_deadline())
         .await
         .unwrap();
     assert!(out["images"][0]["url"].is_string());
     // Without retries the same first failure is reported as fal's 503.
     let err = client(0, Duration::from_secs(10))
-        .run(&sync(), &prompt("#run-fail-first=1"))
+        .run(&sync(), &prompt("#run-fail-first=1"), no_deadline())
         .await
         .unwrap_err();
     assert!(
@@ -177,7 +185,21 @@ async fn a_503_then_success_is_retried() {
 async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
     let started = Instant::now();
     let err = client(3, Duration::from_secs(1))
-        .run(&sync(), &prompt("#run-delay-ms=4000"))
+        .run(&sync(), &prompt("#run-delay-ms=4000"), no_deadline())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Timeout), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// The caller's deadline ends a run before the client's own bound: what a sync run after a failed queue
+/// submission gets.
+#[tokio::test]
+async fn a_sync_run_past_its_callers_deadline_is_reported_as_a_timeout() {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let err = client(3, Duration::from_secs(10))
+        .run(&sync(), &prompt("#run-delay-ms=4000"), deadline)
         .await
         .unwrap_err();
     assert!(matches!(err, ProviderError::Timeout), "{err}");
@@ -187,7 +209,10 @@ async fn a_sync_run_past_its_bound_is_reported_as_a_timeout() {
 #[tokio::test]
 async fn model_errors_and_queue_refusals_are_typed() {
     let c = client(0, Duration::from_secs(10));
-    let err = c.run(&sync(), &prompt("#error")).await.unwrap_err();
+    let err = c
+        .run(&sync(), &prompt("#error"), no_deadline())
+        .await
+        .unwrap_err();
     assert!(err.is_caller_error(), "{err}");
     assert!(
         matches!(err, ProviderError::Api { status: 422, ref message, .. } if message.contains("emulated model failure")),

@@ -30,6 +30,9 @@ pub struct Directives {
     pub submit_delay_ms: u64,
     pub no_webhook: bool,
     pub queue_status: Option<u16>,
+    /// Replicate: a create without a wait is accepted (the prediction runs) but answered with a status no client
+    /// knows, so the answer cannot be read.
+    pub queue_unreadable: bool,
     pub run_status: Option<u16>,
     pub run_fail_first: u32,
     pub run_delay_ms: u64,
@@ -59,6 +62,7 @@ impl Default for Directives {
             submit_delay_ms: 0,
             no_webhook: false,
             queue_status: None,
+            queue_unreadable: false,
             run_status: None,
             run_fail_first: 0,
             run_delay_ms: 0,
@@ -108,6 +112,7 @@ impl Directives {
             ("concurrent", None) => self.concurrent = true,
             ("early", None) => self.early = true,
             ("no-webhook", None) => self.no_webhook = true,
+            ("queue-unreadable", None) => self.queue_unreadable = true,
             ("deliveries", Some(v)) => set(
                 &mut self.deliveries,
                 v.parse().ok().map(|n: u32| n.min(MAX_DELIVERIES)),

@@ -101,6 +101,7 @@ async fn create(
         return scripted_problem(code);
     }
     let (id, early, submit_delay_ms) = (prediction.id.clone(), d.early, d.submit_delay_ms);
+    let unreadable = wait.is_none() && d.queue_unreadable;
     let delay = Duration::from_millis(d.delay_ms);
     let mut finished = state.replicate.insert(prediction);
     let first_answered = run(state.clone(), id.clone(), delay);
@@ -113,6 +114,15 @@ async fn create(
     } else {
         // `#submit-delay-ms`: a slow answer to a prediction that already runs, as the fal queue plays it.
         tokio::time::sleep(Duration::from_millis(submit_delay_ms)).await;
+    }
+    if unreadable {
+        return match state.replicate.with(&id, |p| p.to_json()) {
+            Some(mut view) => {
+                view["status"] = json!("teleporting");
+                json_status(StatusCode::CREATED, view)
+            }
+            None => not_found(),
+        };
     }
     prediction_answer(&state, &id, StatusCode::CREATED)
 }

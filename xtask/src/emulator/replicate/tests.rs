@@ -339,6 +339,17 @@ async fn directives_script_failures_statuses_and_early_deliveries() {
         201
     );
     assert_eq!(status(json!({"input": 5}), None).await, 422);
+    // An accepted create answered with a status no client knows; a create that waits is answered as always.
+    let unreadable = emu.create(FLUX, prompt("#queue-unreadable"), None).await;
+    assert_eq!(unreadable["status"], "teleporting", "{unreadable}");
+    let waited = emu
+        .create(
+            FLUX,
+            prompt("#queue-unreadable #delay-ms=0"),
+            Some("wait=1"),
+        )
+        .await;
+    assert_eq!(waited["status"], "succeeded", "{waited}");
 
     let (hook, mut rx) = receiver(&[]).await;
     let body = json!({"input": {"prompt": "#early #delay-ms=0"}, "webhook": hook});
