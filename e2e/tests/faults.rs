@@ -689,6 +689,7 @@ for_each_provider!(
     media_failing_past_the_providers_retries_is_completed_by_the_reconciler,
     media_stalling_past_the_read_timeout_is_retried_and_completed_once,
     a_failed_record_after_the_provider_accepted_still_answers_queued,
+    a_database_fault_part_way_through_a_submission_fails_its_job,
 );
 
 /// (a) S3 (moto) frozen with SIGSTOP for ~5 s in the middle of a webhook's transfer, then continued.
@@ -927,6 +928,49 @@ async fn media_stalling_past_the_read_timeout_is_retried_and_completed_once(prov
     assert_eq!(all_objects_of_user(user_id).await.len(), 1);
 }
 
+/// A database fault injected into one job's statements: a trigger, named after the job's marker, refusing the
+/// updates of `public.<table>` that `condition` (over `NEW` and `OLD`) picks, so other tests' jobs are untouched.
+struct UpdateFault {
+    marker: String,
+    table: String,
+}
+
+impl UpdateFault {
+    async fn inject(
+        db: &tokio_postgres::Client,
+        marker: &str,
+        table: &str,
+        condition: &str,
+    ) -> Self {
+        db.batch_execute(&format!(
+            "CREATE FUNCTION public.{marker}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF {condition} THEN
+                 RAISE EXCEPTION 'injected fault ({marker})';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER {marker} BEFORE UPDATE ON public.{table}
+               FOR EACH ROW EXECUTE FUNCTION public.{marker}();"
+        ))
+        .await
+        .unwrap();
+        UpdateFault {
+            marker: marker.to_owned(),
+            table: table.to_owned(),
+        }
+    }
+
+    async fn remove(self, db: &tokio_postgres::Client) {
+        let UpdateFault { marker, table } = self;
+        db.batch_execute(&format!(
+            "DROP TRIGGER {marker} ON public.{table}; DROP FUNCTION public.{marker}();"
+        ))
+        .await
+        .unwrap();
+    }
+}
+
 /// (g) Recording the provider's request failing after the provider accepted it (a trigger refuses the run's
 /// update for this one job): the caller still gets its `queued` answer, since a 503 would invite a second
 /// generation, and the provider's webhook, finding the job by the token in its URL, completes it with its one
@@ -937,30 +981,16 @@ async fn a_failed_record_after_the_provider_accepted_still_answers_queued(provid
     let _turn = FAULTS.lock().await;
     let marker = format!("record_fault_{}", Uuid::new_v4().simple());
     let db = db().await;
-    // Fires only for the job whose prompt carries the marker, so other tests' jobs are untouched.
-    db.batch_execute(&format!(
-        "CREATE FUNCTION public.{marker}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NEW.request_id IS NOT NULL AND OLD.request_id IS NULL AND EXISTS (
-                SELECT 1 FROM public.jobs WHERE id = NEW.job_id AND original_prompt LIKE '%{marker}%') THEN
-             RAISE EXCEPTION 'injected fault: the request is not recorded';
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER {marker} BEFORE UPDATE ON public.job_runs
-           FOR EACH ROW EXECUTE FUNCTION public.{marker}();"
-    ))
-    .await
-    .unwrap();
+    let recording = format!(
+        "NEW.request_id IS NOT NULL AND OLD.request_id IS NULL AND EXISTS (
+           SELECT 1 FROM public.jobs WHERE id = NEW.job_id AND original_prompt LIKE '%{marker}%')"
+    );
+    let fault = UpdateFault::inject(&db, &marker, "job_runs", &recording).await;
     let (user_id, jwt) = user().await;
     let body =
         json!({"prompt": prompt(&marker, "#delay-ms=300"), "apiModelId": provider.queued_model()});
     let (status, answer) = generate(&jwt, &body).await;
-    db.batch_execute(&format!(
-        "DROP TRIGGER {marker} ON public.job_runs; DROP FUNCTION public.{marker}();"
-    ))
-    .await
-    .unwrap();
+    fault.remove(&db).await;
 
     assert_eq!(
         (status, answer["status"].as_str()),
@@ -974,4 +1004,39 @@ async fn a_failed_record_after_the_provider_accepted_still_answers_queued(provid
     wait_terminal(job_id, Duration::from_secs(60)).await;
     assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(jobs_of_user(user_id).await, 1);
+}
+
+/// (h) The database failing part way through a submission, after its job row is written and before anything runs
+/// it (a trigger refuses the fallback's update of this one job, after the queue answered 503): the caller gets a
+/// 503 and the job is failed with its run closed, not left open against its owner's bound until the reconcile
+/// deadline with nothing running it.
+async fn a_database_fault_part_way_through_a_submission_fails_its_job(provider: Provider) {
+    // Its trigger touches only its own job, but its calls must not land while another fault has Postgres down
+    // or a function process killed.
+    let _turn = FAULTS.lock().await;
+    let marker = format!("fallback_fault_{}", Uuid::new_v4().simple());
+    let db = db().await;
+    // Only the update that marks the fallback.
+    let marking = format!(
+        "NEW.metadata ? 'sync_fallback' AND NOT coalesce(OLD.metadata ? 'sync_fallback', false)
+         AND NEW.original_prompt LIKE '%{marker}%'"
+    );
+    let fault = UpdateFault::inject(&db, &marker, "jobs", &marking).await;
+    let (user_id, jwt) = user().await;
+    let body = json!({"prompt": prompt(&marker, "#queue-status=503"), "apiModelId": provider.queued_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    fault.remove(&db).await;
+
+    assert_eq!(status, 503, "{answer}");
+    let rows = db
+        .query(
+            "SELECT j.status, r.closed_at IS NOT NULL FROM public.jobs j
+               JOIN public.job_runs r ON r.job_id = j.id WHERE j.user_id = $1",
+            &[&user_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one job");
+    let (status, closed): (String, bool) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!((status.as_str(), closed), ("failed", true));
 }

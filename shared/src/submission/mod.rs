@@ -229,11 +229,26 @@ pub async fn submit_generation(
         deadline,
     };
     let submitted = submit_inserted(&run, client, api_base).await;
-    if submitted.is_err() {
+    if let Err(e) = &submitted {
+        if matches!(e, SubmitError::Db(_)) {
+            fail_interrupted(state, settings, job_id).await;
+        }
         // Whatever the provider was asked is over: a cancel that came meanwhile no longer needs to hold the run.
         release_held_run(state, settings, job_id).await;
     }
     submitted
+}
+
+/// The database failed part way through the submission. Every such error comes where no provider runs the job for
+/// us (a queue submission that failed, before its fallback; a sync run that is over; an accepted request's record
+/// failing is logged, not returned), so the job is failed rather than left open, counting against its owner until
+/// the reconcile deadline with nothing running it. Best effort, on a fresh connection: if the database is still
+/// down, the reconciler ends the job.
+async fn fail_interrupted(state: &AppState, settings: &Settings, job_id: Uuid) {
+    let message = "Submission interrupted: the database was unavailable";
+    if let Err(e) = fail_job(state, settings, job_id, message).await {
+        tracing::warn!(%job_id, error = %e, "a submission the database interrupted could not fail its job; the reconciler ends it");
+    }
 }
 
 /// The job's row is written: queue it, or run it and answer with its result.
