@@ -7,8 +7,8 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    Run, SubmitError, SubmitResult, Submitted, current_job, describe, elapsed_ms, fail_job,
-    with_job,
+    Run, SubmitError, SubmitResult, Submitted, closed_meanwhile, current_job, describe, elapsed_ms,
+    fail_job, with_job,
 };
 use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
 use crate::db;
@@ -81,10 +81,7 @@ pub(super) async fn submit_queued(
             tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
             let patch = json!({"sync_fallback": true});
             if !db::jobs::transition(client, job_id, JobStatus::Processing, None, &patch).await? {
-                // Closed meanwhile (the owner cancelled it): nothing to run.
-                let current = current_job(state, settings, job_id).await?;
-                let status = current.map_or(JobStatus::Cancelled, |j| j.status);
-                return Err(SubmitError::Closed { job_id, status });
+                return Err(closed_meanwhile(state, settings, job_id).await);
             }
             Ok(None)
         }

@@ -686,6 +686,18 @@ async fn current_job(
     Ok(db::jobs::get(&**client, job_id).await?)
 }
 
+/// The answer to a fallback that found its job closed meanwhile (the owner cancelled it): nothing to run, and the
+/// status the job has now (`cancelled` when it is gone).
+async fn closed_meanwhile(state: &AppState, settings: &Settings, job_id: Uuid) -> SubmitError {
+    match current_job(state, settings, job_id).await {
+        Ok(current) => SubmitError::Closed {
+            job_id,
+            status: current.map_or(JobStatus::Cancelled, |j| j.status),
+        },
+        Err(e) => e,
+    }
+}
+
 /// Fails the job with the reason, through the completion core's one failing path.
 async fn fail_job(
     state: &AppState,

@@ -9,8 +9,8 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, current_job, describe,
-    elapsed_ms, fail_job, with_job,
+    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, closed_meanwhile, current_job,
+    describe, elapsed_ms, fail_job, with_job,
 };
 use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
 use crate::db;
@@ -80,10 +80,7 @@ async fn create(
         {
             tracing::warn!(%job_id, %error, "queued prediction not created; falling back to a sync run");
             if !db::jobs::annotate_open(client, job_id, &json!({"sync_fallback": true})).await? {
-                // Closed meanwhile (the owner cancelled it): nothing to run.
-                let current = current_job(run.state, settings, job_id).await?;
-                let status = current.map_or(JobStatus::Cancelled, |j| j.status);
-                return Err(SubmitError::Closed { job_id, status });
+                return Err(closed_meanwhile(run.state, settings, job_id).await);
             }
             Ok((create(RouteKind::Sync).await, RouteKind::Sync))
         }
