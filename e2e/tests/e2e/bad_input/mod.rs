@@ -327,6 +327,25 @@ async fn send(row: &Row) -> (u16, String) {
     }
 }
 
+/// `cargo lambda watch`'s own 500 (a problem document the functions never answer with). It has come, rarely, for
+/// the 1000-path signing row after the function had run it and logged its answer; its cause inside watch is not
+/// identified.
+const WATCH_OWN_500: &str = r#""type":"https://httpstatuses.com/500""#;
+
+/// [`send`], once more when the local runtime answered for the function with its own 500, for rows that must
+/// change nothing (so sending again cannot double an effect); said on stderr. Every other answer is the row's.
+async fn send_past_watch_faults(row: &Row) -> (u16, String) {
+    let (status, answer) = send(row).await;
+    if status == 500 && answer.contains(WATCH_OWN_500) && matches!(row.effect, Effect::Nothing) {
+        eprintln!(
+            "{}: cargo lambda watch answered its own 500; sent again",
+            row.name
+        );
+        return send(row).await;
+    }
+    (status, answer)
+}
+
 /// What went wrong with a row's effects, if anything.
 async fn check_effect(
     world: &World,
@@ -412,7 +431,7 @@ impl World {
         let mut failures = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             let before = self.snapshot(row.caller.0).await;
-            let (status, answer) = send(row).await;
+            let (status, answer) = send_past_watch_faults(row).await;
             let effect = check_effect(self, row, &answer, &before).await;
             let verdict = if status == row.status && effect.is_ok() {
                 "ok"
