@@ -671,9 +671,8 @@ async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
     );
 }
 
-/// A storyboard clip in `generating` and a video generation for it: (clip, answer).
-async fn storyboard_video(directives: &str) -> (Uuid, Value) {
-    let (_, jwt) = user().await;
+/// A storyboard clip in `generating`, as a client makes it.
+async fn generating_clip() -> Uuid {
     let clip = Uuid::new_v4();
     db().await
         .execute(
@@ -682,6 +681,13 @@ async fn storyboard_video(directives: &str) -> (Uuid, Value) {
         )
         .await
         .unwrap();
+    clip
+}
+
+/// A storyboard clip in `generating` and a video generation for it: (clip, answer).
+async fn storyboard_video(directives: &str) -> (Uuid, Value) {
+    let (_, jwt) = user().await;
+    let clip = generating_clip().await;
     let body = json!({
         "prompt": prompt("clip", directives),
         "apiModelId": async_model(),
@@ -729,6 +735,54 @@ async fn a_storyboard_clip_is_completed_with_its_video() {
     let job_id = answer["jobId"].as_str().unwrap();
     assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
     assert_clip_completed(job_id, clip).await;
+}
+
+/// An image-to-video clip from the caller's own stored image: the image is copied as the video's thumbnail, and
+/// the clip points at the copy in the storage bucket clients sign in (not the S3 bucket behind it).
+#[tokio::test]
+async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
+    let (user_id, jwt) = user().await;
+    let image = json!({"prompt": prompt("reference", ""), "apiModelId": sync_model()});
+    let (status, answer) = generate(&jwt, &image).await;
+    assert_eq!(status, 200, "{answer}");
+    let reference = assets_of(answer["jobId"].as_str().unwrap()).await.remove(0);
+    let clip = generating_clip().await;
+    let body = json!({
+        "prompt": prompt("clip", "#delay-ms=100"),
+        "apiModelId": async_model(),
+        "input": {"image_url": format!("workspace-temp/{}", reference.path)},
+        "metadata": {"storyboard_clip_id": clip},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
+    wait_step(job_id, "storyboard_clip").await;
+
+    let thumb = format!("{user_id}/{job_id}_0.thumb.webp");
+    let thumbnails: Vec<Option<String>> = first_column(
+        &db().await,
+        "SELECT thumbnail_path FROM public.workspace_assets WHERE job_id = $1",
+        &[&Uuid::parse_str(job_id).unwrap()],
+    )
+    .await;
+    assert_eq!(thumbnails, vec![Some(thumb.clone())]);
+    let stored = objects_of_job(&user_id.to_string(), job_id).await;
+    assert!(
+        stored.contains(&(thumb.clone(), reference.size)),
+        "the thumbnail is a copy of the reference ({} bytes): {stored:?}",
+        reference.size
+    );
+    let clip_thumbnail: Option<String> = db()
+        .await
+        .query_one(
+            "SELECT thumbnail_url FROM public.storyboard_clips WHERE id = $1",
+            &[&clip],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(clip_thumbnail, Some(format!("workspace-temp/{thumb}")));
 }
 
 /// A browser `fetch()` of a signed link from the app's origin: the 302 and the object's own answer both carry
