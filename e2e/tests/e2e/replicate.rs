@@ -318,3 +318,50 @@ async fn a_delivery_before_the_submission_answered_completes_the_job_once() {
     assert_eq!(j["status"], "completed", "{j}");
     assert_exactly_once(user, &job_id, "completed").await;
 }
+
+/// Without a webhook secret there is no webhook URL to give a provider: a queue model of either provider runs on
+/// its sync route (fal's sync host, Replicate's create held by `Prefer: wait`) and completes in the answer, instead
+/// of being queued for the reconciler alone to finish. The submission runs in this process, with the stack's
+/// settings less the webhook secret.
+#[tokio::test]
+async fn without_a_webhook_secret_a_queue_model_runs_on_the_sync_route() {
+    let (state, settings) = app_state().await;
+    let mut secrets = (*settings.secrets).clone();
+    secrets.fal_webhook_secret = None;
+    secrets.fal_webhook_secret_previous = None;
+    let settings = gen_pipeline::Settings {
+        config: settings.config.clone(),
+        secrets: std::sync::Arc::new(secrets),
+    };
+    for (provider, model) in [
+        (Provider::Fal, async_model()),
+        (Provider::Replicate, replicate_model()),
+    ] {
+        let (user_id, _) = user().await;
+        let body = json!({"prompt": prompt("no webhook", ""), "apiModelId": model});
+        let request = serde_json::from_value(body).unwrap();
+        let submitted =
+            gen_pipeline::submission::submit_generation(&state, &settings, user_id, request, None)
+                .await
+                .unwrap();
+        let gen_pipeline::submission::Submitted::Completed { job_id, .. } = submitted.answer else {
+            panic!("{provider:?}: a queue model without a webhook was queued");
+        };
+        let job_id = job_id.to_string();
+        assert_exactly_once(user_id, &job_id, "completed").await;
+        let request_ids: Vec<Option<String>> = first_column(
+            &db().await,
+            "SELECT provider_metadata->>'request_id' FROM public.api_usage_logs WHERE job_id = $1",
+            &[&Uuid::parse_str(&job_id).unwrap()],
+        )
+        .await;
+        if provider == Provider::Replicate {
+            let prediction = prediction(request_ids[0].as_deref().unwrap()).await;
+            assert_eq!(
+                prediction.get("webhook"),
+                Some(&Value::Null),
+                "{prediction}"
+            );
+        }
+    }
+}
