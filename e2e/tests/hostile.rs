@@ -387,6 +387,7 @@ for_each_provider!(
     a_planted_reference_never_becomes_the_thumbnail,
     post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_planted,
     a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing_stored,
+    a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job,
 );
 
 async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_the_provider(provider: Provider) {
@@ -862,6 +863,33 @@ async fn model_key_override_outside_the_active_models_is_400_and_writes_nothing(
     assert_eq!(status, 200, "{answer}");
 }
 
+/// An override naming the provider's active video model, asked through an image model's row, runs as the video
+/// model it is: the usage row is the video's, at the video's price, not the image row's.
+#[tokio::test]
+async fn a_model_key_override_is_priced_as_the_model_it_names() {
+    let (_, jwt) = user().await;
+    let body = json!({
+        "prompt": prompt("priced override", ""), "apiModelId": sync_model(),
+        "model_key_override": stack_var("ASYNC_MODEL_KEY"),
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let usage = db()
+        .await
+        .query_one(
+            "SELECT request_type, cost_usd::float8, endpoint_path FROM public.api_usage_logs WHERE job_id = $1",
+            &[&id(answer["jobId"].as_str().unwrap())],
+        )
+        .await
+        .unwrap();
+    let (kind, cost, endpoint): (String, f64, String) = (usage.get(0), usage.get(1), usage.get(2));
+    assert_eq!(endpoint, format!("/{}", stack_var("ASYNC_MODEL_KEY")));
+    assert_eq!(
+        (kind.as_str(), cost),
+        ("video", gen_pipeline::pricing::DEFAULT_VIDEO)
+    );
+}
+
 #[tokio::test]
 async fn a_client_past_the_open_job_bound_gets_429_with_retry_after() {
     let limit = max_open_jobs();
@@ -1028,4 +1056,38 @@ async fn a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing
     // The provider is done with it: it no longer counts against the owner's open jobs.
     let closed = "SELECT count(*) FROM public.job_runs WHERE job_id = $1 AND closed_at IS NOT NULL";
     assert_eq!(count(closed, &job_id).await, 1);
+}
+
+/// The client deletes its queued job (its run goes with it) and writes another row under the same id, with its own
+/// metadata and times, before the provider delivers. The delivery's token was made for the deleted job: it finds
+/// no job (404), and the row the client wrote is left as written, with nothing stored for it.
+async fn a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job(provider: Provider) {
+    let (attacker, jwt) = user().await;
+    let (job_id, request_id) = provider
+        .queued(&jwt, "written again", "#delay-ms=2000")
+        .await;
+    client_writes(
+        attacker,
+        "DELETE FROM public.jobs WHERE id = $1 RETURNING 1",
+        &[&id(&job_id)],
+    )
+    .await;
+    client_writes(
+        attacker,
+        "INSERT INTO public.jobs (id, user_id, job_type, status, format, started_at, metadata)
+         VALUES ($1, $2, 'video_fast', 'queued', 'video', now() - interval '1 day',
+                 '{\"estimated_cost\": 9999, \"destination\": \"character_portrait\"}')
+         RETURNING 1",
+        &[&id(&job_id), &attacker],
+    )
+    .await;
+    assert_not_delivered_yet(provider, &request_id).await;
+
+    let answered = provider.answered_deliveries(&request_id, 1, WAIT).await;
+    assert_eq!(answered[0]["http_status"], 404, "{answered:?}");
+    let j = job(&job_id).await;
+    assert_eq!(j["status"], "queued", "{j}");
+    assert_eq!(asset_count(&job_id).await, 0);
+    let objects = objects_of_job(&attacker.to_string(), &job_id).await;
+    assert!(objects.is_empty(), "{objects:?}");
 }

@@ -466,6 +466,38 @@ async fn a_job_cancelled_while_its_submission_is_in_flight_is_cancelled_at_the_p
     assert_eq!(job["status"], "cancelled", "{job}");
 }
 
+for_each_provider!(a_sync_run_whose_job_was_closed_meanwhile_still_logs_its_usage);
+
+/// A sync run whose job its owner closed while the provider ran it (cancelled through the API, or deleted through
+/// RLS) stores nothing, and the run the provider billed still has its one usage row. One submission in flight at a
+/// time: the functions run at most four invocations at once under `cargo lambda watch`, and the cancel needs one.
+async fn a_sync_run_whose_job_was_closed_meanwhile_still_logs_its_usage(provider: Provider) {
+    let (owner, jwt) = user().await;
+    for closing in ["cancelled", "deleted"] {
+        let marker = format!("{closing}-sync");
+        let directives = "#delay-ms=4000 #run-delay-ms=4000";
+        let body =
+            json!({"prompt": prompt(&marker, directives), "apiModelId": provider.sync_model()});
+        let (submitting, job_id) = generate_in_flight(&jwt, owner, body, &marker).await;
+        if closing == "cancelled" {
+            let (status, answer) = cancel_job(&jwt, &job_id).await;
+            assert_eq!(status, 200, "{answer}");
+        } else {
+            let delete = "DELETE FROM public.jobs WHERE id = $1::text::uuid";
+            db().await.execute(delete, &[&job_id]).await.unwrap();
+        }
+        let (status, answer) = submitting.await.unwrap();
+        assert_eq!(status, 409, "{closing}: {answer}");
+        let objects = objects_of_job(&owner.to_string(), &job_id).await;
+        assert!(objects.is_empty(), "{closing}: {objects:?}");
+        assert_eq!(
+            usage_count(&job_id).await,
+            1,
+            "usage rows of the {closing} job"
+        );
+    }
+}
+
 #[tokio::test]
 async fn users_cannot_read_or_cancel_each_others_jobs_and_cancel_is_once() {
     let (_, owner) = user().await;

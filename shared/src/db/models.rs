@@ -60,20 +60,23 @@ pub async fn active_by_id<C: GenericClient>(
         .map(from_row))
 }
 
-/// Whether `model_key` is an active model of the provider (what `model_key_override` may name).
-pub async fn is_active_key_of<C: GenericClient>(
+/// The modality of the provider's active model `model_key` (what `model_key_override` may name); `None` when the
+/// provider has no such active model.
+pub async fn active_modality_of<C: GenericClient>(
     client: &C,
     provider_id: Uuid,
     model_key: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<String>, tokio_postgres::Error> {
     let row = client
-        .query_typed_one(
-            "SELECT EXISTS (SELECT 1 FROM public.api_models
-                             WHERE model_key = $1 AND provider_id = $2 AND is_active)",
+        .query_typed_opt(
+            "SELECT modality FROM public.api_models
+              WHERE model_key = $1 AND provider_id = $2 AND is_active
+              ORDER BY priority ASC, created_at ASC
+              LIMIT 1",
             &[(&model_key, Type::TEXT), (&provider_id, Type::UUID)],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// The default fal model for a modality: the one whose `default_for_tasks` holds the task (`t2i`/`t2v`), else

@@ -7,10 +7,10 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    Run, SubmitError, SubmitResult, Submitted, closed_meanwhile, current_job, describe, elapsed_ms,
-    fail_job, with_job,
+    Run, SubmitError, SubmitResult, Submitted, closed_meanwhile, complete_sync, describe,
+    elapsed_ms, fail_job, with_job,
 };
-use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
+use crate::completion::{CompletionError, Outcome};
 use crate::db;
 use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
@@ -141,22 +141,6 @@ pub(super) async fn run_sync(
             "cost_source": "static_pricing",
         }),
     );
-    let job = current_job(state, settings, job_id)
-        .await?
-        .ok_or(SubmitError::Closed {
-            job_id,
-            status: JobStatus::Cancelled,
-        })?;
-    let outcome = completion::complete(
-        state,
-        settings,
-        Completion {
-            job: &job,
-            output: &output,
-            metadata: json!({ "fal_response": output, "input_used": plan.built.input }),
-            usage: UsageSettlement::Insert(Box::new(usage)),
-        },
-    )
-    .await;
-    Ok((job, outcome))
+    let metadata = json!({ "fal_response": output, "input_used": plan.built.input });
+    complete_sync(run, &output, metadata, usage).await
 }

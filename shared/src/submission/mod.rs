@@ -327,8 +327,9 @@ async fn plan(
         .filter(|p| !p.is_empty())
         .ok_or(InputError::MissingPrompt)?
         .to_owned();
-    let model_key = model_key(settings, client, &model, req).await?;
-    let modality = if model.modality == "video" {
+    let (model_key, override_modality) = model_key(settings, client, &model, req).await?;
+    // An override runs another model: priced and logged as what it is, not as the row it was asked through.
+    let modality = if override_modality.as_deref().unwrap_or(&model.modality) == "video" {
         Modality::Video
     } else {
         Modality::Image
@@ -359,31 +360,32 @@ async fn plan(
 
 /// The model key to run: the row's, or `model_key_override` when it names an active model of the same provider
 /// (or one of `MODEL_OVERRIDE_ALLOWED`). Our key runs whatever it names, so the client cannot pick any endpoint.
+/// With the key, the modality of the active model an override names, if it is one.
 async fn model_key(
     settings: &Settings,
     client: &tokio_postgres::Client,
     model: &ModelRow,
     req: &GenerationRequest,
-) -> Result<String, SubmitError> {
+) -> Result<(String, Option<String>), SubmitError> {
     let Some(key) = req
         .model_key_override
         .as_deref()
         .map(str::trim)
         .filter(|k| !k.is_empty() && *k != model.model_key)
     else {
-        return Ok(model.model_key.clone());
+        return Ok((model.model_key.clone(), None));
     };
-    let allowed = settings
+    let modality = db::models::active_modality_of(client, model.provider_id, key).await?;
+    let listed = settings
         .config
         .model_override_allowed
         .iter()
-        .any(|k| k == key)
-        || db::models::is_active_key_of(client, model.provider_id, key).await?;
-    if !allowed {
+        .any(|k| k == key);
+    if modality.is_none() && !listed {
         tracing::warn!("model_key_override outside the active models refused");
         return Err(SubmitError::BadModelOverride);
     }
-    Ok(key.to_owned())
+    Ok((key.to_owned(), modality))
 }
 
 /// The endpoints from the provider's configured hosts, up front: a misconfiguration is an error before any row
@@ -684,6 +686,52 @@ async fn current_job(
 ) -> Result<Option<JobRecord>, SubmitError> {
     let client = state.db_client(settings).await?;
     Ok(db::jobs::get(&**client, job_id).await?)
+}
+
+/// A sync run's result, completed through the completion core. The provider ran the generation, and bills for it,
+/// whatever became of the job meanwhile: when the completion did not write the run's usage row (the job was deleted,
+/// cancelled or closed by its owner, failed by our verdict, or its result could not be stored), it is written here,
+/// once, so that no paid run goes unlogged.
+async fn complete_sync(
+    run: &Run<'_>,
+    output: &Value,
+    metadata: Value,
+    usage: db::usage::NewUsage,
+) -> Result<(JobRecord, Result<Outcome, completion::CompletionError>), SubmitError> {
+    // A row without a run is not the job this run was for: its owner deleted that one and wrote another in its place.
+    let current = current_job(run.state, run.settings, run.job_id).await?;
+    let Some(job) = current.filter(|j| j.run.is_some()) else {
+        log_usage(run, &usage).await;
+        return Err(SubmitError::Closed {
+            job_id: run.job_id,
+            status: JobStatus::Cancelled,
+        });
+    };
+    let completion = completion::Completion {
+        job: &job,
+        output,
+        metadata,
+        usage: completion::UsageSettlement::Insert(Box::new(usage.clone())),
+    };
+    let outcome = completion::complete(run.state, run.settings, completion).await;
+    if !matches!(outcome, Ok(Outcome::Completed(_))) {
+        log_usage(run, &usage).await;
+    }
+    Ok((job, outcome))
+}
+
+/// Inserts a run's usage row unless its job has one. Best effort: the caller's answer does not depend on it, so an
+/// error is logged, not returned.
+async fn log_usage(run: &Run<'_>, usage: &db::usage::NewUsage) {
+    let written = match run.state.db_client(run.settings).await {
+        Ok(client) => db::usage::insert_once(&**client, usage)
+            .await
+            .map_err(DbError::Query),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::error!(job_id = %run.job_id, error = %e, "the run's usage row could not be written");
+    }
 }
 
 /// The answer to a fallback that found its job closed meanwhile (the owner cancelled it): nothing to run, and the

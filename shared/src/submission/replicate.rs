@@ -9,14 +9,13 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, closed_meanwhile, current_job,
-    describe, elapsed_ms, fail_job, with_job,
+    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, closed_meanwhile,
+    complete_sync, describe, elapsed_ms, fail_job, log_usage, with_job,
 };
-use crate::completion::{self, Completion, CompletionError, Outcome, UsageSettlement};
+use crate::completion::{CompletionError, Outcome};
 use crate::db;
 use crate::db::jobs::JobRecord;
 use crate::db::runs::ProviderRequest;
-use crate::jobs::JobStatus;
 use crate::provider::{ProviderError, ProviderKind};
 use crate::replicate::{Prediction, PredictionStatus, PredictionsEndpoint};
 
@@ -103,6 +102,8 @@ pub(super) async fn submit(
         Err(error) => {
             let message = format!("Replicate API error: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
+            let status = error.status().map(i32::from);
+            log_failed_usage(run, status, started, &message, json!({})).await;
             return Err(SubmitError::Provider {
                 job_id,
                 provider: ProviderKind::Replicate,
@@ -112,6 +113,8 @@ pub(super) async fn submit(
     };
     if let Some(message) = prediction.failure() {
         fail_job(state, settings, job_id, &message).await?;
+        let meta = json!({"request_id": prediction.id, "metrics": prediction.metrics});
+        log_failed_usage(run, None, started, &message, meta).await;
         return Err(SubmitError::ResultFailed { job_id, message });
     }
     match prediction.status {
@@ -124,6 +127,30 @@ pub(super) async fn submit(
             .await
             .map(Submitted::Answered),
     }
+}
+
+/// The usage row of a create that failed, or of a prediction that did: the call was made (and a failed prediction
+/// ran), so it is logged as fal's failed sync calls are.
+async fn log_failed_usage(
+    run: &Run<'_>,
+    status: Option<i32>,
+    started: Instant,
+    message: &str,
+    extra: serde_json::Value,
+) {
+    let mut meta =
+        json!({"model_key": run.plan.model_key, "provider": "replicate", "status": "failed"});
+    if let (Some(m), serde_json::Value::Object(extra)) = (meta.as_object_mut(), extra) {
+        m.extend(extra);
+    }
+    let row = run.plan.usage(run.job_id, run.user_id).row(
+        status,
+        elapsed_ms(started),
+        None,
+        Some(message.to_owned()),
+        meta,
+    );
+    log_usage(run, &row).await;
 }
 
 /// Still running (or submitted to the queue route): the request is recorded with the usage row, the job stays
@@ -180,18 +207,7 @@ async fn finish(
             "metrics": prediction.metrics,
         }),
     );
-    let job = current_job(run.state, run.settings, run.job_id)
-        .await?
-        .ok_or(SubmitError::Closed {
-            job_id: run.job_id,
-            status: JobStatus::Cancelled,
-        })?;
-    let completion = Completion {
-        job: &job,
-        output: &output,
-        metadata: json!({ "replicate_prediction_id": prediction.id, "input_used": run.plan.built.input }),
-        usage: UsageSettlement::Insert(Box::new(usage)),
-    };
-    let outcome = completion::complete(run.state, run.settings, completion).await;
-    Ok((job, outcome))
+    let metadata =
+        json!({ "replicate_prediction_id": prediction.id, "input_used": run.plan.built.input });
+    complete_sync(run, &output, metadata, usage).await
 }
