@@ -454,7 +454,7 @@ async fn ask_fal(
     }
     match fal.result(&response_url).await {
         Ok(output) => Ok(FalAnswer::Output(output, json!({}))),
-        Err(e) if e.rejects_the_request() => {
+        Err(e) if e.fails_the_completed_request() => {
             Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}")))
         }
         Err(e) => Err(e.into()),

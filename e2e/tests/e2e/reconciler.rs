@@ -33,10 +33,17 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     // Ages beyond any other test's jobs, so this pass touches only these.
     let (done, done_rid) = lost_webhook_job(&jwt, "#delay-ms=20", "61 minutes").await;
     let (errored, errored_rid) = lost_webhook_job(&jwt, "#delay-ms=20 #error", "61 minutes").await;
+    // A run that failed on fal's side answers its result with the run's error; an untyped 503 is fal's API.
+    let run_failed = "#delay-ms=20 #result-status=500 #result-error-type=runner_server_error";
+    let (crashed, crashed_rid) = lost_webhook_job(&jwt, run_failed, "61 minutes").await;
+    let (unanswered, unanswered_rid) =
+        lost_webhook_job(&jwt, "#delay-ms=20 #result-status=503", "61 minutes").await;
     let (running, _) = lost_webhook_job(&jwt, "#delay-ms=600000", "61 minutes").await;
     let (expired, expired_rid) = lost_webhook_job(&jwt, "#delay-ms=600000", "3 hours").await;
     wait_fal_completed(&done_rid).await;
     wait_fal_completed(&errored_rid).await;
+    wait_fal_completed(&crashed_rid).await;
+    wait_fal_completed(&unanswered_rid).await;
 
     // The other tests of this file run passes too, and one of theirs may take some of these jobs first: what is
     // checked is where each job ends up.
@@ -50,6 +57,9 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
 
     let (j, message) = failed_job(&errored).await;
     assert!(message.contains("emulated model failure"), "{j}");
+    let (j, message) = failed_job(&crashed).await;
+    assert!(message.contains("emulated failed request"), "{j}");
+    assert_eq!(job(&unanswered).await["status"], "queued");
 
     assert_eq!(job(&running).await["status"], "queued");
 

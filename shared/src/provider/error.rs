@@ -43,6 +43,26 @@ impl ProviderError {
         self.is_caller_error() && !matches!(self.status(), Some(401 | 403))
     }
 
+    /// fal's verdict on a request its queue reports `COMPLETED`, read from its result URL: a failed request answers
+    /// there with its error. A caller error ([`Self::rejects_the_request`]), or a server error fal typed as the
+    /// run's (`runner_*`, `request_timeout`, `startup_timeout`). An untyped server error, fal's own
+    /// `internal_error` or a 429 may be its API's passing fault, and is asked again later.
+    pub fn fails_the_completed_request(&self) -> bool {
+        let run_failure = match self {
+            ProviderError::Api {
+                status,
+                error_type: Some(kind),
+                ..
+            } => {
+                *status >= 500
+                    && (kind.starts_with("runner_")
+                        || matches!(kind.as_str(), "request_timeout" | "startup_timeout"))
+            }
+            _ => false,
+        };
+        run_failure || self.rejects_the_request()
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ProviderError::Api { status, .. } => Some(*status),
@@ -118,5 +138,36 @@ mod tests {
         assert!(!ProviderError::Network("reset".into()).rejects_the_request());
         // 401/403 stay the caller's error at submission, where fal's answer is returned as it is.
         assert!(api(401).is_caller_error() && api(403).is_caller_error());
+    }
+
+    #[test]
+    fn a_completed_requests_result_fails_it_with_the_runs_error_types_only() {
+        let typed = |status, kind: &str| ProviderError::Api {
+            status,
+            error_type: Some(kind.to_owned()),
+            message: "m".into(),
+            detail: None,
+        };
+        for (status, kind) in [
+            (500, "runner_server_error"),
+            (502, "runner_incomplete_response"),
+            (503, "runner_disconnected"),
+            (504, "request_timeout"),
+            (504, "startup_timeout"),
+        ] {
+            assert!(typed(status, kind).fails_the_completed_request(), "{kind}");
+        }
+        assert!(api(422).fails_the_completed_request());
+        for passing in [
+            api(500),
+            api(503),
+            api(429),
+            api(401),
+            typed(500, "internal_error"),
+            typed(429, "runner_scheduling_failure"),
+            ProviderError::Timeout,
+        ] {
+            assert!(!passing.fails_the_completed_request(), "{passing:?}");
+        }
     }
 }

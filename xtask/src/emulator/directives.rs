@@ -35,7 +35,14 @@ pub struct Directives {
     pub queue_unreadable: bool,
     pub run_status: Option<u16>,
     pub run_fail_first: u32,
+    /// How long the sync run takes once started (`X-Fal-Request-Timeout` does not cut it).
     pub run_delay_ms: u64,
+    /// How long the sync run waits for a runner before it starts: past the `X-Fal-Request-Timeout` deadline, 504.
+    pub start_delay_ms: u64,
+    /// `#result-status=N`: a queued request that completes answers its result URL with HTTP N and a fal error body
+    /// (fal's way of reporting a failed request), typed by `#result-error-type=T` when given.
+    pub result_status: Option<u16>,
+    pub result_error_type: Option<String>,
     /// The first K cancel calls of a queued request are answered 503 (the request runs on).
     pub cancel_fail_first: u32,
     pub media_bytes: u64,
@@ -66,6 +73,9 @@ impl Default for Directives {
             run_status: None,
             run_fail_first: 0,
             run_delay_ms: 0,
+            start_delay_ms: 0,
+            result_status: None,
+            result_error_type: None,
             cancel_fail_first: 0,
             media_bytes: 4096,
             media_type: None,
@@ -123,6 +133,13 @@ impl Directives {
             ("run-status", Some(v)) => self.run_status = v.parse().ok().or(self.run_status),
             ("run-fail-first", Some(v)) => set(&mut self.run_fail_first, v.parse().ok()),
             ("run-delay-ms", Some(v)) => set(&mut self.run_delay_ms, v.parse().ok()),
+            ("start-delay-ms", Some(v)) => set(&mut self.start_delay_ms, v.parse().ok()),
+            ("result-status", Some(v)) => {
+                self.result_status = v.parse().ok().or(self.result_status)
+            }
+            ("result-error-type", Some(v)) if !v.is_empty() => {
+                self.result_error_type = Some(v.to_owned())
+            }
             ("cancel-fail-first", Some(v)) => set(&mut self.cancel_fail_first, v.parse().ok()),
             ("media-bytes", Some(v)) => set(&mut self.media_bytes, v.parse().ok()),
             ("media-type", Some(v)) if v.contains('/') => {

@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::calls::{Accepted, accept_call, auth_denial};
-use super::replies::{MODEL_FAILURE_MSG, infra_error, json_status, validation_detail};
+use super::replies::{
+    MODEL_FAILURE_MSG, RESULT_FAILURE_MSG, infra_error, json_status, validation_detail,
+};
 use super::state::{AppState, CancelOutcome, Mode, Status};
 use super::webhook;
 
@@ -202,6 +204,10 @@ fn result(state: &AppState, id: &str) -> Response {
         );
     };
     match view.status {
+        Status::Completed if view.result_failure.is_some() => {
+            let (code, error_type) = view.result_failure.unwrap_or_default();
+            result_failure(code, error_type)
+        }
         Status::Completed if view.failed => json_status(
             StatusCode::UNPROCESSABLE_ENTITY,
             validation_detail(MODEL_FAILURE_MSG),
@@ -216,6 +222,22 @@ fn result(state: &AppState, id: &str) -> Response {
             json!({"detail": "Request is still in progress"}),
         ),
     }
+}
+
+/// A completed request's result answered as fal answers a failed one: the status, `{"detail", "error_type"}` and
+/// the `X-Fal-Error-Type` header (both only when a type is given).
+fn result_failure(code: u16, error_type: Option<String>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({"detail": RESULT_FAILURE_MSG});
+    let Some(error_type) = error_type else {
+        return json_status(code, body);
+    };
+    body["error_type"] = json!(error_type);
+    let mut response = json_status(code, body);
+    if let Ok(value) = HeaderValue::from_str(&error_type) {
+        response.headers_mut().insert("x-fal-error-type", value);
+    }
+    response
 }
 
 fn cancel(state: &AppState, id: &str) -> Response {

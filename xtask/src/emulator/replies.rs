@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 /// The message of an `#error` request, in the webhook payload, the result and the sync answer.
 pub const MODEL_FAILURE_MSG: &str = "emulated model failure";
 
+/// The `detail` of a `#result-status=N` request's result.
+pub const RESULT_FAILURE_MSG: &str = "emulated failed request";
+
 /// fal's validation error body (`422`).
 pub fn validation_detail(msg: &str) -> Value {
     json!({"detail": [{"loc": ["body", "prompt"], "msg": msg, "type": "value_error"}]})

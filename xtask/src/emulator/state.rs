@@ -146,6 +146,8 @@ pub struct QueueView {
     pub status: Status,
     pub failed: bool,
     pub output: Value,
+    /// `#result-status` / `#result-error-type`: how the result URL of the completed request fails.
+    pub result_failure: Option<(u16, Option<String>)>,
 }
 
 pub enum CancelOutcome {
@@ -245,10 +247,12 @@ impl AppState {
         let r = requests
             .get(id)
             .filter(|r| r.mode == Mode::Queue && !r.rejected)?;
+        let d = &r.directives;
         Some(QueueView {
             status: r.status,
             failed: r.failed,
             output: r.output.clone(),
+            result_failure: d.result_status.map(|s| (s, d.result_error_type.clone())),
         })
     }
 
