@@ -14,6 +14,16 @@ use super::endpoint::{ProviderUrl, QueueEndpoint, SyncEndpoint};
 use super::types::{CancelOutcome, ErrorBody, QueueState, QueueSubmitted};
 use crate::provider::{ProviderError, raw_message, read_capped};
 
+/// What a sync run is given to run once fal has started it: fal's `X-Fal-Request-Timeout` is a time-to-start
+/// deadline, and a run that starts with less than this left would still be running (and billed) after we gave up.
+const RUN_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// The `X-Fal-Request-Timeout` of an attempt with `remaining` left: fal must start it while [`RUN_ALLOWANCE`] is
+/// still left (whole seconds, at least 1).
+fn start_deadline(remaining: Duration) -> u64 {
+    remaining.saturating_sub(RUN_ALLOWANCE).as_secs().max(1)
+}
+
 /// Backoff of sync runs: fal's JS client uses 3 retries, 1 s base, doubling, 30 s cap, with jitter.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -88,10 +98,9 @@ impl FalClient {
                 .http
                 .post(endpoint.url().clone())
                 .header(reqwest::header::AUTHORIZATION, self.auth())
-                // fal's time-to-start deadline, so fal gives up (504) before we do.
                 .header(
                     "X-Fal-Request-Timeout",
-                    remaining.as_secs().max(1).to_string(),
+                    start_deadline(remaining).to_string(),
                 )
                 .json(input)
                 .timeout(remaining)
@@ -216,6 +225,14 @@ fn api_error(status: StatusCode, header_type: Option<String>, bytes: &[u8]) -> P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fal_must_start_a_run_while_its_allowance_is_left() {
+        assert_eq!(start_deadline(Duration::from_secs(25)), 15);
+        assert_eq!(start_deadline(Duration::from_millis(14_900)), 4);
+        assert_eq!(start_deadline(Duration::from_secs(10)), 1);
+        assert_eq!(start_deadline(Duration::from_secs(3)), 1);
+    }
 
     #[test]
     fn retryable_and_caller_errors_follow_fal_statuses() {

@@ -206,6 +206,21 @@ async fn a_sync_run_past_its_callers_deadline_is_reported_as_a_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// `X-Fal-Request-Timeout` is a time-to-start deadline: fal is asked to start a run only while the run still has
+/// its allowance (10 s) left, so that a run which starts late is refused (504) rather than run, billed and
+/// abandoned by us. With a 3 s bound, a run that would start after 1 s is refused.
+#[tokio::test]
+async fn a_run_fal_cannot_start_while_it_could_still_finish_is_refused() {
+    let err = client(0, Duration::from_secs(3))
+        .run(&sync(), &prompt("#start-delay-ms=2000"), no_deadline())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Api { status: 504, error_type: Some(ref t), .. } if t == "request_timeout"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn model_errors_and_queue_refusals_are_typed() {
     let c = client(0, Duration::from_secs(10));

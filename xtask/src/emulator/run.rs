@@ -32,14 +32,17 @@ pub async fn run(
 /// The scripted answer and whether it counts as a failed request.
 async fn answer(state: &AppState, call: &Accepted, headers: &HeaderMap) -> (Response, bool) {
     let d = &call.directives;
-    if d.run_delay_ms > 0 {
-        let delay = Duration::from_millis(d.run_delay_ms);
+    // `X-Fal-Request-Timeout` is a time-to-start deadline: a run that would start later is answered 504 then; one
+    // that started runs to its end, however long that takes.
+    if d.start_delay_ms > 0 {
+        let delay = Duration::from_millis(d.start_delay_ms);
         if let Some(limit) = request_timeout(headers).filter(|limit| delay > *limit) {
             tokio::time::sleep(limit).await;
             return (timed_out(), true);
         }
         tokio::time::sleep(delay).await;
     }
+    tokio::time::sleep(Duration::from_millis(d.run_delay_ms)).await;
     if d.run_fail_first > 0 {
         let prompt = call.prompt.as_deref().unwrap_or_default();
         if state.count_run(prompt) <= d.run_fail_first {

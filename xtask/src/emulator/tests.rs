@@ -561,16 +561,19 @@ async fn sync_faults_fail_first_and_time_out() {
     assert_eq!(run(flaky).await.status(), 200);
     assert_eq!(run("#run-status=429").await.status(), 429);
 
-    let slow = emu
-        .http
-        .post(format!("{}/run/fal-ai/flux/dev", emu.base))
-        .header("x-fal-request-timeout", "0.05")
-        .json(&json!({"prompt": "#run-delay-ms=300"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(slow.status(), 504);
-    assert_eq!(header(slow.headers(), "x-fal-request-timeout-type"), "user");
+    // The header is a time-to-start deadline: a run that cannot start by then is refused, one that started ends.
+    let with_deadline = |prompt: &'static str| {
+        emu.http
+            .post(format!("{}/run/fal-ai/flux/dev", emu.base))
+            .header("x-fal-request-timeout", "0.05")
+            .json(&json!({ "prompt": prompt }))
+            .send()
+    };
+    let late = with_deadline("#start-delay-ms=300").await.unwrap();
+    assert_eq!(late.status(), 504);
+    assert_eq!(header(late.headers(), "x-fal-request-timeout-type"), "user");
+    let long = with_deadline("#run-delay-ms=300").await.unwrap();
+    assert_eq!(long.status(), 200);
 }
 
 #[tokio::test]
