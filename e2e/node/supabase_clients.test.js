@@ -214,6 +214,29 @@ describe('generations through invoke, results through signed URLs', () => {
   }
 });
 
+describe('signing bounds', () => {
+  test('a lifetime past one year refuses the whole call, createSignedUrl and createSignedUrls alike', async () => {
+    const user = await newUser();
+    const token = await tokenFor('HS256', user);
+    const answer = await invokeFalImage(token, syncBody());
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const path = (await waitForResult(token, answer.body.jobId)).result.storagePath;
+    const bucket = workspaceTemp(token);
+    const year = 365 * 24 * 3600;
+    const within = await bucket.createSignedUrls([path], year);
+    assert.equal(within.error, null, String(within.error));
+    assert.equal(within.data[0].error, null);
+    for (const [what, call] of [
+      ['createSignedUrl', () => bucket.createSignedUrl(path, year + 1)],
+      ['createSignedUrls', () => bucket.createSignedUrls([path], year + 1)],
+    ]) {
+      const { data, error } = await call();
+      assert.equal(data, null, what);
+      assert.equal(error?.status, 400, `${what}: ${error}`);
+    }
+  });
+});
+
 // Follows a signed URL as a browser does (no Authorization, the redirect followed): the bytes must be `expected`.
 async function assertServes(signedUrl, expected) {
   const res = await fetch(signedUrl, { redirect: 'follow' });

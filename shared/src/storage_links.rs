@@ -97,6 +97,15 @@ fn signing_key(settings: &Settings) -> Result<&SecretString, LinkError> {
         .ok_or(LinkError::NotConfigured)
 }
 
+/// Whether links of `ttl` can be signed at all (a lifetime within bounds, a signing key): checked once per call,
+/// before any path, so that a whole `createSignedUrls` is refused as `createSignedUrl` is.
+pub fn check_signing(settings: &Settings, ttl: Duration) -> Result<(), LinkError> {
+    if ttl.is_zero() || ttl > MAX_EXPIRES_IN {
+        return Err(LinkError::BadExpiry);
+    }
+    signing_key(settings).map(|_| ())
+}
+
 /// `/object/sign/<bucket>/<path>?token=<jwt>`: what `createSignedUrl` answers, relative to `<api>/storage/v1`.
 pub fn signed_path(
     settings: &Settings,
@@ -104,9 +113,7 @@ pub fn signed_path(
     path: &str,
     ttl: Duration,
 ) -> Result<String, LinkError> {
-    if ttl.is_zero() || ttl > MAX_EXPIRES_IN {
-        return Err(LinkError::BadExpiry);
-    }
+    check_signing(settings, ttl)?;
     let url = format!("{}/{path}", bucket.name());
     let now = chrono::Utc::now().timestamp();
     let claims = LinkClaims {

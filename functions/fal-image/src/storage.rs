@@ -58,7 +58,8 @@ fn lifetime(seconds: f64) -> Result<Duration, ApiError> {
     }
 }
 
-/// The caller's signing of `bucket` for `expires_in` seconds.
+/// The caller's signing of `bucket` for `expires_in` seconds. A lifetime past the bound or no signing key refuses
+/// the whole call, before any path is looked at.
 fn signing<'a>(
     state: &'a AppState,
     settings: &'a Settings,
@@ -66,12 +67,14 @@ fn signing<'a>(
     bucket: Bucket,
     expires_in: f64,
 ) -> Result<Signing<'a>, ApiError> {
+    let ttl = lifetime(expires_in)?;
+    storage_links::check_signing(settings, ttl)?;
     Ok(Signing {
         state,
         settings,
         user_id,
         bucket,
-        ttl: lifetime(expires_in)?,
+        ttl,
     })
 }
 
