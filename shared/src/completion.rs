@@ -226,9 +226,7 @@ impl<'a> Completion<'a> {
             },
             "video_duration": video_duration(output),
         });
-        if let (Some(m), Value::Object(extra)) = (metadata.as_object_mut(), extra) {
-            m.extend(extra);
-        }
+        crate::json::extend(&mut metadata, extra);
         Completion {
             job,
             output,
@@ -242,15 +240,11 @@ impl<'a> Completion<'a> {
 
     /// Adds what the provider reported to the usage row a queued completion settles.
     pub fn add_usage_metadata(&mut self, extra: Value) {
-        if let (
-            UsageSettlement::CompleteQueued {
-                provider_metadata, ..
-            },
-            Value::Object(extra),
-        ) = (&mut self.usage, extra)
-            && let Some(m) = provider_metadata.as_object_mut()
+        if let UsageSettlement::CompleteQueued {
+            provider_metadata, ..
+        } = &mut self.usage
         {
-            m.extend(extra);
+            crate::json::extend(provider_metadata, extra);
         }
     }
 }
@@ -653,9 +647,7 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
                 "cost_source": "estimated",
                 "webhook_completed": true,
             });
-            if let (Some(m), Some(extra)) = (meta.as_object_mut(), provider_metadata.as_object()) {
-                m.extend(extra.clone());
-            }
+            crate::json::extend(&mut meta, provider_metadata.clone());
             let updated = db::usage::complete(
                 client,
                 job.id,

@@ -1,6 +1,13 @@
-//! JSON that Postgres can store: `jsonb` and `text` refuse U+0000.
+//! JSON that Postgres can store (`jsonb` and `text` refuse U+0000), and merging the keys of one object into another.
 
 use serde_json::Value;
+
+/// Adds `extra`'s keys to `target`, replacing those it has, when both are objects; otherwise nothing changes.
+pub fn extend(target: &mut Value, extra: Value) {
+    if let (Some(m), Value::Object(extra)) = (target.as_object_mut(), extra) {
+        m.extend(extra);
+    }
+}
 
 /// True when a string or key anywhere in the value holds U+0000.
 pub fn has_nul(v: &Value) -> bool {

@@ -140,9 +140,7 @@ async fn log_failed_usage(
 ) {
     let mut meta =
         json!({"model_key": run.plan.model_key, "provider": "replicate", "status": "failed"});
-    if let (Some(m), serde_json::Value::Object(extra)) = (meta.as_object_mut(), extra) {
-        m.extend(extra);
-    }
+    crate::json::extend(&mut meta, extra);
     let row = run.plan.usage(run.job_id, run.user_id).row(
         status,
         elapsed_ms(started),

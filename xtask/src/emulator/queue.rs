@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -203,11 +203,10 @@ fn result(state: &AppState, id: &str) -> Response {
             json!({"detail": "Request not found"}),
         );
     };
+    if let (Status::Completed, Some((code, error_type))) = (view.status, view.result_failure) {
+        return result_failure(code, error_type);
+    }
     match view.status {
-        Status::Completed if view.result_failure.is_some() => {
-            let (code, error_type) = view.result_failure.unwrap_or_default();
-            result_failure(code, error_type)
-        }
         Status::Completed if view.failed => json_status(
             StatusCode::UNPROCESSABLE_ENTITY,
             validation_detail(MODEL_FAILURE_MSG),
@@ -228,16 +227,10 @@ fn result(state: &AppState, id: &str) -> Response {
 /// the `X-Fal-Error-Type` header (both only when a type is given).
 fn result_failure(code: u16, error_type: Option<String>) -> Response {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = json!({"detail": RESULT_FAILURE_MSG});
-    let Some(error_type) = error_type else {
-        return json_status(code, body);
-    };
-    body["error_type"] = json!(error_type);
-    let mut response = json_status(code, body);
-    if let Ok(value) = HeaderValue::from_str(&error_type) {
-        response.headers_mut().insert("x-fal-error-type", value);
+    match error_type {
+        Some(kind) => infra_error(code, &kind, RESULT_FAILURE_MSG),
+        None => json_status(code, json!({"detail": RESULT_FAILURE_MSG})),
     }
-    response
 }
 
 fn cancel(state: &AppState, id: &str) -> Response {

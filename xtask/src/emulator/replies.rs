@@ -54,10 +54,11 @@ pub fn scripted_status(code: u16) -> Response {
 }
 
 /// `{"detail", "error_type"}` plus the `X-Fal-Error-Type` header.
-pub fn infra_error(status: StatusCode, kind: &'static str, detail: &str) -> Response {
+pub fn infra_error(status: StatusCode, kind: &str, detail: &str) -> Response {
     let mut resp = (status, Json(json!({"detail": detail, "error_type": kind}))).into_response();
-    resp.headers_mut()
-        .insert("x-fal-error-type", HeaderValue::from_static(kind));
+    if let Ok(value) = HeaderValue::from_str(kind) {
+        resp.headers_mut().insert("x-fal-error-type", value);
+    }
     resp
 }
 
