@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gen_pipeline::reconcile::{ReconcileOptions, ReconcileReport, reconcile_stale_jobs};
+use gen_pipeline::reconcile::{PassTime, ReconcileOptions, ReconcileReport, reconcile_stale_jobs};
 use gen_pipeline::{AppState, Config, Settings};
 
 use crate::common::{sdk_config, try_stack_var};
@@ -22,6 +22,15 @@ pub async fn app_state() -> (AppState, Settings) {
 /// and the other tests': passes run one at a time, so that when a test's pass returns, the pass that took its
 /// jobs (its own, or one before it) is over.
 pub async fn reconcile_pass(older_than: Duration, deadline: Duration) -> ReconcileReport {
+    reconcile_pass_until(older_than, deadline, None).await
+}
+
+/// [`reconcile_pass`] in an invocation that must be over by `until`.
+pub async fn reconcile_pass_until(
+    older_than: Duration,
+    deadline: Duration,
+    until: Option<tokio::time::Instant>,
+) -> ReconcileReport {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let (state, settings) = app_state().await;
@@ -30,5 +39,6 @@ pub async fn reconcile_pass(older_than: Duration, deadline: Duration) -> Reconci
         deadline,
         batch: 100,
     };
-    reconcile_stale_jobs(&state, &settings, options).await
+    let time = PassTime::new(&settings, until);
+    reconcile_stale_jobs(&state, &settings, options, time).await
 }

@@ -15,6 +15,9 @@ pub type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Upper bound of one invocation's background work.
 const WORK_TIMEOUT: Duration = Duration::from_secs(120);
+/// The work stops this long before the invocation's deadline: Lambda counts it in the function's timeout, and
+/// past that kills the environment without a word.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Handed to the handler: exactly one [`Background::finish`] per invocation (a [`Ticket`] makes sure of it).
 #[derive(Clone)]
@@ -70,13 +73,15 @@ impl Drop for Ticket {
 }
 
 impl Runner {
-    /// Runs the next invocation's work, if any.
-    pub async fn run_next(&self) {
+    /// Runs the next invocation's work, if any, until [`WORK_TIMEOUT`] or the invocation's `deadline`, whichever
+    /// comes first.
+    pub async fn run_next(&self, deadline: Option<tokio::time::Instant>) {
         let next = self.rx.lock().await.recv().await;
+        let until = crate::deadline::earliest(tokio::time::Instant::now() + WORK_TIMEOUT, deadline);
         if let Some(Some(work)) = next
-            && tokio::time::timeout(WORK_TIMEOUT, work).await.is_err()
+            && tokio::time::timeout_at(until, work).await.is_err()
         {
-            tracing::error!("after-response work timed out");
+            tracing::error!("after-response work cut off by its time bound");
         }
     }
 
@@ -91,8 +96,10 @@ impl Runner {
             .with_events_processor(service_fn(move |event: LambdaEvent| {
                 let runner = runner.clone();
                 async move {
-                    if let NextEvent::Invoke(_) = event.next {
-                        runner.run_next().await;
+                    if let NextEvent::Invoke(invoke) = event.next {
+                        let deadline =
+                            crate::deadline::of_invocation(invoke.deadline_ms, DEADLINE_MARGIN);
+                        runner.run_next(deadline).await;
                     }
                     Ok::<(), lambda_extension::Error>(())
                 }
@@ -120,8 +127,29 @@ mod tests {
         drop(bg.ticket());
         bg.ticket().finish(None);
         for _ in 0..3 {
-            runner.run_next().await;
+            runner.run_next(None).await;
         }
         assert_eq!(done.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn work_stops_at_the_invocations_deadline() {
+        let (bg, runner) = channel();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        bg.ticket().finish(Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            d.fetch_add(1, Ordering::SeqCst);
+        })));
+        let started = tokio::time::Instant::now();
+        runner
+            .run_next(Some(started + Duration::from_millis(200)))
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert_eq!(done.load(Ordering::SeqCst), 0);
     }
 }

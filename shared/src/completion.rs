@@ -322,10 +322,11 @@ fn spawn_heartbeat(
 ) -> tokio::task::JoinHandle<()> {
     let db = state.db.clone();
     let url = settings.secrets.database_url.clone();
+    let ca = settings.secrets.database_ca_cert.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            match db.client(&url).await {
+            match db.client(&url, ca.as_deref()).await {
                 Ok(client) => match db::claims::renew(&**client, job_id, holder, LEASE).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(%job_id, "completion claim lost"),

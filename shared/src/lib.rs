@@ -7,6 +7,7 @@ pub mod aws;
 pub mod completion;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod fal;
 pub mod input;
 pub mod jobs;

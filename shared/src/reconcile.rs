@@ -36,15 +36,51 @@ pub struct ReconcileReport {
     pub skipped: usize,
     pub errors: usize,
     pub post_processed: usize,
+    /// Jobs, runs and post-processing left for a later pass: the invocation had too little time left for them.
+    pub deferred: usize,
 }
 
-/// One pass.
+/// How long a pass may go on: no job is begun once less than what one job may take is left before `until` (the
+/// invocation's deadline), so a pass ends by itself instead of being killed half-way through one.
+#[derive(Debug, Clone, Copy)]
+pub struct PassTime {
+    until: Option<tokio::time::Instant>,
+    per_job: Duration,
+}
+
+impl PassTime {
+    /// Until `until` (`None`: no bound, as a pass run by hand), each job allowed its result's download
+    /// (`MEDIA_DOWNLOAD_DEADLINE_SECS`) and [`JOB_OVERHEAD`] besides.
+    pub fn new(settings: &Settings, until: Option<tokio::time::Instant>) -> Self {
+        Self {
+            until,
+            per_job: settings.config.media_download_deadline + JOB_OVERHEAD,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.until.is_none_or(|until| {
+            until.saturating_duration_since(tokio::time::Instant::now()) >= self.per_job
+        })
+    }
+}
+
+/// What one job may take besides its download: the provider's answers, the database, storing the result.
+const JOB_OVERHEAD: Duration = Duration::from_secs(30);
+
+/// One pass, within `time`.
 pub async fn reconcile_stale_jobs(
     state: &AppState,
     settings: &Settings,
     opts: ReconcileOptions,
+    time: PassTime,
 ) -> ReconcileReport {
     let mut report = ReconcileReport::default();
+    if !time.has_room() {
+        tracing::warn!("reconciler invoked with too little time for one job; nothing taken");
+        report.deferred += 1;
+        return report;
+    }
     let ids = match take(state, settings, opts).await {
         Ok(ids) => ids,
         Err(e) => {
@@ -53,7 +89,11 @@ pub async fn reconcile_stale_jobs(
             return report;
         }
     };
-    for id in ids {
+    for (i, id) in ids.iter().copied().enumerate() {
+        if !time.has_room() {
+            report.deferred += ids.len() - i;
+            break;
+        }
         report.examined += 1;
         match reconcile_one(state, settings, id, opts).await {
             Ok(Verdict::Completed) => report.completed += 1,
@@ -67,7 +107,15 @@ pub async fn reconcile_stale_jobs(
             }
         }
     }
-    report.closed += close_orphans(state, settings, opts, &mut report.errors).await;
+    if !time.has_room() {
+        tracing::warn!(?report, "reconciler pass cut short: too little time left");
+        return report;
+    }
+    report.closed += close_orphans(state, settings, opts, time, &mut report).await;
+    if !time.has_room() {
+        tracing::warn!(?report, "reconciler pass cut short: too little time left");
+        return report;
+    }
     let pending = async {
         let client = state.db_client(settings).await?;
         Ok::<_, db::DbError>(
@@ -81,7 +129,11 @@ pub async fn reconcile_stale_jobs(
     };
     match pending.await {
         Ok(ids) => {
-            for id in ids {
+            for (i, id) in ids.iter().copied().enumerate() {
+                if !time.has_room() {
+                    report.deferred += ids.len() - i;
+                    break;
+                }
                 match crate::postprocess::run_steps(state, settings, id).await {
                     Ok(steps) if !steps.is_empty() => report.post_processed += 1,
                     Ok(_) => {}
@@ -108,7 +160,8 @@ async fn close_orphans(
     state: &AppState,
     settings: &Settings,
     opts: ReconcileOptions,
-    errors: &mut usize,
+    time: PassTime,
+    report: &mut ReconcileReport,
 ) -> usize {
     let taken = async {
         let client = state.db_client(settings).await?;
@@ -119,12 +172,16 @@ async fn close_orphans(
         Ok(orphans) => orphans,
         Err(e) => {
             tracing::error!(error = %e, "reconciler could not read the runs of deleted jobs");
-            *errors += 1;
+            report.errors += 1;
             return 0;
         }
     };
     let mut closed = 0;
-    for o in &orphans {
+    for (i, o) in orphans.iter().enumerate() {
+        if !time.has_room() {
+            report.deferred += orphans.len() - i;
+            break;
+        }
         let cancel_url = o
             .cancel_url
             .as_deref()
@@ -154,7 +211,7 @@ async fn close_orphans(
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(job_id = %o.job_id, error = %e, "an orphaned run could not be dropped; the next pass retries");
-                *errors += 1;
+                report.errors += 1;
             }
         }
     }
@@ -458,5 +515,21 @@ async fn ask_fal(
             Ok(FalAnswer::Fail(format!("fal.ai request failed: {e}")))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_begun_only_with_its_whole_allowance_left() {
+        let per_job = Duration::from_secs(630);
+        let in_ = |secs| Some(tokio::time::Instant::now() + Duration::from_secs(secs));
+        let room = |until| PassTime { until, per_job }.has_room();
+        assert!(room(None));
+        assert!(room(in_(700)));
+        assert!(!room(in_(600)));
+        assert!(!room(Some(tokio::time::Instant::now())));
     }
 }

@@ -21,6 +21,8 @@ struct SecretJson {
     fal_webhook_secret_rotated_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(rename = "DATABASE_URL")]
     database_url: String,
+    #[serde(rename = "DATABASE_CA_CERT", default)]
+    database_ca_cert: Option<String>,
     #[serde(rename = "SUPABASE_JWT_SECRET", default)]
     jwt_secret: Option<String>,
     #[serde(rename = "STORAGE_SIGNING_KEY", default)]
@@ -43,6 +45,9 @@ pub struct AppSecrets {
     /// `WEBHOOK_SECRET_GRACE_SECS` after that instant.
     pub fal_webhook_secret_previous: Option<(SecretString, chrono::DateTime<chrono::Utc>)>,
     pub database_url: SecretString,
+    /// PEM root certificates the database's TLS certificate is verified against, in place of the Mozilla roots:
+    /// a managed Postgres's own CA (Supabase's `prod-ca-2021.crt`). Public, but kept with the URL it belongs to.
+    pub database_ca_cert: Option<String>,
     /// The project's legacy JWT secret: HS256 user tokens verify with it; `None` (absent or empty) refuses them.
     pub jwt_secret: Option<SecretString>,
     /// Key of the storage links' tokens (`storage_links`); `None` turns storage signing off.
@@ -92,6 +97,7 @@ impl AppSecrets {
                 .and_then(non_empty)
                 .zip(raw.fal_webhook_secret_rotated_at),
             database_url: SecretString::from(raw.database_url),
+            database_ca_cert: raw.database_ca_cert.filter(|v| !v.trim().is_empty()),
             jwt_secret: raw.jwt_secret.and_then(non_empty),
             storage_signing_key: raw.storage_signing_key.and_then(non_empty),
             storage_signing_key_previous: raw.storage_signing_key_previous.and_then(non_empty),

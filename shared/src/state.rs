@@ -63,12 +63,14 @@ impl AppState {
         })
     }
 
-    /// A pooled database connection, from the current secret's `DATABASE_URL`.
+    /// A pooled database connection, from the current secret's `DATABASE_URL` and `DATABASE_CA_CERT`.
     pub async fn db_client(
         &self,
         settings: &Settings,
     ) -> Result<crate::db::Client, crate::db::DbError> {
-        self.db.client(&settings.secrets.database_url).await
+        let secrets = &settings.secrets;
+        let ca = secrets.database_ca_cert.as_deref();
+        self.db.client(&secrets.database_url, ca).await
     }
 
     /// A Replicate client with the current token; `None` when Replicate is not configured.

@@ -10,6 +10,7 @@ mod envfile;
 mod fal_emulator;
 pub(crate) mod functions;
 pub mod moto;
+mod pg_tls;
 mod pooler;
 mod postgres;
 mod procs;
@@ -174,16 +175,20 @@ async fn up_fresh(
     };
     state.save(&paths.state)?;
 
-    let database_url = postgres::database_url(paths, pg_port, &mut state, clock).await?;
+    let database = postgres::database(paths, pg_port, &mut state, clock).await?;
+    let database_url = database.url.clone();
     // PgBouncer: only the functions (through the secret) go through it; tests and migrations stay direct.
     let pooler_url = if pooler {
-        Some(pooler::start(paths, &database_url, &mut state, clock).await?)
+        Some(pooler::start(paths, &database, &mut state, clock).await?)
     } else {
         None
     };
     let http = http_client(Duration::from_secs(10))?;
     let moto_url = moto::start(paths, moto_port, &mut state, clock, &http).await?;
-    let secret = AppSecret::generate(pooler_url.as_deref().unwrap_or(&database_url));
+    let secret = match &pooler_url {
+        Some(p) => AppSecret::generate(database.for_functions(&p.url)),
+        None => AppSecret::generate(database.for_functions(&database.server_url)),
+    };
     aws::provision(&moto_url, &secret, clock).await?;
     let emu_url = fal_emulator::url(emu_port);
     prepare_database(&database_url, &emu_url, state.postgres.is_some(), clock).await?;
@@ -229,8 +234,8 @@ async fn up_fresh(
     auth.add_to(&mut env);
     seed::add_to(&mut env);
     env.set("STACK_LOG_DIR", paths.logs.display().to_string());
-    if let Some(url) = pooler_url {
-        pooler::add_to(&mut env, url);
+    if let Some(p) = pooler_url {
+        pooler::add_to(&mut env, p.tools_url);
     }
     env.write(&paths.env_file)?;
     clock.say(format!(
@@ -427,7 +432,10 @@ pub async fn reconcile(older_than_secs: u64) -> anyhow::Result<()> {
         older_than: Duration::from_secs(older_than_secs),
         ..state.config.reconcile
     };
-    let report = gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options).await;
+    // A pass run by hand has no invocation deadline.
+    let time = gen_pipeline::reconcile::PassTime::new(&settings, None);
+    let report =
+        gen_pipeline::reconcile::reconcile_stale_jobs(&state, &settings, options, time).await;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -246,6 +246,31 @@ async fn sync_generation_stores_the_served_bytes_with_their_real_type_and_size()
     assert_eq!(digest(view["result"]["url"].as_str().unwrap()).await, fals);
 }
 
+/// The functions reach the database as a deployment reaches Supabase's: over TLS verified against the database's
+/// own CA (the stack's secret has `sslmode=require` and the CA as `DATABASE_CA_CERT`). Postgres sees every one of
+/// their sessions as TLS (through the pooler: PgBouncer's, which take the functions' name).
+#[tokio::test]
+async fn the_functions_sessions_with_the_database_are_tls() {
+    let (_, jwt) = user().await;
+    let body = json!({"prompt": prompt("a lighthouse", ""), "apiModelId": sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sessions: Vec<bool> = db()
+        .await
+        .query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.application_name = 'gen-pipeline'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!sessions.is_empty(), "no session of the functions");
+    assert!(sessions.iter().all(|tls| *tls), "{sessions:?}");
+}
+
 #[tokio::test]
 async fn async_generation_answers_before_any_webhook_and_stores_the_request_id() {
     let (_, jwt) = user().await;

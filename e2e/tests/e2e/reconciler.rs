@@ -74,6 +74,34 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(job(&running).await["status"], "queued");
 }
 
+/// An invocation with less time left than one job may take (its result's download and the rest) takes no job at
+/// all: it would be killed half-way through it. The job stays as it was, not even marked as checked, for the next.
+#[tokio::test]
+async fn a_pass_with_too_little_time_left_takes_no_job() {
+    let (_, jwt) = user().await;
+    // Older than this pass's threshold, younger than every other pass's (3600 s): no other test's pass takes it.
+    let (job_id, request_id) = lost_webhook_job(&jwt, "#delay-ms=20", "2 minutes").await;
+    wait_fal_completed(&request_id).await;
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let report = reconcile_pass_until(
+        Duration::from_secs(60),
+        Duration::from_secs(7200),
+        Some(until),
+    )
+    .await;
+    assert_eq!((report.examined, report.deferred), (0, 1), "{report:?}");
+    assert_eq!(job(&job_id).await["status"], "queued");
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM public.job_reconcile_checks WHERE job_id = $1::uuid",
+            &job_id
+        )
+        .await,
+        0
+    );
+}
+
 /// A sync run's job as fal-image writes it before the run starts (`processing`, no provider request; a webhook
 /// only for a sync fallback, `webhook_auth` `token`, else `none`), `age` old: what a function killed mid-run (its
 /// timeout, a crash) leaves behind.

@@ -340,10 +340,11 @@ async fn without_a_webhook_secret_a_queue_model_runs_on_the_sync_route() {
         let (user_id, _) = user().await;
         let body = json!({"prompt": prompt("no webhook", ""), "apiModelId": model});
         let request = serde_json::from_value(body).unwrap();
-        let submitted =
-            gen_pipeline::submission::submit_generation(&state, &settings, user_id, request, None)
-                .await
-                .unwrap();
+        let submitted = gen_pipeline::submission::submit_generation(
+            &state, &settings, user_id, request, None, None,
+        )
+        .await
+        .unwrap();
         let gen_pipeline::submission::Submitted::Completed { job_id, .. } = submitted.answer else {
             panic!("{provider:?}: a queue model without a webhook was queued");
         };

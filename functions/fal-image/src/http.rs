@@ -1,6 +1,7 @@
 //! HTTP glue of fal-image: routes, CORS, body checks, the caller's identity, then one use case per route.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gen_pipeline::after_response::Ticket;
 use gen_pipeline::input::GenerationRequest;
@@ -247,7 +248,12 @@ async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
     let base = api_base(req, &settings);
-    let result = submission::submit_generation(state, &settings, user, body, base.as_ref()).await?;
+    let deadline = req
+        .lambda_context_ref()
+        .and_then(|c| gen_pipeline::deadline::of_invocation(c.deadline, Duration::ZERO));
+    let result =
+        submission::submit_generation(state, &settings, user, body, base.as_ref(), deadline)
+            .await?;
     if let Some(job_id) = result.post_process {
         let state = state.clone();
         let settings = with_api_base(settings, base);

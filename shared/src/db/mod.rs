@@ -1,4 +1,4 @@
-//! Postgres through tokio-postgres: TLS with rustls when the URL asks for it, connections checked before reuse
+//! Postgres through tokio-postgres: TLS with rustls when the URL asks for it (roots: [`target`]), connections checked before reuse
 //! once they have been idle (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
 //! (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode pooler.
 
@@ -9,6 +9,7 @@ pub mod models;
 pub mod postprocess;
 pub mod reconcile;
 pub mod runs;
+pub mod target;
 pub mod usage;
 pub mod users;
 
@@ -18,7 +19,6 @@ use std::time::Duration;
 use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use deadpool_postgres::Object as Client;
 pub use tokio_postgres::types::Type;
@@ -77,33 +77,54 @@ impl Db {
         Self::default()
     }
 
-    /// A live connection: a pooled one is checked (see [`VERIFY_AFTER_IDLE`]) and replaced when the server closed it.
-    pub async fn client(&self, database_url: &SecretString) -> Result<Client, DbError> {
-        let pool = self.pool(database_url)?;
+    /// A live connection to `database_url`, whose TLS trusts `ca_pem` when given ([`target`]): a pooled one is
+    /// checked (see [`VERIFY_AFTER_IDLE`]) and replaced when the server closed it.
+    pub async fn client(
+        &self,
+        database_url: &SecretString,
+        ca_pem: Option<&str>,
+    ) -> Result<Client, DbError> {
+        let pool = self.pool(database_url, ca_pem)?;
         pool.get()
             .await
-            .map_err(|e| DbError::Unavailable(e.to_string()))
+            .map_err(|e| DbError::Unavailable(causes(&e)))
     }
 
-    fn pool(&self, database_url: &SecretString) -> Result<Pool, DbError> {
-        let fingerprint = Sha256::digest(database_url.expose_secret().as_bytes()).to_vec();
+    fn pool(&self, database_url: &SecretString, ca_pem: Option<&str>) -> Result<Pool, DbError> {
+        let mut hash = Sha256::new();
+        hash.update(database_url.expose_secret().as_bytes());
+        hash.update([0]);
+        hash.update(ca_pem.unwrap_or_default().as_bytes());
+        let fingerprint = hash.finalize().to_vec();
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((fp, pool)) = current.as_ref()
             && *fp == fingerprint
         {
             return Ok(pool.clone());
         }
-        let pool = build_pool(database_url)?;
+        let pool = build_pool(target::target(database_url.expose_secret(), ca_pem)?)?;
         *current = Some((fingerprint, pool.clone()));
         Ok(pool)
     }
 }
 
-fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
-    let mut pg: tokio_postgres::Config = database_url
-        .expose_secret()
-        .parse()
-        .map_err(|_| DbError::BadUrl)?;
+/// An error with its causes, as `a: b: c` (the pool's and tokio-postgres' messages leave out the cause, such as
+/// why a TLS handshake failed).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn build_pool(target: target::Target) -> Result<Pool, DbError> {
+    let mut pg = target.config;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -112,7 +133,7 @@ fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
     }
     let manager = Manager::from_config(
         pg,
-        tls()?,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -139,16 +160,11 @@ fn build_pool(database_url: &SecretString) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Unavailable(e.to_string()))
 }
 
-/// rustls with the Mozilla roots ([`crate::tls`]); used only when the URL's `sslmode` asks for TLS (`prefer` tries
-/// it).
-pub fn tls() -> Result<MakeRustlsConnect, DbError> {
-    let config = crate::tls::postgres_config().map_err(|e| DbError::Tls(e.to_string()))?;
-    Ok(MakeRustlsConnect::new(config))
-}
-
-/// Opens one unpooled connection (tools and migrations); the connection task runs in the background.
+/// Opens one unpooled connection (tools and migrations) to a URL read as [`target`] reads it (`sslrootcert=<file>`
+/// names the CA); the connection task runs in the background.
 pub async fn connect(database_url: &str) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = tokio_postgres::connect(database_url, tls()?).await?;
+    let target = target::target(database_url, None)?;
+    let (client, connection) = target.config.connect(target.tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection closed");

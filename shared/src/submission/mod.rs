@@ -203,16 +203,25 @@ impl Plan {
     }
 }
 
+/// What a sync run leaves of the invocation's time for storing its result and answering: the provider calls end
+/// this long before the invocation's deadline, whatever `FAL_SYNC_TIMEOUT_SECS` says.
+pub const COMPLETION_RESERVE: Duration = Duration::from_secs(4);
+
 /// Creates a generation for `user_id`: plan → insert → queue (or fall back) → run sync. `api_base` is the API's
-/// public URL, for the result link of a sync run.
+/// public URL, for the result link of a sync run. `invocation_deadline` (less [`COMPLETION_RESERVE`], when known)
+/// bounds the provider calls, as `FAL_SYNC_TIMEOUT_SECS` from now does.
 pub async fn submit_generation(
     state: &AppState,
     settings: &Settings,
     user_id: Uuid,
     req: GenerationRequest,
     api_base: Option<&Url>,
+    invocation_deadline: Option<tokio::time::Instant>,
 ) -> Result<SubmitResult, SubmitError> {
-    let deadline = tokio::time::Instant::now() + settings.config.fal_sync_timeout;
+    let deadline = provider_deadline(
+        tokio::time::Instant::now() + settings.config.fal_sync_timeout,
+        invocation_deadline,
+    );
     // One connection for the queue route's statements (a checkout after an idle spell costs a liveness round
     // trip). Released before anything that takes connections of its own (sync completion, failing the job).
     let client = state.db_client(settings).await?;
@@ -237,6 +246,19 @@ pub async fn submit_generation(
         release_held_run(state, settings, job_id).await;
     }
     submitted
+}
+
+/// The earlier of the sync bound and [`COMPLETION_RESERVE`] before the invocation's deadline.
+fn provider_deadline(
+    sync_bound: tokio::time::Instant,
+    invocation_deadline: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let reserved = invocation_deadline.map(|d| {
+        d.checked_sub(COMPLETION_RESERVE)
+            .unwrap_or(d)
+            .max(tokio::time::Instant::now())
+    });
+    crate::deadline::earliest(sync_bound, reserved)
 }
 
 /// The database failed part way through the submission. Every such error comes where no provider runs the job for
@@ -1132,6 +1154,28 @@ pub(crate) async fn cancel_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_calls_leave_the_completion_its_reserve() {
+        let now = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        // The default bounds: 25 s of sync run in a 29 s invocation.
+        assert_eq!(
+            provider_deadline(now + s(25), Some(now + s(29))),
+            now + s(25)
+        );
+        // A sync bound the invocation cannot hold, or an invocation that began late.
+        assert_eq!(
+            provider_deadline(now + s(28), Some(now + s(29))),
+            now + s(25)
+        );
+        assert_eq!(
+            provider_deadline(now + s(25), Some(now + s(10))),
+            now + s(6)
+        );
+        assert_eq!(provider_deadline(now + s(25), None), now + s(25));
+        assert!(provider_deadline(now + s(25), Some(now + s(2))) >= now);
+    }
 
     fn model() -> ModelRow {
         ModelRow {

@@ -26,7 +26,7 @@ async fn prepared_statements(client: &tokio_postgres::Client) -> String {
 #[tokio::test]
 async fn queries_leave_no_named_prepared_statement_on_the_session() {
     let db = Db::new();
-    let client = db.client(&url()).await.unwrap();
+    let client = db.client(&url(), None).await.unwrap();
     let user = Uuid::new_v4();
     users::ensure(&**client, user).await.unwrap();
     users::ensure(&**client, user).await.unwrap();
@@ -41,7 +41,7 @@ async fn queries_leave_no_named_prepared_statement_on_the_session() {
 async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
     let db = Db::new();
     let pid: i32 = {
-        let client = db.client(&url()).await.unwrap();
+        let client = db.client(&url(), None).await.unwrap();
         client
             .query_typed_one("SELECT pg_backend_pid()", &[])
             .await
@@ -57,7 +57,7 @@ async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
         .get(0);
     assert!(killed);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let client = db.client(&url()).await.unwrap();
+    let client = db.client(&url(), None).await.unwrap();
     let new_pid: i32 = client
         .query_typed_one("SELECT pg_backend_pid()", &[])
         .await
@@ -70,7 +70,7 @@ async fn a_connection_closed_by_the_server_is_replaced_on_next_use() {
 async fn a_bad_database_url_is_an_error_not_a_panic() {
     let db = Db::new();
     let err = db
-        .client(&SecretString::from("not a url".to_owned()))
+        .client(&SecretString::from("not a url".to_owned()), None)
         .await
         .unwrap_err();
     assert!(matches!(err, db::DbError::BadUrl));
@@ -517,4 +517,56 @@ async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_i
     assert!(dropped.unwrap());
     assert_eq!(orphan_url().await, None);
     assert!(insert_job(&admin, user, MAX_OPEN).await.is_some());
+}
+
+/// The stack's cluster has a CA of its own, as a managed Postgres (Supabase) has. A function is given it as
+/// `DATABASE_CA_CERT` beside a `sslmode=require` URL: its connection is TLS, and verified against that CA alone,
+/// host name included. Without it (the Mozilla roots) or with another CA the handshake fails.
+#[tokio::test]
+async fn database_tls_is_verified_against_the_ca_the_secret_names() {
+    let tools_url = stack_var("DATABASE_URL");
+    let (_, ca_file) = db::target::parse(&tools_url).unwrap();
+    let ca_file = ca_file.expect("the stack's own cluster, whose URL names its CA (sslrootcert)");
+    let ca = std::fs::read_to_string(ca_file).unwrap();
+    let (base, _) = tools_url.split_once('?').unwrap();
+    let url = SecretString::from(format!("{base}?sslmode=require"));
+
+    let client = Db::new().client(&url, Some(&ca)).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the connection is not TLS");
+
+    let unrelated = include_str!("../fixtures/unrelated-ca.pem");
+    let host = url::Url::parse(base)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_owned();
+    let other_name = SecretString::from(format!(
+        "{}?sslmode=require&hostaddr={host}",
+        base.replacen(&format!("@{host}:"), "@db.example.invalid:", 1)
+    ));
+    for (case, url, ca, reason) in [
+        ("the Mozilla roots", &url, None, "UnknownIssuer"),
+        ("another CA", &url, Some(unrelated), "UnknownIssuer"),
+        (
+            "another host name",
+            &other_name,
+            Some(ca.as_str()),
+            "certificate not valid for name",
+        ),
+    ] {
+        let err = Db::new().client(url, ca).await.map(|_| ()).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "TLS handshake: invalid peer certificate: {reason}"
+            )),
+            "{case}: {err}"
+        );
+    }
 }

@@ -172,7 +172,7 @@ pub async fn submit_queued(
     directives: &str,
 ) -> anyhow::Result<(Uuid, String)> {
     let req = queue_request(model_id, "bench", directives)?;
-    let result = submission::submit_generation(state, settings, user, req, None)
+    let result = submission::submit_generation(state, settings, user, req, None, None)
         .await
         .map_err(|e| anyhow::anyhow!("submit_generation failed: {e}"))?;
     match result.answer {

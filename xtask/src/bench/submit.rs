@@ -95,7 +95,7 @@ async fn use_case(
     let req = capture::queue_request(&ctx.async_model_id, "bench submit", "#no-webhook")?;
     let started = Instant::now();
     let settings = ctx.state.settings().await?;
-    let result = submission::submit_generation(&ctx.state, &settings, ctx.user, req, None)
+    let result = submission::submit_generation(&ctx.state, &settings, ctx.user, req, None, None)
         .await
         .map_err(|e| anyhow::anyhow!("submit_generation failed: {e}"))?;
     let elapsed = ms(started.elapsed());

@@ -53,6 +53,8 @@ pub struct AppSecret {
     pub jwt_secret: String,
     pub storage_signing_key: String,
     pub database_url: String,
+    /// The database's CA (PEM), when it has its own.
+    pub database_ca_cert: Option<String>,
     /// The emulator's Replicate account: the API token it wants, and the webhook secret its deliveries are signed
     /// with (`whsec_<base64>`, as Replicate hands it out).
     pub replicate_api_token: String,
@@ -60,13 +62,15 @@ pub struct AppSecret {
 }
 
 impl AppSecret {
-    pub fn generate(functions_database_url: &str) -> Self {
+    /// Fresh keys, with the functions' database URL and its CA ([`super::postgres::Database::for_functions`]).
+    pub fn generate((functions_database_url, database_ca_cert): (String, Option<String>)) -> Self {
         Self {
             fal_key: format!("local-fal-key-{}", random_hex(16)),
             webhook_secret: random_hex(32),
             jwt_secret: random_hex(32),
             storage_signing_key: random_hex(32),
-            database_url: functions_database_url.to_owned(),
+            database_url: functions_database_url,
+            database_ca_cert,
             replicate_api_token: format!("r8_local{}", random_hex(16)),
             replicate_webhook_secret: random_whsec(),
         }
@@ -90,6 +94,7 @@ impl AppSecret {
             "FAL_KEY": self.fal_key,
             "FAL_WEBHOOK_SECRET": self.webhook_secret,
             "DATABASE_URL": self.database_url,
+            "DATABASE_CA_CERT": self.database_ca_cert,
             "SUPABASE_JWT_SECRET": self.jwt_secret,
             "STORAGE_SIGNING_KEY": self.storage_signing_key,
             "REPLICATE_API_TOKEN": self.replicate_api_token,
@@ -248,7 +253,7 @@ mod tests {
 
     #[test]
     fn replicate_webhook_secrets_are_whsec_over_32_bytes() {
-        let secret = AppSecret::generate("postgres://x");
+        let secret = AppSecret::generate(("postgres://x".to_owned(), None));
         let encoded = secret
             .replicate_webhook_secret
             .strip_prefix("whsec_")
@@ -256,7 +261,7 @@ mod tests {
         assert_eq!(B64.decode(encoded).expect("base64").len(), 32);
         assert_ne!(
             secret.replicate_webhook_secret,
-            AppSecret::generate("postgres://x").replicate_webhook_secret
+            AppSecret::generate(("postgres://x".to_owned(), None)).replicate_webhook_secret
         );
     }
 }

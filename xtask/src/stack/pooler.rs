@@ -16,6 +16,8 @@ use crate::net::free_ports;
 use crate::paths::Paths;
 
 use super::envfile::StackEnv;
+use super::pg_tls;
+use super::postgres::Database;
 use super::procs::{self, ProcRecord};
 use super::ready::log_tail;
 use super::state::State;
@@ -73,8 +75,7 @@ struct Upstream {
 }
 
 fn upstream(database_url: &str) -> anyhow::Result<Upstream> {
-    let config: tokio_postgres::Config = database_url
-        .parse()
+    let (config, _) = gen_pipeline::db::target::parse(database_url)
         .context("DATABASE_URL is not a Postgres URL")?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -111,6 +112,7 @@ fn config_text(
     port: u16,
     up: &Upstream,
     version: Option<(u32, u32)>,
+    client_tls: bool,
 ) -> anyhow::Result<String> {
     let prepared = match version {
         Some(v) if v >= PREPARED_STATEMENTS_SINCE => "max_prepared_statements = 0\n".to_owned(),
@@ -144,11 +146,21 @@ fn config_text(
          max_client_conn = 500\n\
          default_pool_size = 20\n\
          ignore_startup_parameters = extra_float_digits\n\
-         server_tls_sslmode = {sslmode}\n",
+         server_tls_sslmode = {sslmode}\n\
+         {client_tls}",
         host = up.host,
         upstream_port = up.port,
         auth_file = dir.join("userlist.txt").display(),
         sslmode = up.sslmode,
+        client_tls = if client_tls {
+            format!(
+                "client_tls_sslmode = allow\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                dir.join(pg_tls::CERT_FILE).display(),
+                dir.join(pg_tls::KEY_FILE).display()
+            )
+        } else {
+            String::new()
+        },
     ))
 }
 
@@ -217,7 +229,15 @@ async fn answers_query(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Its keys in `stack.env`: the functions' database URL through it (`url`), and that the stack has it.
+/// The pooler's URLs.
+pub struct PoolerUrls {
+    /// Without TLS parameters.
+    pub url: String,
+    /// For tests and tools: TLS verified against the stack's CA when the stack has one.
+    pub tools_url: String,
+}
+
+/// Its keys in `stack.env`: the database URL through it (`url`), and that the stack has it.
 pub fn add_to(env: &mut StackEnv, url: String) {
     env.set("POOLER_DATABASE_URL", url);
     env.set("STACK_POOLER", "1");
@@ -227,14 +247,14 @@ pub fn add_to(env: &mut StackEnv, url: String) {
 /// and returns the URL the functions should use.
 pub async fn start(
     paths: &Paths,
-    database_url: &str,
+    database: &Database,
     state: &mut State,
     clock: &Clock,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<PoolerUrls> {
     let step = clock.step();
     let bin = ensure_bin(paths, clock).await?;
     let version = version(&bin);
-    let up = upstream(database_url)?;
+    let up = upstream(&database.url)?;
     let [port] = free_ports::<1>()?;
     let as_postgres = geteuid().is_root();
     let owner = if as_postgres {
@@ -256,9 +276,12 @@ pub async fn start(
             &format!("{} {}\n", quoted(&up.user), quoted(&up.password)),
             owner,
         )?;
+        if let Some(tls) = &database.tls {
+            tls.install(&dir, owner)?;
+        }
         write_private(
             &dir.join("pgbouncer.ini"),
-            &config_text(&dir, port, &up, version)?,
+            &config_text(&dir, port, &up, version, database.tls.is_some())?,
             owner,
         )?;
         if !as_postgres || postgres_can_read(&dir) {
@@ -290,7 +313,11 @@ pub async fn start(
         .map_err(|()| anyhow::anyhow!("cannot put the password in the pooler URL"))?;
     url.set_path(&format!("/{}", up.dbname));
     let url = url.to_string();
-    wait_ready(&proc, &url).await?;
+    let tools_url = match &database.tls {
+        Some(tls) => tls.tools_url(&url),
+        None => url.clone(),
+    };
+    wait_ready(&proc, &tools_url).await?;
 
     let v = version.map_or("?".to_owned(), |(a, b)| format!("{a}.{b}"));
     clock.done(
@@ -300,7 +327,7 @@ pub async fn start(
             up.host, up.port, proc.pid
         ),
     );
-    Ok(url)
+    Ok(PoolerUrls { url, tools_url })
 }
 
 async fn wait_ready(proc: &ProcRecord, url: &str) -> anyhow::Result<()> {
@@ -366,16 +393,20 @@ mod tests {
     #[test]
     fn config_is_transaction_mode_and_names_prepared_statements_only_where_known() {
         let up = upstream("postgres://postgres:pw@127.0.0.1:5432/app").unwrap();
-        let new = config_text(Path::new("/x"), 7000, &up, Some((1, 23))).unwrap();
+        let new = config_text(Path::new("/x"), 7000, &up, Some((1, 23)), true).unwrap();
         assert!(new.contains("pool_mode = transaction\n"));
         assert!(new.contains("\nmax_prepared_statements = 0\n"));
         assert!(new.contains("listen_port = 7000\n"));
         assert!(new.contains("* = host=127.0.0.1 port=5432\n"));
         assert!(
+            new.contains("\nclient_tls_sslmode = allow\nclient_tls_cert_file = /x/server.crt\n")
+        );
+        assert!(
             !new.contains("pw"),
             "the password belongs in the auth file only"
         );
-        let old = config_text(Path::new("/x"), 7000, &up, Some((1, 18))).unwrap();
+        let old = config_text(Path::new("/x"), 7000, &up, Some((1, 18)), false).unwrap();
         assert!(!old.contains("\nmax_prepared_statements"));
+        assert!(!old.contains("client_tls"));
     }
 }

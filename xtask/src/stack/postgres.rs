@@ -16,6 +16,7 @@ use crate::net::random_hex;
 use crate::paths::Paths;
 use crate::procfs;
 
+use super::pg_tls::{self, StackTls};
 use super::procs;
 use super::state::{PgCluster, State};
 
@@ -154,34 +155,66 @@ fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
         .ok()
 }
 
+/// The stack's database.
+pub struct Database {
+    /// For tests and tools (`stack.env`'s `DATABASE_URL`).
+    pub url: String,
+    /// The server's URL without TLS parameters.
+    pub server_url: String,
+    /// Our cluster's TLS, `None` for a database from the environment.
+    pub tls: Option<StackTls>,
+}
+
+impl Database {
+    /// The URL the functions' secret gets for a server at `url` (this database or the pooler in front of it), and
+    /// the CA it gets beside it.
+    pub fn for_functions(&self, url: &str) -> (String, Option<String>) {
+        match &self.tls {
+            Some(tls) => (pg_tls::functions_url(url), Some(tls.ca_pem.clone())),
+            None => (url.to_owned(), None),
+        }
+    }
+}
+
 /// The database of the stack: DATABASE_URL from the environment when it is set (then the stack does not manage
-/// it), else a new cluster of ours on `port`, recorded in `state`.
-pub async fn database_url(
+/// it), else a new cluster of ours on `port`, recorded in `state`, that takes TLS connections with a CA of its own.
+pub async fn database(
     paths: &Paths,
     port: u16,
     state: &mut State,
     clock: &Clock,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Database> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => {
             clock.say(
                 "PostgreSQL: using DATABASE_URL from the environment (not managed by the stack)",
             );
-            Ok(url)
+            Ok(Database {
+                server_url: url.clone(),
+                url,
+                tls: None,
+            })
         }
         _ => {
             let bin = ensure_bin_dir(paths, clock).await?;
-            create(paths, &bin, port, state, clock).await
+            let tls = StackTls::create(paths)?;
+            let url = create(paths, &bin, port, &tls, state, clock).await?;
+            Ok(Database {
+                url: tls.tools_url(&url),
+                server_url: url,
+                tls: Some(tls),
+            })
         }
     }
 }
 
-/// Creates and starts a cluster on 127.0.0.1:`port` with database `app`; records it in `state` as soon as it has
-/// a directory. Returns the DATABASE_URL.
+/// Creates and starts a cluster on 127.0.0.1:`port` with database `app` and TLS with `tls`'s certificate; records
+/// it in `state` as soon as it has a directory. Returns the database's URL, without TLS parameters.
 async fn create(
     paths: &Paths,
     bin_dir: &Path,
     port: u16,
+    tls: &StackTls,
     state: &mut State,
     clock: &Clock,
 ) -> anyhow::Result<String> {
@@ -196,13 +229,14 @@ async fn create(
     state.save(&paths.state)?;
     let password = random_hex(24);
     initdb(&cluster, &password, owner, &log, clock).await?;
+    tls.install(Path::new(&cluster.base_dir), owner)?;
     let pid = start(&cluster, &log, clock).await?;
     if let Some(pg) = state.postgres.as_mut() {
         pg.postmaster_pid = Some(pid);
         pg.postmaster_start_ticks = procfs::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
     }
     state.save(&paths.state)?;
-    create_database(&password, port).await
+    create_database(&password, port, tls).await
 }
 
 /// The cluster's directories, made for its owner: under `target/stack/pg` when the `postgres` user can reach it,
@@ -284,13 +318,18 @@ async fn initdb(
     Ok(())
 }
 
-/// `pg_ctl start` on the cluster's port and socket directory; returns the postmaster's pid.
+/// `pg_ctl start` on the cluster's port and socket directory, with TLS on (the certificate and key in the base
+/// directory, [`StackTls::install`]); returns the postmaster's pid.
 async fn start(cluster: &PgCluster, log: &Path, clock: &Clock) -> anyhow::Result<i32> {
     let step = clock.step();
     let port = cluster.port;
+    let base = Path::new(&cluster.base_dir);
     let options = format!(
-        "-k '{}' -c listen_addresses=127.0.0.1 -p {port} -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        cluster.socket_dir
+        "-k '{}' -c listen_addresses=127.0.0.1 -p {port} -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+         -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+        cluster.socket_dir,
+        base.join(pg_tls::CERT_FILE).display(),
+        base.join(pg_tls::KEY_FILE).display(),
     );
     let mut start = pg_command(cluster, "pg_ctl");
     start
@@ -311,10 +350,10 @@ async fn start(cluster: &PgCluster, log: &Path, clock: &Clock) -> anyhow::Result
     Ok(pid)
 }
 
-/// Creates the `app` database unless it exists; returns its URL.
-async fn create_database(password: &str, port: u16) -> anyhow::Result<String> {
+/// Creates the `app` database unless it exists; returns its URL (without TLS parameters).
+async fn create_database(password: &str, port: u16, tls: &StackTls) -> anyhow::Result<String> {
     let admin_url = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres");
-    let client = gen_pipeline::db::connect(&admin_url)
+    let client = gen_pipeline::db::connect(&tls.tools_url(&admin_url))
         .await
         .context("cannot connect to the new cluster")?;
     let exists = client

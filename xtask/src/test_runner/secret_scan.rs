@@ -60,10 +60,13 @@ pub fn secret_values(env: &StackEnv, secret_jsons: &[String]) -> Vec<(&'static s
 /// differs (percent-encoded).
 pub fn database_passwords(conn: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(p) = conn.parse::<tokio_postgres::Config>().ok().and_then(|c| {
-        c.get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-    }) {
+    if let Some(p) = gen_pipeline::db::target::parse(conn)
+        .ok()
+        .and_then(|(c, _)| {
+            c.get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+        })
+    {
         out.push(p);
     }
     if let Some(p) = url::Url::parse(conn)

@@ -1,0 +1,152 @@
+//! Where to connect and whom to trust: a `DATABASE_URL` read as libpq reads it, and the root certificates its TLS
+//! handshake verifies against.
+//!
+//! tokio-postgres knows `sslmode` `disable`, `prefer` and `require` only, and refuses libpq's `sslrootcert`. Our TLS
+//! connector always verifies the server's certificate chain and host name, so `verify-ca` and `verify-full` are
+//! read as `require` (with the host name checked for both), and `sslrootcert=<file>` names the PEM roots to trust.
+//! A managed Postgres (Supabase, RDS) presents a certificate from its own root CA, which the Mozilla roots lack: a
+//! function, which has no file to point at, is given that CA as PEM text (`DATABASE_CA_CERT` in the secret).
+
+use percent_encoding::percent_decode_str;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::DbError;
+
+/// A parsed connection target.
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+/// `url` (a `postgres://` URL or a key=value string) with `ca_pem`, PEM root certificates to trust instead of the
+/// Mozilla roots. A `sslrootcert` file in the URL takes precedence over `ca_pem`; `sslrootcert=system` means the
+/// Mozilla roots.
+pub fn target(url: &str, ca_pem: Option<&str>) -> Result<Target, DbError> {
+    let (config, root_file) = parse(url)?;
+    let roots = match (root_file.as_deref(), ca_pem) {
+        (Some("system"), _) => None,
+        (Some(path), _) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| DbError::Tls(format!("sslrootcert {path} cannot be read: {e}")))?;
+            Some(certificates(&pem, "the sslrootcert file")?)
+        }
+        (None, Some(pem)) => Some(certificates(pem.as_bytes(), "DATABASE_CA_CERT")?),
+        (None, None) => None,
+    };
+    let tls = crate::tls::postgres_config(roots).map_err(|e| DbError::Tls(e.to_string()))?;
+    Ok(Target {
+        config,
+        tls: MakeRustlsConnect::new(tls),
+    })
+}
+
+/// The connection settings of `url`, and the `sslrootcert` file it names; reads no file.
+pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Option<String>), DbError> {
+    let (url, root_file) = libpq_params(url)?;
+    let config = url.parse().map_err(|_| DbError::BadUrl)?;
+    Ok((config, root_file))
+}
+
+/// Every certificate of a PEM text; an error when it has none or one does not parse.
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, DbError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DbError::Tls(format!("{what} is not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(DbError::Tls(format!("{what} holds no PEM certificate")));
+    }
+    Ok(certs)
+}
+
+/// The URL tokio-postgres can parse, and the `sslrootcert` it named (percent-decoded). Only the URL form's query
+/// is rewritten; a key=value string is handed on as it is.
+fn libpq_params(url: &str) -> Result<(String, Option<String>), DbError> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut root_file = None;
+    let mut kept = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        match (key, value) {
+            ("sslrootcert", v) => {
+                let path = percent_decode_str(v)
+                    .decode_utf8()
+                    .map_err(|_| DbError::BadUrl)?;
+                root_file = Some(path.into_owned());
+            }
+            ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require"),
+            _ => kept.push(param),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, root_file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::SslMode;
+
+    #[test]
+    fn libpq_parameters_are_read_and_removed() {
+        let (url, file) = libpq_params(
+            "postgres://u:p%3Fw@h:5432/d?sslmode=verify-full&sslrootcert=%2Ftmp%2Fmy%20ca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://u:p%3Fw@h:5432/d?sslmode=require&application_name=x"
+        );
+        assert_eq!(file.as_deref(), Some("/tmp/my ca.pem"));
+
+        let (url, file) = libpq_params("postgresql://h/d?sslrootcert=system").unwrap();
+        assert_eq!(
+            (url.as_str(), file.as_deref()),
+            ("postgresql://h/d", Some("system"))
+        );
+
+        for plain in [
+            "postgres://h/d",
+            "postgres://h/d?sslmode=disable",
+            "host=h sslmode=require",
+        ] {
+            assert_eq!(libpq_params(plain).unwrap(), (plain.to_owned(), None));
+        }
+    }
+
+    #[test]
+    fn verify_modes_require_tls() {
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let t = target(&format!("postgres://h/d?sslmode={mode}"), None).unwrap();
+            assert_eq!(t.config.get_ssl_mode(), SslMode::Require, "{mode}");
+        }
+        assert!(matches!(
+            target("postgres://h/d?sslmode=sometimes", None),
+            Err(DbError::BadUrl)
+        ));
+    }
+
+    #[test]
+    fn a_ca_that_is_not_a_certificate_is_refused() {
+        for pem in [
+            "",
+            "not pem",
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(
+                matches!(target("postgres://h/d", Some(pem)), Err(DbError::Tls(_))),
+                "{pem:?}"
+            );
+        }
+        let missing = target("postgres://h/d?sslrootcert=/nonexistent/ca.pem", None);
+        assert!(matches!(missing, Err(DbError::Tls(m)) if m.contains("/nonexistent/ca.pem")));
+    }
+}
