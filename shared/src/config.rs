@@ -16,6 +16,9 @@ pub const DEFAULT_MEDIA_ALLOWED_HOSTS: &str =
     "fal.media,*.fal.media,replicate.delivery,*.replicate.delivery";
 /// Lambda's longest function timeout (fal-webhook's and the reconciler's in `template.yaml`).
 pub(crate) const MAX_FUNCTION_TIMEOUT_SECS: u64 = 900;
+/// `MEDIA_DOWNLOAD_DEADLINE_SECS` stays below this: a reconciler pass (at most 900 s, 5 s of it kept for its
+/// answer) begins a job only with the download's deadline and 30 s besides left, so a longer one would begin none.
+const MEDIA_DOWNLOAD_DEADLINE_BELOW_SECS: u64 = MAX_FUNCTION_TIMEOUT_SECS - 35;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -141,7 +144,7 @@ impl Config {
                 &var,
                 "MEDIA_DOWNLOAD_DEADLINE_SECS",
                 600,
-                1..MAX_FUNCTION_TIMEOUT_SECS,
+                1..MEDIA_DOWNLOAD_DEADLINE_BELOW_SECS,
             )?),
             fal_sync_timeout: Duration::from_secs(parse_num(&var, "FAL_SYNC_TIMEOUT_SECS", 25)?),
             fal_request_timeout: Duration::from_secs(parse_num(
@@ -340,6 +343,7 @@ mod tests {
             ("MEDIA_DOWNLOAD_DEADLINE_SECS", "ten"),
             ("MEDIA_DOWNLOAD_DEADLINE_SECS", "0"),
             ("MEDIA_DOWNLOAD_DEADLINE_SECS", "900"),
+            ("MEDIA_DOWNLOAD_DEADLINE_SECS", "865"),
             ("MEDIA_ALLOW_HTTP", "maybe"),
             ("FAL_WEBHOOK_URL", "ftp://x/y"),
             ("FAL_JWKS_URL", "not a url"),

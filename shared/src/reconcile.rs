@@ -36,8 +36,10 @@ pub struct ReconcileReport {
     pub skipped: usize,
     pub errors: usize,
     pub post_processed: usize,
-    /// Jobs, runs and post-processing left for a later pass: the invocation had too little time left for them.
+    /// Jobs, runs and post-processing taken but left for a later pass: the invocation had too little time left.
     pub deferred: usize,
+    /// Whether the invocation's time ended a phase early or skipped one.
+    pub cut_short: bool,
 }
 
 /// How long a pass may go on: no job is begun once less than what one job may take is left before `until` (the
@@ -58,15 +60,26 @@ impl PassTime {
         }
     }
 
+    /// Whether a stale job (which may download and store its result) can still be begun.
     fn has_room(&self) -> bool {
+        self.has_room_for(self.per_job)
+    }
+
+    /// Whether a step that downloads nothing (an orphan's cancel, a post-processing step) can still be begun.
+    fn has_room_for_step(&self) -> bool {
+        self.has_room_for(JOB_OVERHEAD)
+    }
+
+    fn has_room_for(&self, need: Duration) -> bool {
         self.until.is_none_or(|until| {
-            until.saturating_duration_since(tokio::time::Instant::now()) >= self.per_job
+            until.saturating_duration_since(tokio::time::Instant::now()) >= need
         })
     }
 }
 
-/// What one job may take besides its download: the provider's answers, the database, storing the result.
-const JOB_OVERHEAD: Duration = Duration::from_secs(30);
+/// What one job may take besides its download: the provider's answers, the database, storing the result; also
+/// the allowance of a step that downloads nothing.
+pub const JOB_OVERHEAD: Duration = Duration::from_secs(30);
 
 /// One pass, within `time`.
 pub async fn reconcile_stale_jobs(
@@ -76,22 +89,49 @@ pub async fn reconcile_stale_jobs(
     time: PassTime,
 ) -> ReconcileReport {
     let mut report = ReconcileReport::default();
-    if !time.has_room() {
-        tracing::warn!("reconciler invoked with too little time for one job; nothing taken");
-        report.deferred += 1;
+    stale_jobs(state, settings, opts, time, &mut report).await;
+    // The later phases download nothing: each step needs only its own allowance, so a long first phase does not
+    // starve them (an orphaned run counts against its owner until it is closed).
+    if !time.has_room_for_step() {
+        report.cut_short = true;
+        tracing::warn!(?report, "reconciler pass cut short: too little time left");
         return report;
+    }
+    report.closed += close_orphans(state, settings, opts, time, &mut report).await;
+    post_process_backlog(state, settings, opts, time, &mut report).await;
+    if report.cut_short {
+        tracing::warn!(?report, "reconciler pass cut short: too little time left");
+    }
+    tracing::info!(?report, "reconciler pass done");
+    report
+}
+
+/// The stale open jobs, each asked about at its provider while one job's allowance is left. Those taken but not
+/// begun get their check back, so the next pass takes them.
+async fn stale_jobs(
+    state: &AppState,
+    settings: &Settings,
+    opts: ReconcileOptions,
+    time: PassTime,
+    report: &mut ReconcileReport,
+) {
+    if !time.has_room() {
+        report.cut_short = true;
+        return;
     }
     let ids = match take(state, settings, opts).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::error!(error = %e, "reconciler could not read stale jobs");
             report.errors += 1;
-            return report;
+            return;
         }
     };
     for (i, id) in ids.iter().copied().enumerate() {
         if !time.has_room() {
+            report.cut_short = true;
             report.deferred += ids.len() - i;
+            give_back(state, settings, &ids[i..], opts).await;
             break;
         }
         report.examined += 1;
@@ -107,15 +147,27 @@ pub async fn reconcile_stale_jobs(
             }
         }
     }
-    if !time.has_room() {
-        tracing::warn!(?report, "reconciler pass cut short: too little time left");
-        return report;
+}
+
+/// Gives taken jobs their check back (best effort: a job whose check stays is taken after `older_than`).
+async fn give_back(state: &AppState, settings: &Settings, ids: &[Uuid], opts: ReconcileOptions) {
+    let given = async {
+        let client = state.db_client(settings).await?;
+        Ok::<_, db::DbError>(db::reconcile::give_back(&**client, ids, opts.older_than).await?)
+    };
+    if let Err(e) = given.await {
+        tracing::warn!(error = %e, jobs = ids.len(), "deferred jobs keep their check; a later pass takes them");
     }
-    report.closed += close_orphans(state, settings, opts, time, &mut report).await;
-    if !time.has_room() {
-        tracing::warn!(?report, "reconciler pass cut short: too little time left");
-        return report;
-    }
+}
+
+/// Post-processing steps of completed jobs that did not record completion, re-run while a step's allowance is left.
+async fn post_process_backlog(
+    state: &AppState,
+    settings: &Settings,
+    opts: ReconcileOptions,
+    time: PassTime,
+    report: &mut ReconcileReport,
+) {
     let pending = async {
         let client = state.db_client(settings).await?;
         Ok::<_, db::DbError>(
@@ -130,7 +182,8 @@ pub async fn reconcile_stale_jobs(
     match pending.await {
         Ok(ids) => {
             for (i, id) in ids.iter().copied().enumerate() {
-                if !time.has_room() {
+                if !time.has_room_for_step() {
+                    report.cut_short = true;
                     report.deferred += ids.len() - i;
                     break;
                 }
@@ -149,8 +202,6 @@ pub async fn reconcile_stale_jobs(
             report.errors += 1;
         }
     }
-    tracing::info!(?report, "reconciler pass done");
-    report
 }
 
 /// The orphaned runs (of jobs deleted while open, or closed while their cancel did not go through): each request is
@@ -178,7 +229,8 @@ async fn close_orphans(
     };
     let mut closed = 0;
     for (i, o) in orphans.iter().enumerate() {
-        if !time.has_room() {
+        if !time.has_room_for_step() {
+            report.cut_short = true;
             report.deferred += orphans.len() - i;
             break;
         }
@@ -531,5 +583,9 @@ mod tests {
         assert!(room(in_(700)));
         assert!(!room(in_(600)));
         assert!(!room(Some(tokio::time::Instant::now())));
+        // A step that downloads nothing needs only its own allowance: orphans are closed after a long first phase.
+        let step = |until| PassTime { until, per_job }.has_room_for_step();
+        assert!(step(in_(600)) && step(in_(31)));
+        assert!(!step(in_(29)));
     }
 }

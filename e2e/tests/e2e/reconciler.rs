@@ -74,32 +74,43 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(job(&running).await["status"], "queued");
 }
 
-/// An invocation with less time left than one job may take (its result's download and the rest) takes no job at
-/// all: it would be killed half-way through it. The job stays as it was, not even marked as checked, for the next.
+/// An invocation with less time left than one step's allowance takes no job at all: it would be killed half-way
+/// through it. The job stays as it was, not even marked as checked, for the next pass. A job a pass took but had no
+/// time to begin gets its check back, so the next pass takes it (not only once `older_than` has passed again).
 #[tokio::test]
-async fn a_pass_with_too_little_time_left_takes_no_job() {
+async fn a_pass_with_too_little_time_left_takes_no_job_and_gives_back_what_it_did_not_begin() {
     let (_, jwt) = user().await;
     // Older than this pass's threshold, younger than every other pass's (3600 s): no other test's pass takes it.
     let (job_id, request_id) = lost_webhook_job(&jwt, "#delay-ms=20", "2 minutes").await;
     wait_fal_completed(&request_id).await;
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    let report = reconcile_pass_until(
-        Duration::from_secs(60),
-        Duration::from_secs(7200),
-        Some(until),
-    )
-    .await;
-    assert_eq!((report.examined, report.deferred), (0, 1), "{report:?}");
-    assert_eq!(job(&job_id).await["status"], "queued");
+    let older_than = Duration::from_secs(60);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let report = reconcile_pass_until(older_than, Duration::from_secs(7200), Some(until)).await;
+    assert!(report.cut_short, "{report:?}");
     assert_eq!(
-        count(
-            "SELECT count(*) FROM public.job_reconcile_checks WHERE job_id = $1::uuid",
-            &job_id
-        )
-        .await,
-        0
+        (report.examined, report.closed, report.post_processed),
+        (0, 0, 0)
     );
+    assert_eq!(job(&job_id).await["status"], "queued");
+    let checks = "SELECT count(*) FROM public.job_reconcile_checks WHERE job_id = $1";
+    assert_eq!(count(checks, &job_id).await, 0);
+
+    // As a pass records its take, then gives the job back when its time runs short.
+    let id = Uuid::parse_str(&job_id).unwrap();
+    let client = db().await;
+    client
+        .execute(
+            "INSERT INTO public.job_reconcile_checks (job_id) VALUES ($1)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let given = gen_pipeline::db::reconcile::give_back(&client, &[id], older_than).await;
+    assert_eq!(given.unwrap(), 1);
+    let due = "SELECT count(*) FROM public.job_reconcile_checks
+                WHERE job_id = $1 AND checks = 0 AND checked_at < now() - interval '60 seconds'";
+    assert_eq!(count(due, &job_id).await, 1);
 }
 
 /// A sync run's job as fal-image writes it before the run starts (`processing`, no provider request; a webhook

@@ -26,6 +26,24 @@ pub async fn take_stale_open<C: GenericClient>(
     take(client, filter, "run.created_at", older_than, limit).await
 }
 
+/// Gives jobs a pass took but did not examine their check back: their `checked_at` is set `older_than` (and a
+/// second) back, so the next pass takes them again, and the check is not counted.
+pub async fn give_back<C: GenericClient>(
+    client: &C,
+    ids: &[Uuid],
+    older_than: Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    let secs = older_than.as_secs_f64() + 1.0;
+    client
+        .execute_typed(
+            "UPDATE public.job_reconcile_checks
+                SET checked_at = now() - make_interval(secs => $2), checks = greatest(checks - 1, 0)
+              WHERE job_id = ANY($1)",
+            &[(&ids, Type::UUID_ARRAY), (&secs, Type::FLOAT8)],
+        )
+        .await
+}
+
 /// Takes up to `limit` completed jobs whose run closed within the last day (and more than `settle` ago) with a
 /// post-processing step of their run not recorded, not checked within `settle`, and records the check: the re-run
 /// skips recorded steps, and a job whose step cannot be recorded waits its turn behind the others.

@@ -10,6 +10,7 @@
 use percent_encoding::percent_decode_str;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
@@ -21,18 +22,32 @@ pub struct Target {
 }
 
 /// `url` (a `postgres://` URL or a key=value string) with `ca_pem`, PEM root certificates to trust instead of the
-/// Mozilla roots. A `sslrootcert` file in the URL takes precedence over `ca_pem`; `sslrootcert=system` means the
-/// Mozilla roots.
+/// Mozilla roots. `ca_pem` (the secret's, where a function has no file) takes precedence over a `sslrootcert` file
+/// in the URL; `sslrootcert=system` means the Mozilla roots. Naming roots makes TLS mandatory: the default
+/// `prefer` would go on in plaintext when the server (or whoever answers for it) declines TLS.
 pub fn target(url: &str, ca_pem: Option<&str>) -> Result<Target, DbError> {
-    let (config, root_file) = parse(url)?;
-    let roots = match (root_file.as_deref(), ca_pem) {
-        (Some("system"), _) => None,
-        (Some(path), _) => {
+    let (mut config, root_file) = parse(url)?;
+    if ca_pem.is_some() || root_file.is_some() {
+        match config.get_ssl_mode() {
+            SslMode::Prefer => {
+                config.ssl_mode(SslMode::Require);
+            }
+            SslMode::Disable if root_file.as_deref() == Some("system") => {
+                return Err(DbError::Tls(
+                    "sslrootcert=system needs TLS, but sslmode is disable".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let roots = match (ca_pem, root_file.as_deref()) {
+        (Some(pem), _) => Some(certificates(pem.as_bytes(), "DATABASE_CA_CERT")?),
+        (None, Some("system")) => None,
+        (None, Some(path)) => {
             let pem = std::fs::read(path)
                 .map_err(|e| DbError::Tls(format!("sslrootcert {path} cannot be read: {e}")))?;
             Some(certificates(&pem, "the sslrootcert file")?)
         }
-        (None, Some(pem)) => Some(certificates(pem.as_bytes(), "DATABASE_CA_CERT")?),
         (None, None) => None,
     };
     let tls = crate::tls::postgres_config(roots).map_err(|e| DbError::Tls(e.to_string()))?;
@@ -64,12 +79,23 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
 /// is rewritten; a key=value string is handed on as it is.
 fn libpq_params(url: &str) -> Result<(String, Option<String>), DbError> {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
+    // The query starts at the first `?` after the credentials, which may hold a `?` of their own.
+    let after_credentials = url.rfind('@').map_or(0, |at| at + 1);
+    let Some((base, query)) = url[after_credentials..]
+        .find('?')
+        .filter(|_| is_url)
+        .map(|q| {
+            (
+                &url[..after_credentials + q],
+                &url[after_credentials + q + 1..],
+            )
+        })
+    else {
         return Ok((url.to_owned(), None));
     };
     let mut root_file = None;
     let mut kept = Vec::new();
-    for param in query.split('&').filter(|p| !p.is_empty()) {
+    for param in query.split('&') {
         let (key, value) = param.split_once('=').unwrap_or((param, ""));
         match (key, value) {
             ("sslrootcert", v) => {
@@ -120,6 +146,33 @@ mod tests {
         ] {
             assert_eq!(libpq_params(plain).unwrap(), (plain.to_owned(), None));
         }
+    }
+
+    #[test]
+    fn a_question_mark_in_the_password_is_not_the_query() {
+        let (url, file) =
+            libpq_params("postgres://u:ab?&cd@h/d?sslmode=verify-full&sslrootcert=%2Fca.pem")
+                .unwrap();
+        assert_eq!(url, "postgres://u:ab?&cd@h/d?sslmode=require");
+        assert_eq!(file.as_deref(), Some("/ca.pem"));
+        let plain = "postgres://u:ab?&cd@h/d";
+        assert_eq!(libpq_params(plain).unwrap(), (plain.to_owned(), None));
+    }
+
+    #[test]
+    fn named_roots_make_tls_mandatory() {
+        let ca = include_str!("../../tests/fixtures/unrelated-ca.pem");
+        let mode = |url: &str, ca| target(url, ca).map(|t| t.config.get_ssl_mode());
+        assert_eq!(mode("postgres://h/d", None).unwrap(), SslMode::Prefer);
+        assert_eq!(mode("postgres://h/d", Some(ca)).unwrap(), SslMode::Require);
+        assert_eq!(
+            mode("postgres://h/d?sslrootcert=system", None).unwrap(),
+            SslMode::Require
+        );
+        assert!(mode("postgres://h/d?sslmode=disable&sslrootcert=system", None).is_err());
+        // The secret's CA wins over a file the function does not have.
+        let both = "postgres://h/d?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem";
+        assert_eq!(mode(both, Some(ca)).unwrap(), SslMode::Require);
     }
 
     #[test]

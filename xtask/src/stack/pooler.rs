@@ -154,7 +154,7 @@ fn config_text(
         sslmode = up.sslmode,
         client_tls = if client_tls {
             format!(
-                "client_tls_sslmode = allow\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
                 dir.join(pg_tls::CERT_FILE).display(),
                 dir.join(pg_tls::KEY_FILE).display()
             )
@@ -399,7 +399,7 @@ mod tests {
         assert!(new.contains("listen_port = 7000\n"));
         assert!(new.contains("* = host=127.0.0.1 port=5432\n"));
         assert!(
-            new.contains("\nclient_tls_sslmode = allow\nclient_tls_cert_file = /x/server.crt\n")
+            new.contains("\nclient_tls_sslmode = require\nclient_tls_cert_file = /x/server.crt\n")
         );
         assert!(
             !new.contains("pw"),
