@@ -92,17 +92,17 @@ pub async fn reconcile_stale_jobs(
     stale_jobs(state, settings, opts, time, &mut report).await;
     // The later phases download nothing: each step needs only its own allowance, so a long first phase does not
     // starve them (an orphaned run counts against its owner until it is closed).
-    if !time.has_room_for_step() {
+    if time.has_room_for_step() {
+        report.closed += close_orphans(state, settings, opts, time, &mut report).await;
+        post_process_backlog(state, settings, opts, time, &mut report).await;
+    } else {
         report.cut_short = true;
-        tracing::warn!(?report, "reconciler pass cut short: too little time left");
-        return report;
     }
-    report.closed += close_orphans(state, settings, opts, time, &mut report).await;
-    post_process_backlog(state, settings, opts, time, &mut report).await;
     if report.cut_short {
         tracing::warn!(?report, "reconciler pass cut short: too little time left");
+    } else {
+        tracing::info!(?report, "reconciler pass done");
     }
-    tracing::info!(?report, "reconciler pass done");
     report
 }
 

@@ -1,8 +1,8 @@
 //! The process's one TLS client configuration: aws-lc-rs with the Mozilla roots compiled in (`webpki-roots`), built
 //! once and shared by every HTTP client (fal, Replicate and the key sets; media) and by Postgres unless the database
-//! URL or secret names its own CA ([`crate::db::target`]). Building a
-//! root store from the system's CA files takes milliseconds per client at every cold start; this one reads no
-//! file and parses nothing, and the copies share its roots and verifier.
+//! URL or secret names its own CA ([`crate::db::target`]). Building a root store from the system's CA files takes
+//! milliseconds per client at every cold start; this one reads no file and parses nothing, and the copies share
+//! its roots and verifier.
 
 use std::sync::{Arc, LazyLock};
 

@@ -185,10 +185,8 @@ async fn up_fresh(
     };
     let http = http_client(Duration::from_secs(10))?;
     let moto_url = moto::start(paths, moto_port, &mut state, clock, &http).await?;
-    let secret = match &pooler_url {
-        Some(p) => AppSecret::generate(database.for_functions(&p.url)),
-        None => AppSecret::generate(database.for_functions(&database.server_url)),
-    };
+    let functions_server = pooler_url.as_ref().map_or(&database.server_url, |p| &p.url);
+    let secret = AppSecret::generate(database.for_functions(functions_server));
     aws::provision(&moto_url, &secret, clock).await?;
     let emu_url = fal_emulator::url(emu_port);
     prepare_database(&database_url, &emu_url, state.postgres.is_some(), clock).await?;

@@ -1,6 +1,7 @@
-//! Postgres through tokio-postgres: TLS with rustls when the URL asks for it (roots: [`target`]), connections checked before reuse
-//! once they have been idle (Lambda freezes environments, so a held connection may be dead), and only unnamed statements
-//! (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode pooler.
+//! Postgres through tokio-postgres: TLS with rustls when the URL asks for it (roots: [`target`]), connections
+//! checked before reuse once they have been idle (Lambda freezes environments, so a held connection may be dead),
+//! and only unnamed statements (`query_typed*`, `batch_execute`), so every query is safe behind a transaction-mode
+//! pooler.
 
 pub mod assets;
 pub mod claims;

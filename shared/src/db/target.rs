@@ -119,7 +119,6 @@ fn libpq_params(url: &str) -> Result<(String, Option<String>), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_postgres::config::SslMode;
 
     #[test]
     fn libpq_parameters_are_read_and_removed() {

@@ -313,10 +313,7 @@ pub async fn start(
         .map_err(|()| anyhow::anyhow!("cannot put the password in the pooler URL"))?;
     url.set_path(&format!("/{}", up.dbname));
     let url = url.to_string();
-    let tools_url = match &database.tls {
-        Some(tls) => tls.tools_url(&url),
-        None => url.clone(),
-    };
+    let tools_url = database.for_tools(&url);
     wait_ready(&proc, &tools_url).await?;
 
     let v = version.map_or("?".to_owned(), |(a, b)| format!("{a}.{b}"));

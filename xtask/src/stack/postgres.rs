@@ -174,6 +174,13 @@ impl Database {
             None => (url.to_owned(), None),
         }
     }
+
+    /// The URL tests and tools use for a server at `url`: TLS verified against our CA when the cluster is ours.
+    pub fn for_tools(&self, url: &str) -> String {
+        self.tls
+            .as_ref()
+            .map_or_else(|| url.to_owned(), |tls| tls.tools_url(url))
+    }
 }
 
 /// The database of the stack: DATABASE_URL from the environment when it is set (then the stack does not manage
