@@ -353,10 +353,23 @@ async fn a_queue_422_fails_the_job_with_fals_message() {
 #[tokio::test]
 async fn sync_model_errors_fail_the_job_with_the_status_fal_gave() {
     let (_, jwt) = user().await;
-    for (directive, expected) in [("#error", 422), ("#run-status=503", 503)] {
+    // Refusals of the service's key, balance or model name are not the caller's: 502, without fal's detail (a 401
+    // would read as the caller's session having ended).
+    let cases = [
+        ("#error", 422),
+        ("#run-status=503", 503),
+        ("#run-status=401", 502),
+        ("#run-status=402", 502),
+        ("#run-status=403", 502),
+        ("#run-status=404", 502),
+    ];
+    for (directive, expected) in cases {
         let body = json!({"prompt": prompt("broken", directive), "apiModelId": sync_model()});
         let (status, answer) = generate(&jwt, &body).await;
         assert_eq!(status, expected, "{directive}: {answer}");
+        if expected == 502 {
+            assert!(answer.get("fal_detail").is_none(), "{directive}: {answer}");
+        }
         let job_id = answer["jobId"].as_str().unwrap();
         let (j, message) = failed_job(job_id).await;
         assert!(message.starts_with("fal.ai API error"), "{directive}: {j}");
@@ -792,6 +805,38 @@ async fn a_storyboard_clip_is_completed_with_its_video() {
     let job_id = answer["jobId"].as_str().unwrap();
     assert_eq!(wait_terminal(job_id, WAIT).await["status"], "completed");
     assert_clip_completed(job_id, clip).await;
+}
+
+/// Cancelling a clip's job ends the clip too, as failing it does: no video will come for it, and a clip left
+/// `generating` would wait for one forever.
+#[tokio::test]
+async fn cancelling_a_storyboard_clips_job_fails_the_clip() {
+    let (_, jwt) = user().await;
+    let clip = generating_clip().await;
+    let body = json!({
+        "prompt": prompt("clip", "#no-webhook"),
+        "apiModelId": async_model(),
+        "metadata": {"storyboard_clip_id": clip},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    let job_id = answer["jobId"].as_str().unwrap();
+    let (status, cancelled) = cancel_job(&jwt, job_id).await;
+    assert_eq!(status, 200, "{cancelled}");
+    let clip_status: Option<String> = db()
+        .await
+        .query_one(
+            "SELECT status FROM public.storyboard_clips WHERE id = $1",
+            &[&clip],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(clip_status.as_deref(), Some("failed"));
 }
 
 /// An image-to-video clip from the caller's own stored image: the image is copied as the video's thumbnail, and

@@ -155,10 +155,27 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-/// The provider's own refusals keep its status; the provider being down or slow is 503 (retry later) or 502 (bad
-/// answer). The titles are the original's for fal.
+/// The provider's refusals of the caller's input keep its status; its refusals of our account (401/403: the key
+/// revoked or rotated, 402: the balance) or of the model we named (404: a `model_key` it does not know) are 502,
+/// without its detail: they are not the caller's to fix, and a 401 would read as the caller's session having ended
+/// (supabase-js clients sign out on it). The provider being down or slow is 503 (retry later) or 502 (bad answer).
+/// The titles are the original's for fal.
 fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderError) -> ApiError {
     let name = provider.display_name();
+    if let ProviderError::Api {
+        status: 401..=404, ..
+    } = error
+    {
+        return ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            body: json!({
+                "error": format!("{name} API request failed"),
+                "details": format!("{name} refused the service's request; this is not a fault of the request"),
+                "jobId": job_id,
+            }),
+            retry_after: None,
+        };
+    }
     let (status, title) = match error {
         e if e.is_caller_error() => (
             e.status()

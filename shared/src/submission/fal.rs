@@ -49,15 +49,7 @@ pub(super) async fn submit_queued(
             let usage = plan
                 .usage(job_id, user_id)
                 .row(None, 0, None, None, provider_metadata);
-            // fal has the request now: an error here must not send the caller back to submit it again (a second
-            // generation). The webhook finds the job by the token in its URL and writes the usage row it lacks.
-            match db::usage::insert_once_and_record_request(client, &usage, &request).await {
-                Ok(true) => {}
-                Ok(false) => super::cancel_unwanted(state, settings, client, job_id).await,
-                Err(e) => {
-                    tracing::error!(%job_id, error = %e, "fal queued the request, but recording it failed; its webhook completes the job");
-                }
-            }
+            super::record_accepted(run, client, &usage, &request).await;
             Ok(Some(SubmitResult {
                 answer: Submitted::Queued {
                     job_id,

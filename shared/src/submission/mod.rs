@@ -711,9 +711,11 @@ async fn current_job(
 }
 
 /// A sync run's result, completed through the completion core. The provider ran the generation, and bills for it,
-/// whatever became of the job meanwhile: when the completion did not write the run's usage row (the job was deleted,
-/// cancelled or closed by its owner, failed by our verdict, or its result could not be stored), it is written here,
-/// once, so that no paid run goes unlogged.
+/// whatever became of the job meanwhile, so the run's usage row is written before the result is stored: a transfer
+/// the function's timeout cuts short (the process is killed, and the reconciler later fails the job) leaves it
+/// logged. Should that write fail, the completing transaction writes it, or, when the completion did not (the job
+/// was deleted, cancelled or closed by its owner, failed by our verdict, or its result could not be stored), it is
+/// tried once more here: once in all (unique on `job_id`), so that no paid run goes unlogged.
 async fn complete_sync(
     run: &Run<'_>,
     output: &Value,
@@ -729,6 +731,7 @@ async fn complete_sync(
             status: JobStatus::Cancelled,
         });
     };
+    let logged = log_usage(run, &usage).await;
     let completion = completion::Completion {
         job: &job,
         output,
@@ -736,23 +739,27 @@ async fn complete_sync(
         usage: completion::UsageSettlement::Insert(Box::new(usage.clone())),
     };
     let outcome = completion::complete(run.state, run.settings, completion).await;
-    if !matches!(outcome, Ok(Outcome::Completed(_))) {
+    if !logged && !matches!(outcome, Ok(Outcome::Completed(_))) {
         log_usage(run, &usage).await;
     }
     Ok((job, outcome))
 }
 
-/// Inserts a run's usage row unless its job has one. Best effort: the caller's answer does not depend on it, so an
-/// error is logged, not returned.
-async fn log_usage(run: &Run<'_>, usage: &db::usage::NewUsage) {
+/// Inserts a run's usage row unless its job has one; true when the job has one now. Best effort: the caller's
+/// answer does not depend on it, so an error is logged, not returned.
+async fn log_usage(run: &Run<'_>, usage: &db::usage::NewUsage) -> bool {
     let written = match run.state.db_client(run.settings).await {
         Ok(client) => db::usage::insert_once(&**client, usage)
             .await
             .map_err(DbError::Query),
         Err(e) => Err(e),
     };
-    if let Err(e) = written {
-        tracing::error!(job_id = %run.job_id, error = %e, "the run's usage row could not be written");
+    match written {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(job_id = %run.job_id, error = %e, "the run's usage row could not be written");
+            false
+        }
     }
 }
 
@@ -1000,7 +1007,7 @@ pub async fn cancel_job(
     if job.is_closed() {
         return Ok(CancelResult::AlreadyTerminal(job.status));
     }
-    if !close_for_cancel(&mut client, settings, job_id).await? {
+    if !close_for_cancel(&mut client, settings, &job).await? {
         let status = db::jobs::get(&**client, job_id)
             .await?
             .map(|j| j.status)
@@ -1035,13 +1042,15 @@ pub async fn cancel_job(
 /// Closes the job's run for a cancel, in one transaction with the job's row locked: first a hold on a submission
 /// still in flight (no provider request recorded: another invocation is waiting on the provider), which keeps
 /// counting against its owner until it ends, then the close. So the submission, seeing the job closed, always finds
-/// the hold to release, and a concurrent cancel or completion waits and then finds the job closed. False, with
+/// the hold to release, and a concurrent cancel or completion waits and then finds the job closed. The storyboard
+/// clip the run was for, if any, is failed with it, as when a job fails: no video will come for it. False, with
 /// nothing written, when the job ended meanwhile.
 async fn close_for_cancel(
     client: &mut db::Client,
     settings: &Settings,
-    job_id: Uuid,
+    job: &JobRecord,
 ) -> Result<bool, DbError> {
+    let job_id = job.id;
     let tx = client.transaction().await?;
     db::jobs::lock(&*tx, job_id).await?;
     let in_flight = settings.config.submission_bound();
@@ -1049,6 +1058,9 @@ async fn close_for_cancel(
     let patch = json!({"cancelled_by": "user"});
     let moved = db::jobs::transition(&*tx, job_id, JobStatus::Cancelled, None, &patch).await?;
     if moved {
+        if let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
+            db::postprocess::fail_storyboard_clip(&*tx, clip, job.user_id).await?;
+        }
         tx.commit().await?;
     } else {
         tx.rollback().await?;
@@ -1074,6 +1086,41 @@ pub(crate) async fn cancel_closed_run(
         tracing::warn!(%job_id, error = %e, "a run whose cancel did not go through could not be kept for a retry");
     }
     false
+}
+
+/// Records a request the provider accepted, with its usage row ([`db::usage::insert_once_and_record_request`]), and
+/// asks the provider to stop it when its job was closed meanwhile. A failed record is tried once more on a fresh
+/// connection (the submission's may be the one that broke): without its recorded URLs a `payload: null` delivery
+/// cannot fetch the result, and the reconciler cannot ask the provider. An error then is only logged: the provider
+/// has the request, and the caller must not be sent back to submit it again (a second generation).
+async fn record_accepted(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    usage: &db::usage::NewUsage,
+    request: &db::runs::ProviderRequest,
+) {
+    let (state, settings, job_id) = (run.state, run.settings, run.job_id);
+    let first = db::usage::insert_once_and_record_request(client, usage, request).await;
+    let recorded = match first {
+        Ok(recorded) => Ok(recorded),
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "recording the accepted request failed; trying once more on a fresh connection");
+            match state.db_client(settings).await {
+                Ok(fresh) => db::usage::insert_once_and_record_request(&**fresh, usage, request)
+                    .await
+                    .map_err(DbError::Query),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => cancel_unwanted(state, settings, client, job_id).await,
+        Err(e) => {
+            let provider = run.plan.model.provider_name.as_str();
+            tracing::error!(%job_id, provider, error = %e, "the provider has the request, but recording it failed; a delivery with its result completes the job, the reconciler fails it otherwise");
+        }
+    }
 }
 
 /// The provider took a request whose run was closed (its job cancelled through the API, or failed by an early

@@ -165,17 +165,7 @@ async fn queued(
         .plan
         .usage(run.job_id, run.user_id)
         .row(None, 0, None, None, provider_metadata);
-    // Replicate has the prediction now: an error here must not send the caller back to submit it again (a second
-    // generation). Its webhook finds the job by the token in its URL and writes the missing usage row.
-    let request = request_of(prediction);
-    let job_id = run.job_id;
-    match db::usage::insert_once_and_record_request(client, &usage, &request).await {
-        Ok(true) => {}
-        Ok(false) => super::cancel_unwanted(run.state, run.settings, client, job_id).await,
-        Err(e) => {
-            tracing::error!(%job_id, error = %e, "Replicate has the prediction, but recording it failed; its webhook completes the job");
-        }
-    }
+    super::record_accepted(run, client, &usage, &request_of(prediction)).await;
     Ok(SubmitResult {
         answer: Answer::Queued {
             job_id: run.job_id,
