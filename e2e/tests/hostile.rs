@@ -864,7 +864,8 @@ async fn model_key_override_outside_the_active_models_is_400_and_writes_nothing(
 }
 
 /// An override naming the provider's active video model, asked through an image model's row, runs as the video
-/// model it is: the usage row is the video's, at the video's price, not the image row's.
+/// model it is: on its queue route (not the sync host, which it would hold past the sync bound), with the usage
+/// row the video's, at the video's price, not the image row's.
 #[tokio::test]
 async fn a_model_key_override_is_priced_as_the_model_it_names() {
     let (_, jwt) = user().await;
@@ -874,6 +875,10 @@ async fn a_model_key_override_is_priced_as_the_model_it_names() {
     });
     let (status, answer) = generate(&jwt, &body).await;
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["status"], "queued",
+        "run on the named model's route: {answer}"
+    );
     let usage = db()
         .await
         .query_one(

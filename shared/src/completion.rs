@@ -263,9 +263,11 @@ pub async fn complete(
     if let Some(done) = acquire(state, settings, job.id, holder).await? {
         return Ok(done);
     }
+    // Ends with the completion however it ends: returned, panicked, or dropped by a caller's deadline (a task left
+    // renewing would hold the job from every other caller for as long as the process lives).
     let heartbeat = spawn_heartbeat(state, settings, job.id, holder);
     let result = complete_claimed(state, settings, &c, holder).await;
-    heartbeat.abort();
+    drop(heartbeat);
     if result.is_err() {
         // Free the job at once so fal's retry need not wait for the lease; if this fails too, the lease ends.
         if let Ok(client) = state.db_client(settings).await {
@@ -319,11 +321,11 @@ fn spawn_heartbeat(
     settings: &Settings,
     job_id: Uuid,
     holder: Uuid,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio_util::task::AbortOnDropHandle<()> {
     let db = state.db.clone();
     let url = settings.secrets.database_url.clone();
     let ca = settings.secrets.database_ca_cert.clone();
-    tokio::spawn(async move {
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
             match db.client(&url, ca.as_deref()).await {
@@ -337,7 +339,7 @@ fn spawn_heartbeat(
                 Err(e) => tracing::warn!(%job_id, error = %e, "completion claim renewal failed"),
             }
         }
-    })
+    }))
 }
 
 /// The result as stored by [`transfer`].

@@ -378,6 +378,43 @@ async fn sync_model_errors_fail_the_job_with_the_status_fal_gave() {
     }
 }
 
+/// A sync run whose completion another caller holds past the wait (a claim planted here, standing for a provider's
+/// webhook that took it first and is still storing the result) answers as a queued job, which the caller polls:
+/// the job is not failed, and a "Generation failed" answer would contradict the row it is about to have.
+#[tokio::test]
+async fn a_sync_run_whose_completion_another_caller_holds_answers_queued() {
+    let (user_id, jwt) = user().await;
+    let body = json!({"prompt": prompt("held", "#run-delay-ms=3000"), "apiModelId": sync_model()});
+    let submission = tokio::spawn(async move { generate(&jwt, &body).await });
+    let db = db().await;
+    let job_id = loop {
+        let row = db
+            .query_opt("SELECT id FROM public.jobs WHERE user_id = $1", &[&user_id])
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get::<_, Uuid>(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    db.execute(
+        "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
+         VALUES ($1, gen_random_uuid(), now() + interval '2 minutes')",
+        &[&job_id],
+    )
+    .await
+    .unwrap();
+    let (status, answer) = submission.await.unwrap();
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    assert_eq!(answer["jobId"], job_id.to_string());
+    assert_eq!(job(&job_id.to_string()).await["status"], "processing");
+    assert_eq!(asset_count(&job_id.to_string()).await, 0);
+}
+
 #[tokio::test]
 async fn a_sync_503_then_success_is_retried_and_completes() {
     let (_, jwt) = user().await;

@@ -60,23 +60,34 @@ pub async fn active_by_id<C: GenericClient>(
         .map(from_row))
 }
 
-/// The modality of the provider's active model `model_key` (what `model_key_override` may name); `None` when the
-/// provider has no such active model.
-pub async fn active_modality_of<C: GenericClient>(
+/// What `model_key_override` may name: an active model of the asked row's provider, read for what runs with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverrideModel {
+    pub modality: String,
+    /// Its route (`fal-webhook`: the queue), as `api_models.endpoint_path`.
+    pub endpoint_path: Option<String>,
+}
+
+/// The provider's active model `model_key` (what `model_key_override` may name); `None` when the provider has no
+/// such active model.
+pub async fn active_override<C: GenericClient>(
     client: &C,
     provider_id: Uuid,
     model_key: &str,
-) -> Result<Option<String>, tokio_postgres::Error> {
+) -> Result<Option<OverrideModel>, tokio_postgres::Error> {
     let row = client
         .query_typed_opt(
-            "SELECT modality FROM public.api_models
+            "SELECT modality, endpoint_path FROM public.api_models
               WHERE model_key = $1 AND provider_id = $2 AND is_active
               ORDER BY priority ASC, created_at ASC
               LIMIT 1",
             &[(&model_key, Type::TEXT), (&provider_id, Type::UUID)],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| OverrideModel {
+        modality: r.get(0),
+        endpoint_path: r.get(1),
+    }))
 }
 
 /// The default fal model for a modality: the one whose `default_for_tasks` holds the task (`t2i`/`t2v`), else

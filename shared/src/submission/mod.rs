@@ -341,7 +341,6 @@ async fn plan(
     let model = resolve_model(state, client, req).await?;
     let provider =
         ProviderKind::of(&model.provider_name).ok_or(SubmitError::UnsupportedProvider)?;
-    let route = route_kind(provider, model.endpoint_path.as_deref())?;
     let prompt = req
         .prompt
         .as_deref()
@@ -349,9 +348,15 @@ async fn plan(
         .filter(|p| !p.is_empty())
         .ok_or(InputError::MissingPrompt)?
         .to_owned();
-    let (model_key, override_modality) = model_key(settings, client, &model, req).await?;
-    // An override runs another model: priced and logged as what it is, not as the row it was asked through.
-    let modality = if override_modality.as_deref().unwrap_or(&model.modality) == "video" {
+    let (model_key, overridden) = model_key(settings, client, &model, req).await?;
+    // An override runs another model: on its route, priced and logged as what it is, not as the row it was asked
+    // through (a queue-only model asked through a sync row would otherwise hold the sync route past its bound).
+    let (modality, endpoint_path) = match &overridden {
+        Some(o) => (o.modality.as_str(), o.endpoint_path.as_deref()),
+        None => (model.modality.as_str(), model.endpoint_path.as_deref()),
+    };
+    let route = route_kind(provider, endpoint_path)?;
+    let modality = if modality == "video" {
         Modality::Video
     } else {
         Modality::Image
@@ -382,13 +387,13 @@ async fn plan(
 
 /// The model key to run: the row's, or `model_key_override` when it names an active model of the same provider
 /// (or one of `MODEL_OVERRIDE_ALLOWED`). Our key runs whatever it names, so the client cannot pick any endpoint.
-/// With the key, the modality of the active model an override names, if it is one.
+/// With the key, the active model an override names, if it is one.
 async fn model_key(
     settings: &Settings,
     client: &tokio_postgres::Client,
     model: &ModelRow,
     req: &GenerationRequest,
-) -> Result<(String, Option<String>), SubmitError> {
+) -> Result<(String, Option<db::models::OverrideModel>), SubmitError> {
     let Some(key) = req
         .model_key_override
         .as_deref()
@@ -397,17 +402,17 @@ async fn model_key(
     else {
         return Ok((model.model_key.clone(), None));
     };
-    let modality = db::models::active_modality_of(client, model.provider_id, key).await?;
+    let overridden = db::models::active_override(client, model.provider_id, key).await?;
     let listed = settings
         .config
         .model_override_allowed
         .iter()
         .any(|k| k == key);
-    if modality.is_none() && !listed {
+    if overridden.is_none() && !listed {
         tracing::warn!("model_key_override outside the active models refused");
         return Err(SubmitError::BadModelOverride);
     }
-    Ok((key.to_owned(), modality))
+    Ok((key.to_owned(), overridden))
 }
 
 /// The endpoints from the provider's configured hosts, up front: a misconfiguration is an error before any row
@@ -633,9 +638,20 @@ async fn sync_answer(
             completed_elsewhere(state, settings, api_base, job_id).await
         }
         Ok(Outcome::AlreadyTerminal(status)) => Err(SubmitError::Closed { job_id, status }),
-        Ok(Outcome::Busy) => Err(SubmitError::ResultFailed {
-            job_id,
-            message: "the job is being completed by another caller".into(),
+        // Another caller (the provider's webhook, for a run that registered one) holds the completion past the wait:
+        // the job is not failed, and is theirs to finish. Answered as a queued job, which clients poll, rather than
+        // as a failure the row would contradict (and that would send the caller back to pay for another run).
+        Ok(Outcome::Busy) => Ok(SubmitResult {
+            answer: Submitted::Queued {
+                job_id,
+                request_id: job
+                    .run
+                    .as_ref()
+                    .and_then(|r| r.request.as_ref())
+                    .map(|q| q.request_id.clone())
+                    .unwrap_or_default(),
+            },
+            post_process: None,
         }),
         Err(e) => {
             // A sync job has no one else to finish it: fail it with the reason instead of leaving it processing.
