@@ -521,7 +521,9 @@ async fn check_targets(
 }
 
 /// The job's `metadata` as the original's clients read it: theirs (server-owned keys were refused), plus the
-/// server's copies. Pure: nothing is read back from it to act on.
+/// server's copies. Pure. What the functions decide (routes, keys, URLs, prices, whom a job is for) is never read
+/// back from it; post-processing copies a few of its values (the seed, a clip's duration, a character's name) into
+/// rows its owner could write through RLS anyway.
 pub fn job_metadata(
     client_metadata: Option<&Map<String, Value>>,
     model: &ModelRow,
