@@ -649,9 +649,9 @@ async fn sync_answer(
                 request_id: job
                     .run
                     .as_ref()
-                    .and_then(|r| r.request.as_ref())
-                    .map(|q| q.request_id.clone())
-                    .unwrap_or_default(),
+                    .and_then(|r| r.request_id())
+                    .unwrap_or_default()
+                    .to_owned(),
             },
             post_process: None,
         }),
