@@ -183,6 +183,8 @@ impl From<tokio_postgres::Error> for CompletionError {
 pub enum UsageSettlement {
     /// Sync run: the row is written now, with the run's details.
     Insert(Box<db::usage::NewUsage>),
+    /// Sync run whose row was written before its result was stored: nothing left to settle.
+    Written,
     /// Queue: complete the row written at submit (insert one for jobs submitted before the port), merging
     /// what the provider reported (`provider_metadata`, e.g. Replicate's metrics) into its metadata.
     CompleteQueued {
@@ -623,6 +625,7 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
         UsageSettlement::Insert(row) => {
             db::usage::insert_once(client, row).await?;
         }
+        UsageSettlement::Written => {}
         UsageSettlement::CompleteQueued {
             request_id,
             provider_metadata,

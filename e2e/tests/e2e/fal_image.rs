@@ -339,6 +339,24 @@ async fn a_sync_run_after_a_timed_out_queue_submission_ends_within_the_sync_boun
     assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
 }
 
+/// fal accepts a queue submission, runs it and delivers its webhook, but answers the submission after the 10 s bound:
+/// the fallback finds its job completed by that webhook, runs nothing more, and answers with the stored result.
+#[tokio::test]
+async fn a_timed_out_queue_submission_whose_webhook_completed_the_job_answers_its_result() {
+    let (user_id, jwt) = user().await;
+    let directives = "#early #submit-delay-ms=12000";
+    let body =
+        json!({"prompt": prompt("early, slow answer", directives), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = assert_exactly_once(user_id, job_id, "completed").await;
+    assert!(j["metadata"].get("sync_fallback").is_none(), "{j}");
+    let (status, _, _) = digest(answer["resultUrl"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn a_queue_422_fails_the_job_with_fals_message() {
     let (_, jwt) = user().await;

@@ -162,10 +162,7 @@ impl From<SubmitError> for ApiError {
 /// The titles are the original's for fal.
 fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderError) -> ApiError {
     let name = provider.display_name();
-    if let ProviderError::Api {
-        status: 401..=404, ..
-    } = error
-    {
+    if error.refuses_the_service() {
         return ApiError {
             status: StatusCode::BAD_GATEWAY,
             body: json!({

@@ -37,6 +37,19 @@ impl ProviderError {
         matches!(self, ProviderError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 429))
     }
 
+    /// A refusal of the service rather than of its caller's input: our key (401/403, rotated or revoked), our
+    /// account (402, its balance) or our configuration (404, a model the provider does not know). Not the caller's
+    /// to fix, and not to be passed on as theirs (a 401 reads as the caller's own session having ended).
+    pub fn refuses_the_service(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Api {
+                status: 401..=404,
+                ..
+            }
+        )
+    }
+
     /// A final verdict on the request itself: a caller error other than 401/403, which are about our key (rotated
     /// or revoked), so a retry once it is fixed can still succeed.
     pub fn rejects_the_request(&self) -> bool {
@@ -136,8 +149,19 @@ mod tests {
         }
         assert!(!ProviderError::Timeout.rejects_the_request());
         assert!(!ProviderError::Network("reset".into()).rejects_the_request());
-        // 401/403 stay the caller's error at submission, where fal's answer is returned as it is.
+        // 401/403 stay caller errors at submission (no fallback to a second run of the same input).
         assert!(api(401).is_caller_error() && api(403).is_caller_error());
+    }
+
+    #[test]
+    fn key_balance_and_model_name_refusals_are_the_services_not_the_callers() {
+        for ours in [401, 402, 403, 404] {
+            assert!(api(ours).refuses_the_service(), "{ours}");
+        }
+        for theirs in [400, 408, 409, 410, 422, 429, 500, 503] {
+            assert!(!api(theirs).refuses_the_service(), "{theirs}");
+        }
+        assert!(!ProviderError::Timeout.refuses_the_service());
     }
 
     #[test]

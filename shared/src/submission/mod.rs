@@ -273,8 +273,24 @@ async fn fail_interrupted(state: &AppState, settings: &Settings, job_id: Uuid) {
     }
 }
 
-/// The job's row is written: queue it, or run it and answer with its result.
+/// The job's row is written: queue it, or run it and answer with its result. A queue submission that timed out
+/// after the provider accepted it may find its job completed by the provider's webhook by the time it would fall
+/// back: the caller gets that result, as when a webhook completes a sync run first.
 async fn submit_inserted(
+    run: &Run<'_>,
+    client: crate::db::Client,
+    api_base: Option<&Url>,
+) -> Result<SubmitResult, SubmitError> {
+    match route_inserted(run, client, api_base).await {
+        Err(SubmitError::Closed {
+            job_id,
+            status: JobStatus::Completed,
+        }) => completed_elsewhere(run.state, run.settings, api_base, job_id).await,
+        answered => answered,
+    }
+}
+
+async fn route_inserted(
     run: &Run<'_>,
     client: crate::db::Client,
     api_base: Option<&Url>,
@@ -635,10 +651,8 @@ async fn sync_answer(
             })
         }
         Ok(Outcome::Failed(message)) => Err(SubmitError::ResultFailed { job_id, message }),
-        // The provider's webhook completed it first (a Replicate sync run registers one too): same answer.
-        Ok(Outcome::AlreadyTerminal(JobStatus::Completed)) => {
-            completed_elsewhere(state, settings, api_base, job_id).await
-        }
+        // The provider's webhook completed it first (a Replicate sync run registers one too): answered with that
+        // result by `submit_inserted`.
         Ok(Outcome::AlreadyTerminal(status)) => Err(SubmitError::Closed { job_id, status }),
         // Another caller (the provider's webhook, for a run that registered one) holds the completion past the wait:
         // the job is not failed, and is theirs to finish. Answered as a queued job, which clients poll, rather than
@@ -754,7 +768,11 @@ async fn complete_sync(
         job: &job,
         output,
         metadata,
-        usage: completion::UsageSettlement::Insert(Box::new(usage.clone())),
+        usage: if logged {
+            completion::UsageSettlement::Written
+        } else {
+            completion::UsageSettlement::Insert(Box::new(usage.clone()))
+        },
     };
     let outcome = completion::complete(run.state, run.settings, completion).await;
     if !logged && !matches!(outcome, Ok(Outcome::Completed(_))) {
