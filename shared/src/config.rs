@@ -72,7 +72,8 @@ pub struct Config {
     pub webhook_max_body_bytes: usize,
     /// How long an instance keeps a model row it looked up (0: looked up on every request).
     pub model_cache_ttl: Duration,
-    /// Most open (`queued`/`processing`) jobs one user may have; a submission beyond it is answered 429.
+    /// Most open runs one user may have (runs the functions have not closed, and closed runs the provider may still
+    /// be running, `job_run_orphans`); a submission beyond it is answered 429.
     pub max_open_jobs_per_user: u32,
     /// Model keys `model_key_override` may name besides the active models of `api_models`.
     pub model_override_allowed: Vec<String>,
@@ -91,9 +92,10 @@ pub struct Config {
 /// What one pass of the lost-webhook reconciler looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileOptions {
-    /// Queued jobs younger than this are left to their webhook (`RECONCILE_OLDER_THAN_SECS`).
+    /// Open jobs younger than this (by their run) are left to their webhook or function (`RECONCILE_OLDER_THAN_SECS`).
     pub older_than: Duration,
-    /// Queued jobs older than this are failed whatever fal says (`RECONCILE_DEADLINE_SECS`).
+    /// Open jobs older than this are failed unless their request is `COMPLETED` at the provider, whose result is
+    /// still stored (`RECONCILE_DEADLINE_SECS`).
     pub deadline: Duration,
     /// Jobs examined per run (`RECONCILE_BATCH`).
     pub batch: i64,

@@ -1,6 +1,6 @@
 //! Fetching result media from fal: only from allowed hosts, only over https (plain http only where configured,
-//! for the local emulator), never from a private, loopback or link-local address unless that exact address is
-//! allow-listed, with redirects re-checked, and streamed (the body is never held whole) within an overall deadline.
+//! for the local emulator), never from a private, loopback or link-local address (a loopback address listed with
+//! its port, the local emulator, excepted), with redirects re-checked, and streamed (the body is never held whole) within an overall deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -91,13 +91,13 @@ pub struct NewJob {
     pub format: String,
     pub metadata: Value,
     pub run: NewRun,
-    /// The most open (`queued`/`processing`) jobs the user may have, this one excluded from the count.
+    /// The most open runs the user may have (see `Config::max_open_jobs_per_user`), this one excluded.
     pub max_open: i64,
 }
 
-/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open jobs (`None`):
-/// `public.insert_job` (V9), a function, so that its statements are planned once per server connection rather
-/// than at every submission (the parameters are in the function's order).
+/// Inserts the job and its run in ONE statement, unless the user already has `max_open` open runs (`None`):
+/// `public.insert_job` (V9, as V11 restates it), a function, so that its statements are planned once per server
+/// connection rather than at every submission (the parameters are in the function's order).
 pub async fn insert<C: GenericClient>(
     client: &C,
     job: &NewJob,

@@ -32,11 +32,9 @@ pub(super) async fn submit_queued(
         return Ok(None);
     };
     let webhook = with_job(webhook, settings, job_id);
-    match state
-        .fal(settings)
-        .submit(endpoint, &plan.built.input, Some(&webhook))
-        .await
-    {
+    let fal = state.fal(settings);
+    let submission = fal.submit(endpoint, &plan.built.input, Some(&webhook));
+    match super::within_deadline(run.deadline, submission).await {
         Ok(submitted) => {
             let request = ProviderRequest {
                 request_id: submitted.request_id.clone(),

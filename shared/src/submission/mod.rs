@@ -345,6 +345,17 @@ struct Run<'a> {
     deadline: tokio::time::Instant,
 }
 
+/// A queue submission's provider call, cut at the submission's deadline as a provider timeout (so falling back),
+/// whatever `FAL_REQUEST_TIMEOUT_SECS` allows the call itself.
+async fn within_deadline<T>(
+    deadline: tokio::time::Instant,
+    call: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
+}
+
 async fn plan(
     state: &AppState,
     settings: &Settings,
@@ -1237,6 +1248,17 @@ pub(crate) async fn cancel_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_queue_call_still_running_at_the_deadline_is_a_provider_timeout() {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        let never = std::future::pending::<Result<(), ProviderError>>();
+        let cut = within_deadline(deadline, never).await;
+        assert!(matches!(cut, Err(ProviderError::Timeout)), "{cut:?}");
+        assert!(tokio::time::Instant::now() >= deadline);
+        let answered = within_deadline(deadline, async { Ok::<_, ProviderError>(7) }).await;
+        assert_eq!(answered.ok(), Some(7));
+    }
 
     #[test]
     fn provider_calls_leave_the_completion_its_reserve() {

@@ -68,7 +68,11 @@ async fn create(
         let wait = (route == RouteKind::Sync).then(|| sync_wait(run));
         replicate.create(endpoint, &run.plan.built.input, webhook.as_ref(), wait)
     };
-    let created = create(route).await;
+    let created = match route {
+        RouteKind::Queue => super::within_deadline(run.deadline, create(route)).await,
+        // The wait ends five seconds before the deadline (`sync_wait`).
+        RouteKind::Sync => create(route).await,
+    };
     match created {
         // Not for an accepted create whose answer we cannot read: Replicate may be running that prediction, and a
         // sync create would be a second generation of it.
