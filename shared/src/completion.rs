@@ -585,16 +585,27 @@ async fn commit_completion(
     Ok(Some(asset_id))
 }
 
+/// How long [`still_ours`] waits for the job's row: a completing transaction whose connection was lost holds it
+/// until its server notices.
+const STILL_OURS_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
+
 /// Whether the job is still open and its claim, if any, is ours and live (`None`: the database cannot tell).
+///
+/// Read under the job's row lock: a completing transaction whose `COMMIT` was cut off may still be running, and
+/// a plain read would see the job open while that commit lands. Once the lock is ours, it has ended either way.
 async fn still_ours(
     state: &AppState,
     settings: &Settings,
     job_id: Uuid,
     holder: Uuid,
 ) -> Option<bool> {
-    let client = state.db_client(settings).await.ok()?;
-    let job = db::jobs::get(&**client, job_id).await.ok()??;
-    let claim = db::claims::current(&**client, job_id).await.ok()?;
+    let mut client = state.db_client(settings).await.ok()?;
+    let tx = client.transaction().await.ok()?;
+    tx.batch_execute(STILL_OURS_LOCK_TIMEOUT).await.ok()?;
+    db::jobs::lock(&*tx, job_id).await.ok()?;
+    let job = db::jobs::get(&*tx, job_id).await.ok()??;
+    let claim = db::claims::current(&*tx, job_id).await.ok()?;
+    tx.commit().await.ok()?;
     // A lease of ours that ran out can be taken over at any moment: then the keys are about to be someone else's.
     Some(!job.is_closed() && claim.is_none_or(|c| c.holder == holder && c.live))
 }

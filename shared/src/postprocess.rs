@@ -212,8 +212,6 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         if pp::step_done(&**client, job.id, s.step).await? {
             return Ok(false);
         }
-        // Its owner deleted the character or scene since the submission: recorded as skipped, so that no pass
-        // copies the result again for a step whose rows can never be written.
         let (character, scene) = match s.pointer {
             Pointer::Character { id, .. } => (Some(id), None),
             Pointer::Scene { id } => (s.row.character_id, Some(id)),
@@ -221,8 +219,7 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         let [character_ok, scene_ok, _] =
             pp::targets_allowed(&**client, job.user_id, character, scene, None).await?;
         if !(character_ok && scene_ok) {
-            let skipped = json!({ "skipped": "its character or scene no longer exists" });
-            pp::record_step(&**client, job.id, s.step, &skipped).await?;
+            skip_gone_target(step, &s, &client).await?;
             return Ok(false);
         }
     }
@@ -236,32 +233,66 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         )
         .await?;
     s.row.storage_path = s.key.clone();
-    s.row.thumbnail_path = match (&asset.thumbnail_path, s.thumbnail_key) {
+    s.row.thumbnail_path = match (&asset.thumbnail_path, &s.thumbnail_key) {
         (Some(thumb), Some(tkey)) => state
             .storage
-            .copy(&c.workspace_bucket, thumb, &c.library_bucket, &tkey)
+            .copy(&c.workspace_bucket, thumb, &c.library_bucket, tkey)
             .await
             .ok()
-            .map(|_| tkey),
+            .map(|_| tkey.clone()),
         _ => None,
     };
+    record_library_step(step, &s).await
+}
+
+/// The library step's one transaction: the step, the character or scene pointed at the copy, the library row.
+/// A target its owner deleted since the check is skipped as [`skip_gone_target`] does.
+async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, PostProcessError> {
+    let job = step.job;
     // The original's `<bucket>/<key>` pointer names the storage bucket clients sign in, not the S3 bucket behind it.
     let url = format!("{}/{}", storage_links::Bucket::UserLibrary.name(), s.key);
-    let mut client = state.db_client(settings).await?;
+    let mut client = step.state.db_client(step.settings).await?;
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
         tx.rollback().await?;
         return Ok(false);
     }
-    pp::insert_library(&*tx, &s.row).await?;
-    match s.pointer {
+    let pointed = match s.pointer {
         Pointer::Character { id, seed } => {
             pp::set_character_image(&*tx, id, job.user_id, &url, seed).await?
         }
         Pointer::Scene { id } => pp::set_scene_image(&*tx, id, job.user_id, &url).await?,
     };
+    if !pointed {
+        tx.rollback().await?;
+        skip_gone_target(step, s, &client).await?;
+        return Ok(false);
+    }
+    pp::insert_library(&*tx, &s.row).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Its owner deleted the character or scene since the submission: the step is recorded as skipped, so that no pass
+/// copies the result again for rows that can never be written. The pass that records it also removes the copies
+/// (an earlier pass may have made them before its transaction failed): with the target gone no transaction can
+/// record the step, so no row points at them. A pass that finds the step recorded leaves them.
+async fn skip_gone_target(
+    step: &Step<'_>,
+    s: &LibraryStep,
+    client: &tokio_postgres::Client,
+) -> Result<(), PostProcessError> {
+    let skipped = json!({ "skipped": "its character or scene no longer exists" });
+    if pp::record_step(client, step.job.id, s.step, &skipped).await? {
+        let keys: Vec<String> = std::iter::once(s.key.clone())
+            .chain(s.thumbnail_key.clone())
+            .collect();
+        let bucket = &step.settings.config.library_bucket;
+        if let Err(e) = step.state.storage.delete_keys(bucket, &keys).await {
+            tracing::warn!(job_id = %step.job.id, error = %e, "could not delete the library copies of a skipped step");
+        }
+    }
+    Ok(())
 }
 
 fn character_name(job: &db::jobs::JobRecord) -> Option<&Value> {

@@ -987,7 +987,7 @@ async fn a_signed_link_fetched_from_the_apps_origin_is_readable_by_the_page() {
 
 /// A portrait whose character its owner deleted before the result came: the step is recorded as skipped with
 /// nothing copied into the library, so that no reconciler pass copies the result again for a row it can never
-/// write.
+/// write, and a copy an earlier pass left there (its transaction failed after the copy) is removed.
 #[tokio::test]
 async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
     let (user, jwt) = user().await;
@@ -1009,6 +1009,15 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
     let (job_id, _) = submit_queued(&jwt, &body).await;
     client
         .execute("DELETE FROM public.characters WHERE id = $1", &[&character])
+        .await
+        .unwrap();
+    let left_behind = format!("{user}/{job_id}_{character}.thumb.webp");
+    s3().await
+        .put_object()
+        .bucket(stack_var("LIBRARY_BUCKET"))
+        .key(&left_behind)
+        .body(b"an earlier pass's copy".to_vec().into())
+        .send()
         .await
         .unwrap();
 

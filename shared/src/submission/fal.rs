@@ -8,7 +8,7 @@ use url::Url;
 
 use super::{
     Run, SubmitError, SubmitResult, Submitted, closed_meanwhile, complete_sync, describe,
-    elapsed_ms, fail_job, with_job,
+    elapsed_ms, fail_job, log_usage, with_job,
 };
 use crate::completion::{CompletionError, Outcome};
 use crate::db;
@@ -101,16 +101,17 @@ pub(super) async fn run_sync(
         Ok(o) => o,
         Err(error) => {
             let message = format!("fal.ai API error: {}", describe(&error));
-            fail_job(state, settings, job_id, &message).await?;
-            let client = state.db_client(settings).await?;
+            // The call was made: its usage row is written before the job is failed, so that a database error
+            // failing it does not lose the row.
             let failed = usage.row(
                 error.status().map(i32::from),
                 elapsed_ms(started),
                 None,
-                Some(message),
+                Some(message.clone()),
                 json!({"model_key": plan.model_key}),
             );
-            db::usage::insert_once(&**client, &failed).await?;
+            log_usage(run, &failed).await;
+            fail_job(state, settings, job_id, &message).await?;
             return Err(SubmitError::Provider {
                 job_id,
                 provider: ProviderKind::Fal,

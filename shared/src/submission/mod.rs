@@ -765,16 +765,19 @@ async fn complete_sync(
     metadata: Value,
     usage: db::usage::NewUsage,
 ) -> Result<(JobRecord, Result<Outcome, completion::CompletionError>), SubmitError> {
+    // The call was made and is paid for: its usage row goes first, whatever reading the job back comes to.
+    let logged = log_usage(run, &usage).await;
     // A row without a run is not the job this run was for: its owner deleted that one and wrote another in its place.
-    let current = current_job(run.state, run.settings, run.job_id).await?;
-    let Some(job) = current.filter(|j| j.run.is_some()) else {
-        log_usage(run, &usage).await;
+    let current = current_job(run.state, run.settings, run.job_id).await;
+    let Some(job) = current?.filter(|j| j.run.is_some()) else {
+        if !logged {
+            log_usage(run, &usage).await;
+        }
         return Err(SubmitError::Closed {
             job_id: run.job_id,
             status: JobStatus::Cancelled,
         });
     };
-    let logged = log_usage(run, &usage).await;
     let completion = completion::Completion {
         job: &job,
         output,

@@ -105,9 +105,9 @@ pub(super) async fn submit(
         Ok(p) => p,
         Err(error) => {
             let message = format!("Replicate API error: {}", describe(&error));
-            fail_job(state, settings, job_id, &message).await?;
             let status = error.status().map(i32::from);
             log_failed_usage(run, status, started, &message, json!({})).await;
+            fail_job(state, settings, job_id, &message).await?;
             return Err(SubmitError::Provider {
                 job_id,
                 provider: ProviderKind::Replicate,
@@ -116,9 +116,9 @@ pub(super) async fn submit(
         }
     };
     if let Some(message) = prediction.failure() {
-        fail_job(state, settings, job_id, &message).await?;
         let meta = json!({"request_id": prediction.id, "metrics": prediction.metrics});
         log_failed_usage(run, None, started, &message, meta).await;
+        fail_job(state, settings, job_id, &message).await?;
         return Err(SubmitError::ResultFailed { job_id, message });
     }
     match prediction.status {
