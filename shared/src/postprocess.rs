@@ -72,13 +72,18 @@ pub async fn run_steps(
     if job.status != JobStatus::Completed {
         return Ok(Vec::new());
     }
-    let Some(mut asset) = db::assets::for_job(&**client, job_id, job.user_id).await? else {
-        return Ok(Vec::new());
-    };
-    drop(client);
     let Some(run) = job.run.clone() else {
         return Ok(Vec::new());
     };
+    let Some(mut asset) = db::assets::for_job(&**client, job_id, job.user_id).await? else {
+        // Its owner deleted the asset the steps describe: recorded as skipped, so that the backlog stops taking it.
+        let skipped = json!({ "skipped": "its asset no longer exists" });
+        for step in &run.post_steps {
+            pp::record_step(&**client, job_id, step, &skipped).await?;
+        }
+        return Ok(Vec::new());
+    };
+    drop(client);
     // The stored result as the completion recorded it, never the asset row's paths (the owner can rewrite them).
     let Some(key) = run
         .result_key
@@ -259,9 +264,9 @@ async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, P
     }
     let pointed = match s.pointer {
         Pointer::Character { id, seed } => {
-            pp::set_character_image(&*tx, id, job.user_id, &url, seed).await?
+            pp::set_character_image(&*tx, job.id, id, job.user_id, &url, seed).await?
         }
-        Pointer::Scene { id } => pp::set_scene_image(&*tx, id, job.user_id, &url).await?,
+        Pointer::Scene { id } => pp::set_scene_image(&*tx, job.id, id, job.user_id, &url).await?,
     };
     if !pointed {
         tx.rollback().await?;

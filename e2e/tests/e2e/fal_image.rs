@@ -673,6 +673,43 @@ async fn post_processed_once(
     (job_id, rows[0].clone())
 }
 
+/// A new character of `user`'s, named `name`.
+async fn new_character(user: Uuid, name: &str) -> Uuid {
+    let character = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, $3)",
+            &[&character, &user, &name],
+        )
+        .await
+        .unwrap();
+    character
+}
+
+/// A sync portrait of `character`, once its post-processing step is recorded: its job id.
+async fn sync_portrait(jwt: &str, character: Uuid, text: &str) -> String {
+    let metadata = json!({"destination": "character_portrait", "character_id": character});
+    let body =
+        json!({"prompt": prompt(text, ""), "apiModelId": sync_model(), "metadata": metadata});
+    let (status, answer) = generate(jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap().to_owned();
+    wait_step(&job_id, "character_portrait").await;
+    job_id
+}
+
+/// The recorded `character_portrait` step's detail of job `job_id`.
+async fn portrait_step(job_id: &str) -> Value {
+    db().await
+        .query_one(
+            "SELECT detail FROM public.job_postprocessing WHERE job_id = $1::text::uuid AND step = 'character_portrait'",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn library_rows(user: Uuid) -> Vec<Value> {
     first_column(
         &db().await,
@@ -685,14 +722,7 @@ async fn library_rows(user: Uuid) -> Vec<Value> {
 #[tokio::test]
 async fn a_character_portrait_updates_the_character_and_library_once_even_when_run_twice() {
     let (user, jwt) = user().await;
-    let character = Uuid::new_v4();
-    db().await
-        .execute(
-            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Ada')",
-            &[&character, &user],
-        )
-        .await
-        .unwrap();
+    let character = new_character(user, "Ada").await;
     let metadata = json!({"destination": "character_portrait", "character_id": character, "character_name": "Ada"});
     let (job_id, row) = post_processed_once(
         &jwt,
@@ -760,16 +790,9 @@ async fn a_portrait_naming_its_character_without_an_id_updates_the_callers_lates
 #[tokio::test]
 async fn a_roleplay_scene_gets_its_image_in_the_library_once() {
     let (user, jwt) = user().await;
-    let character = Uuid::new_v4();
+    let character = new_character(user, "Bo").await;
     let scene = Uuid::new_v4();
     let client = db().await;
-    client
-        .execute(
-            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Bo')",
-            &[&character, &user],
-        )
-        .await
-        .unwrap();
     client
         .execute(
             "INSERT INTO public.character_scenes (id, character_id, scene_prompt) VALUES ($1, $2, 'a harbour')",
@@ -991,15 +1014,8 @@ async fn a_signed_link_fetched_from_the_apps_origin_is_readable_by_the_page() {
 #[tokio::test]
 async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
     let (user, jwt) = user().await;
-    let character = Uuid::new_v4();
+    let character = new_character(user, "Gone").await;
     let client = db().await;
-    client
-        .execute(
-            "INSERT INTO public.characters (id, user_id, name) VALUES ($1, $2, 'Gone')",
-            &[&character, &user],
-        )
-        .await
-        .unwrap();
     let metadata = json!({"destination": "character_portrait", "character_id": character});
     let body = json!({
         "prompt": prompt("portrait of a deleted character", "#delay-ms=1500"),
@@ -1022,14 +1038,7 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
         .unwrap();
 
     wait_step(&job_id, "character_portrait").await;
-    let detail: Value = client
-        .query_one(
-            "SELECT detail FROM public.job_postprocessing WHERE job_id = $1::text::uuid AND step = 'character_portrait'",
-            &[&job_id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let detail = portrait_step(&job_id).await;
     assert!(detail["skipped"].is_string(), "{detail}");
     assert!(rerun_post_processing(&job_id).await.is_empty());
     assert_eq!(library_rows(user).await, Vec::<Value>::new());
@@ -1042,6 +1051,86 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
         .await
         .unwrap();
     assert_eq!(copies.key_count(), Some(0));
+}
+
+/// Two portraits of one character, the older one's step re-run late (its first pass failed: no step, no library
+/// row): it records its library copy but leaves the character pointed at the newer portrait.
+#[tokio::test]
+async fn a_late_rerun_of_an_older_portrait_leaves_the_newer_one() {
+    let (user, jwt) = user().await;
+    let character = new_character(user, "Twice").await;
+    let client = db().await;
+    let mut jobs = Vec::new();
+    for text in ["older portrait of Twice", "newer portrait of Twice"] {
+        jobs.push(sync_portrait(&jwt, character, text).await);
+    }
+    let key = |job_id: &str| format!("{user}/{job_id}_{character}.png");
+    let image_url = async || -> String {
+        client
+            .query_one(
+                "SELECT image_url FROM public.characters WHERE id = $1",
+                &[&character],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let newer = format!("user-library/{}", key(&jobs[1]));
+    assert_eq!(image_url().await, newer);
+    client
+        .execute(
+            "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+            &[&jobs[0]],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "DELETE FROM public.user_library WHERE storage_path = $1",
+            &[&key(&jobs[0])],
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        rerun_post_processing(&jobs[0]).await,
+        vec!["character_portrait"]
+    );
+    assert_eq!(image_url().await, newer);
+    let paths: Vec<String> = first_column(
+        &client,
+        "SELECT storage_path FROM public.user_library WHERE user_id = $1 ORDER BY storage_path",
+        &[&user],
+    )
+    .await;
+    let mut expected = vec![key(&jobs[0]), key(&jobs[1])];
+    expected.sort();
+    assert_eq!(paths, expected);
+}
+
+/// A completed job whose post-processing never recorded its step (its function stopped first) and whose asset its
+/// owner deleted since: the re-run records the step as skipped, so that the reconciler's backlog, which takes
+/// jobs with a step not recorded, stops taking it.
+#[tokio::test]
+async fn a_step_whose_asset_its_owner_deleted_is_recorded_as_skipped() {
+    let (user, jwt) = user().await;
+    let character = new_character(user, "Brief").await;
+    let client = db().await;
+    let job_id = sync_portrait(&jwt, character, "portrait whose asset is deleted").await;
+    for table in ["job_postprocessing", "workspace_assets"] {
+        let deleted = client
+            .execute(
+                &format!("DELETE FROM public.{table} WHERE job_id = $1::text::uuid"),
+                &[&job_id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1, "{table}");
+    }
+
+    assert!(rerun_post_processing(&job_id).await.is_empty());
+    let detail = portrait_step(&job_id).await;
+    assert_eq!(detail["skipped"], "its asset no longer exists", "{detail}");
 }
 
 /// Every refusal on the storage routes has Supabase Storage's shape (`{statusCode, error, message}`), which

@@ -116,44 +116,87 @@ pub async fn insert_library<C: GenericClient>(
     Ok(row.get(0))
 }
 
-/// Points a character of the user at its portrait (`<bucket>/<key>`), locking the seed when it fits int4.
+/// Whether the run of job `$<job>` closed before another run for the same `target` column (`character_id` or
+/// `scene_id`) whose step `$<step>` pointed the row at its copy: a late re-run of the older job's step (the
+/// reconciler's, after the first pass failed) must not point the row back at the older result.
+fn superseded_by_later(target: &str, job: u8, step: u8) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM public.job_runs mine
+                   JOIN public.job_runs later ON later.{target} = mine.{target} AND later.job_id <> mine.job_id
+                   JOIN public.job_postprocessing p ON p.job_id = later.job_id AND p.step = ${step}
+                  WHERE mine.job_id = ${job} AND later.closed_at > mine.closed_at
+                    AND p.detail ? 'storage_path')"
+    )
+}
+
+/// Points a character of the user at job `job_id`'s portrait (`<bucket>/<key>`), locking the seed when it fits
+/// int4; left as it is when a later job's portrait already points it (see [`superseded_by_later`]). False when
+/// the user has no such character.
 pub async fn set_character_image<C: GenericClient>(
     client: &C,
+    job_id: Uuid,
     character_id: Uuid,
     user_id: Uuid,
     image_url: &str,
     seed: Option<i64>,
 ) -> Result<bool, tokio_postgres::Error> {
     let seed = seed.and_then(|s| i32::try_from(s).ok());
+    let sql = format!(
+        "WITH s AS (SELECT {} AS superseded)
+         UPDATE public.characters c
+            SET image_url = CASE WHEN s.superseded THEN c.image_url ELSE $3 END,
+                reference_image_url = CASE WHEN s.superseded THEN c.reference_image_url ELSE $3 END,
+                seed_locked = CASE WHEN s.superseded THEN c.seed_locked ELSE coalesce($4, c.seed_locked) END,
+                updated_at = CASE WHEN s.superseded THEN c.updated_at ELSE now() END
+           FROM s
+          WHERE c.id = $1 AND c.user_id = $2
+         RETURNING c.id",
+        superseded_by_later("character_id", 5, 6)
+    );
     let rows = client
         .query_typed(
-            "UPDATE public.characters
-                SET image_url = $3, reference_image_url = $3, seed_locked = coalesce($4, seed_locked), updated_at = now()
-              WHERE id = $1 AND user_id = $2
-             RETURNING id",
-            &[(&character_id, Type::UUID), (&user_id, Type::UUID), (&image_url, Type::TEXT), (&seed, Type::INT4)],
+            &sql,
+            &[
+                (&character_id, Type::UUID),
+                (&user_id, Type::UUID),
+                (&image_url, Type::TEXT),
+                (&seed, Type::INT4),
+                (&job_id, Type::UUID),
+                (&crate::postprocess::STEP_PORTRAIT, Type::TEXT),
+            ],
         )
         .await?;
     Ok(!rows.is_empty())
 }
 
-/// Points a scene at its image (`<bucket>/<key>`), only for scenes of the user's characters.
+/// Points a scene at job `job_id`'s image (`<bucket>/<key>`), only for scenes of the user's characters; left as it
+/// is when a later job's image already points it. False when the user has no such scene.
 pub async fn set_scene_image<C: GenericClient>(
     client: &C,
+    job_id: Uuid,
     scene_id: Uuid,
     user_id: Uuid,
     image_url: &str,
 ) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH s AS (SELECT {} AS superseded)
+         UPDATE public.character_scenes cs
+            SET image_url = CASE WHEN s.superseded THEN cs.image_url ELSE $3 END,
+                updated_at = CASE WHEN s.superseded THEN cs.updated_at ELSE now() END
+           FROM public.characters c, s
+          WHERE cs.id = $1 AND c.id = cs.character_id AND c.user_id = $2
+         RETURNING cs.id",
+        superseded_by_later("scene_id", 4, 5)
+    );
     let rows = client
         .query_typed(
-            "UPDATE public.character_scenes s SET image_url = $3, updated_at = now()
-               FROM public.characters c
-              WHERE s.id = $1 AND c.id = s.character_id AND c.user_id = $2
-             RETURNING s.id",
+            &sql,
             &[
                 (&scene_id, Type::UUID),
                 (&user_id, Type::UUID),
                 (&image_url, Type::TEXT),
+                (&job_id, Type::UUID),
+                (&crate::postprocess::STEP_SCENE, Type::TEXT),
             ],
         )
         .await?;
