@@ -75,14 +75,7 @@ pub async fn run_steps(
     let Some(run) = job.run.clone() else {
         return Ok(Vec::new());
     };
-    let Some(mut asset) = db::assets::for_job(&**client, job_id, job.user_id).await? else {
-        // Its owner deleted the asset the steps describe: recorded as skipped, so that the backlog stops taking it.
-        let skipped = json!({ "skipped": "its asset no longer exists" });
-        for step in &run.post_steps {
-            pp::record_step(&**client, job_id, step, &skipped).await?;
-        }
-        return Ok(Vec::new());
-    };
+    let asset_row = db::assets::for_job(&**client, job_id, job.user_id).await?;
     drop(client);
     // The stored result as the completion recorded it, never the asset row's paths (the owner can rewrite them).
     let Some(key) = run
@@ -92,18 +85,26 @@ pub async fn run_steps(
     else {
         return Ok(Vec::new());
     };
-    asset.temp_storage_path = key.to_owned();
-    asset.thumbnail_path = run
+    let thumbnail = run
         .thumbnail_key
         .as_deref()
         .and_then(|k| ownership::owned_key(job.user_id, k))
         .map(str::to_owned);
+    let (asset, result_gone) = match asset_row {
+        Some(mut asset) => {
+            asset.temp_storage_path = key.to_owned();
+            asset.thumbnail_path = thumbnail;
+            (asset, false)
+        }
+        None => asset_of_object(state, settings, key, thumbnail).await?,
+    };
     let t = &run.targets;
     let on = Step {
         state,
         settings,
         job: &job,
         asset: &asset,
+        result_gone,
     };
     let mut done = Vec::new();
     for step in &run.post_steps {
@@ -123,6 +124,41 @@ pub async fn run_steps(
         }
     }
     Ok(done)
+}
+
+/// What the steps describe when its owner deleted the job's asset row: the stored object's type and size, and
+/// whether the object is gone too (then there is nothing to copy or show, and the steps are skipped).
+async fn asset_of_object(
+    state: &AppState,
+    settings: &Settings,
+    key: &str,
+    thumbnail_path: Option<String>,
+) -> Result<(db::assets::AssetRow, bool), PostProcessError> {
+    let bucket = &settings.config.workspace_bucket;
+    let meta = match state.storage.exists(bucket, key).await? {
+        true => state.storage.head(bucket, key).await?,
+        false => None,
+    };
+    let mime_type = meta
+        .as_ref()
+        .and_then(|m| m.content_type.clone())
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let asset_type = if mime_type.starts_with("video/") {
+        "video"
+    } else {
+        "image"
+    };
+    let asset = db::assets::AssetRow {
+        id: Uuid::nil(),
+        asset_type: asset_type.to_owned(),
+        temp_storage_path: key.to_owned(),
+        thumbnail_path,
+        mime_type,
+        file_size_bytes: meta
+            .as_ref()
+            .map_or(0, |m| i64::try_from(m.size).unwrap_or(i64::MAX)),
+    };
+    Ok((asset, meta.is_none()))
 }
 
 fn ext_of(path: &str) -> &str {
@@ -191,7 +227,12 @@ struct Step<'a> {
     settings: &'a Settings,
     job: &'a db::jobs::JobRecord,
     asset: &'a db::assets::AssetRow,
+    /// Neither the asset row nor the stored object is there any more: the steps are skipped.
+    result_gone: bool,
 }
+
+/// Why a step was skipped when the result it would use is gone.
+const RESULT_GONE: &str = "its result no longer exists";
 
 /// What a library step points at its copy once it is in the library.
 enum Pointer {
@@ -200,7 +241,7 @@ enum Pointer {
 }
 
 /// A step that copies the result (and its thumbnail) into the library under deterministic keys, then in ONE
-/// transaction records the step, inserts the library row and points the character or scene at the copy.
+/// transaction records the step, points the character or scene at the copy and inserts the library row.
 struct LibraryStep {
     step: &'static str,
     key: String,
@@ -224,7 +265,11 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         let [character_ok, scene_ok, _] =
             pp::targets_allowed(&**client, job.user_id, character, scene, None).await?;
         if !(character_ok && scene_ok) {
-            skip_gone_target(step, &s, &client).await?;
+            skip_step(step, &s, &client, TARGET_GONE).await?;
+            return Ok(false);
+        }
+        if step.result_gone {
+            skip_step(step, &s, &client, RESULT_GONE).await?;
             return Ok(false);
         }
     }
@@ -251,7 +296,8 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
 }
 
 /// The library step's one transaction: the step, the character or scene pointed at the copy, the library row.
-/// A target its owner deleted since the check is skipped as [`skip_gone_target`] does.
+/// A target its owner deleted since the check is skipped as [`skip_step`] does; a step another pass recorded as
+/// skipped meanwhile (its target went) gets this pass's copies removed, which no row can point at.
 async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, PostProcessError> {
     let job = step.job;
     // The original's `<bucket>/<key>` pointer names the storage bucket clients sign in, not the S3 bucket behind it.
@@ -260,6 +306,9 @@ async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, P
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
         tx.rollback().await?;
+        if pp::step_skipped(&**client, job.id, s.step).await? {
+            remove_copies(step, s).await;
+        }
         return Ok(false);
     }
     let pointed = match s.pointer {
@@ -270,7 +319,7 @@ async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, P
     };
     if !pointed {
         tx.rollback().await?;
-        skip_gone_target(step, s, &client).await?;
+        skip_step(step, s, &client, TARGET_GONE).await?;
         return Ok(false);
     }
     pp::insert_library(&*tx, &s.row).await?;
@@ -278,26 +327,34 @@ async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, P
     Ok(true)
 }
 
-/// Its owner deleted the character or scene since the submission: the step is recorded as skipped, so that no pass
-/// copies the result again for rows that can never be written. The pass that records it also removes the copies
-/// (an earlier pass may have made them before its transaction failed): with the target gone no transaction can
-/// record the step, so no row points at them. A pass that finds the step recorded leaves them.
-async fn skip_gone_target(
+/// Why a library step was skipped when its owner deleted its character or scene.
+const TARGET_GONE: &str = "its character or scene no longer exists";
+
+/// A step that can never write its rows (its character or scene, or the result, is gone) is recorded as skipped,
+/// so that no pass copies the result again. The pass that records it also removes the copies (an earlier pass may
+/// have made them before its transaction failed): once the step is recorded no transaction can record it again,
+/// so no row points at them. A pass that finds the step recorded leaves them.
+async fn skip_step(
     step: &Step<'_>,
     s: &LibraryStep,
     client: &tokio_postgres::Client,
+    reason: &str,
 ) -> Result<(), PostProcessError> {
-    let skipped = json!({ "skipped": "its character or scene no longer exists" });
-    if pp::record_step(client, step.job.id, s.step, &skipped).await? {
-        let keys: Vec<String> = std::iter::once(s.key.clone())
-            .chain(s.thumbnail_key.clone())
-            .collect();
-        let bucket = &step.settings.config.library_bucket;
-        if let Err(e) = step.state.storage.delete_keys(bucket, &keys).await {
-            tracing::warn!(job_id = %step.job.id, error = %e, "could not delete the library copies of a skipped step");
-        }
+    if pp::record_step(client, step.job.id, s.step, &json!({ "skipped": reason })).await? {
+        remove_copies(step, s).await;
     }
     Ok(())
+}
+
+/// Deletes a library step's copies by their exact keys, best effort.
+async fn remove_copies(step: &Step<'_>, s: &LibraryStep) {
+    let keys: Vec<String> = std::iter::once(s.key.clone())
+        .chain(s.thumbnail_key.clone())
+        .collect();
+    let bucket = &step.settings.config.library_bucket;
+    if let Err(e) = step.state.storage.delete_keys(bucket, &keys).await {
+        tracing::warn!(job_id = %step.job.id, error = %e, "could not delete the library copies of a skipped step");
+    }
 }
 
 fn character_name(job: &db::jobs::JobRecord) -> Option<&Value> {
@@ -389,6 +446,17 @@ async fn clip_link(
 /// A storyboard clip's video: completed with a 7-day link of the stored result.
 async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessError> {
     let (state, settings, job, asset) = (step.state, step.settings, step.job, step.asset);
+    if step.result_gone {
+        // Nothing to show: the clip fails, as it does when its job fails.
+        let mut client = state.db_client(settings).await?;
+        let tx = client.transaction().await?;
+        let skipped = json!({ "skipped": RESULT_GONE });
+        if pp::record_step(&*tx, job.id, STEP_STORYBOARD, &skipped).await? {
+            pp::fail_storyboard_clip(&*tx, clip_id, job.user_id).await?;
+        }
+        tx.commit().await?;
+        return Ok(false);
+    }
     if asset.asset_type != "video" {
         // Nothing for a clip to show, decided once: recorded, so that the reconciler does not come back for it.
         let client = state.db_client(settings).await?;

@@ -724,6 +724,48 @@ fn every_aws_call_of_the_code_is_granted_to_each_function_and_nothing_else() {
     );
 }
 
+/// What the code does in each bucket, which the scan above cannot tell apart (a call's bucket is a value). The
+/// workspace: results written (multipart, so aborts too), read (presigned links, copies), deleted when their job
+/// ends without them. The library: results copied in (read and written), read through links, and deleted when
+/// their post-processing step is skipped because its character or scene is gone (`postprocess::skip_step`).
+const BUCKET_NEEDS: &[(&str, &[&str])] = &[
+    (
+        "${WorkspaceBucket.Arn}/*",
+        &[
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:DeleteObject",
+            "s3:AbortMultipartUpload",
+        ],
+    ),
+    (
+        "${LibraryBucket.Arn}/*",
+        &["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+    ),
+];
+
+#[test]
+fn each_function_may_do_in_each_bucket_what_the_code_does_there() {
+    let root = workspace_root();
+    let template = parse_yaml(&std::fs::read_to_string(root.join("template.yaml")).unwrap());
+    let mut problems = Vec::new();
+    for function in function_names() {
+        let role = role_of(&template, &function);
+        let grants = role_grants(&template, &role);
+        for (bucket, actions) in BUCKET_NEEDS {
+            for action in *actions {
+                let granted = grants.iter().any(|(pattern, resources)| {
+                    action_matches(pattern, action) && resources.iter().any(|r| r.contains(bucket))
+                });
+                if !granted {
+                    problems.push(format!("{function} ({role}) lacks {action} on {bucket}"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn the_scan_sees_fluent_and_presigned_calls_and_skips_comments_strings_and_tests() {
     let src = r##"

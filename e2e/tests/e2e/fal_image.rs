@@ -710,6 +710,23 @@ async fn portrait_step(job_id: &str) -> Value {
         .get(0)
 }
 
+/// The keys of `user`'s objects in the library bucket.
+async fn library_objects(user: Uuid) -> Vec<String> {
+    let listed = s3()
+        .await
+        .list_objects_v2()
+        .bucket(stack_var("LIBRARY_BUCKET"))
+        .prefix(format!("{user}/"))
+        .send()
+        .await
+        .unwrap();
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
 async fn library_rows(user: Uuid) -> Vec<Value> {
     first_column(
         &db().await,
@@ -1042,15 +1059,7 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
     assert!(detail["skipped"].is_string(), "{detail}");
     assert!(rerun_post_processing(&job_id).await.is_empty());
     assert_eq!(library_rows(user).await, Vec::<Value>::new());
-    let copies = s3()
-        .await
-        .list_objects_v2()
-        .bucket(stack_var("LIBRARY_BUCKET"))
-        .prefix(format!("{user}/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(copies.key_count(), Some(0));
+    assert_eq!(library_objects(user).await, Vec::<String>::new());
 }
 
 /// Two portraits of one character, the older one's step re-run late (its first pass failed: no step, no library
@@ -1108,29 +1117,138 @@ async fn a_late_rerun_of_an_older_portrait_leaves_the_newer_one() {
     assert_eq!(paths, expected);
 }
 
-/// A completed job whose post-processing never recorded its step (its function stopped first) and whose asset its
-/// owner deleted since: the re-run records the step as skipped, so that the reconciler's backlog, which takes
-/// jobs with a step not recorded, stops taking it.
+/// The same while the newer portrait's step is in flight: the older one's re-run waits for the character's row,
+/// then sees that step committed and leaves the newer portrait (a check made before the wait would not see it).
 #[tokio::test]
-async fn a_step_whose_asset_its_owner_deleted_is_recorded_as_skipped() {
+async fn an_older_portraits_rerun_waiting_on_the_newer_ones_step_leaves_the_newer_one() {
     let (user, jwt) = user().await;
-    let character = new_character(user, "Brief").await;
-    let client = db().await;
-    let job_id = sync_portrait(&jwt, character, "portrait whose asset is deleted").await;
-    for table in ["job_postprocessing", "workspace_assets"] {
-        let deleted = client
-            .execute(
-                &format!("DELETE FROM public.{table} WHERE job_id = $1::text::uuid"),
-                &[&job_id],
-            )
-            .await
-            .unwrap();
-        assert_eq!(deleted, 1, "{table}");
+    let character = new_character(user, "Thrice").await;
+    let mut client = db().await;
+    let older = sync_portrait(&jwt, character, "older portrait of Thrice").await;
+    let newer = sync_portrait(&jwt, character, "newer portrait of Thrice").await;
+    let newer_url = format!("user-library/{user}/{newer}_{character}.png");
+    for sql in [
+        "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+        "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+    ] {
+        for job in [&older, &newer] {
+            client.execute(sql, &[job]).await.unwrap();
+        }
     }
+    // The newer job's step, recorded and pointing the character, not committed yet.
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO public.job_postprocessing (job_id, step, detail)
+         VALUES ($1::text::uuid, 'character_portrait', jsonb_build_object('storage_path', $2::text))",
+        &[&newer, &newer_url],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE public.characters SET image_url = $2 WHERE id = $1",
+        &[&character, &newer_url],
+    )
+    .await
+    .unwrap();
+    let rerun = tokio::spawn({
+        let older = older.clone();
+        async move { rerun_post_processing(&older).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !rerun.is_finished(),
+        "the re-run did not wait for the character's row"
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(rerun.await.unwrap(), vec!["character_portrait"]);
+    let image_url: String = client
+        .query_one(
+            "SELECT image_url FROM public.characters WHERE id = $1",
+            &[&character],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(image_url, newer_url);
+}
+
+/// A completed portrait whose first post-processing pass failed (no step, no library row) and whose asset row its
+/// owner deleted since: the re-run goes by the stored result, so the character still gets its portrait.
+#[tokio::test]
+async fn a_step_whose_asset_row_was_deleted_runs_from_the_stored_result() {
+    let (user, job_id, key) = portrait_with_first_pass_undone("Brief").await;
+
+    assert_eq!(
+        rerun_post_processing(&job_id).await,
+        vec!["character_portrait"]
+    );
+    assert_eq!(portrait_step(&job_id).await["storage_path"], key);
+    let rows = library_rows(user).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["storage_path"], key);
+    assert_eq!(rows[0]["mime_type"], "image/png");
+    assert!(
+        rows[0]["file_size_bytes"].as_i64().unwrap() > 0,
+        "{}",
+        rows[0]
+    );
+}
+
+/// The same with the stored result deleted too: nothing to copy, so the step is recorded as skipped (the
+/// reconciler's backlog, which takes jobs with a step not recorded, stops taking it) and the copy the failed first
+/// pass left in the library is removed.
+#[tokio::test]
+async fn a_step_whose_result_was_deleted_is_skipped_and_its_copy_removed() {
+    let (user, job_id, _) = portrait_with_first_pass_undone("Briefer").await;
+    let result_key: String = db()
+        .await
+        .query_one(
+            "SELECT result_key FROM public.job_runs WHERE job_id = $1::text::uuid",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let s3 = s3().await;
+    s3.delete_object()
+        .bucket(stack_var("WORKSPACE_BUCKET"))
+        .key(&result_key)
+        .send()
+        .await
+        .unwrap();
 
     assert!(rerun_post_processing(&job_id).await.is_empty());
     let detail = portrait_step(&job_id).await;
-    assert_eq!(detail["skipped"], "its asset no longer exists", "{detail}");
+    assert_eq!(detail["skipped"], "its result no longer exists", "{detail}");
+    assert_eq!(library_objects(user).await, Vec::<String>::new());
+}
+
+/// A sync portrait of a new character `name`, made to look as if its first post-processing pass failed after
+/// copying (the library copy stays; no step, no library row) and its owner then deleted its asset row: its user,
+/// job id and library key.
+async fn portrait_with_first_pass_undone(name: &str) -> (Uuid, String, String) {
+    let (user, jwt) = user().await;
+    let character = new_character(user, name).await;
+    let job_id = sync_portrait(&jwt, character, &format!("portrait of {name}")).await;
+    let key = format!("{user}/{job_id}_{character}.png");
+    let client = db().await;
+    for sql in [
+        "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+        "DELETE FROM public.workspace_assets WHERE job_id = $1::text::uuid",
+        "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+    ] {
+        assert_eq!(client.execute(sql, &[&job_id]).await.unwrap(), 1, "{sql}");
+    }
+    let library = s3()
+        .await
+        .head_object()
+        .bucket(stack_var("LIBRARY_BUCKET"))
+        .key(&key)
+        .send()
+        .await;
+    assert!(library.is_ok(), "the first pass's copy {key}: {library:?}");
+    (user, job_id, key)
 }
 
 /// Every refusal on the storage routes has Supabase Storage's shape (`{statusCode, error, message}`), which

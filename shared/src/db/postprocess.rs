@@ -49,6 +49,21 @@ pub async fn record_step<C: GenericClient>(
     Ok(!rows.is_empty())
 }
 
+/// Whether the step is recorded as skipped (its detail says why, and names no copy).
+pub async fn step_skipped<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    step: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_typed_opt(
+            "SELECT 1 FROM public.job_postprocessing WHERE job_id = $1 AND step = $2 AND detail ? 'skipped'",
+            &[(&job_id, Type::UUID), (&step, Type::TEXT)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 pub async fn step_done<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -132,6 +147,10 @@ fn superseded_by_later(target: &str, job: u8, step: u8) -> String {
 /// Points a character of the user at job `job_id`'s portrait (`<bucket>/<key>`), locking the seed when it fits
 /// int4; left as it is when a later job's portrait already points it (see [`superseded_by_later`]). False when
 /// the user has no such character.
+///
+/// The row is locked by a statement of its own first: the update's check then reads with a snapshot taken after
+/// any concurrent step that pointed it committed (a check in the update itself would keep the snapshot from
+/// before it waited for that step's lock).
 pub async fn set_character_image<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -140,20 +159,24 @@ pub async fn set_character_image<C: GenericClient>(
     image_url: &str,
     seed: Option<i64>,
 ) -> Result<bool, tokio_postgres::Error> {
+    let locked = client
+        .query_typed(
+            "SELECT 1 FROM public.characters WHERE id = $1 AND user_id = $2 FOR UPDATE",
+            &[(&character_id, Type::UUID), (&user_id, Type::UUID)],
+        )
+        .await?;
+    if locked.is_empty() {
+        return Ok(false);
+    }
     let seed = seed.and_then(|s| i32::try_from(s).ok());
     let sql = format!(
-        "WITH s AS (SELECT {} AS superseded)
-         UPDATE public.characters c
-            SET image_url = CASE WHEN s.superseded THEN c.image_url ELSE $3 END,
-                reference_image_url = CASE WHEN s.superseded THEN c.reference_image_url ELSE $3 END,
-                seed_locked = CASE WHEN s.superseded THEN c.seed_locked ELSE coalesce($4, c.seed_locked) END,
-                updated_at = CASE WHEN s.superseded THEN c.updated_at ELSE now() END
-           FROM s
-          WHERE c.id = $1 AND c.user_id = $2
-         RETURNING c.id",
+        "UPDATE public.characters
+            SET image_url = $3, reference_image_url = $3, seed_locked = coalesce($4, seed_locked),
+                updated_at = now()
+          WHERE id = $1 AND user_id = $2 AND NOT {}",
         superseded_by_later("character_id", 5, 6)
     );
-    let rows = client
+    client
         .query_typed(
             &sql,
             &[
@@ -166,11 +189,12 @@ pub async fn set_character_image<C: GenericClient>(
             ],
         )
         .await?;
-    Ok(!rows.is_empty())
+    Ok(true)
 }
 
 /// Points a scene at job `job_id`'s image (`<bucket>/<key>`), only for scenes of the user's characters; left as it
-/// is when a later job's image already points it. False when the user has no such scene.
+/// is when a later job's image already points it (the row locked first, as [`set_character_image`] does). False
+/// when the user has no such scene.
 pub async fn set_scene_image<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -178,29 +202,33 @@ pub async fn set_scene_image<C: GenericClient>(
     user_id: Uuid,
     image_url: &str,
 ) -> Result<bool, tokio_postgres::Error> {
+    let locked = client
+        .query_typed(
+            "SELECT 1 FROM public.character_scenes cs JOIN public.characters c ON c.id = cs.character_id
+              WHERE cs.id = $1 AND c.user_id = $2 FOR UPDATE OF cs",
+            &[(&scene_id, Type::UUID), (&user_id, Type::UUID)],
+        )
+        .await?;
+    if locked.is_empty() {
+        return Ok(false);
+    }
     let sql = format!(
-        "WITH s AS (SELECT {} AS superseded)
-         UPDATE public.character_scenes cs
-            SET image_url = CASE WHEN s.superseded THEN cs.image_url ELSE $3 END,
-                updated_at = CASE WHEN s.superseded THEN cs.updated_at ELSE now() END
-           FROM public.characters c, s
-          WHERE cs.id = $1 AND c.id = cs.character_id AND c.user_id = $2
-         RETURNING cs.id",
-        superseded_by_later("scene_id", 4, 5)
+        "UPDATE public.character_scenes SET image_url = $2, updated_at = now()
+          WHERE id = $1 AND NOT {}",
+        superseded_by_later("scene_id", 3, 4)
     );
-    let rows = client
+    client
         .query_typed(
             &sql,
             &[
                 (&scene_id, Type::UUID),
-                (&user_id, Type::UUID),
                 (&image_url, Type::TEXT),
                 (&job_id, Type::UUID),
                 (&crate::postprocess::STEP_SCENE, Type::TEXT),
             ],
         )
         .await?;
-    Ok(!rows.is_empty())
+    Ok(true)
 }
 
 pub async fn complete_storyboard_clip<C: GenericClient>(
