@@ -718,7 +718,7 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
     let moved =
         db::jobs::transition(client, job.id, JobStatus::Failed, Some(message), &json!({})).await?;
     if moved && let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
-        db::postprocess::fail_storyboard_clip(client, clip, job.user_id).await?;
+        db::postprocess::fail_storyboard_clip(client, job.id, clip, job.user_id).await?;
     }
     if moved {
         db::claims::clear(client, job.id).await?;

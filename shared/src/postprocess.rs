@@ -452,7 +452,7 @@ async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessE
         let tx = client.transaction().await?;
         let skipped = json!({ "skipped": RESULT_GONE });
         if pp::record_step(&*tx, job.id, STEP_STORYBOARD, &skipped).await? {
-            pp::fail_storyboard_clip(&*tx, clip_id, job.user_id).await?;
+            pp::fail_storyboard_clip(&*tx, job.id, clip_id, job.user_id).await?;
         }
         tx.commit().await?;
         return Ok(false);
@@ -487,8 +487,16 @@ async fn storyboard(step: &Step<'_>, clip_id: Uuid) -> Result<bool, PostProcessE
         tx.rollback().await?;
         return Ok(false);
     }
-    pp::complete_storyboard_clip(&*tx, clip_id, job.user_id, &url, duration, thumb.as_deref())
-        .await?;
+    pp::complete_storyboard_clip(
+        &*tx,
+        job.id,
+        clip_id,
+        job.user_id,
+        &url,
+        duration,
+        thumb.as_deref(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -727,7 +727,8 @@ fn every_aws_call_of_the_code_is_granted_to_each_function_and_nothing_else() {
 /// What the code does in each bucket, which the scan above cannot tell apart (a call's bucket is a value). The
 /// workspace: results written (multipart, so aborts too), read (presigned links, copies), deleted when their job
 /// ends without them. The library: results copied in (read and written), read through links, and deleted when
-/// their post-processing step is skipped because its character or scene is gone (`postprocess::skip_step`).
+/// their post-processing step is skipped because its character or scene, or the result, is gone
+/// (`postprocess::skip_step`). A resource must be the bucket's objects exactly.
 const BUCKET_NEEDS: &[(&str, &[&str])] = &[
     (
         "${WorkspaceBucket.Arn}/*",
@@ -755,7 +756,10 @@ fn each_function_may_do_in_each_bucket_what_the_code_does_there() {
         for (bucket, actions) in BUCKET_NEEDS {
             for action in *actions {
                 let granted = grants.iter().any(|(pattern, resources)| {
-                    action_matches(pattern, action) && resources.iter().any(|r| r.contains(bucket))
+                    action_matches(pattern, action)
+                        && resources
+                            .iter()
+                            .any(|r| r.strip_prefix("!Sub ").unwrap_or(r) == *bucket)
                 });
                 if !granted {
                     problems.push(format!("{function} ({role}) lacks {action} on {bucket}"));

@@ -908,30 +908,53 @@ async fn a_storyboard_clip_is_completed_with_its_video() {
 async fn cancelling_a_storyboard_clips_job_fails_the_clip() {
     let (_, jwt) = user().await;
     let clip = generating_clip().await;
+    let job_id = queued_clip_job(&jwt, clip, "#no-webhook").await;
+    let (status, cancelled) = cancel_job(&jwt, &job_id).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(clip_status(clip).await.as_deref(), Some("failed"));
+}
+
+/// A clip its owner asked for again while the first job was still queued: cancelling the first job leaves the
+/// clip to the later one, which completes it with its video.
+#[tokio::test]
+async fn a_clip_asked_for_again_is_decided_by_the_later_job() {
+    let (_, jwt) = user().await;
+    let clip = generating_clip().await;
+    let first = queued_clip_job(&jwt, clip, "#no-webhook").await;
+    let again = queued_clip_job(&jwt, clip, "#delay-ms=1500").await;
+    let (status, cancelled) = cancel_job(&jwt, &first).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(clip_status(clip).await.as_deref(), Some("generating"));
+
+    assert_eq!(wait_terminal(&again, WAIT).await["status"], "completed");
+    assert_clip_completed(&again, clip).await;
+}
+
+/// A video generation for `clip`, answered `queued`: its job id.
+async fn queued_clip_job(jwt: &str, clip: Uuid, directives: &str) -> String {
     let body = json!({
-        "prompt": prompt("clip", "#no-webhook"),
+        "prompt": prompt("clip", directives),
         "apiModelId": async_model(),
         "metadata": {"storyboard_clip_id": clip},
     });
-    let (status, answer) = generate(&jwt, &body).await;
+    let (status, answer) = generate(jwt, &body).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (200, Some("queued")),
         "{answer}"
     );
-    let job_id = answer["jobId"].as_str().unwrap();
-    let (status, cancelled) = cancel_job(&jwt, job_id).await;
-    assert_eq!(status, 200, "{cancelled}");
-    let clip_status: Option<String> = db()
-        .await
+    answer["jobId"].as_str().unwrap().to_owned()
+}
+
+async fn clip_status(clip: Uuid) -> Option<String> {
+    db().await
         .query_one(
             "SELECT status FROM public.storyboard_clips WHERE id = $1",
             &[&clip],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(clip_status.as_deref(), Some("failed"));
+        .get(0)
 }
 
 /// An image-to-video clip from the caller's own stored image: the image is copied as the video's thumbnail, and

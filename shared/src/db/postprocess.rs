@@ -10,8 +10,21 @@ use uuid::Uuid;
 pub const CLIP_OPEN_FOR: &str = "c.status IN ('pending', 'generating')
     AND coalesce(to_jsonb(c)->>'user_id', $2::text) = $2::text";
 
+/// A clip is decided by the latest job asked for it: not by job `$<job>` when its owner asked again since (a
+/// later run for the same clip), whether that job's result came or it failed.
+fn clip_not_asked_again(job: u8) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM public.job_runs mine
+                       JOIN public.job_runs later
+                         ON later.storyboard_clip_id = mine.storyboard_clip_id AND later.job_id <> mine.job_id
+                      WHERE mine.job_id = ${job} AND later.created_at > mine.created_at)"
+    )
+}
+
+/// Fails job `job_id`'s open clip, unless a later job was asked for it ([`clip_not_asked_again`]).
 pub async fn fail_storyboard_clip<C: GenericClient>(
     client: &C,
+    job_id: Uuid,
     clip_id: Uuid,
     user_id: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
@@ -19,9 +32,14 @@ pub async fn fail_storyboard_clip<C: GenericClient>(
         .query_typed(
             &format!(
                 "UPDATE public.storyboard_clips c SET status = 'failed', updated_at = now()
-                  WHERE c.id = $1 AND {CLIP_OPEN_FOR}"
+                  WHERE c.id = $1 AND {CLIP_OPEN_FOR} AND {}",
+                clip_not_asked_again(3)
             ),
-            &[(&clip_id, Type::UUID), (&user_id, Type::UUID)],
+            &[
+                (&clip_id, Type::UUID),
+                (&user_id, Type::UUID),
+                (&job_id, Type::UUID),
+            ],
         )
         .await?;
     Ok(())
@@ -161,7 +179,7 @@ pub async fn set_character_image<C: GenericClient>(
 ) -> Result<bool, tokio_postgres::Error> {
     let locked = client
         .query_typed(
-            "SELECT 1 FROM public.characters WHERE id = $1 AND user_id = $2 FOR UPDATE",
+            "SELECT 1 FROM public.characters WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE",
             &[(&character_id, Type::UUID), (&user_id, Type::UUID)],
         )
         .await?;
@@ -205,7 +223,7 @@ pub async fn set_scene_image<C: GenericClient>(
     let locked = client
         .query_typed(
             "SELECT 1 FROM public.character_scenes cs JOIN public.characters c ON c.id = cs.character_id
-              WHERE cs.id = $1 AND c.user_id = $2 FOR UPDATE OF cs",
+              WHERE cs.id = $1 AND c.user_id = $2 FOR NO KEY UPDATE OF cs",
             &[(&scene_id, Type::UUID), (&user_id, Type::UUID)],
         )
         .await?;
@@ -231,8 +249,10 @@ pub async fn set_scene_image<C: GenericClient>(
     Ok(true)
 }
 
+/// Completes job `job_id`'s open clip with its video, unless a later job was asked for it.
 pub async fn complete_storyboard_clip<C: GenericClient>(
     client: &C,
+    job_id: Uuid,
     clip_id: Uuid,
     user_id: Uuid,
     video_url: &str,
@@ -245,7 +265,8 @@ pub async fn complete_storyboard_clip<C: GenericClient>(
                 "UPDATE public.storyboard_clips c
                     SET status = 'completed', video_url = $3, duration_seconds = $4::float8::numeric,
                         thumbnail_url = $5, updated_at = now()
-                  WHERE c.id = $1 AND {CLIP_OPEN_FOR}"
+                  WHERE c.id = $1 AND {CLIP_OPEN_FOR} AND {}",
+                clip_not_asked_again(6)
             ),
             &[
                 (&clip_id, Type::UUID),
@@ -253,6 +274,7 @@ pub async fn complete_storyboard_clip<C: GenericClient>(
                 (&video_url, Type::TEXT),
                 (&duration_seconds, Type::FLOAT8),
                 (&thumbnail_url, Type::TEXT),
+                (&job_id, Type::UUID),
             ],
         )
         .await?;

@@ -1109,7 +1109,7 @@ async fn close_for_cancel(
     let moved = db::jobs::transition(&*tx, job_id, JobStatus::Cancelled, None, &patch).await?;
     if moved {
         if let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
-            db::postprocess::fail_storyboard_clip(&*tx, clip, job.user_id).await?;
+            db::postprocess::fail_storyboard_clip(&*tx, job_id, clip, job.user_id).await?;
         }
         tx.commit().await?;
     } else {
