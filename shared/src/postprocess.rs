@@ -135,10 +135,7 @@ async fn asset_of_object(
     thumbnail_path: Option<String>,
 ) -> Result<(db::assets::AssetRow, bool), PostProcessError> {
     let bucket = &settings.config.workspace_bucket;
-    let meta = match state.storage.exists(bucket, key).await? {
-        true => state.storage.head(bucket, key).await?,
-        false => None,
-    };
+    let meta = state.storage.head(bucket, key).await?;
     let mime_type = meta
         .as_ref()
         .and_then(|m| m.content_type.clone())
@@ -255,7 +252,10 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
     let c = &settings.config;
     {
         let client = state.db_client(settings).await?;
-        if pp::step_done(&**client, job.id, s.step).await? {
+        if pp::recorded_step(&**client, job.id, s.step)
+            .await?
+            .is_some()
+        {
             return Ok(false);
         }
         let (character, scene) = match s.pointer {
@@ -306,7 +306,8 @@ async fn record_library_step(step: &Step<'_>, s: &LibraryStep) -> Result<bool, P
     let tx = client.transaction().await?;
     if !pp::record_step(&*tx, job.id, s.step, &json!({ "storage_path": s.key })).await? {
         tx.rollback().await?;
-        if pp::step_skipped(&**client, job.id, s.step).await? {
+        let recorded = pp::recorded_step(&**client, job.id, s.step).await?;
+        if recorded.is_some_and(|detail| detail.get("skipped").is_some()) {
             remove_copies(step, s).await;
         }
         return Ok(false);

@@ -67,33 +67,20 @@ pub async fn record_step<C: GenericClient>(
     Ok(!rows.is_empty())
 }
 
-/// Whether the step is recorded as skipped (its detail says why, and names no copy).
-pub async fn step_skipped<C: GenericClient>(
+/// The detail of the step as recorded (`skipped` says why a step was skipped, and names no copy), `None` when it
+/// is not recorded.
+pub async fn recorded_step<C: GenericClient>(
     client: &C,
     job_id: Uuid,
     step: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
     let row = client
         .query_typed_opt(
-            "SELECT 1 FROM public.job_postprocessing WHERE job_id = $1 AND step = $2 AND detail ? 'skipped'",
+            "SELECT detail FROM public.job_postprocessing WHERE job_id = $1 AND step = $2",
             &[(&job_id, Type::UUID), (&step, Type::TEXT)],
         )
         .await?;
-    Ok(row.is_some())
-}
-
-pub async fn step_done<C: GenericClient>(
-    client: &C,
-    job_id: Uuid,
-    step: &str,
-) -> Result<bool, tokio_postgres::Error> {
-    let row = client
-        .query_typed_one(
-            "SELECT EXISTS (SELECT 1 FROM public.job_postprocessing WHERE job_id = $1 AND step = $2)",
-            &[(&job_id, Type::UUID), (&step, Type::TEXT)],
-        )
-        .await?;
-    Ok(row.get(0))
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// A `user_library` row as post-processing writes it.

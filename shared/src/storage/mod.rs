@@ -281,32 +281,28 @@ impl Storage {
         Ok(request.uri().to_owned())
     }
 
-    /// The object's size and type, or `None` when it does not exist.
+    /// The object's size and type, or `None` when it does not exist. S3 answers a HEAD of a missing key with 403 to
+    /// a role that may not list the bucket (the functions' roles may not: nothing of theirs lists), while they may
+    /// read every object of their buckets: a 403 is an absent object too.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         match self.s3.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
             })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(s3_err("HeadObject")(e)),
-        }
-    }
-
-    /// Whether the object exists. S3 answers a HEAD of a missing key with 403 to a role that may not list the
-    /// bucket (the functions' roles may not: nothing of theirs lists), while they may read every object of their
-    /// buckets: a 403 is an absent object too.
-    pub async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
-        match self.s3.head_object().bucket(bucket).key(key).send().await {
-            Ok(_) => Ok(true),
             Err(e)
                 if e.as_service_error().is_some_and(|s| s.is_not_found())
                     || e.raw_response().is_some_and(|r| r.status().as_u16() == 403) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(s3_err("HeadObject")(e)),
         }
+    }
+
+    /// Whether the object exists, as [`Storage::head`] tells.
+    pub async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
+        Ok(self.head(bucket, key).await?.is_some())
     }
 
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
