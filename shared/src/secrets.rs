@@ -129,12 +129,21 @@ impl ClassifyName for serde_json::Error {
 }
 
 struct Cached {
-    fetched_at: Instant,
+    /// When the next call fetches the secret again.
+    refresh_at: Instant,
     value: Arc<AppSecrets>,
 }
 
-/// Fetches the secret on first use and again once the TTL has passed. If a refresh fails while an older value is
-/// held, the older value keeps serving (and the failure is logged) rather than failing every request.
+/// After a failed refresh, the cached value serves this long (at most the TTL) before the next attempt, so an
+/// outage of Secrets Manager costs one fetch per interval, not one per request.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// A refresh while a cached value exists is given this long: past it the cached value serves, rather than every
+/// request waiting on a hanging endpoint through the SDK's retries.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fetches the secret on first use and again once the TTL has passed. If a refresh fails or hangs while an older
+/// value is held, the older value keeps serving (and the failure is logged once per attempt) rather than failing
+/// every request, and the next attempt waits [`RETRY_AFTER_FAILURE`].
 pub struct SecretsCache {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
@@ -156,28 +165,29 @@ impl SecretsCache {
     pub async fn get(&self) -> Result<Arc<AppSecrets>, SecretsError> {
         // One refresh at a time: callers arriving during a refresh wait for it instead of fetching again.
         let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref()
-            && c.fetched_at.elapsed() < self.ttl
-        {
-            return Ok(c.value.clone());
+        let Some(stale) = cached.as_mut() else {
+            let value = Arc::new(self.fetch().await?);
+            *cached = Some(Cached {
+                refresh_at: Instant::now() + self.ttl,
+                value: value.clone(),
+            });
+            return Ok(value);
+        };
+        if Instant::now() < stale.refresh_at {
+            return Ok(stale.value.clone());
         }
-        match self.fetch().await {
-            Ok(value) => {
-                let value = Arc::new(value);
-                *cached = Some(Cached {
-                    fetched_at: Instant::now(),
-                    value: value.clone(),
-                });
-                Ok(value)
+        let failure = match tokio::time::timeout(REFRESH_TIMEOUT, self.fetch()).await {
+            Ok(Ok(value)) => {
+                stale.value = Arc::new(value);
+                stale.refresh_at = Instant::now() + self.ttl;
+                return Ok(stale.value.clone());
             }
-            Err(e) => match cached.as_ref() {
-                Some(stale) => {
-                    tracing::warn!(error = %e, "secret refresh failed; serving the cached value");
-                    Ok(stale.value.clone())
-                }
-                None => Err(e),
-            },
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {REFRESH_TIMEOUT:?}"),
+        };
+        tracing::warn!(error = %failure, "secret refresh failed; serving the cached value");
+        stale.refresh_at = Instant::now() + self.ttl.min(RETRY_AFTER_FAILURE);
+        Ok(stale.value.clone())
     }
 
     async fn fetch(&self) -> Result<AppSecrets, SecretsError> {

@@ -79,3 +79,39 @@ async fn a_secret_that_is_not_the_expected_json_is_a_clear_error() {
         Err(SecretsError::Malformed { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_failed_refresh_serves_the_cached_value_and_waits_before_fetching_again() {
+    let (client, name) = new_secret("test/refresh-fails", secret_json("first-key")).await;
+    let ttl = Duration::from_millis(800);
+    let cache = SecretsCache::new(client.clone(), name.clone(), ttl);
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "first-key"
+    );
+    let put = |value: String| {
+        client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(value)
+            .send()
+    };
+    put("{\"FAL_KEY\":1}".to_owned()).await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    // The refresh fails (a malformed value): the cached value serves.
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "first-key"
+    );
+    // Fixed at once, but the next attempt waits: no fetch per request after a failure.
+    put(secret_json("rotated-key")).await.unwrap();
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "first-key"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "rotated-key"
+    );
+}
