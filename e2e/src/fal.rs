@@ -20,6 +20,19 @@ pub async fn inspect(request_id: &str) -> Value {
     Provider::Fal.request(request_id).await
 }
 
+/// The emulator's records of the fal requests whose webhook URL names job `job_id`: a request the job never
+/// recorded (its submission was given up on) is found this way.
+pub async fn requests_for_job(job_id: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/_emulator/requests?job_id={job_id}",
+        stack_var("FAL_EMULATOR_URL")
+    );
+    match json_of(http().get(url)).await {
+        Value::Array(records) => records,
+        other => panic!("not a list of requests: {other}"),
+    }
+}
+
 /// Polls the emulator's record every 200 ms until `done` holds for it; returns that record.
 async fn wait_record(
     provider: Provider,

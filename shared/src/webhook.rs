@@ -175,11 +175,8 @@ pub async fn complete_from_webhook(
         }
         found => found?,
     };
-    if job.is_closed() {
-        if !matches!(parsed.outcome, WebhookOutcome::NotOver) {
-            close_ended_run(state, settings, &job).await?;
-        }
-        return Ok((Delivery::Skipped, None));
+    if let Some(effect) = stops_here(state, settings, &job, &request_id, &parsed.outcome).await? {
+        return Ok((effect, None));
     }
     let output = match output_of(state, settings, &job, parsed.outcome).await? {
         Ok(output) => output,
@@ -198,6 +195,39 @@ pub async fn complete_from_webhook(
         }
         Outcome::Busy => Err(DeliveryError::Busy),
     }
+}
+
+/// `Some(effect)` when the delivery stops before its output is used: its job has ended (its run is closed once
+/// the provider is done with it), or it reports the end of a queue request a fallback abandoned without a result.
+/// A request that is not the job's is refused.
+async fn stops_here(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    request_id: &str,
+    outcome: &WebhookOutcome,
+) -> Result<Option<Delivery>, DeliveryError> {
+    let recorded = job.run.as_ref().and_then(|r| r.request_id());
+    let ours = recorded.is_none_or(|r| r == request_id);
+    if job.is_closed() {
+        if ours && !matches!(outcome, WebhookOutcome::NotOver) {
+            close_ended_run(state, settings, job).await?;
+        }
+        return Ok(Some(Delivery::Skipped));
+    }
+    // After a fallback, the queue request the provider may have accepted all the same is abandoned (and any
+    // request but the recorded one is that one): the sync run decides the job. Its result may still complete
+    // the job (the claim lets one of the two), its failure does not fail it.
+    let abandoned =
+        job.run.as_ref().is_some_and(|r| r.fell_back_at.is_some()) && recorded != Some(request_id);
+    if abandoned && !matches!(outcome, WebhookOutcome::Ok(_)) {
+        tracing::info!(job_id = %job.id, "delivery for the queue request the sync fallback abandoned; skipped");
+        return Ok(Some(Delivery::Skipped));
+    }
+    if !ours && !abandoned {
+        return Err(DeliveryError::RequestMismatch);
+    }
+    Ok(None)
 }
 
 /// The model output of a delivery: its payload, or for `payload: null` the result at the request's recorded
@@ -236,8 +266,7 @@ async fn output_of(
     ))
 }
 
-/// The delivery's job: the token's, else the URL's `job_id` or the body's request id (pre-token URLs). A job that
-/// already knows its request must be this delivery's (an early delivery may arrive before the id is recorded).
+/// The delivery's job: the token's, else the URL's `job_id` or the body's request id (pre-token URLs).
 async fn find_job(
     state: &AppState,
     settings: &Settings,
@@ -270,12 +299,6 @@ async fn find_job(
     let provider = run.map(|r| r.provider_name.as_str());
     auth.may_complete(job.id, run.map(|r| r.webhook_auth), provider)
         .map_err(DeliveryError::Unauthorized)?;
-    if run
-        .and_then(|r| r.request_id())
-        .is_some_and(|stored| stored != request_id)
-    {
-        return Err(DeliveryError::RequestMismatch);
-    }
     Ok(job)
 }
 

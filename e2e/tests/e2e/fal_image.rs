@@ -339,6 +339,41 @@ async fn a_sync_run_after_a_timed_out_queue_submission_ends_within_the_sync_boun
     assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
 }
 
+/// fal accepts a queue submission but answers it after the 10 s bound, and that queued request then fails while
+/// the sync fallback runs: its error delivery is for a request the job abandoned, so the sync run completes the job.
+#[tokio::test]
+async fn an_error_from_the_queue_request_a_fallback_abandoned_leaves_the_sync_run_to_finish() {
+    let (user_id, jwt) = user().await;
+    // Queue: accepted, answered at 12 s, failed and delivered at ~13 s. Sync run: from ~10 s to ~16 s.
+    let directives = "#queue-error #submit-delay-ms=12000 #delay-ms=13000 #run-delay-ms=6000";
+    let body =
+        json!({"prompt": prompt("abandoned queue error", directives), "apiModelId": async_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    let answered_at_ms = unix_ms();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = assert_exactly_once(user_id, job_id, "completed").await;
+    assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
+    // The abandoned request failed, and its error was delivered and answered before the sync run ended.
+    let queued = requests_for_job(job_id).await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["failed"], true, "{}", queued[0]);
+    let request_id = queued[0]["request_id"].as_str().unwrap();
+    let delivered = answered_deliveries(request_id, 1, WAIT).await;
+    assert_eq!(delivered[0]["http_status"], 200, "{delivered:?}");
+    assert!(
+        delivered[0]["started_at_ms"].as_u64().unwrap() < answered_at_ms,
+        "delivered after the sync run's answer: {delivered:?}"
+    );
+    assert_eq!(job(job_id).await["status"], "completed");
+}
+
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.unwrap().as_millis()).unwrap()
+}
+
 /// fal accepts a queue submission, runs it and delivers its webhook, but answers the submission after the 10 s bound:
 /// the fallback finds its job completed by that webhook, runs nothing more, and answers with the stored result.
 #[tokio::test]
@@ -1003,6 +1038,45 @@ async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
         .unwrap()
         .get(0);
     assert_eq!(clip_thumbnail, Some(format!("workspace-temp/{thumb}")));
+}
+
+/// A reference given as a bare key (a `user_library.storage_path`, which is stored without its bucket) is looked
+/// for in the workspace bucket and then the library bucket, as the original tried its buckets in turn; a key in
+/// neither is refused before a job is written.
+#[tokio::test]
+async fn a_bare_reference_is_found_in_the_library_and_a_missing_one_is_refused() {
+    let (user_id, jwt) = user().await;
+    let character = new_character(user_id, "Library reference").await;
+    sync_portrait(&jwt, character, "library reference").await;
+    let copies = library_objects(user_id).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let body = |image_url: &str| {
+        json!({
+            "prompt": prompt("from the library", "#delay-ms=100"),
+            "apiModelId": async_model(),
+            "input": {"image_url": image_url},
+        })
+    };
+    let (job_id, request_id) = submit_queued(&jwt, &body(&copies[0])).await;
+    let handed = inspect(&request_id).await["input"]["image_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let in_library = format!("/{}/{}", stack_var("LIBRARY_BUCKET"), copies[0]);
+    assert!(handed.contains(&in_library), "{handed}");
+    let fetched = http().get(&handed).send().await.unwrap();
+    assert_eq!(fetched.status(), 200, "{handed}");
+    assert_eq!(wait_terminal(&job_id, WAIT).await["status"], "completed");
+
+    let jobs = jobs_of_user(user_id).await;
+    let missing = format!("{user_id}/{}.png", Uuid::new_v4());
+    let (status, answer) = generate(&jwt, &body(&missing)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        jobs_of_user(user_id).await,
+        jobs,
+        "no job for a refused request"
+    );
 }
 
 /// A browser `fetch()` of a signed link from the app's origin: the 302 and the object's own answer both carry

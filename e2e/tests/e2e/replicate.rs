@@ -135,7 +135,7 @@ async fn a_failed_prediction_fails_the_job_with_replicates_error() {
 
 #[tokio::test]
 async fn deliveries_with_a_bad_signature_a_stale_timestamp_or_another_jobs_id_change_nothing() {
-    let (_, jwt) = user().await;
+    let (user, jwt) = user().await;
     let (job_id, prediction_id) =
         queued(&jwt, "replicate forged", "#no-webhook #delay-ms=20").await;
     let (webhook, body, secret) = succeeded_delivery(&prediction_id).await;
@@ -158,6 +158,16 @@ async fn deliveries_with_a_bad_signature_a_stale_timestamp_or_another_jobs_id_ch
     let (status, answer) = deliver_signed(webhook, &body, &secret, now()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(wait_terminal(&job_id, WAIT).await["status"], "completed");
+    // Once the job has ended, another prediction's delivery is answered as any delivery for an ended job is, so
+    // Replicate stops retrying it; nothing changes.
+    let (status, answer) = deliver_signed(webhook, &other, &secret, now()).await;
+    let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
+    assert_eq!(
+        (status, &answer["skipped"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+    assert_exactly_once(user, &job_id, "completed").await;
 }
 
 /// Replicate's delivery is the whole prediction, its input included: a submission near `MAX_BODY_BYTES` (a `data:`

@@ -81,13 +81,16 @@ pub struct JobRun {
     pub created_at: DateTime<Utc>,
     /// When the functions ended the run (V11): its job is never completed after that, whatever its status says.
     pub closed_at: Option<DateTime<Utc>>,
+    /// When its queue submission failed and it fell back to the sync route (V15): a queue request the provider
+    /// may have accepted all the same is abandoned.
+    pub fell_back_at: Option<DateTime<Utc>>,
 }
 
 /// The `job_runs` columns read with a job (`r` is `job_runs`, `p` its provider), in [`from_row`]'s order.
 pub(crate) const COLUMNS: &str = "r.job_id, r.provider_id, r.provider_name, r.model_key, r.webhook_auth,
     r.request_id, r.gateway_request_id, r.status_url, r.response_url, r.cancel_url, r.reference_bucket,
     r.reference_key, r.destination, r.character_id, r.scene_id, r.storyboard_clip_id, r.result_key,
-    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at, r.closed_at";
+    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at, r.closed_at, r.fell_back_at";
 
 /// The joins that go with [`COLUMNS`], after `FROM public.jobs j`.
 pub(crate) const JOINS: &str = "LEFT JOIN public.job_runs r ON r.job_id = j.id
@@ -127,6 +130,7 @@ pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<JobRun> {
         post_steps: row.get(at + 20),
         created_at: row.get(at + 21),
         closed_at: row.get(at + 22),
+        fell_back_at: row.get(at + 23),
     })
 }
 
@@ -157,6 +161,20 @@ pub async fn record_result<C: GenericClient>(
                 (&result_key, Type::TEXT),
                 (&thumbnail_key, Type::TEXT),
             ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records that the job's queue submission failed and it falls back to the sync route.
+pub async fn mark_fell_back<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.job_runs SET fell_back_at = now() WHERE job_id = $1 AND fell_back_at IS NULL",
+            &[(&job_id, Type::UUID)],
         )
         .await?;
     Ok(())

@@ -69,6 +69,7 @@ pub(super) async fn submit_queued(
         }
         Err(error) => {
             tracing::warn!(%job_id, error = %error, "queue submission failed; falling back to a sync run");
+            db::runs::mark_fell_back(client, job_id).await?;
             let patch = json!({"sync_fallback": true});
             if !db::jobs::transition(client, job_id, JobStatus::Processing, None, &patch).await? {
                 return Err(closed_meanwhile(state, settings, job_id).await);

@@ -395,13 +395,17 @@ async fn plan(
         capabilities: model.capabilities.clone(),
     };
     let stored = input::stored_references(req);
-    let resolved = presign_references(state, settings, user_id, &stored).await?;
+    let located = locate_references(state, settings, user_id, &stored).await?;
+    let resolved: HashMap<String, String> = located
+        .iter()
+        .map(|(original, (_, url))| (original.clone(), url.clone()))
+        .collect();
     let built = input::build_input(req, &spec, &resolved)?;
     let target = target(settings, provider, &model, &model_key, route)?;
     check_targets(client, user_id, &targets).await?;
     Ok(Plan {
         estimated_cost: crate::pricing::estimated_cost(&model_key, modality == Modality::Video),
-        reference: reference_object(settings, req, &stored),
+        reference: reference_object(req, &located),
         model,
         model_key,
         modality,
@@ -939,53 +943,63 @@ fn with_job(base: &Url, settings: &Settings, job_id: Uuid) -> Url {
     url
 }
 
-/// The S3 bucket of a stored reference, or `None` for buckets the port does not have.
-fn bucket_of(settings: &Settings, r: &StoredReference) -> Option<String> {
+/// The S3 buckets a stored reference may be in, in the order they are tried: the one its path names, or for a
+/// path that names none the workspace and then the library bucket (the original tried its buckets in turn);
+/// none for the original's buckets the port does not have.
+fn buckets_of(settings: &Settings, r: &StoredReference) -> Vec<String> {
+    let config = &settings.config;
     match &r.bucket {
-        Some(StoredBucket::Workspace) | None => Some(settings.config.workspace_bucket.clone()),
-        Some(StoredBucket::Library) => Some(settings.config.library_bucket.clone()),
-        Some(StoredBucket::Legacy(_)) => None,
+        Some(StoredBucket::Workspace) => vec![config.workspace_bucket.clone()],
+        Some(StoredBucket::Library) => vec![config.library_bucket.clone()],
+        None => vec![
+            config.workspace_bucket.clone(),
+            config.library_bucket.clone(),
+        ],
+        Some(StoredBucket::Legacy(_)) => Vec::new(),
     }
 }
 
-/// Presigns the caller's own stored references (keys under `<user_id>/`). Others' objects, and buckets the port
-/// does not have, stay unresolved, which the builder reports as an invalid reference.
-async fn presign_references(
+/// The caller's own stored references (keys under `<user_id>/`) that exist, each with where it lives and a
+/// presigned link for the provider. Others' objects, objects in none of the reference's buckets and buckets the
+/// port does not have stay unresolved, which the builder reports as an invalid reference (400, before anything is
+/// written; the original's signing failed for a missing object too).
+async fn locate_references(
     state: &AppState,
     settings: &Settings,
     user_id: Uuid,
     stored: &[StoredReference],
-) -> Result<HashMap<String, String>, SubmitError> {
-    let mut resolved = HashMap::new();
-    for r in stored {
-        let Some(key) = ownership::owned_key(user_id, &r.key) else {
-            continue;
-        };
-        let Some(bucket) = bucket_of(settings, r) else {
-            continue;
-        };
-        let url = state
-            .storage
-            .presign_get(&bucket, key, REFERENCE_URL_TTL)
-            .await?;
-        resolved.insert(r.original.clone(), url);
-    }
-    Ok(resolved)
+) -> Result<HashMap<String, (ObjectRef, String)>, SubmitError> {
+    let lookups = stored.iter().filter_map(|r| {
+        let key = ownership::owned_key(user_id, &r.key)?;
+        Some(async move {
+            for bucket in buckets_of(settings, r) {
+                if state.storage.exists(&bucket, key).await? {
+                    let url = state
+                        .storage
+                        .presign_get(&bucket, key, REFERENCE_URL_TTL)
+                        .await?;
+                    let at = ObjectRef {
+                        bucket,
+                        key: key.to_owned(),
+                    };
+                    return Ok(Some((r.original.clone(), (at, url))));
+                }
+            }
+            Ok::<_, SubmitError>(None)
+        })
+    });
+    let found = futures::future::try_join_all(lookups).await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Where the reference image lives in our storage, for the video thumbnail (copied server-side later). Only the
-/// caller's own objects: the presigning above resolved nothing else.
+/// caller's own objects: nothing else was located.
 fn reference_object(
-    settings: &Settings,
     req: &GenerationRequest,
-    stored: &[StoredReference],
+    located: &HashMap<String, (ObjectRef, String)>,
 ) -> Option<ObjectRef> {
     let image_url = req.input.as_ref()?.get("image_url")?.as_str()?;
-    let r = stored.iter().find(|r| r.original == image_url)?;
-    Some(ObjectRef {
-        bucket: bucket_of(settings, r)?,
-        key: r.key.clone(),
-    })
+    located.get(image_url).map(|(at, _)| at.clone())
 }
 
 /// The caller's view of a job (`GET /jobs/{id}`).

@@ -82,6 +82,7 @@ async fn create(
                 && !matches!(error, ProviderError::Decode(_)) =>
         {
             tracing::warn!(%job_id, %error, "queued prediction not created; falling back to a sync run");
+            db::runs::mark_fell_back(client, job_id).await?;
             if !db::jobs::annotate_open(client, job_id, &json!({"sync_fallback": true})).await? {
                 return Err(closed_meanwhile(run.state, settings, job_id).await);
             }

@@ -21,6 +21,8 @@ pub enum OutputShape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directives {
     pub error: bool,
+    /// fal: the queued request ends in error; the sync run is unaffected (`#queue-error`).
+    pub queue_error: bool,
     pub payload_null: bool,
     pub deliveries: u32,
     pub concurrent: bool,
@@ -61,6 +63,7 @@ impl Default for Directives {
     fn default() -> Self {
         Directives {
             error: false,
+            queue_error: false,
             payload_null: false,
             deliveries: 1,
             concurrent: false,
@@ -118,6 +121,7 @@ impl Directives {
     fn apply(&mut self, key: &str, value: Option<&str>) {
         match (key, value) {
             ("error", None) => self.error = true,
+            ("queue-error", None) => self.queue_error = true,
             ("payload-null", None) => self.payload_null = true,
             ("concurrent", None) => self.concurrent = true,
             ("early", None) => self.early = true,
@@ -199,6 +203,8 @@ mod tests {
     fn flags_are_parsed() {
         let d = Directives::parse("cat #error #payload-null #concurrent #early #no-webhook");
         assert!(d.error && d.payload_null && d.concurrent && d.early && d.no_webhook);
+        assert!(!d.queue_error);
+        assert!(Directives::parse("cat #queue-error").queue_error);
     }
 
     #[test]

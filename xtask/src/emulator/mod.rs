@@ -24,13 +24,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gen_pipeline::fal::signature::{Jwk, Jwks};
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub use state::Settings;
 
@@ -106,6 +106,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/auth/v1/.well-known/jwks.json", get(supabase_auth::jwks))
         .route("/_emulator/requests/{request_id}", get(inspect))
+        .route("/_emulator/requests", get(requests_for_job))
         .route(
             "/_emulator/auth/jwks-status",
             post(supabase_auth::set_jwks_status),
@@ -130,6 +131,20 @@ async fn jwks(State(state): State<Arc<AppState>>) -> Response {
         keys: vec![Jwk::from_verifying_key(&state.signing_key.verifying_key())],
     };
     axum::Json(set).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ForJob {
+    job_id: String,
+}
+
+/// `?job_id=…`: the queued requests whose webhook URL names that job, for a request the job never recorded (one
+/// its submitter gave up on).
+async fn requests_for_job(State(state): State<Arc<AppState>>, Query(q): Query<ForJob>) -> Response {
+    json_status(
+        StatusCode::OK,
+        Value::from(state.requests_for_job(&q.job_id)),
+    )
 }
 
 async fn inspect(State(state): State<Arc<AppState>>, Path(request_id): Path<String>) -> Response {

@@ -227,6 +227,19 @@ impl AppState {
         self.with_record(id, |r| r.inspection())
     }
 
+    /// The inspections of the queued requests whose webhook URL carries `job_id=<job_id>`.
+    pub fn requests_for_job(&self, job_id: &str) -> Vec<Value> {
+        let names_job = |webhook: &str| {
+            url::Url::parse(webhook)
+                .is_ok_and(|u| u.query_pairs().any(|(k, v)| k == "job_id" && v == job_id))
+        };
+        lock(&self.requests)
+            .values()
+            .filter(|r| r.webhook_url.as_deref().is_some_and(names_job))
+            .map(RequestRecord::inspection)
+            .collect()
+    }
+
     pub fn set_sync_outcome(&self, id: &str, failed: bool) {
         self.with_record(id, |r| {
             r.status = Status::Completed;
@@ -274,7 +287,7 @@ impl AppState {
                 return false;
             }
             r.status = Status::Completed;
-            r.failed = r.directives.error;
+            r.failed = r.directives.error || r.directives.queue_error;
             true
         })
         .unwrap_or(false)

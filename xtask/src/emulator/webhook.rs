@@ -47,7 +47,7 @@ pub fn webhook_body(
     directives: &Directives,
     output: &Value,
 ) -> Value {
-    if directives.error {
+    if directives.error || directives.queue_error {
         return json!({
             "request_id": request_id,
             "gateway_request_id": gateway_request_id,
