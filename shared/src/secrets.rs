@@ -134,6 +134,8 @@ struct Cached {
     value: Arc<AppSecrets>,
 }
 
+/// The longest TTL honoured: a year.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// After a failed refresh, the cached value serves this long (at most the TTL) before the next attempt, so an
 /// outage of Secrets Manager costs one fetch per interval, not one per request.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
@@ -156,7 +158,8 @@ impl SecretsCache {
         SecretsCache {
             client,
             secret_id,
-            ttl,
+            // Bounded, so that `now + ttl` cannot overflow whatever the configuration says.
+            ttl: ttl.min(MAX_TTL),
             cached: Mutex::new(None),
         }
     }

@@ -343,6 +343,22 @@ async fn early_delivery_before_submit_answer_completes() {
     settled_deliveries(&request_id, 1, JOB_TIMEOUT).await;
     assert_completed_once(user_id, &job_id).await;
     assert_eq!(j["metadata"]["fal_request_id"], request_id.as_str());
+    // The delivery wrote the usage row before the submission recorded its request: the submission completed it.
+    let usage = db()
+        .await
+        .query_one(
+            "SELECT request_payload, provider_metadata FROM public.api_usage_logs WHERE job_id = $1",
+            &[&Uuid::parse_str(&job_id).unwrap()],
+        )
+        .await
+        .unwrap();
+    let (payload, metadata): (Option<Value>, Value) = (usage.get(0), usage.get(1));
+    assert!(
+        payload.is_some_and(|p| p["prompt"].is_string()),
+        "{metadata}"
+    );
+    assert_eq!(metadata["async"], true, "{metadata}");
+    assert_eq!(metadata["request_id"], request_id.as_str(), "{metadata}");
 }
 
 #[tokio::test]
