@@ -726,15 +726,26 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
     Ok(moved)
 }
 
-/// Fails an open job with fal's or our message (no claim needed: the guarded transition decides).
+/// Fails an open job with fal's or our message (no claim needed: the guarded transition decides). With
+/// `unless_abandoned`, the request of a queue submission whose delivery reported the failure: not when, under the
+/// job's lock, the run shows that the job fell back to the sync route and abandoned that request
+/// ([`db::runs::abandons`]).
 pub async fn fail(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
     message: &str,
+    unless_abandoned: Option<&str>,
 ) -> Result<bool, CompletionError> {
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
+    if let Some(request_id) = unless_abandoned {
+        db::jobs::lock(&*tx, job.id).await?;
+        if db::runs::abandons(&*tx, job.id, request_id).await? {
+            tracing::info!(job_id = %job.id, "failure of a queue request the sync fallback abandoned; skipped");
+            return Ok(false);
+        }
+    }
     let moved = fail_in(&*tx, job, message).await?;
     tx.commit().await?;
     if moved {

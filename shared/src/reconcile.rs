@@ -382,7 +382,7 @@ async fn fail(
     job: &JobRecord,
     message: &str,
 ) -> Result<Verdict, ReconcileError> {
-    let moved = completion::fail(state, settings, job, message).await?;
+    let moved = completion::fail(state, settings, job, message, None).await?;
     Ok(if moved {
         Verdict::Failed
     } else {

@@ -144,16 +144,40 @@ pub fn parse_prediction(body: &[u8]) -> Result<WebhookBody, DeliveryError> {
     })
 }
 
+/// What the delivery's URL says besides its credential.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryUrl<'a> {
+    /// `job_id`: the job a pre-token URL names (a token URL's job is the token's).
+    pub job_id: Option<&'a str>,
+    /// `route=sync`: the URL given to a sync-route create (Replicate's `Prefer: wait`, whose prediction may outlive
+    /// the wait), as opposed to a queue submission's.
+    pub sync_route: bool,
+}
+
+impl<'a> DeliveryUrl<'a> {
+    /// The query parameter that marks [`DeliveryUrl::sync_route`].
+    pub const SYNC_ROUTE: (&'static str, &'static str) = ("route", "sync");
+
+    /// From the URL's query parameters (`get`: the first value of a name).
+    pub fn from_query(get: impl Fn(&str) -> Option<&'a str>) -> Self {
+        DeliveryUrl {
+            job_id: get("job_id"),
+            sync_route: get(Self::SYNC_ROUTE.0) == Some(Self::SYNC_ROUTE.1),
+        }
+    }
+}
+
 /// `complete_from_webhook`: finds the job, then fails it with fal's message or completes it through the
 /// completion core. Returns the delivery's effect and whether post-processing should run after the answer.
 pub async fn complete_from_webhook(
     state: &AppState,
     settings: &Settings,
     auth: Verified,
-    job_id_param: Option<&str>,
+    url: DeliveryUrl<'_>,
     header_request_id: Option<&str>,
     body: &[u8],
 ) -> Result<(Delivery, Option<Uuid>), DeliveryError> {
+    let job_id_param = url.job_id;
     let parsed = match auth.provider {
         ProviderKind::Fal => parse_body(body)?,
         ProviderKind::Replicate => parse_prediction(body)?,
@@ -175,10 +199,14 @@ pub async fn complete_from_webhook(
         }
         found => found?,
     };
-    if let Some(effect) = stops_here(state, settings, &job, &request_id, &parsed.outcome).await? {
+    let delivered = Delivered {
+        request_id: &request_id,
+        sync_route: url.sync_route,
+    };
+    if let Some(effect) = stops_here(state, settings, &job, delivered, &parsed.outcome).await? {
         return Ok((effect, None));
     }
-    let output = match output_of(state, settings, &job, parsed.outcome).await? {
+    let output = match output_of(state, settings, &job, delivered, parsed.outcome).await? {
         Ok(output) => output,
         Err(failed) => return Ok((failed, None)),
     };
@@ -197,29 +225,44 @@ pub async fn complete_from_webhook(
     }
 }
 
+/// Which request a delivery reports on, and on which route's URL it came.
+#[derive(Debug, Clone, Copy)]
+struct Delivered<'a> {
+    request_id: &'a str,
+    sync_route: bool,
+}
+
+impl Delivered<'_> {
+    /// For a queue request the job abandoned when it fell back to the sync route: after the fallback, a delivery to
+    /// the queue URL for a request other than the recorded one. The sync run decides the job; that request's result
+    /// may still complete it (the claim lets one of the two), its failure does not fail it.
+    fn abandoned(&self, run: Option<&crate::db::runs::JobRun>) -> bool {
+        !self.sync_route
+            && run.is_some_and(|r| {
+                r.fell_back_at.is_some() && r.request_id() != Some(self.request_id)
+            })
+    }
+}
+
 /// `Some(effect)` when the delivery stops before its output is used: its job has ended (its run is closed once
-/// the provider is done with it), or it reports the end of a queue request a fallback abandoned without a result.
-/// A request that is not the job's is refused.
+/// the provider is done with it), or it reports the end of an abandoned queue request ([`Delivered::abandoned`])
+/// without a result. A request that is not the job's is refused.
 async fn stops_here(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
-    request_id: &str,
+    delivered: Delivered<'_>,
     outcome: &WebhookOutcome,
 ) -> Result<Option<Delivery>, DeliveryError> {
     let recorded = job.run.as_ref().and_then(|r| r.request_id());
-    let ours = recorded.is_none_or(|r| r == request_id);
+    let ours = recorded.is_none_or(|r| r == delivered.request_id);
     if job.is_closed() {
         if ours && !matches!(outcome, WebhookOutcome::NotOver) {
             close_ended_run(state, settings, job).await?;
         }
         return Ok(Some(Delivery::Skipped));
     }
-    // After a fallback, the queue request the provider may have accepted all the same is abandoned (and any
-    // request but the recorded one is that one): the sync run decides the job. Its result may still complete
-    // the job (the claim lets one of the two), its failure does not fail it.
-    let abandoned =
-        job.run.as_ref().is_some_and(|r| r.fell_back_at.is_some()) && recorded != Some(request_id);
+    let abandoned = delivered.abandoned(job.run.as_ref());
     if abandoned && !matches!(outcome, WebhookOutcome::Ok(_)) {
         tracing::info!(job_id = %job.id, "delivery for the queue request the sync fallback abandoned; skipped");
         return Ok(Some(Delivery::Skipped));
@@ -236,6 +279,7 @@ async fn output_of(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
+    delivered: Delivered<'_>,
     outcome: WebhookOutcome,
 ) -> Result<Result<Value, Delivery>, DeliveryError> {
     let message = match outcome {
@@ -257,8 +301,11 @@ async fn output_of(
             }
         }
     };
+    // The job may have fallen back since it was read: the failure is written only if, under the job's lock, the
+    // request is still not an abandoned one.
+    let unless_abandoned = (!delivered.sync_route).then_some(delivered.request_id);
     Ok(Err(
-        if completion::fail(state, settings, job, &message).await? {
+        if completion::fail(state, settings, job, &message, unless_abandoned).await? {
             Delivery::Failed { job_id: job.id }
         } else {
             Delivery::Skipped

@@ -376,3 +376,80 @@ async fn without_a_webhook_secret_a_queue_model_runs_on_the_sync_route() {
         }
     }
 }
+
+/// A queue create answered 503 falls back to a sync create, whose webhook URL says it is the sync route's: a
+/// delivery for that prediction is then never taken for the abandoned queue request's.
+#[tokio::test]
+async fn a_fallbacks_sync_prediction_is_given_the_sync_routes_webhook_url() {
+    let (user, jwt) = user().await;
+    let body = json!({"prompt": prompt("replicate fallback", "#queue-status=503"), "apiModelId": replicate_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = assert_exactly_once(user, job_id, "completed").await;
+    assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
+    let usage: Value = db()
+        .await
+        .query_one(
+            "SELECT provider_metadata FROM public.api_usage_logs WHERE job_id = $1",
+            &[&Uuid::parse_str(job_id).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let sync_prediction = usage["request_id"].as_str().unwrap_or_default();
+    let webhook = prediction(sync_prediction).await["webhook"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = url::Url::parse(&webhook).unwrap();
+    assert!(
+        url.query_pairs().any(|(k, v)| k == "route" && v == "sync"),
+        "{usage}"
+    );
+}
+
+/// After a fallback (as the run records it: the time, and no request recorded yet), a failure reported to the
+/// queue URL is the abandoned queue prediction's: answered as skipped, the job stays open for the sync run. The
+/// same failure reported to the sync route's URL is the sync prediction's, and fails the job.
+#[tokio::test]
+async fn after_a_fallback_only_a_failure_on_the_sync_routes_url_fails_the_job() {
+    let (user, jwt) = user().await;
+    let (job_id, prediction_id) =
+        queued(&jwt, "replicate abandoned", "#no-webhook #delay-ms=20").await;
+    let updated = db()
+        .await
+        .execute(
+            "UPDATE public.job_runs SET fell_back_at = now(), request_id = NULL WHERE job_id = $1",
+            &[&Uuid::parse_str(&job_id).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    let (webhook, mut body, secret) = succeeded_delivery(&prediction_id).await;
+    body["status"] = json!("failed");
+    body["error"] = json!("the model failed");
+    body["output"] = Value::Null;
+
+    let (status, answer) = deliver_signed(&webhook, &body, &secret, now()).await;
+    let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
+    assert_eq!(
+        (status, &answer["skipped"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+    assert_eq!(job(&job_id).await["status"], "queued");
+
+    let sync_url = format!("{webhook}&route=sync");
+    let (status, answer) = deliver_signed(&sync_url, &body, &secret, now()).await;
+    assert_eq!(status, 200, "{answer}");
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(
+        j["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the model failed")),
+        "{j}"
+    );
+    assert_exactly_once(user, &job_id, "failed").await;
+}

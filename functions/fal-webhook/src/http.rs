@@ -72,9 +72,9 @@ async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result
         .headers()
         .get(HEADER_REQUEST_ID)
         .and_then(|v| v.to_str().ok());
-    let job_id = query.first("job_id");
+    let url = webhook::DeliveryUrl::from_query(|name| query.first(name));
     let (delivery, post_process) =
-        webhook::complete_from_webhook(state, &settings, authenticated, job_id, header_request_id, body)
+        webhook::complete_from_webhook(state, &settings, authenticated, url, header_request_id, body)
             .await
             .map_err(|e| {
                 let refusal = Refusal::from(&e);

@@ -166,18 +166,38 @@ pub async fn record_result<C: GenericClient>(
     Ok(())
 }
 
-/// Records that the job's queue submission failed and it falls back to the sync route.
+/// Records that the job's queue submission failed and it falls back to the sync route. The job's row is locked
+/// first, as by every writer of a job and its run, so that a delivery's failure ([`abandons`]) is ordered with it.
 pub async fn mark_fell_back<C: GenericClient>(
     client: &C,
     job_id: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .query_typed(
-            "UPDATE public.job_runs SET fell_back_at = now() WHERE job_id = $1 AND fell_back_at IS NULL",
+            "WITH job AS (SELECT id FROM public.jobs WHERE id = $1 FOR UPDATE)
+             UPDATE public.job_runs SET fell_back_at = now()
+              WHERE job_id IN (SELECT id FROM job) AND fell_back_at IS NULL",
             &[(&job_id, Type::UUID)],
         )
         .await?;
     Ok(())
+}
+
+/// Whether the job fell back to the sync route and recorded a request other than `request_id`, or none: the queue
+/// request `request_id` is then abandoned. Read under the job's lock.
+pub async fn abandons<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    request_id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_typed_opt(
+            "SELECT fell_back_at IS NOT NULL AND request_id IS DISTINCT FROM $2
+               FROM public.job_runs WHERE job_id = $1",
+            &[(&job_id, Type::UUID), (&request_id, Type::TEXT)],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
 }
 
 /// Closes the run of a job its owner ended (the status says so), once the provider is done with it or told to

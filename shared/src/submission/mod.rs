@@ -837,7 +837,7 @@ async fn fail_job(
     message: &str,
 ) -> Result<(), SubmitError> {
     if let Some(job) = current_job(state, settings, job_id).await? {
-        completion::fail(state, settings, &job, message)
+        completion::fail(state, settings, &job, message, None)
             .await
             .map_err(to_submit)?;
     }

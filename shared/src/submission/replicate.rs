@@ -64,8 +64,17 @@ async fn create(
         .replicate(settings)
         .ok_or(SubmitError::ProviderNotConfigured("Replicate"))?;
     let webhook = webhook.map(|w| with_job(w, settings, job_id));
+    // A sync create's URL says so: after a fallback, its prediction's deliveries are not the abandoned queue
+    // request's (`webhook::DeliveryUrl::sync_route`).
+    let sync_webhook = webhook.clone().map(|mut w| {
+        let (name, value) = crate::webhook::DeliveryUrl::SYNC_ROUTE;
+        w.query_pairs_mut().append_pair(name, value);
+        w
+    });
     let create = |route| {
-        let wait = (route == RouteKind::Sync).then(|| sync_wait(run));
+        let sync = route == RouteKind::Sync;
+        let wait = sync.then(|| sync_wait(run));
+        let webhook = if sync { &sync_webhook } else { &webhook };
         replicate.create(endpoint, &run.plan.built.input, webhook.as_ref(), wait)
     };
     let created = match route {

@@ -191,7 +191,10 @@ async fn deliver(state: &AppState, job_id: Uuid, d: &Delivery) -> anyhow::Result
         state,
         &settings,
         authenticated,
-        job.as_deref(),
+        webhook::DeliveryUrl {
+            job_id: job.as_deref(),
+            sync_route: false,
+        },
         d.signature_headers().map(|h| h.request_id),
         &d.body,
     )

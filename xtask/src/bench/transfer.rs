@@ -510,7 +510,10 @@ async fn through_webhook(
             url: gen_pipeline::webhook_auth::Authenticated::Job(job_id),
             provider: gen_pipeline::provider::ProviderKind::Fal,
         },
-        Some(&job_id.to_string()),
+        webhook::DeliveryUrl {
+            job_id: Some(&job_id.to_string()),
+            sync_route: false,
+        },
         delivery.signature_headers().map(|h| h.request_id),
         &delivery.body,
     )
