@@ -743,6 +743,7 @@ pub async fn fail(
         db::jobs::lock(&*tx, job.id).await?;
         if db::runs::abandons(&*tx, job.id, request_id).await? {
             tracing::info!(job_id = %job.id, "failure of a queue request the sync fallback abandoned; skipped");
+            tx.rollback().await?;
             return Ok(false);
         }
     }
