@@ -3,12 +3,18 @@
 //! (possibly nothing) and runs it. Lambda does not freeze the environment until every extension has asked for
 //! its next event, so the work is never frozen half-way, and the answer is never held up by it.
 
-use std::future::Future;
+use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::Either;
 use lambda_extension::{Extension, LambdaEvent, NextEvent, service_fn};
+use lambda_runtime::{LambdaEvent as Invocation, Service};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 
 pub type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -47,6 +53,57 @@ impl Background {
     pub fn ticket(&self) -> Ticket {
         Ticket {
             tx: Some(self.tx.clone()),
+        }
+    }
+}
+
+/// The function's service for the runtime, taking any JSON event. The runtime answers an event it cannot read as
+/// the handler's type (`T`: an HTTP request) without calling the handler, so that invocation would leave the
+/// extension no word, and it would wait for one until the function's timeout. Here an event of type `T` goes to
+/// the handler, and any other is answered with an error and reports nothing to do.
+pub struct EveryInvocation<T, S> {
+    inner: S,
+    background: Background,
+    event: PhantomData<fn() -> T>,
+}
+
+impl Background {
+    /// `inner` (the handler, as the runtime would call it) wrapped so that every invocation leaves a word.
+    pub fn every_invocation<T, S>(&self, inner: S) -> EveryInvocation<T, S> {
+        EveryInvocation {
+            inner,
+            background: self.clone(),
+            event: PhantomData,
+        }
+    }
+}
+
+impl<T, S> Service<Invocation<Value>> for EveryInvocation<T, S>
+where
+    T: DeserializeOwned,
+    S: Service<Invocation<T>>,
+    S::Error: From<String>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: Invocation<Value>) -> Self::Future {
+        let Invocation { payload, context } = invocation;
+        match serde_json::from_value::<T>(payload) {
+            Ok(event) => Either::Left(self.inner.call(Invocation::new(event, context))),
+            Err(e) => {
+                drop(self.background.ticket());
+                // serde's message names the expected shape, not the event's values.
+                tracing::warn!(error = %e, "an event the function does not handle");
+                Either::Right(ready(Err(S::Error::from(format!(
+                    "unsupported event: {e}"
+                )))))
+            }
         }
     }
 }
@@ -151,5 +208,29 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(done.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_the_handler_cannot_take_leaves_a_word_and_one_it_can_is_the_handlers() {
+        let (bg, runner) = channel();
+        let handler = lambda_runtime::service_fn(|event: Invocation<u32>| async move {
+            Ok::<_, String>(event.payload + 1)
+        });
+        let mut service = bg.every_invocation(handler);
+        let not_a_number = Invocation::new(serde_json::json!({"not": "http"}), Default::default());
+        let answer = service.call(not_a_number).await;
+        assert!(answer.is_err_and(|e| e.starts_with("unsupported event")));
+        // The invocation's word is there: the extension does not wait.
+        tokio::time::timeout(Duration::from_secs(5), runner.run_next(None))
+            .await
+            .expect("no word for an invocation the handler never saw");
+
+        let answer = service
+            .call(Invocation::new(serde_json::json!(41), Default::default()))
+            .await;
+        assert_eq!(answer, Ok(42));
+        // The handler's own ticket (none in this stand-in) is its only word: the wrapper adds none.
+        let waited = tokio::time::timeout(Duration::from_millis(200), runner.run_next(None)).await;
+        assert!(waited.is_err(), "the wrapper left a word of its own");
     }
 }

@@ -131,3 +131,28 @@ async fn a_replayed_delivery_is_refused_even_with_the_right_token() {
         assert_eq!(answer["statusCode"], 401, "{file}: {answer}");
     }
 }
+
+/// An event that is not an HTTP request (a scheduled event sent to the wrong function, a console test) is answered
+/// by the function with an error of its own, not by the runtime without calling it: the invocation still leaves
+/// the after-response extension its word (`after_response::EveryInvocation`), so Lambda does not hold the
+/// environment until the function's timeout. The functions answer HTTP events as before.
+#[tokio::test]
+async fn an_event_that_is_not_an_http_request_is_answered_by_the_function() {
+    let scheduled =
+        serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    for function in ["fal-image", "fal-webhook"] {
+        let answer = invoke(function, &scheduled).await;
+        let message = answer["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("unsupported event"),
+            "{function}: {answer}"
+        );
+    }
+    let preflight = serde_json::json!({
+        "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {},
+        "requestContext": {"http": {"method": "OPTIONS", "path": "/", "protocol": "HTTP/1.1",
+                                    "sourceIp": "127.0.0.1", "userAgent": "e2e"}},
+        "isBase64Encoded": false
+    });
+    assert_eq!(invoke("fal-webhook", &preflight).await["statusCode"], 200);
+}

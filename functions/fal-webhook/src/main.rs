@@ -6,7 +6,7 @@ mod http;
 use std::sync::Arc;
 
 use gen_pipeline::{AppState, after_response};
-use lambda_http::{Error, run, service_fn};
+use lambda_http::{Adapter, Error, service_fn};
 
 // The same cold-start wiring as fal-image: each binary keeps its own main (STYLE.md: thin entry points).
 #[tokio::main]
@@ -17,11 +17,14 @@ async fn main() -> Result<(), Error> {
     gen_pipeline::telemetry::init();
     let state = Arc::new(AppState::from_env().await?);
     let extension = registering.await??;
+    let tickets = background.clone();
     let handler = service_fn(move |req| {
         let state = state.clone();
-        let ticket = background.ticket();
+        let ticket = tickets.ticket();
         async move { http::handle(state, req, ticket).await }
     });
-    tokio::try_join!(run(handler), extension)?;
+    // As `lambda_http::run`, with every invocation leaving the extension a word (`EveryInvocation`).
+    let runtime = lambda_runtime::run(background.every_invocation(Adapter::from(handler)));
+    tokio::try_join!(runtime, extension)?;
     Ok(())
 }
