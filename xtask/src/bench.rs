@@ -77,20 +77,15 @@ struct Built {
     zips: anyhow::Result<Vec<report::Zip>>,
 }
 
-/// Smoke: the debug binaries (built by the stack). Full: the host build of the functions and of xtask in the
+/// Smoke: the debug binaries (built by the stack, brought up to date here). Full: the host build of the functions and of xtask in the
 /// `measure` profile (release without LTO, see `Cargo.toml`),
 /// with the arm64 zips (`cargo xtask package`) building in the background meanwhile, so the two builds share the
 /// cores; both are finished before anything is measured.
 async fn build(paths: &Paths, clock: &Clock, smoke: bool, logs: &Path) -> anyhow::Result<Built> {
     if smoke {
         let bin_dir = paths.root.join("target").join("debug");
-        if FUNCTIONS
-            .iter()
-            .chain([&init::HELLO])
-            .any(|f| !bin_dir.join(f).exists())
-        {
-            cargo_build(paths, clock, &[], None).await?;
-        }
+        // Always: a binary left from before an edit would be measured otherwise (a no-op when they are current).
+        cargo_build(paths, clock, &[], None).await?;
         return Ok(Built {
             bin_dir,
             measurer: std::env::current_exe().context("cannot find the xtask executable")?,

@@ -86,16 +86,18 @@ fn status_bytes(pid: i32, field: &str) -> anyhow::Result<u64> {
 
 /// Sockets of the process that are not its connections to `allowed_port` on loopback: TCP connections to any other
 /// port (established or being set up) and every UDP socket (a DNS lookup).
-pub fn foreign_sockets(pid: i32, allowed_port: u16) -> usize {
-    foreign_socket_inodes(pid, allowed_port).len()
+/// An error when the process's descriptors cannot be read or it holds no socket at all: it is then waiting on the
+/// runtime API, so a socket list without that connection was not read right.
+pub fn foreign_sockets(pid: i32, allowed_port: u16) -> anyhow::Result<usize> {
+    Ok(foreign_socket_inodes(pid, allowed_port)?.len())
 }
 
-fn foreign_socket_inodes(pid: i32, allowed_port: u16) -> HashSet<u64> {
-    let inodes = socket_inodes(pid);
-    let mut foreign = HashSet::new();
+fn foreign_socket_inodes(pid: i32, allowed_port: u16) -> anyhow::Result<HashSet<u64>> {
+    let inodes = socket_inodes(pid)?;
     if inodes.is_empty() {
-        return foreign;
+        anyhow::bail!("process {pid} holds no socket, not even its runtime API connection");
     }
+    let mut foreign = HashSet::new();
     for table in ["tcp", "tcp6"] {
         for (inode, remote_port, state) in socket_entries(pid, table) {
             // 0A = LISTEN: not a call made by the process.
@@ -111,7 +113,7 @@ fn foreign_socket_inodes(pid: i32, allowed_port: u16) -> HashSet<u64> {
             }
         }
     }
-    foreign
+    Ok(foreign)
 }
 
 /// The inode of a `/proc/<pid>/fd/<n>` link's target when it is a socket (`socket:[<inode>]`).
@@ -124,13 +126,13 @@ fn socket_inode(target: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
-fn socket_inodes(pid: i32) -> HashSet<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return HashSet::new();
-    };
-    dir.flatten()
+fn socket_inodes(pid: i32) -> anyhow::Result<HashSet<u64>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| anyhow::anyhow!("cannot read /proc/{pid}/fd: {e}"))?;
+    Ok(dir
+        .flatten()
         .filter_map(|e| socket_inode(&std::fs::read_link(e.path()).ok()?))
-        .collect()
+        .collect())
 }
 
 /// (inode, remote port, state) of each line of `/proc/<pid>/net/<table>`.
@@ -175,7 +177,17 @@ mod tests {
         let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", conn.as_raw_fd())).unwrap();
         let inode = socket_inode(&link).unwrap();
-        assert!(!foreign_socket_inodes(me(), port).contains(&inode));
-        assert!(foreign_socket_inodes(me(), port.wrapping_add(1)).contains(&inode));
+        assert!(!foreign_socket_inodes(me(), port).unwrap().contains(&inode));
+        assert!(
+            foreign_socket_inodes(me(), port.wrapping_add(1))
+                .unwrap()
+                .contains(&inode)
+        );
+    }
+
+    #[test]
+    fn a_process_whose_sockets_cannot_be_read_is_an_error_not_zero() {
+        // No process has pid 0 in /proc: its descriptors cannot be read.
+        assert!(foreign_sockets(0, 1).is_err());
     }
 }

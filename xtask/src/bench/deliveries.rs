@@ -202,7 +202,8 @@ async fn deliver(state: &AppState, job_id: Uuid, d: &Delivery) -> anyhow::Result
     {
         Ok((Effect::Completed { .. }, _)) => Ok("completed"),
         Ok((Effect::Skipped, _)) => Ok("skipped"),
-        Ok((Effect::Failed { .. }, _)) => Ok("failed"),
+        // Every job here succeeded at the emulator: a delivery that fails its job is a fault, not an answer.
+        Ok((Effect::Failed { .. }, _)) => bail!("a delivery failed job {job_id}"),
         Err(DeliveryError::Busy | DeliveryError::Transient(_)) => Ok("retry"),
         Err(e) => bail!("delivery of job {job_id} refused: {e}"),
     }

@@ -29,12 +29,15 @@ pub struct InitSamples {
     pub foreign_sockets: Vec<usize>,
 }
 
-/// `starts` cold starts of each function and of [`HELLO`], alternating between them, after one unrecorded start of
-/// each (so the first recorded one does not pay for reading the binary from disk).
+/// `starts` cold starts of each function and of [`HELLO`], alternating between them in an order rotated each round,
+/// after one unrecorded start of each (so the first recorded one does not pay for reading the binary from disk).
 pub async fn measure(plan: &Plan, starts: usize) -> anyhow::Result<BTreeMap<String, InitSamples>> {
     let mut out: BTreeMap<String, InitSamples> = BTreeMap::new();
+    let order: Vec<&str> = HTTP.into_iter().chain([HELLO]).collect();
     for round in 0..=starts {
-        for function in HTTP.into_iter().chain([HELLO]) {
+        // Rotated each round, so none of them always starts first or right after the same one.
+        for step in 0..order.len() {
+            let function = order[(round + step) % order.len()];
             let bin = plan.bin_dir.join(function);
             let (elapsed, peak, foreign) = cold_start(&bin, function, plan).await?;
             if round > 0 {
@@ -65,7 +68,7 @@ async fn cold_start(bin: &Path, function: &str, plan: &Plan) -> anyhow::Result<(
         Ok((
             ms(at.duration_since(started)),
             procfs::peak_rss_bytes(pid)?,
-            procfs::foreign_sockets(pid, api.addr.port()),
+            procfs::foreign_sockets(pid, api.addr.port())?,
         ))
     });
     let _ = child.kill().await;

@@ -103,6 +103,8 @@ async fn sign_through_the_function(ctx: &Ctx, links: usize) -> anyhow::Result<Ve
         }
     }
     let _ = child.kill().await;
+    let bucket = &ctx.settings.config.workspace_bucket;
+    ctx.state.storage.delete(bucket, &path).await?;
     Ok(out)
 }
 

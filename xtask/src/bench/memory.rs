@@ -84,7 +84,8 @@ async fn one_invocation(ctx: &Ctx, bin: &Path, bytes: u64) -> anyhow::Result<(u6
     let answer: Value = serde_json::from_slice(&posted.body).context("the response is not JSON")?;
     let status_code = answer["statusCode"].as_u64().unwrap_or(0);
     let body = answer["body"].as_str().unwrap_or_default();
-    if status_code != 200 || !body.contains("completed") {
+    let status = serde_json::from_str::<Value>(body).map(|b| b["status"].clone());
+    if status_code != 200 || status.ok() != Some(Value::from("completed")) {
         bail!("fal-webhook answered {status_code}: {body}");
     }
     let stored = ctx.result_size(job.job_id).await?;

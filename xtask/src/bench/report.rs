@@ -99,6 +99,7 @@ pub fn required_keys(smoke: bool) -> Vec<String> {
             "webhook_peak_rss_mib_1gib",
             "deliveries_per_s",
             "duplicates",
+            "incomplete_jobs",
             "original_transfer_ms_256mib",
             "original_peak_rss_mib_256mib",
             "speedup_vs_original_256mib",
@@ -111,6 +112,7 @@ pub fn required_keys(smoke: bool) -> Vec<String> {
     for store in STORES {
         keys.extend([
             format!("transfer_ratio_to_floor_{store}"),
+            format!("transfer_ratio_to_single_put_floor_{store}"),
             format!("transfer_single_put_vs_multipart_{store}"),
             format!("transfer_half_failure_cost_ms_single_put_{store}"),
             format!("transfer_half_failure_cost_ms_multipart_{store}"),
@@ -242,6 +244,10 @@ impl Sections {
         if let Some(r) = self.summary(&floor, &t.ratio_to_floor) {
             self.figure(&floor, r.median);
         }
+        let single_floor = format!("transfer_ratio_to_single_put_floor_{store}");
+        if let Some(r) = self.summary(&single_floor, &t.ratio_to_single_put_floor) {
+            self.figure(&single_floor, r.median);
+        }
         let vs = format!("transfer_single_put_vs_multipart_{store}");
         if let Some(r) = self.summary(&vs, &t.single_put_vs_multipart) {
             self.figure(&vs, r.median);
@@ -255,6 +261,7 @@ impl Sections {
             ("complete_ms", &t.complete_ms),
             ("single_put_ms", &t.single_put_ms),
             ("single_put_half_failure_ms", &t.single_put_half_failure_ms),
+            ("part_retry_ms", &t.part_retry_ms),
         ] {
             self.summary(format!("transfer_{store}_{name}"), samples);
         }
@@ -385,17 +392,19 @@ fn cores_busy_median(cpu: &[PhaseCpu]) -> BTreeMap<String, BTreeMap<String, f64>
         .collect()
 }
 
-/// Keys that are missing or not numbers, and the `duplicates` check.
+/// Keys that are missing or not numbers, and the `duplicates` and `incomplete_jobs` checks (both must be 0).
 pub fn problems(report: &Value, smoke: bool) -> Vec<String> {
     let mut out: Vec<String> = required_keys(smoke)
         .into_iter()
         .filter(|k| !report[k.as_str()].is_number())
         .map(|k| format!("figure {k} was not produced"))
         .collect();
-    if let Some(d) = report["duplicates"].as_u64()
-        && d != 0
-    {
-        out.push(format!("duplicates = {d}, must be 0"));
+    for key in ["duplicates", "incomplete_jobs"] {
+        if let Some(n) = report[key].as_u64()
+            && n != 0
+        {
+            out.push(format!("{key} = {n}, must be 0"));
+        }
     }
     out
 }
@@ -517,6 +526,8 @@ fn rows(report: &Value) -> Vec<(String, String, String)> {
     for store in STORES {
         let floor = format!("transfer_ratio_to_floor_{store}");
         row(&floor, 3, Some(&floor));
+        let single_floor = format!("transfer_ratio_to_single_put_floor_{store}");
+        row(&single_floor, 3, Some(&single_floor));
         let vs = format!("transfer_single_put_vs_multipart_{store}");
         row(&vs, 3, Some(&vs));
         for way in ["single_put", "multipart"] {

@@ -21,7 +21,8 @@ pub const NAME: &str = "s3s";
 /// The pinned release (crates.io), built with its `binary` feature.
 pub const VERSION: &str = "0.14.1";
 
-/// A running s3s-fs; killed (and its directory removed) on [`S3sFs::stop`] or drop.
+/// A running s3s-fs; killed and its directory removed on [`S3sFs::stop`] (dropped without it, the process is
+/// killed and its directory, under the bench's target folder, is left for the next run to replace).
 pub struct S3sFs {
     child: tokio::process::Child,
     pub endpoint: String,

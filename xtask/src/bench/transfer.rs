@@ -64,14 +64,18 @@ pub struct StoreSamples {
     /// a failure half way costs a multipart upload, whose SDK resends the failed part from its buffer.
     #[serde(default)]
     pub part_retry_ms: Vec<f64>,
-    /// webhook / (max(download, parts) + completion) of each repetition.
+    /// webhook / (max(download, parts) + completion) of each repetition: the floor, a multipart upload's.
     pub ratio_to_floor: Vec<f64>,
+    /// webhook / max(download, single PUT) of each repetition: the floor of the way the webhook stores a result
+    /// of known length (one streamed PutObject), which nothing overlapping download and upload can beat.
+    #[serde(default)]
+    pub ratio_to_single_put_floor: Vec<f64>,
     /// single PUT / (parts + completion) of each repetition: which way of uploading wins on this store.
     pub single_put_vs_multipart: Vec<f64>,
     /// The original's way and ours, each in a process of its own, on the same media.
     pub original: Vec<WayRun>,
     pub ours: Vec<WayRun>,
-    /// original / webhook of each repetition.
+    /// original / ours of each repetition, both in a process of their own (the same kind of measurement).
     pub speedup_vs_original: Vec<f64>,
     /// Cores busy during each phase of each repetition.
     pub cpu: Vec<PhaseCpu>,
@@ -255,9 +259,12 @@ impl Rep {
         out.part_retry_ms.push(self.part_retry);
         out.ratio_to_floor
             .push(self.hook / (self.download.max(self.parts) + self.complete));
+        out.ratio_to_single_put_floor
+            .push(self.hook / self.download.max(self.single));
         out.single_put_vs_multipart
             .push(self.single / (self.parts + self.complete));
-        out.speedup_vs_original.push(self.original.ms / self.hook);
+        out.speedup_vs_original
+            .push(self.original.ms / self.ours.ms);
         out.original.push(self.original);
         out.ours.push(self.ours);
     }
@@ -369,110 +376,152 @@ struct Multipart {
     complete: f64,
 }
 
-/// A multipart upload made directly with the SDK, parts of the webhook's size with as many in flight.
+/// A multipart upload made directly with the SDK, parts of the webhook's size with as many in flight (the
+/// webhook's own multipart path: parts from memory, signed and checksummed by the SDK's defaults). Aborted when
+/// it fails, so no upload is left open in the store.
 async fn sdk_multipart(
     ctx: &Ctx,
     store: &Store,
     source: &Bytes,
     bytes: u64,
 ) -> anyhow::Result<Multipart> {
-    use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-    use gen_pipeline::storage::{DEFAULT_PART_SIZE, PARTS_IN_FLIGHT};
-
-    let s3 = &store.s3;
-    let bucket = ctx.settings.config.workspace_bucket.clone();
-    let key = bench_key("multipart");
+    let upload = Upload {
+        s3: &store.s3,
+        bucket: ctx.settings.config.workspace_bucket.clone(),
+        key: bench_key("multipart"),
+    };
     let started = Instant::now();
-    let created = s3
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
+    let created = (upload.s3.create_multipart_upload())
+        .bucket(&upload.bucket)
+        .key(&upload.key)
         .send()
         .await?;
     let upload_id = created.upload_id().context("no upload id")?.to_owned();
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut done = Vec::new();
-    let mut parts = generated(source, bytes).chunks(DEFAULT_PART_SIZE / SOURCE_CHUNK);
-    let mut number = 0;
-    let middle = bytes.div_ceil(DEFAULT_PART_SIZE as u64).div_ceil(2).max(1) as i32;
-    let mut again = None;
-    while let Some(chunks) = parts.next().await {
-        let mut part = bytes::BytesMut::with_capacity(DEFAULT_PART_SIZE);
-        for c in chunks {
-            part.extend_from_slice(&c?);
+    match upload
+        .send_and_complete(&upload_id, source, bytes, started)
+        .await
+    {
+        Ok(m) => {
+            store.storage().delete(&upload.bucket, &upload.key).await?;
+            Ok(m)
         }
-        let part = part.freeze();
-        while in_flight.len() >= PARTS_IN_FLIGHT {
-            done.push(in_flight.join_next().await.context("no part")???);
+        Err(e) => {
+            let _ = (upload.s3.abort_multipart_upload())
+                .bucket(&upload.bucket)
+                .key(&upload.key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            Err(e)
         }
-        number += 1;
-        if number == middle {
-            again = Some(part.clone());
+    }
+}
+
+/// The object [`sdk_multipart`] uploads.
+struct Upload<'a> {
+    s3: &'a aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+}
+
+impl Upload<'_> {
+    /// Every part, in flight as the webhook's multipart sends them, the middle one again, then the completion.
+    async fn send_and_complete(
+        &self,
+        upload_id: &str,
+        source: &Bytes,
+        bytes: u64,
+        started: Instant,
+    ) -> anyhow::Result<Multipart> {
+        use aws_sdk_s3::types::CompletedMultipartUpload;
+        use gen_pipeline::storage::{DEFAULT_PART_SIZE, PARTS_IN_FLIGHT};
+
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut done = Vec::new();
+        let mut parts = generated(source, bytes).chunks(DEFAULT_PART_SIZE / SOURCE_CHUNK);
+        let mut number = 0;
+        let middle = bytes.div_ceil(DEFAULT_PART_SIZE as u64).div_ceil(2).max(1) as i32;
+        let mut again = None;
+        while let Some(chunks) = parts.next().await {
+            let mut part = bytes::BytesMut::with_capacity(DEFAULT_PART_SIZE);
+            for c in chunks {
+                part.extend_from_slice(&c?);
+            }
+            let part = part.freeze();
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                done.push(in_flight.join_next().await.context("no part")???);
+            }
+            number += 1;
+            if number == middle {
+                again = Some(part.clone());
+            }
+            let request = self.part(upload_id, number, part);
+            in_flight.spawn(async move {
+                let out = request.send().await?;
+                Ok::<_, anyhow::Error>(completed(number, out.e_tag(), out.checksum_crc32()))
+            });
         }
-        let request = s3
-            .upload_part()
-            .bucket(&bucket)
-            .key(&key)
-            .upload_id(&upload_id)
-            .part_number(number)
-            .body(ByteStream::from(part));
-        in_flight.spawn(async move {
-            let out = request.send().await?;
-            Ok::<_, anyhow::Error>(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_owned))
-                    .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+        while let Some(part) = in_flight.join_next().await {
+            done.push(part??);
+        }
+        let parts_ms = ms(started.elapsed());
+        let resending = Instant::now();
+        let again = again.context("no middle part")?;
+        let resent = self.part(upload_id, middle, again).send().await?;
+        let part_retry = ms(resending.elapsed());
+        // The part sent again replaces the first copy (same bytes): the completion names its ETag.
+        for p in &mut done {
+            if p.part_number() == Some(middle) {
+                *p = completed(middle, resent.e_tag(), resent.checksum_crc32());
+            }
+        }
+        done.sort_by_key(|p| p.part_number());
+        let completing = Instant::now();
+        (self.s3.complete_multipart_upload())
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
                     .build(),
             )
-        });
+            .send()
+            .await?;
+        let complete = ms(completing.elapsed());
+        Ok(Multipart {
+            parts: parts_ms,
+            part_retry,
+            complete,
+        })
     }
-    while let Some(part) = in_flight.join_next().await {
-        done.push(part??);
+
+    fn part(
+        &self,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder {
+        (self.s3.upload_part())
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
     }
-    let parts_ms = ms(started.elapsed());
-    let resending = Instant::now();
-    let resent = s3
-        .upload_part()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&upload_id)
-        .part_number(middle)
-        .body(ByteStream::from(again.context("no middle part")?))
-        .send()
-        .await?;
-    let part_retry = ms(resending.elapsed());
-    // The part sent again replaces the first copy (same bytes): the completion names its ETag.
-    for p in &mut done {
-        if p.part_number() == Some(middle) {
-            *p = CompletedPart::builder()
-                .part_number(middle)
-                .set_e_tag(resent.e_tag().map(str::to_owned))
-                .set_checksum_crc32(resent.checksum_crc32().map(str::to_owned))
-                .build();
-        }
-    }
-    done.sort_by_key(|p| p.part_number());
-    let completing = Instant::now();
-    s3.complete_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
-        .send()
-        .await?;
-    let complete = ms(completing.elapsed());
-    store.storage().delete(&bucket, &key).await?;
-    Ok(Multipart {
-        parts: parts_ms,
-        part_retry,
-        complete,
-    })
+}
+
+/// A part as the completion names it.
+fn completed(
+    number: i32,
+    e_tag: Option<&str>,
+    crc32: Option<&str>,
+) -> aws_sdk_s3::types::CompletedPart {
+    aws_sdk_s3::types::CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(e_tag.map(str::to_owned))
+        .set_checksum_crc32(crc32.map(str::to_owned))
+        .build()
 }
 
 /// The media fetched with the webhook's own client and policy and read to the end: the download half, alone.

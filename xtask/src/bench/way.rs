@@ -65,12 +65,12 @@ pub async fn run_child(
         .status()
         .await
         .context("cannot start the transfer process")?;
+    let written = std::fs::read(&out);
+    let _ = std::fs::remove_file(&out);
     if !status.success() {
         bail!("the {way_arg} transfer process failed ({status})");
     }
-    let run: WayRun = serde_json::from_slice(&std::fs::read(&out)?)?;
-    let _ = std::fs::remove_file(&out);
-    Ok(run)
+    Ok(serde_json::from_slice(&written?)?)
 }
 
 /// The child's side: moves `url` into the workspace bucket `way`'s way, deletes it again, writes a [`WayRun`].
@@ -107,11 +107,20 @@ pub async fn child(
                 all.extend_from_slice(&chunk?);
             }
             let len = all.len() as u64;
+            // With ours' request settings: a body in memory would otherwise be hashed whole (SHA-256 to sign it,
+            // CRC32 to check it) after its last byte, which the original's upload through Storage did not do.
             s3.put_object()
                 .bucket(bucket)
                 .key(&key)
                 .content_length(len as i64)
                 .body(ByteStream::from(all))
+                .customize()
+                .disable_payload_signing()
+                .config_override(
+                    aws_sdk_s3::config::Builder::default().request_checksum_calculation(
+                        aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                    ),
+                )
                 .send()
                 .await?;
             len
