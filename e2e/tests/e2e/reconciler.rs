@@ -74,6 +74,38 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(job(&running).await["status"], "queued");
 }
 
+/// A run V5 brought over from metadata its owner had rewritten may carry another request's URLs on fal's own host
+/// (the host check passes them): a pass does not fetch that request's result into the job.
+#[tokio::test]
+async fn a_run_carrying_another_requests_urls_is_not_completed_with_its_result() {
+    let (_, victim_jwt) = user().await;
+    let (_, jwt) = user().await;
+    let (victim, victim_rid) = lost_webhook_job(&victim_jwt, "#delay-ms=20", "61 minutes").await;
+    let (own, _) = lost_webhook_job(&jwt, "#delay-ms=600000", "61 minutes").await;
+    wait_fal_completed(&victim_rid).await;
+    let planted = db()
+        .await
+        .execute(
+            "UPDATE public.job_runs r
+                SET status_url = v.status_url, response_url = v.response_url, cancel_url = v.cancel_url
+               FROM public.job_runs v
+              WHERE r.job_id = $1::text::uuid AND v.job_id = $2::text::uuid",
+            &[&own, &victim],
+        )
+        .await
+        .unwrap();
+    assert_eq!(planted, 1);
+
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+
+    let j = job(&own).await;
+    assert_eq!(j["status"], "queued", "{j}");
+    assert_eq!(asset_count(&own).await, 0);
+    let j = job(&victim).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(asset_count(&victim).await, 1);
+}
+
 /// An invocation with less time left than one step's allowance takes no job at all: it would be killed half-way
 /// through it. The job stays as it was, not even marked as checked, for the next pass. A job a pass took but had no
 /// time to begin gets its check back, so the next pass takes it (not only once `older_than` has passed again).

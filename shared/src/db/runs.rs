@@ -216,14 +216,22 @@ pub async fn close<C: GenericClient>(
 }
 
 impl JobRun {
-    /// The request's status, response or cancel URL (`pick`), only when it is on the provider's own hosts:
-    /// the provider's key goes with it.
+    /// The request's status, response or cancel URL (`pick`), only when it is on the provider's own hosts (the
+    /// provider's key goes with it) and names the run's own request: a run V5 brought over from client-written
+    /// metadata may carry another request's URLs.
     pub fn provider_url(
         &self,
         pick: impl Fn(&ProviderRequest) -> Option<&String>,
     ) -> Option<crate::fal::ProviderUrl> {
-        let url = self.request.as_ref().and_then(pick)?;
-        crate::fal::ProviderUrl::on_provider_hosts(url, &self.provider_hosts).ok()
+        let request = self.request.as_ref()?;
+        let url = crate::fal::ProviderUrl::on_provider_hosts(pick(request)?, &self.provider_hosts)
+            .ok()?;
+        if url.names_request(&request.request_id) {
+            Some(url)
+        } else {
+            tracing::warn!("a provider URL that does not name the run's request refused");
+            None
+        }
     }
 
     pub fn request_id(&self) -> Option<&str> {

@@ -46,6 +46,16 @@ impl ProviderUrl {
     pub fn url(&self) -> &Url {
         &self.0
     }
+
+    /// Whether the URL's path names request `request_id` as one of its segments, as the providers' own URLs do
+    /// (fal: `…/requests/<id>[/status|/cancel]`, Replicate: `…/predictions/<id>[/cancel]`).
+    pub fn names_request(&self, request_id: &str) -> bool {
+        !request_id.is_empty()
+            && self
+                .0
+                .path_segments()
+                .is_some_and(|mut segments| segments.any(|s| s == request_id))
+    }
 }
 
 /// `POST <sync base>/<model_key>`: answers with the output.
@@ -135,6 +145,51 @@ mod tests {
             );
         }
         assert!(ProviderUrl::on_provider_hosts("https://queue.fal.run/x", &[]).is_err());
+    }
+
+    #[test]
+    fn a_provider_url_names_its_request_only_as_a_whole_path_segment() {
+        let bases = [
+            "https://queue.fal.run".to_owned(),
+            "https://api.replicate.com".to_owned(),
+        ];
+        let url = |u: &str| ProviderUrl::on_provider_hosts(u, &bases).unwrap();
+        let id = "764cabcf-b745-4b3e-ae38-1200304cf45b";
+        for (u, named) in [
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/{id}/status"),
+                true,
+            ),
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/{id}"),
+                true,
+            ),
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/{id}/cancel?x=1"),
+                true,
+            ),
+            (
+                "https://api.replicate.com/v1/predictions/p1/cancel".to_owned(),
+                false,
+            ),
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/{id}0/status"),
+                false,
+            ),
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/other/status?id={id}"),
+                false,
+            ),
+            (
+                format!("https://queue.fal.run/fal-ai/x/requests/other#{id}"),
+                false,
+            ),
+        ] {
+            assert_eq!(url(&u).names_request(id), named, "{u}");
+        }
+        let replicate = url("https://api.replicate.com/v1/predictions/p1/cancel");
+        assert!(replicate.names_request("p1"));
+        assert!(!replicate.names_request(""));
     }
 
     #[test]
