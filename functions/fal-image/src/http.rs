@@ -175,8 +175,8 @@ pub(crate) async fn caller(
     Ok(state.user_tokens.verify(header, legacy).await?)
 }
 
-/// The API's public base URL: `PUBLIC_API_URL`, else the one this request came in at (API Gateway's domain and
-/// stage; the template cannot hand fal-image its own API's URL without a circular reference).
+/// The API's public base URL: `PUBLIC_API_URL` (the template always sets it), else the one this request came in at
+/// (API Gateway's domain and stage, or `cargo lambda watch`'s address).
 pub(crate) fn api_base(req: &Request, settings: &Settings) -> Option<Url> {
     if let Some(url) = &settings.config.public_api_url {
         return Some(url.clone());
