@@ -17,6 +17,7 @@ import {
   prompt,
   rsaPublicPem,
   s3Object,
+  sessionClients,
   setJwksStatus,
   sign,
   signWith,
@@ -212,6 +213,32 @@ describe('generations through invoke, results through signed URLs', () => {
       });
     }
   }
+});
+
+describe("clients built once follow the session's token (README: What a client changes)", () => {
+  test('the same two clients are refused with an expired token and served once the session is refreshed', async () => {
+    const user = await newUser();
+    const expired = await sign('ES256', claims(user, { exp: Math.floor(Date.now() / 1000) - 300 }));
+    const session = { access_token: expired };
+    const { functions, storage } = sessionClients(async () => session.access_token);
+    const was = await writtenFor(user);
+
+    const refused = await functions.invoke('fal-image', { body: syncBody() });
+    assert.equal(refused.error?.context?.status, 401, String(refused.error));
+    assert.deepEqual(await writtenFor(user), was, 'nothing written for the expired token');
+    const refusedLink = await storage.from('workspace-temp').createSignedUrl(`${user}/none.png`, 60);
+    assert.equal(refusedLink.data, null);
+    assert.equal(refusedLink.error?.status, 401, String(refusedLink.error));
+
+    session.access_token = await tokenFor('ES256', user);
+    const { data, error } = await functions.invoke('fal-image', { body: syncBody() });
+    assert.equal(error, null, String(error));
+    assert.equal(data.status, 'completed', JSON.stringify(data));
+    const view = await waitForResult(session.access_token, data.jobId);
+    const link = await storage.from('workspace-temp').createSignedUrl(view.result.storagePath, 60);
+    assert.equal(link.error, null, String(link.error));
+    await assertServes(link.data.signedUrl, await s3Object(view.result.storagePath));
+  });
 });
 
 describe('signing bounds', () => {

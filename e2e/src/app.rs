@@ -5,15 +5,33 @@ use std::time::Duration;
 
 use gen_pipeline::reconcile::{PassTime, ReconcileOptions, ReconcileReport, reconcile_stale_jobs};
 use gen_pipeline::{AppState, Config, Settings};
+use secrecy::ExposeSecret;
 
 use crate::common::{sdk_config, try_stack_var};
 
-/// The functions' `AppState` and current settings, configured from the stack's variables.
+/// The application name of this process's database sessions: the functions' own are `gen-pipeline`, so a test
+/// can tell theirs from this process's.
+pub const IN_PROCESS_APPLICATION_NAME: &str = "e2e-in-process";
+
+/// `database_url` with this process's application name.
+pub fn in_process(database_url: &str) -> String {
+    let joint = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{joint}application_name={IN_PROCESS_APPLICATION_NAME}")
+}
+
+/// The functions' `AppState` and current settings, configured from the stack's variables; its database sessions
+/// are named [`IN_PROCESS_APPLICATION_NAME`].
 pub async fn app_state() -> (AppState, Settings) {
     let config =
         Config::from_lookup(try_stack_var).expect("the stack's variables are a valid config");
     let state = AppState::new(config, &sdk_config().await).unwrap();
     let settings = state.settings().await.unwrap();
+    let mut secrets = (*settings.secrets).clone();
+    secrets.database_url = in_process(secrets.database_url.expose_secret()).into();
+    let settings = Settings {
+        config: settings.config,
+        secrets: std::sync::Arc::new(secrets),
+    };
     (state, settings)
 }
 

@@ -24,6 +24,12 @@ pub use fal::*;
 pub use records::*;
 pub use trap::*;
 
+/// Milliseconds since the Unix epoch, as the emulator stamps its deliveries (`started_at_ms`).
+pub fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.unwrap().as_millis()).unwrap()
+}
+
 /// Polls `done` every 100 ms until it holds; fails after `timeout`, naming `what` was awaited.
 pub async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
     let started = Instant::now();

@@ -10,8 +10,9 @@ use crate::common::{peak_rss_of, sdk_config, stack_var};
 
 pub const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 
+/// A session of this process (named [`crate::app::IN_PROCESS_APPLICATION_NAME`], unlike the functions').
 pub async fn db() -> tokio_postgres::Client {
-    gen_pipeline::db::connect(&stack_var("DATABASE_URL"))
+    gen_pipeline::db::connect(&crate::app::in_process(&stack_var("DATABASE_URL")))
         .await
         .unwrap()
 }

@@ -327,12 +327,15 @@ mod pg {
         options: String,
     }
 
-    /// The stack's cluster; `None` (the test is skipped) when the stack runs on a DATABASE_URL it was given.
-    pub fn cluster() -> Option<Cluster> {
+    /// The stack's cluster. A stack on a DATABASE_URL it was given fails the test: it cannot play the fault, and a
+    /// skipped test would pass without testing anything.
+    pub fn cluster() -> Cluster {
         let state = stack::state();
         let Some(pg) = state.get("postgres").filter(|p| !p.is_null()) else {
-            eprintln!("the stack runs on a DATABASE_URL it was given: not ours to stop; skipped");
-            return None;
+            panic!(
+                "the stack runs on a DATABASE_URL it was given, which these faults cannot stop: run them on the \
+                 stack's own Postgres (DATABASE_URL unset at `cargo xtask stack up`)"
+            );
         };
         let s = |k: &str| pg[k].as_str().unwrap().to_owned();
         let data_dir = s("data_dir");
@@ -352,13 +355,13 @@ mod pg {
                 options.push(format!("'{}'", a.replace('\'', r"'\''")));
             }
         }
-        Some(Cluster {
+        Cluster {
             base_dir: s("base_dir"),
             bin_dir: s("bin_dir"),
             run_as_postgres: pg["run_as_postgres"].as_bool().unwrap_or(false),
             options: options.join(" "),
             data_dir,
-        })
+        }
     }
 
     // Read as xtask's stack reads it (xtask/src/stack/postgres.rs): a binary crate, which tests cannot link.
@@ -621,13 +624,6 @@ fn describe(attempts: &[Value], t0_ms: u64) -> String {
         .join("\n")
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// One reconciler pass that sees only this job: it is made 10 days old (and last checked as long ago), beyond
 /// any other test's job, and the pass looks at jobs older than 9 days.
 async fn reconcile_only(job_id: &str) -> gen_pipeline::reconcile::ReconcileReport {
@@ -710,6 +706,14 @@ async fn s3_frozen_during_a_transfer_completes_the_job_once(provider: Provider) 
     }
     let (attempts, passes, j) = f.completes_once(1, Duration::from_secs(180)).await;
     assert_eq!(j["metadata"]["file_size_bytes"], SIZE);
+    // The attempt in flight during the freeze was held by it (~5 s), or ended in an error because of it.
+    assert!(
+        attempts
+            .iter()
+            .any(|a| !is_2xx(a) || a["duration_ms"].as_u64().is_some_and(|ms| ms >= 5000)),
+        "the fault did not hit: no delivery was held or failed by the frozen store\n{}",
+        describe(&attempts, f.t0)
+    );
     assert_eq!(f.incomplete_uploads().await, Vec::<String>::new());
     f.report("s3 frozen", &attempts, passes).await;
 }
@@ -718,9 +722,7 @@ async fn s3_frozen_during_a_transfer_completes_the_job_once(provider: Provider) 
 /// then started again with the stack's options.
 async fn postgres_restarted_during_deliveries_completes_the_job_once(provider: Provider) {
     let _turn = FAULTS.lock().await;
-    let Some(cluster) = pg::cluster() else {
-        return;
-    };
+    let cluster = pg::cluster();
     let (f, claimed) =
         Faulted::transferring(provider, "fault postgres", 12 * MIB, "#deliveries=2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -742,6 +744,11 @@ async fn postgres_restarted_during_deliveries_completes_the_job_once(provider: P
         );
     }
     let (attempts, passes, _) = f.completes_once(2, Duration::from_secs(240)).await;
+    assert!(
+        attempts.iter().any(|a| !is_2xx(a)),
+        "the fault did not hit: no delivery found the database gone\n{}",
+        describe(&attempts, f.t0)
+    );
     assert_eq!(f.incomplete_uploads().await, Vec::<String>::new());
     f.report("postgres restarted", &attempts, passes).await;
 }
@@ -783,6 +790,7 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease(provi
         claimed.elapsed().as_secs_f64()
     );
     let killed_at = Instant::now();
+    let killed_unix_ms = unix_ms();
     assert_eq!(job(&f.job_id).await["status"], "queued");
 
     let (attempts, passes, j) = f.completes_once(1, Duration::from_secs(240)).await;
@@ -791,6 +799,22 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease(provi
         killed_at.elapsed().as_secs_f64()
     );
     assert_eq!(j["metadata"]["file_size_bytes"], SIZE);
+    // The killed holder last renewed its claim at most RENEW_EVERY (10 s) before the kill: nobody may take the job
+    // over before its lease (30 s) ran out after that.
+    let completed_unix_ms: i64 = db()
+        .await
+        .query_one(
+            "SELECT (extract(epoch FROM completed_at) * 1000)::int8 FROM public.jobs WHERE id = $1::text::uuid",
+            &[&f.job_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after_kill = completed_unix_ms - killed_unix_ms as i64;
+    assert!(
+        after_kill >= 19_000,
+        "completed {after_kill} ms after the kill, before the killed holder's lease could end"
+    );
     assert!(
         !stack::functions("fal-webhook").contains(&busy[0]),
         "the killed process is back?"
@@ -812,9 +836,7 @@ async fn webhook_process_killed_mid_transfer_is_taken_over_after_the_lease(provi
 /// the job: the cancelled job must not keep the object stored for it.
 async fn a_job_cancelled_after_a_failed_commit_keeps_no_object(provider: Provider) {
     let _turn = FAULTS.lock().await;
-    let Some(cluster) = pg::cluster() else {
-        return;
-    };
+    let cluster = pg::cluster();
     let (f, _) =
         Faulted::transferring(provider, "fault commit", 8 * MIB, "#media-type=video/mp4").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -834,9 +856,13 @@ async fn a_job_cancelled_after_a_failed_commit_keeps_no_object(provider: Provide
         down.cluster.start().expect("postgres did not start again");
     }
     let stored = objects_of_job(&f.user_id.to_string(), &f.job_id).await;
-    eprintln!(
-        "after the failed commit: job {}, objects {stored:?}",
-        job(&f.job_id).await["status"]
+    let status = job(&f.job_id).await["status"].clone();
+    eprintln!("after the failed commit: job {status}, objects {stored:?}");
+    // What the cancel must clean up: the object stored for a commit that failed, on a job still open.
+    assert_eq!(
+        (status.as_str(), stored.len()),
+        (Some("queued"), 1),
+        "{stored:?}"
     );
     // 503 means "retry" (the database just came back); a client retries it.
     let mut answer = (0, Value::Null);

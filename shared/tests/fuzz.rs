@@ -645,15 +645,23 @@ proptest! {
 
 #[test]
 fn deeply_nested_webhook_bodies_are_refused_without_overflowing_the_stack() {
-    for depth in [127, 128, 129, 10_000, 100_000] {
-        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-        assert!(parse_body(body.as_bytes()).is_err(), "depth {depth}");
-        let body = format!(
+    let nested_payload = |depth: usize| {
+        format!(
             "{{\"request_id\":\"r\",\"payload\":{}1{}}}",
             "{\"a\":".repeat(depth),
             "}".repeat(depth)
-        );
-        let _ = parse_body(body.as_bytes());
+        )
+    };
+    // The same shape, shallow: taken (what refuses the deep ones is their depth).
+    assert!(parse_body(nested_payload(10).as_bytes()).is_ok());
+    for depth in [127, 128, 129, 10_000, 100_000] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_body(body.as_bytes()).is_err(), "depth {depth}");
+        // Around the parser's limit either answer is right, as long as it answers; past it, a refusal.
+        let parsed = parse_body(nested_payload(depth).as_bytes());
+        if depth > 128 {
+            assert!(parsed.is_err(), "payload depth {depth}");
+        }
     }
 }
 

@@ -203,6 +203,21 @@ export function workspaceTemp(token) {
   }).from('workspace-temp');
 }
 
+// README's two constructors ("What a client changes"): built once, each request carrying the session's current
+// token (`currentToken()`, read at every call, as supabase-js's own clients read theirs), so a refreshed session
+// needs no new client.
+export function sessionClients(currentToken) {
+  const withSession = async (input, init = {}) => {
+    const headers = new Headers(init.headers);
+    headers.set('Authorization', `Bearer ${await currentToken()}`);
+    return fetch(input, { ...init, headers });
+  };
+  return {
+    functions: new FunctionsClient(`${apiUrl()}/functions/v1`, { customFetch: withSession }),
+    storage: new StorageClient(`${apiUrl()}/storage/v1`, {}, withSession),
+  };
+}
+
 // `functions.invoke('fal-image', {body})`: `{status, body}` of the answer, an error answer's included.
 export async function invokeFalImage(token, body) {
   const { data, error } = await functions(token).invoke('fal-image', { body });

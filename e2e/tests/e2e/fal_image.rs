@@ -267,6 +267,7 @@ async fn the_functions_sessions_with_the_database_are_tls() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // This process's sessions (this query's among them) have another name: these are the functions'.
     assert!(!sessions.is_empty(), "no session of the functions");
     assert!(sessions.iter().all(|tls| *tls), "{sessions:?}");
 }
@@ -367,11 +368,6 @@ async fn an_error_from_the_queue_request_a_fallback_abandoned_leaves_the_sync_ru
         "delivered after the sync run's answer: {delivered:?}"
     );
     assert_eq!(job(job_id).await["status"], "completed");
-}
-
-fn unix_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    u64::try_from(since.unwrap().as_millis()).unwrap()
 }
 
 /// fal accepts a queue submission, runs it and delivers its webhook, but answers the submission after the 10 s bound:

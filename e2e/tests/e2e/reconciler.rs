@@ -107,8 +107,10 @@ async fn a_run_carrying_another_requests_urls_is_not_completed_with_its_result()
 }
 
 /// An invocation with less time left than one step's allowance takes no job at all: it would be killed half-way
-/// through it. The job stays as it was, not even marked as checked, for the next pass. A job a pass took but had no
-/// time to begin gets its check back, so the next pass takes it (not only once `older_than` has passed again).
+/// through it. The job stays as it was, not even marked as checked, for the next pass. Then the statement a pass
+/// gives back a job it took but had no time to begin (`db::reconcile::give_back`), run on a take recorded here:
+/// the job is due again at once, not only once `older_than` has passed again. (When a pass calls it depends on
+/// the invocation's clock, which a test cannot stop between the take and the first step.)
 #[tokio::test]
 async fn a_pass_with_too_little_time_left_takes_no_job_and_gives_back_what_it_did_not_begin() {
     let (_, jwt) = user().await;

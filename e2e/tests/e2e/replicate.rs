@@ -323,10 +323,18 @@ async fn media_failing_at_first_is_retried_through_replicates_redelivery_and_sto
 #[tokio::test]
 async fn a_delivery_before_the_submission_answered_completes_the_job_once() {
     let (user, jwt) = user().await;
-    let (job_id, _) = queued(&jwt, "replicate early", "#early").await;
+    let (job_id, prediction_id) = queued(&jwt, "replicate early", "#early").await;
+    let answered_at_ms = unix_ms();
     let j = wait_terminal(&job_id, WAIT).await;
     assert_eq!(j["status"], "completed", "{j}");
     assert_exactly_once(user, &job_id, "completed").await;
+    let p = prediction(&prediction_id).await;
+    assert!(
+        p["deliveries"][0]["started_at_ms"]
+            .as_u64()
+            .is_some_and(|at| at < answered_at_ms),
+        "the delivery did not come before the submission's answer: {p}"
+    );
 }
 
 /// Without a webhook secret there is no webhook URL to give a provider: a queue model of either provider runs on
