@@ -13,9 +13,14 @@ use crate::common::{sdk_config, try_stack_var};
 /// can tell theirs from this process's.
 pub const IN_PROCESS_APPLICATION_NAME: &str = "e2e-in-process";
 
-/// `database_url` with this process's application name.
+/// `database_url` (a URL, whose password may hold a `?`) with this process's application name.
 pub fn in_process(database_url: &str) -> String {
-    let joint = if database_url.contains('?') { '&' } else { '?' };
+    let host_on = database_url.rfind('@').map_or(0, |at| at + 1);
+    let joint = if database_url[host_on..].contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     format!("{database_url}{joint}application_name={IN_PROCESS_APPLICATION_NAME}")
 }
 

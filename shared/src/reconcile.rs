@@ -234,11 +234,7 @@ async fn close_orphans(
             report.deferred += orphans.len() - i;
             break;
         }
-        let cancel_url = o
-            .cancel_url
-            .as_deref()
-            .and_then(|u| crate::fal::ProviderUrl::on_provider_hosts(u, &o.provider_hosts).ok());
-        let settled = match cancel_url {
+        let settled = match o.checked_cancel_url() {
             Some(url) => {
                 crate::submission::cancel_request(state, settings, &o.provider_name, &url, o.job_id)
                     .await
@@ -519,7 +515,15 @@ fn written_past_deadline(created_at: DateTime<Utc>, opts: ReconcileOptions) -> b
 /// A job with no request recorded: failed once past the deadline, else left running.
 fn no_request(job: &JobRecord, opts: ReconcileOptions) -> FalAnswer {
     if past_deadline(job, opts) {
-        FalAnswer::Fail("No provider request was recorded for this job before the deadline".into())
+        let recorded = job.run.as_ref().is_some_and(|r| r.request.is_some());
+        FalAnswer::Fail(if recorded {
+            // Its URLs were refused (`JobRun::provider_url`: not on the provider's hosts, or another request's), or
+            // the provider is not configured.
+            "The provider request recorded for this job could not be checked, and no result came before the deadline"
+                .into()
+        } else {
+            "No provider request was recorded for this job before the deadline".into()
+        })
     } else {
         FalAnswer::Running
     }

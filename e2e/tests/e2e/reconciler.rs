@@ -465,6 +465,43 @@ async fn age_orphan(job_id: &str, age: &str) {
     assert_eq!(updated, 1, "no kept run for {job_id}");
 }
 
+/// A run carrying another request's cancel URL (as V5 could bring one over from metadata its owner wrote), whose
+/// job its owner then deletes: the kept run records its own request id (V17), and a pass does not cancel the
+/// request the URL names.
+#[tokio::test]
+async fn a_deleted_jobs_run_carrying_another_requests_cancel_url_cancels_nothing_of_others() {
+    let (_, victim_jwt) = user().await;
+    let (owner, jwt) = user().await;
+    let running = async |jwt: &str, text: &str| {
+        let body = json!({"prompt": prompt(text, "#no-webhook #delay-ms=600000"), "apiModelId": async_model()});
+        submit_queued(jwt, &body).await
+    };
+    let (victim, victim_rid) = running(&victim_jwt, "victim of a planted cancel").await;
+    let (own, own_rid) = running(&jwt, "planted cancel url").await;
+    let planted = db()
+        .await
+        .execute(
+            "UPDATE public.job_runs r SET cancel_url = v.cancel_url
+               FROM public.job_runs v
+              WHERE r.job_id = $1::text::uuid AND v.job_id = $2::text::uuid",
+            &[&own, &victim],
+        )
+        .await
+        .unwrap();
+    assert_eq!(planted, 1);
+    let id = Uuid::parse_str(&own).unwrap();
+    assert_eq!(delete_as_owner(owner, &[id]).await, 1);
+    age_orphan(&own, "61 minutes").await;
+
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+
+    assert_eq!(inspect(&victim_rid).await["cancel_calls"], 0);
+    assert_eq!(job(&victim).await["status"], "queued");
+    // The kept run had no usable cancel URL: dropped, as one with none is.
+    assert_eq!(orphan_tried(&own).await, None);
+    assert_eq!(inspect(&own_rid).await["cancel_calls"], 0);
+}
+
 /// The API's cancel when fal cannot take it (a 503): the job is cancelled at once, but its run, which fal still
 /// runs, keeps counting against its owner, kept with the orphans; a later pass asks fal again and frees it.
 #[tokio::test]

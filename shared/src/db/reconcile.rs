@@ -68,9 +68,27 @@ pub struct Orphan {
     pub job_id: Uuid,
     pub provider_name: String,
     pub cancel_url: Option<String>,
+    /// The run's request id (V17; none for orphans kept before it): its cancel URL must name it.
+    pub request_id: Option<String>,
     pub provider_hosts: Vec<String>,
     /// When the run was written (the reconcile deadline counts from it).
     pub created_at: DateTime<Utc>,
+}
+
+impl Orphan {
+    /// Its cancel URL, only on the provider's own hosts and, when its request id is recorded, naming that request
+    /// ([`crate::db::runs::JobRun::provider_url`]'s rule).
+    pub fn checked_cancel_url(&self) -> Option<crate::fal::ProviderUrl> {
+        let url = self.cancel_url.as_deref()?;
+        let url = crate::fal::ProviderUrl::on_provider_hosts(url, &self.provider_hosts).ok()?;
+        match &self.request_id {
+            Some(id) if !url.names_request(id) => {
+                tracing::warn!(job_id = %self.job_id, "a deleted job's cancel URL does not name its request; refused");
+                None
+            }
+            _ => Some(url),
+        }
+    }
 }
 
 /// Up to `limit` orphaned runs written more than `older_than` ago and not tried within `older_than`: those never
@@ -85,7 +103,8 @@ pub async fn stale_orphans<C: GenericClient>(
     let secs = older_than.as_secs_f64();
     let rows = client
         .query_typed(
-            "SELECT o.job_id, o.provider_name, o.cancel_url, p.base_url, p.sync_base_url, o.created_at
+            "SELECT o.job_id, o.provider_name, o.cancel_url, p.base_url, p.sync_base_url, o.created_at,
+                    o.request_id
                FROM public.job_run_orphans o LEFT JOIN public.api_providers p ON p.id = o.provider_id
               WHERE o.created_at < now() - make_interval(secs => $1)
                 AND (o.cancel_tried_at IS NULL OR o.cancel_tried_at < now() - make_interval(secs => $1))
@@ -105,6 +124,7 @@ pub async fn stale_orphans<C: GenericClient>(
                 .flatten()
                 .collect(),
             created_at: r.get(5),
+            request_id: r.get(6),
         })
         .collect())
 }
@@ -119,12 +139,13 @@ pub async fn keep_for_cancel<C: GenericClient>(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .query_typed(
-            "INSERT INTO public.job_run_orphans (job_id, user_id, provider_id, provider_name, cancel_url, created_at,
-                                                 cancel_tried_at)
-             SELECT job_id, user_id, provider_id, provider_name, cancel_url, created_at, now()
+            "INSERT INTO public.job_run_orphans (job_id, user_id, provider_id, provider_name, cancel_url, request_id,
+                                                 created_at, cancel_tried_at)
+             SELECT job_id, user_id, provider_id, provider_name, cancel_url, request_id, created_at, now()
                FROM public.job_runs
               WHERE job_id = $1 AND cancel_url IS NOT NULL AND result_key IS NULL
-             ON CONFLICT (job_id) DO UPDATE SET cancel_url = EXCLUDED.cancel_url, cancel_tried_at = EXCLUDED.cancel_tried_at
+             ON CONFLICT (job_id) DO UPDATE SET cancel_url = EXCLUDED.cancel_url, request_id = EXCLUDED.request_id,
+                                                cancel_tried_at = EXCLUDED.cancel_tried_at
               WHERE public.job_run_orphans.cancel_url IS NULL",
             &[(&job_id, Type::UUID)],
         )

@@ -229,7 +229,7 @@ impl JobRun {
         if url.names_request(&request.request_id) {
             Some(url)
         } else {
-            tracing::warn!("a provider URL that does not name the run's request refused");
+            tracing::warn!(request_id = %request.request_id, "a provider URL that does not name the run's request refused");
             None
         }
     }

@@ -47,14 +47,19 @@ impl ProviderUrl {
         &self.0
     }
 
-    /// Whether the URL's path names request `request_id` as one of its segments, as the providers' own URLs do
-    /// (fal: `…/requests/<id>[/status|/cancel]`, Replicate: `…/predictions/<id>[/cancel]`).
+    /// Whether the URL's path names request `request_id` where the providers' own URLs do: the segment after
+    /// `requests` (fal: `…/requests/<id>[/status|/cancel]`) or `predictions` (Replicate:
+    /// `…/predictions/<id>[/cancel]`). Any other segment would let a run whose request id was written by a client
+    /// (V5) pick a word of another request's URL as its id.
     pub fn names_request(&self, request_id: &str) -> bool {
+        let Some(segments) = self.0.path_segments() else {
+            return false;
+        };
+        let segments: Vec<&str> = segments.collect();
         !request_id.is_empty()
-            && self
-                .0
-                .path_segments()
-                .is_some_and(|mut segments| segments.any(|s| s == request_id))
+            && segments
+                .windows(2)
+                .any(|w| matches!(w[0], "requests" | "predictions") && w[1] == request_id)
     }
 }
 
@@ -148,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn a_provider_url_names_its_request_only_as_a_whole_path_segment() {
+    fn a_provider_url_names_its_request_only_where_the_provider_puts_it() {
         let bases = [
             "https://queue.fal.run".to_owned(),
             "https://api.replicate.com".to_owned(),
@@ -172,6 +177,11 @@ mod tests {
                 "https://api.replicate.com/v1/predictions/p1/cancel".to_owned(),
                 false,
             ),
+            // The id elsewhere in the path: not where the provider puts it.
+            (
+                format!("https://queue.fal.run/{id}/x/requests/other/status"),
+                false,
+            ),
             (
                 format!("https://queue.fal.run/fal-ai/x/requests/{id}0/status"),
                 false,
@@ -190,6 +200,22 @@ mod tests {
         let replicate = url("https://api.replicate.com/v1/predictions/p1/cancel");
         assert!(replicate.names_request("p1"));
         assert!(!replicate.names_request(""));
+        // A request id chosen to be a word of another request's URL.
+        let other = url(&format!(
+            "https://queue.fal.run/fal-ai/flux/requests/{id}/status"
+        ));
+        for word in [
+            "requests",
+            "fal-ai",
+            "flux",
+            "status",
+            "predictions",
+            "v1",
+            "cancel",
+        ] {
+            assert!(!other.names_request(word), "{word}");
+            assert!(!replicate.names_request(word), "{word}");
+        }
     }
 
     #[test]
