@@ -74,15 +74,9 @@ async fn a_pass_completes_fails_or_leaves_each_stale_job_as_fal_says() {
     assert_eq!(job(&running).await["status"], "queued");
 }
 
-/// A run V5 brought over from metadata its owner had rewritten may carry another request's URLs on fal's own host
-/// (the host check passes them): a pass does not fetch that request's result into the job.
-#[tokio::test]
-async fn a_run_carrying_another_requests_urls_is_not_completed_with_its_result() {
-    let (_, victim_jwt) = user().await;
-    let (_, jwt) = user().await;
-    let (victim, victim_rid) = lost_webhook_job(&victim_jwt, "#delay-ms=20", "61 minutes").await;
-    let (own, _) = lost_webhook_job(&jwt, "#delay-ms=600000", "61 minutes").await;
-    wait_fal_completed(&victim_rid).await;
+/// Gives job `own`'s run the status, response and cancel URLs of job `victim`'s, as V5 could have brought them
+/// over from metadata the owner wrote.
+async fn plant_urls_of(victim: &str, own: &str) {
     let planted = db()
         .await
         .execute(
@@ -95,6 +89,18 @@ async fn a_run_carrying_another_requests_urls_is_not_completed_with_its_result()
         .await
         .unwrap();
     assert_eq!(planted, 1);
+}
+
+/// A run V5 brought over from metadata its owner had rewritten may carry another request's URLs on fal's own host
+/// (the host check passes them): a pass does not fetch that request's result into the job.
+#[tokio::test]
+async fn a_run_carrying_another_requests_urls_is_not_completed_with_its_result() {
+    let (_, victim_jwt) = user().await;
+    let (_, jwt) = user().await;
+    let (victim, victim_rid) = lost_webhook_job(&victim_jwt, "#delay-ms=20", "61 minutes").await;
+    let (own, _) = lost_webhook_job(&jwt, "#delay-ms=600000", "61 minutes").await;
+    wait_fal_completed(&victim_rid).await;
+    plant_urls_of(&victim, &own).await;
 
     reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
 
@@ -478,17 +484,7 @@ async fn a_deleted_jobs_run_carrying_another_requests_cancel_url_cancels_nothing
     };
     let (victim, victim_rid) = running(&victim_jwt, "victim of a planted cancel").await;
     let (own, own_rid) = running(&jwt, "planted cancel url").await;
-    let planted = db()
-        .await
-        .execute(
-            "UPDATE public.job_runs r SET cancel_url = v.cancel_url
-               FROM public.job_runs v
-              WHERE r.job_id = $1::text::uuid AND v.job_id = $2::text::uuid",
-            &[&own, &victim],
-        )
-        .await
-        .unwrap();
-    assert_eq!(planted, 1);
+    plant_urls_of(&victim, &own).await;
     let id = Uuid::parse_str(&own).unwrap();
     assert_eq!(delete_as_owner(owner, &[id]).await, 1);
     age_orphan(&own, "61 minutes").await;
