@@ -80,14 +80,7 @@ impl Orphan {
     /// ([`crate::db::runs::JobRun::provider_url`]'s rule).
     pub fn checked_cancel_url(&self) -> Option<crate::fal::ProviderUrl> {
         let url = self.cancel_url.as_deref()?;
-        let url = crate::fal::ProviderUrl::on_provider_hosts(url, &self.provider_hosts).ok()?;
-        match &self.request_id {
-            Some(id) if !url.names_request(id) => {
-                tracing::warn!(job_id = %self.job_id, "a deleted job's cancel URL does not name its request; refused");
-                None
-            }
-            _ => Some(url),
-        }
+        crate::fal::ProviderUrl::of_request(url, &self.provider_hosts, self.request_id.as_deref())
     }
 }
 

@@ -224,14 +224,8 @@ impl JobRun {
         pick: impl Fn(&ProviderRequest) -> Option<&String>,
     ) -> Option<crate::fal::ProviderUrl> {
         let request = self.request.as_ref()?;
-        let url = crate::fal::ProviderUrl::on_provider_hosts(pick(request)?, &self.provider_hosts)
-            .ok()?;
-        if url.names_request(&request.request_id) {
-            Some(url)
-        } else {
-            tracing::warn!(request_id = %request.request_id, "a provider URL that does not name the run's request refused");
-            None
-        }
+        let id = Some(request.request_id.as_str());
+        crate::fal::ProviderUrl::of_request(pick(request)?, &self.provider_hosts, id)
     }
 
     pub fn request_id(&self) -> Option<&str> {

@@ -55,11 +55,28 @@ impl ProviderUrl {
         let Some(segments) = self.0.path_segments() else {
             return false;
         };
-        let segments: Vec<&str> = segments.collect();
         !request_id.is_empty()
             && segments
-                .windows(2)
-                .any(|w| matches!(w[0], "requests" | "predictions") && w[1] == request_id)
+                .clone()
+                .zip(segments.skip(1))
+                .any(|(kind, id)| matches!(kind, "requests" | "predictions") && id == request_id)
+    }
+
+    /// `url` when it is on the provider's hosts ([`Self::on_provider_hosts`]) and, with `request_id` known, names
+    /// that request ([`Self::names_request`]): the rule for every URL of a recorded request the key is sent to.
+    pub fn of_request(
+        url: &str,
+        provider_bases: &[String],
+        request_id: Option<&str>,
+    ) -> Option<Self> {
+        let url = Self::on_provider_hosts(url, provider_bases).ok()?;
+        match request_id {
+            Some(id) if !url.names_request(id) => {
+                tracing::warn!(request_id = %id, "a provider URL that does not name its request refused");
+                None
+            }
+            _ => Some(url),
+        }
     }
 }
 
