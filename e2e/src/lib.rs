@@ -38,3 +38,9 @@ pub async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// What the functions under `cargo lambda watch` have logged so far (both processes write to one file).
+pub fn functions_log() -> String {
+    let path = format!("{}/cargo-lambda-watch.log", stack_var("STACK_LOG_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("the functions' log {path}: {e}"))
+}

@@ -1066,6 +1066,18 @@ async fn a_database_fault_part_way_through_a_submission_fails_its_job(provider: 
     fault.remove(&db).await;
 
     assert_eq!(status, 503, "{answer}");
+    // The body says only "Temporarily unavailable"; the function's one line for the refusal names the fault.
+    let fault_named = format!("injected fault ({marker})");
+    wait_until(
+        "the 503's cause in the functions' log",
+        Duration::from_secs(5),
+        async || {
+            functions_log()
+                .lines()
+                .any(|l| l.contains("request failed") && l.contains(&fault_named))
+        },
+    )
+    .await;
     let rows = db
         .query(
             "SELECT j.status, r.closed_at IS NOT NULL FROM public.jobs j

@@ -260,11 +260,7 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
     // The emulator never delivered anything for this job.
     assert_eq!(inspect(&request_id).await["deliveries"], json!([]));
     // Neither the secret nor a token reaches the functions' log.
-    let log = std::fs::read_to_string(format!(
-        "{}/cargo-lambda-watch.log",
-        stack_var("STACK_LOG_DIR")
-    ))
-    .expect("the functions' log cannot be read");
+    let log = functions_log();
     // The refusals above were logged there (the 409 among them), so the checks below read the right log.
     assert!(
         log.contains("webhook delivery refused"),

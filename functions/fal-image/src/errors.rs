@@ -1,6 +1,7 @@
 //! The one place where use-case errors become HTTP statuses and `{error, details?}` bodies.
 
 use gen_pipeline::auth::AuthError;
+use gen_pipeline::db::DbError;
 use gen_pipeline::input::InputError;
 use gen_pipeline::provider::{ProviderError, ProviderKind};
 use gen_pipeline::storage_links::LinkError;
@@ -15,6 +16,9 @@ pub struct ApiError {
     pub body: Value,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// Our own fault behind a 5xx whose body does not name it (a database, storage or configuration error): for
+    /// the one log line of the refusal, never sent.
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -23,6 +27,7 @@ impl ApiError {
             status,
             body: json!({ "error": error }),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -31,11 +36,32 @@ impl ApiError {
             status,
             body: json!({ "error": error, "details": details.into() }),
             retry_after: None,
+            cause: None,
         }
     }
 }
 
 impl ApiError {
+    /// With the fault behind it, for the log line: the error and its sources (no secret reaches them: database
+    /// errors name no URL or password, storage errors no signed link).
+    pub fn caused_by(self, fault: &dyn std::error::Error) -> Self {
+        let mut cause = fault.to_string();
+        let mut source = fault.source();
+        while let Some(s) = source {
+            // Most of them print their source already.
+            let text = s.to_string();
+            if !cause.contains(&text) {
+                cause.push_str(": ");
+                cause.push_str(&text);
+            }
+            source = s.source();
+        }
+        ApiError {
+            cause: Some(cause),
+            ..self
+        }
+    }
+
     /// The same refusal in Supabase Storage's shape, for the storage routes (an error already in it is kept): the
     /// status's name as `error`, the message as `message`.
     pub fn into_storage(self) -> Self {
@@ -46,6 +72,7 @@ impl ApiError {
         let name = self.status.canonical_reason().unwrap_or("Error");
         ApiError {
             retry_after: self.retry_after,
+            cause: self.cause,
             ..ApiError::storage(self.status, name, &message)
         }
     }
@@ -56,6 +83,7 @@ impl ApiError {
             status,
             body: json!({ "statusCode": status.as_u16().to_string(), "error": error, "message": message }),
             retry_after: None,
+            cause: None,
         }
     }
 }
@@ -106,11 +134,13 @@ impl From<SubmitError> for ApiError {
                     "details": "Wait for a generation to finish, or cancel one, then try again",
                 }),
                 retry_after: Some(gen_pipeline::submission::OPEN_JOBS_RETRY_AFTER.as_secs()),
+                cause: None,
             },
             SubmitError::ProviderNotConfigured(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 body: json!({ "error": e.to_string(), "retryable": false }),
                 retry_after: None,
+                cause: None,
             },
             SubmitError::NoModels => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
@@ -128,10 +158,12 @@ impl From<SubmitError> for ApiError {
                     "missing_fields": fields,
                 }),
                 retry_after: None,
+                cause: None,
             },
             SubmitError::Input(input) => ApiError::new(StatusCode::BAD_REQUEST, &input.to_string()),
-            SubmitError::Misconfigured(_) => {
+            SubmitError::Misconfigured(_) | SubmitError::Db(DbError::BadUrl | DbError::Tls(_)) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Server misconfigured")
+                    .caused_by(&e)
             }
             SubmitError::Provider {
                 job_id,
@@ -142,14 +174,17 @@ impl From<SubmitError> for ApiError {
                 status: StatusCode::BAD_GATEWAY,
                 body: json!({ "error": "Generation failed", "details": message, "jobId": job_id }),
                 retry_after: None,
+                cause: None,
             },
             SubmitError::Closed { job_id, status } => ApiError {
                 status: StatusCode::CONFLICT,
                 body: json!({ "error": format!("Job was {status}"), "jobId": job_id, "status": status.as_str() }),
                 retry_after: None,
+                cause: None,
             },
             SubmitError::Db(_) | SubmitError::Storage(_) | SubmitError::Completion(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Temporarily unavailable")
+                    .caused_by(&e)
             }
         }
     }
@@ -171,6 +206,7 @@ fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderEr
                 "jobId": job_id,
             }),
             retry_after: None,
+            cause: None,
         };
     }
     let (status, title) = match error {
@@ -214,5 +250,36 @@ fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderEr
         status,
         body,
         retry_after: None,
+        cause: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_faults_keep_their_cause_for_the_log_and_out_of_the_body() {
+        let down = ApiError::from(SubmitError::Db(DbError::Unavailable(
+            "connection refused".into(),
+        )));
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.body, json!({"error": "Temporarily unavailable"}));
+        assert_eq!(
+            down.cause.as_deref(),
+            Some("database unavailable: no database connection: connection refused")
+        );
+        // A database that can never be reached as configured is not a moment's unavailability.
+        let bad_url = ApiError::from(SubmitError::Db(DbError::BadUrl));
+        assert_eq!(bad_url.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(bad_url.cause.unwrap().contains("not a valid Postgres URL"));
+        let misconfigured = ApiError::from(SubmitError::Misconfigured("fal sync host".into()));
+        assert_eq!(misconfigured.body, json!({"error": "Server misconfigured"}));
+        assert!(misconfigured.cause.unwrap().contains("fal sync host"));
+        // The caller's errors say what they are in the body; there is no fault of ours to log.
+        assert_eq!(ApiError::from(SubmitError::TooManyOpenJobs).cause, None);
+        // The storage shape keeps it.
+        let storage = ApiError::from(SubmitError::Db(DbError::Tls("bad CA".into()))).into_storage();
+        assert!(storage.cause.unwrap().contains("bad CA"));
     }
 }

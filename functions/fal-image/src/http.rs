@@ -123,7 +123,7 @@ pub async fn handle(
         Err(e) => {
             let e = if storage_route { e.into_storage() } else { e };
             if e.status.is_server_error() {
-                tracing::error!(status = e.status.as_u16(), error = %e.body["error"], "request failed");
+                tracing::error!(status = e.status.as_u16(), error = %e.body["error"], cause = e.cause.as_deref(), "request failed");
             } else {
                 tracing::info!(status = e.status.as_u16(), error = %e.body["error"], "request refused");
             }
@@ -324,6 +324,7 @@ async fn cancel(state: &AppState, req: &Request, job_id: Uuid) -> Result<Value, 
             status: StatusCode::CONFLICT,
             body: json!({ "error": format!("Job already {s}"), "jobId": job_id, "status": s.as_str() }),
             retry_after: None,
+            cause: None,
         }),
     }
 }
