@@ -211,6 +211,27 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
     }
 }
 
+/// The address check's refusal among a request error's sources ([`PublicOnlyResolver`]'s reaches the request
+/// wrapped in the connector's errors, inside an `io::Error`).
+fn rejection_in(e: &(dyn std::error::Error + 'static)) -> Option<Rejection> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        let io_inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(r) = [Some(s), io_inner]
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.downcast_ref::<Rejection>())
+        {
+            return Some(r.clone());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// An HTTP client for media: public-only DNS, redirects re-checked against the policy, bounded waits.
 pub fn http_client(policy: &MediaPolicy) -> anyhow::Result<reqwest::Client> {
     let redirect_policy = policy.clone();
@@ -260,6 +281,9 @@ pub async fn fetch(
         .map_err(|e| {
             if e.is_redirect() {
                 FetchError::Rejected(Rejection::HostNotAllowed("redirect target".into()))
+            } else if let Some(r) = rejection_in(&e) {
+                // The resolver found only non-public addresses: a verdict, not a fault a retry can mend.
+                FetchError::Rejected(r)
             } else {
                 FetchError::Transient(e.without_url().to_string())
             }
@@ -497,6 +521,22 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(err, crate::storage::StorageError::Source(ref m) if m.contains("did not finish within")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_allowed_name_resolving_only_to_non_public_addresses_is_refused_not_retried() {
+        // `localhost` resolves (from the hosts file) to loopback addresses only, which the resolver drops: no
+        // connection is made, and the refusal is a verdict, as for a non-public literal.
+        let policy = MediaPolicy::new(vec!["localhost".into()], true);
+        let client = http_client(&policy).unwrap();
+        let err = fetch(&client, &policy, "http://localhost:9/media/r/out.png")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, FetchError::Rejected(Rejection::PrivateAddress)),
             "{err}"
         );
     }
