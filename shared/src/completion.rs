@@ -148,6 +148,9 @@ pub enum Outcome {
     Failed(String),
     /// Another caller holds the job's claim and has not finished yet.
     Busy,
+    /// The result of a queue request the job abandoned when it fell back to the sync route was refused: the sync
+    /// run decides the job, which stays as it was.
+    Abandoned,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +240,14 @@ impl<'a> Completion<'a> {
                 request_id,
                 provider_metadata: json!({}),
             },
+        }
+    }
+
+    /// The queue request whose result this is, for a queued completion.
+    fn queue_request(&self) -> Option<&str> {
+        match &self.usage {
+            UsageSettlement::CompleteQueued { request_id, .. } => request_id.as_deref(),
+            _ => None,
         }
     }
 
@@ -373,7 +384,8 @@ async fn complete_claimed(
     let stored = match transfer(state, settings, c).await? {
         Transfer::Stored(s) => s,
         Transfer::Refused(message) => {
-            return fail_claimed(state, settings, job, holder, &message).await;
+            let unless_abandoned = c.queue_request();
+            return fail_claimed(state, settings, job, holder, &message, unless_abandoned).await;
         }
     };
     let (asset, patch) = record_of(c, &stored);
@@ -684,16 +696,28 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
     Ok(())
 }
 
-/// Marks the job failed with our verdict, under the claim.
+/// Marks the job failed with our verdict, under the claim; with `unless_abandoned` (as for [`fail`]), not when the
+/// result refused is that of a queue request the job abandoned.
 async fn fail_claimed(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
     holder: Uuid,
     message: &str,
+    unless_abandoned: Option<&str>,
 ) -> Result<Outcome, CompletionError> {
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
+    if let Some(request_id) = unless_abandoned {
+        db::jobs::lock(&*tx, job.id).await?;
+        if db::runs::abandons(&*tx, job.id, request_id).await? {
+            // A refused transfer stores nothing, and the job's keys are the sync run's too: no object is removed.
+            db::claims::release(&*tx, job.id, holder).await?;
+            tx.commit().await?;
+            tracing::info!(job_id = %job.id, reason = message, "result of a queue request the sync fallback abandoned refused; skipped");
+            return Ok(Outcome::Abandoned);
+        }
+    }
     let moved = fail_in(&*tx, job, message).await?;
     db::claims::release(&*tx, job.id, holder).await?;
     tx.commit().await?;

@@ -409,7 +409,7 @@ async fn complete(
             Verdict::Completed
         }
         Outcome::Failed(_) => Verdict::Failed,
-        Outcome::AlreadyTerminal(_) | Outcome::Busy => Verdict::Skipped,
+        Outcome::AlreadyTerminal(_) | Outcome::Busy | Outcome::Abandoned => Verdict::Skipped,
     })
 }
 

@@ -222,6 +222,7 @@ pub async fn complete_from_webhook(
             Ok((Delivery::Skipped, None))
         }
         Outcome::Busy => Err(DeliveryError::Busy),
+        Outcome::Abandoned => Ok((Delivery::Skipped, None)),
     }
 }
 

@@ -344,11 +344,30 @@ async fn a_sync_run_after_a_timed_out_queue_submission_ends_within_the_sync_boun
 /// the sync fallback runs: its error delivery is for a request the job abandoned, so the sync run completes the job.
 #[tokio::test]
 async fn an_error_from_the_queue_request_a_fallback_abandoned_leaves_the_sync_run_to_finish() {
+    let queued = abandoned_queue_request_leaves_the_sync_run_to_finish("#queue-error").await;
+    assert_eq!(queued["failed"], true, "{queued}");
+}
+
+/// As above, but the abandoned request succeeds and its result is one we refuse (its file answers 404, which the
+/// sync run's does not): the refusal is that request's, and does not fail the job the sync run completes.
+#[tokio::test]
+async fn a_refused_result_of_the_queue_request_a_fallback_abandoned_leaves_the_sync_run_to_finish()
+{
+    let queued =
+        abandoned_queue_request_leaves_the_sync_run_to_finish("#queue-media-status=404").await;
+    assert_eq!(queued["failed"], false, "{queued}");
+    // Its delivery did fetch the file, and was refused it.
+    assert!(queued["media_fetches"].as_u64().unwrap() >= 1, "{queued}");
+}
+
+/// A queue submission accepted but answered at 12 s, past the 10 s bound, whose request ends (as `outcome` makes
+/// it) and is delivered at ~13 s, while the sync fallback runs from ~10 s to ~16 s: the job is completed once, by
+/// the sync run, and the delivery was answered 200 before the sync run's answer. Returns the queued request as
+/// the emulator reports it.
+async fn abandoned_queue_request_leaves_the_sync_run_to_finish(outcome: &str) -> Value {
     let (user_id, jwt) = user().await;
-    // Queue: accepted, answered at 12 s, failed and delivered at ~13 s. Sync run: from ~10 s to ~16 s.
-    let directives = "#queue-error #submit-delay-ms=12000 #delay-ms=13000 #run-delay-ms=6000";
-    let body =
-        json!({"prompt": prompt("abandoned queue error", directives), "apiModelId": async_model()});
+    let directives = format!("{outcome} #submit-delay-ms=12000 #delay-ms=13000 #run-delay-ms=6000");
+    let body = json!({"prompt": prompt("abandoned queue request", &directives), "apiModelId": async_model()});
     let (status, answer) = generate(&jwt, &body).await;
     let answered_at_ms = unix_ms();
     assert_eq!(status, 200, "{answer}");
@@ -356,10 +375,8 @@ async fn an_error_from_the_queue_request_a_fallback_abandoned_leaves_the_sync_ru
     let job_id = answer["jobId"].as_str().unwrap();
     let j = assert_exactly_once(user_id, job_id, "completed").await;
     assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
-    // The abandoned request failed, and its error was delivered and answered before the sync run ended.
     let queued = requests_for_job(job_id).await;
     assert_eq!(queued.len(), 1, "{queued:?}");
-    assert_eq!(queued[0]["failed"], true, "{}", queued[0]);
     let request_id = queued[0]["request_id"].as_str().unwrap();
     let delivered = answered_deliveries(request_id, 1, WAIT).await;
     assert_eq!(delivered[0]["http_status"], 200, "{delivered:?}");
@@ -368,6 +385,7 @@ async fn an_error_from_the_queue_request_a_fallback_abandoned_leaves_the_sync_ru
         "delivered after the sync run's answer: {delivered:?}"
     );
     assert_eq!(job(job_id).await["status"], "completed");
+    inspect(request_id).await
 }
 
 /// fal accepts a queue submission, runs it and delivers its webhook, but answers the submission after the 10 s bound:

@@ -672,7 +672,9 @@ async fn sync_answer(
         // Another caller (the provider's webhook, for a run that registered one) holds the completion past the wait:
         // the job is not failed, and is theirs to finish. Answered as a queued job, which clients poll, rather than
         // as a failure the row would contradict (and that would send the caller back to pay for another run).
-        Ok(Outcome::Busy) => Ok(SubmitResult {
+        // (`Abandoned` is a queue request's: a sync run's result has none. Were it seen, the job is open and not
+        // this run's to answer for, as with `Busy`.)
+        Ok(Outcome::Busy | Outcome::Abandoned) => Ok(SubmitResult {
             answer: Submitted::Queued {
                 job_id,
                 request_id: job

@@ -50,6 +50,9 @@ pub struct Directives {
     pub media_bytes: u64,
     pub media_type: Option<String>,
     pub media_status: Option<u16>,
+    /// `#queue-media-status=N` (fal): the result files of queued requests answer HTTP N, those of sync runs are served
+    /// (what a queue request a fallback abandoned can meet while the sync run's result is fine).
+    pub queue_media_status: Option<u16>,
     pub media_fail_first: u32,
     pub media_slow_ms: u64,
     /// Only the first K fetches are slowed by `media_slow_ms` (0: every fetch).
@@ -83,6 +86,7 @@ impl Default for Directives {
             media_bytes: 4096,
             media_type: None,
             media_status: None,
+            queue_media_status: None,
             media_fail_first: 0,
             media_slow_ms: 0,
             media_slow_first: 0,
@@ -150,6 +154,9 @@ impl Directives {
                 self.media_type = Some(v.to_ascii_lowercase())
             }
             ("media-status", Some(v)) => self.media_status = v.parse().ok().or(self.media_status),
+            ("queue-media-status", Some(v)) => {
+                self.queue_media_status = v.parse().ok().or(self.queue_media_status)
+            }
             ("media-fail-first", Some(v)) => set(&mut self.media_fail_first, v.parse().ok()),
             ("media-slow-ms", Some(v)) => set(&mut self.media_slow_ms, v.parse().ok()),
             ("media-slow-first", Some(v)) => set(&mut self.media_slow_first, v.parse().ok()),
@@ -211,7 +218,7 @@ mod tests {
     fn numeric_directives_are_parsed() {
         let d = Directives::parse(
             "#deliveries=3 #delay-ms=2000 #submit-delay-ms=900 #queue-status=503 #run-status=429 #run-fail-first=2 \
-             #run-delay-ms=700 #cancel-fail-first=2 #media-bytes=1073741824 #media-status=404 #media-fail-first=1 \
+             #run-delay-ms=700 #cancel-fail-first=2 #media-bytes=1073741824 #media-status=404 #queue-media-status=410 #media-fail-first=1 \
              #media-slow-ms=250 #media-slow-first=2 #media-rate=1000",
         );
         assert_eq!(d.deliveries, 3);
@@ -224,6 +231,7 @@ mod tests {
         assert_eq!(d.cancel_fail_first, 2);
         assert_eq!(d.media_bytes, 1 << 30);
         assert_eq!(d.media_status, Some(404));
+        assert_eq!(d.queue_media_status, Some(410));
         assert_eq!(d.media_fail_first, 1);
         assert_eq!(d.media_slow_ms, 250);
         assert_eq!(d.media_slow_first, 2);

@@ -90,7 +90,10 @@ pub async fn serve_media(
 /// The answer to one fetch of a result file, faults included; fal's media and Replicate's delivery share it.
 pub async fn respond(request_id: String, fetch: MediaFetch) -> Response {
     let d = &fetch.directives;
-    if let Some(code) = d.media_status {
+    let status = d
+        .media_status
+        .or(d.queue_media_status.filter(|_| fetch.queued));
+    if let Some(code) = status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (status, "emulated media status").into_response();
     }

@@ -164,6 +164,8 @@ pub struct MediaFetch {
     pub directives: Directives,
     /// 1 for the first fetch of this URL.
     pub fetch_number: u64,
+    /// A queued request's file (not a sync run's).
+    pub queued: bool,
 }
 
 pub struct AppState {
@@ -329,6 +331,7 @@ impl AppState {
             media: r.media.clone(),
             directives: r.directives.clone(),
             fetch_number: r.media_fetches,
+            queued: r.mode == Mode::Queue,
         })
     }
 }

@@ -217,6 +217,8 @@ impl Prediction {
             media: self.media.clone(),
             directives: self.directives.clone(),
             fetch_number: self.media_fetches,
+            // `#queue-media-status` is fal's: a prediction is served as a sync run's file.
+            queued: false,
         })
     }
 }
