@@ -332,6 +332,7 @@ fn model() -> impl Strategy<Value = ModelSpec> {
                 },
                 input_defaults,
                 capabilities,
+                override_capabilities: None,
             },
         )
 }

@@ -1054,6 +1054,50 @@ async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
     assert_eq!(clip_thumbnail, Some(format!("workspace-temp/{thumb}")));
 }
 
+/// `model_key_override` naming an active edit model whose schema takes `image_urls`, asked through a row whose schema
+/// does not: the reference is handed in the list form the named model takes (the original's step 6), not as the
+/// `image_url` the asked row alone would give.
+#[tokio::test]
+async fn an_override_whose_model_takes_image_urls_gets_its_reference_as_a_list() {
+    let (_, jwt) = user().await;
+    let image = json!({"prompt": prompt("edit source", ""), "apiModelId": sync_model()});
+    let (status, answer) = generate(&jwt, &image).await;
+    assert_eq!(status, 200, "{answer}");
+    let reference = assets_of(answer["jobId"].as_str().unwrap()).await.remove(0);
+    let edit_key = format!("fal-ai/e2e-edit-{}", Uuid::new_v4().simple());
+    let db = db().await;
+    db.execute(
+        "INSERT INTO public.api_models
+           (provider_id, model_key, display_name, modality, tasks, capabilities, priority, is_active)
+         SELECT provider_id, $2, 'Edit (e2e)', 'image', '{i2i}',
+                '{\"input_schema\": {\"prompt\": {}, \"image_urls\": {}}}', 50, true
+           FROM public.api_models WHERE id = $1",
+        &[&Uuid::parse_str(&sync_model()).unwrap(), &edit_key],
+    )
+    .await
+    .unwrap();
+    let body = json!({
+        "prompt": prompt("edit", ""), "apiModelId": sync_model(), "model_key_override": edit_key,
+        "input": {"image_url": format!("workspace-temp/{}", reference.path)},
+    });
+    let (status, answer) = generate(&jwt, &body).await;
+    db.execute(
+        "DELETE FROM public.api_models WHERE model_key = $1",
+        &[&edit_key],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let used = &job(answer["jobId"].as_str().unwrap()).await["metadata"]["input_used"];
+    let list = used["image_urls"].as_array().expect("image_urls handed");
+    assert_eq!(list.len(), 1, "{used}");
+    assert!(
+        list[0].as_str().unwrap().contains(&reference.path),
+        "the reference, signed: {used}"
+    );
+    assert!(used.get("image_url").is_none(), "{used}");
+}
+
 /// A reference given as a bare key (a `user_library.storage_path`, which is stored without its bucket) is looked
 /// for in the workspace bucket and then the library bucket, as the original tried its buckets in turn; a key in
 /// neither is refused before a job is written.

@@ -66,6 +66,8 @@ pub struct OverrideModel {
     pub modality: String,
     /// Its route (`fal-webhook`: the queue), as `api_models.endpoint_path`.
     pub endpoint_path: Option<String>,
+    /// Its `capabilities` (its `input_schema` decides the reference list form).
+    pub capabilities: Value,
 }
 
 /// The provider's active model `model_key` (what `model_key_override` may name); `None` when the provider has no
@@ -77,7 +79,7 @@ pub async fn active_override<C: GenericClient>(
 ) -> Result<Option<OverrideModel>, tokio_postgres::Error> {
     let row = client
         .query_typed_opt(
-            "SELECT modality, endpoint_path FROM public.api_models
+            "SELECT modality, endpoint_path, capabilities FROM public.api_models
               WHERE model_key = $1 AND provider_id = $2 AND is_active
               ORDER BY priority ASC, created_at ASC
               LIMIT 1",
@@ -87,6 +89,7 @@ pub async fn active_override<C: GenericClient>(
     Ok(row.map(|r| OverrideModel {
         modality: r.get(0),
         endpoint_path: r.get(1),
+        capabilities: r.get(2),
     }))
 }
 

@@ -35,6 +35,10 @@ pub struct ModelSpec {
     pub modality: Modality,
     pub input_defaults: Value,
     pub capabilities: Value,
+    /// The capabilities of the active model `model_key_override` named, when it names one: a schema of its that
+    /// takes `image_urls` asks for the list form too (the original's step 6). Every other step reads the asked
+    /// row's, as the original did.
+    pub override_capabilities: Option<Value>,
 }
 
 /// The fal input and what the job row records about it.
@@ -150,7 +154,10 @@ pub fn build_input(
     let mode = generation_mode(src.input, model.modality);
     // 5–6. Image references and strength (image models; video models take theirs in step 8).
     if model.modality == Modality::Image {
-        reference::apply_image_references(&mut out, src.input, schema.has("image_urls"), resolved)?;
+        let takes_list = |caps: &Value| Schema::of(caps).has("image_urls");
+        let list = takes_list(&model.capabilities)
+            || model.override_capabilities.as_ref().is_some_and(takes_list);
+        reference::apply_image_references(&mut out, src.input, list, resolved)?;
         if mode == GenerationMode::I2i {
             params::apply_strength(&mut out, src.input, &schema);
         }

@@ -13,6 +13,7 @@ fn model(modality: Modality, defaults: Value, capabilities: Value) -> ModelSpec 
         modality,
         input_defaults: defaults,
         capabilities,
+        override_capabilities: None,
     }
 }
 
@@ -153,6 +154,32 @@ fn a_stored_image_reference_is_replaced_by_its_presigned_url() {
     assert_eq!(
         built.map(|b| b.reference_image_url),
         Ok(Some("https://s3.test/lib/u1/a.png?sig".into()))
+    );
+}
+
+#[test]
+fn a_single_image_goes_in_a_list_when_the_override_models_schema_takes_image_urls() {
+    let reference = json!({"prompt": "p", "input": {"image_url": "https://x.test/a.png"}});
+    let asked = json!({"input_schema": {"prompt": {}, "image_url": {}, "image_urls": {}}});
+    let mut m = model(Modality::Image, json!({}), asked);
+    m.capabilities["input_schema"]
+        .as_object_mut()
+        .unwrap()
+        .remove("image_urls");
+    assert_eq!(
+        input_of(reference.clone(), &m),
+        json!({"prompt": "p", "image_url": "https://x.test/a.png"})
+    );
+    m.override_capabilities = Some(json!({"input_schema": {"prompt": {}, "image_urls": {}}}));
+    assert_eq!(
+        input_of(reference.clone(), &m),
+        json!({"prompt": "p", "image_urls": ["https://x.test/a.png"]})
+    );
+    // An override without a schema asks for nothing.
+    m.override_capabilities = Some(json!({}));
+    assert_eq!(
+        input_of(reference, &m),
+        json!({"prompt": "p", "image_url": "https://x.test/a.png"})
     );
 }
 
@@ -509,6 +536,7 @@ fn a_hostile_request_never_panics() {
                                 modality,
                                 input_defaults: defaults.clone(),
                                 capabilities: caps.clone(),
+                                override_capabilities: Some(caps.clone()),
                             };
                             let _ = reference_strings(&req);
                             let _ = stored_references(&req);
@@ -638,6 +666,7 @@ fn random_requests_never_panic() {
             },
             input_defaults: Value::Object(object(&mut rng)),
             capabilities: Value::Object(caps),
+            override_capabilities: None,
         };
         let _ = reference_strings(&req);
         if let Ok(built) = build_input(&req, &m, &resolved) {

@@ -393,6 +393,7 @@ async fn plan(
         modality,
         input_defaults: model.input_defaults.clone(),
         capabilities: model.capabilities.clone(),
+        override_capabilities: overridden.map(|o| o.capabilities),
     };
     let stored = input::stored_references(req);
     let located = locate_references(state, settings, user_id, &stored).await?;
