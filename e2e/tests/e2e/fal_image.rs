@@ -1011,10 +1011,7 @@ async fn clip_status(clip: Uuid) -> Option<String> {
 #[tokio::test]
 async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
     let (user_id, jwt) = user().await;
-    let image = json!({"prompt": prompt("reference", ""), "apiModelId": sync_model()});
-    let (status, answer) = generate(&jwt, &image).await;
-    assert_eq!(status, 200, "{answer}");
-    let reference = assets_of(answer["jobId"].as_str().unwrap()).await.remove(0);
+    let reference = generated_image(&jwt, "reference").await;
     let clip = generating_clip().await;
     let body = json!({
         "prompt": prompt("clip", "#delay-ms=100"),
@@ -1060,10 +1057,7 @@ async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
 #[tokio::test]
 async fn an_override_whose_model_takes_image_urls_gets_its_reference_as_a_list() {
     let (_, jwt) = user().await;
-    let image = json!({"prompt": prompt("edit source", ""), "apiModelId": sync_model()});
-    let (status, answer) = generate(&jwt, &image).await;
-    assert_eq!(status, 200, "{answer}");
-    let reference = assets_of(answer["jobId"].as_str().unwrap()).await.remove(0);
+    let reference = generated_image(&jwt, "edit source").await;
     let edit_key = format!("fal-ai/e2e-edit-{}", Uuid::new_v4().simple());
     let db = db().await;
     db.execute(
@@ -1466,4 +1460,12 @@ async fn storage_route_refusals_have_supabase_storages_error_shape() {
             "{what}"
         );
     }
+}
+
+/// The asset of a sync image generated for the caller (an object of theirs to use as a reference).
+async fn generated_image(jwt: &str, label: &str) -> Asset {
+    let image = json!({"prompt": prompt(label, ""), "apiModelId": sync_model()});
+    let (status, answer) = generate(jwt, &image).await;
+    assert_eq!(status, 200, "{answer}");
+    assets_of(answer["jobId"].as_str().unwrap()).await.remove(0)
 }
