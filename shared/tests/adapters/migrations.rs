@@ -275,6 +275,65 @@ fn original_tables() -> Vec<String> {
         .collect()
 }
 
+/// The reconciler's post-processing backlog read can use V18's partial index (its predicate is implied by the
+/// query's): with sequential scans off, the read counts a scan of that index. Without it, every pass read the
+/// whole history of runs.
+#[tokio::test]
+async fn the_post_processing_backlog_is_read_through_its_index() {
+    let tmp = TempDb::new().await;
+    migrations::apply(&tmp.url).await.unwrap();
+    let client = db::connect(&tmp.url).await.unwrap();
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    let scans = async || -> i64 {
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .unwrap();
+        client
+            .query_one(
+                "SELECT idx_scan FROM pg_stat_user_indexes
+                  WHERE indexrelname = 'job_runs_post_processing_backlog'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // A completed job an hour ago, with a step to run (so that the read's join reaches the runs).
+    let user = Uuid::new_v4();
+    let args = "'image_fast', 'p', 'processing', 'fast', NULL, 'image', '{}', 10, NULL, 'fal', 'k', 'none', \
+                NULL, NULL, NULL, NULL, NULL, NULL, '{storyboard_clip}'";
+    client
+        .batch_execute(&format!(
+            "INSERT INTO auth.users (id) VALUES ('{user}');
+             INSERT INTO public.profiles (id) VALUES ('{user}');
+             SELECT public.insert_job('{user}', {args});
+             UPDATE public.jobs SET status = 'completed' WHERE user_id = '{user}';
+             UPDATE public.job_runs SET result_key = 'k', closed_at = now() - interval '1 hour'
+              WHERE user_id = '{user}';"
+        ))
+        .await
+        .unwrap();
+    let before = scans().await;
+    let taken = db::reconcile::take_post_processing_backlog(
+        &client,
+        std::time::Duration::from_secs(60),
+        25,
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken.len(), 1, "the job with a step to run");
+    assert!(
+        scans().await > before,
+        "the backlog read did not use the index"
+    );
+    drop(client);
+    tmp.drop().await;
+}
+
 /// V8's bound (still called by the release before V9) spells the open statuses out, as V7's partial index does:
 /// they must be the statuses the guards call open, and the index's predicate must be the count's, or the count
 /// stops reading only that index. Since V11, `insert_job` counts the runs the functions have not closed, and reads
