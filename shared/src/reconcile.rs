@@ -35,6 +35,10 @@ pub struct ReconcileReport {
     pub still_running: usize,
     pub skipped: usize,
     pub errors: usize,
+    /// Phases that could not read the rows they work on (the database unreachable or refusing): they did nothing.
+    /// Counted in `errors` too. The reconciler function fails an invocation with any, so that Lambda's `Errors`
+    /// metric (and its alarm) shows a reconciler that cannot work, not one whose passes merely report it.
+    pub unread: usize,
     pub post_processed: usize,
     /// Jobs, runs and post-processing taken but left for a later pass: the invocation had too little time left.
     pub deferred: usize,
@@ -124,6 +128,7 @@ async fn stale_jobs(
         Err(e) => {
             tracing::error!(error = %e, "reconciler could not read stale jobs");
             report.errors += 1;
+            report.unread += 1;
             return;
         }
     };
@@ -200,6 +205,7 @@ async fn post_process_backlog(
         Err(e) => {
             tracing::error!(error = %e, "reconciler could not read post-processing backlog");
             report.errors += 1;
+            report.unread += 1;
         }
     }
 }
@@ -224,6 +230,7 @@ async fn close_orphans(
         Err(e) => {
             tracing::error!(error = %e, "reconciler could not read the runs of deleted jobs");
             report.errors += 1;
+            report.unread += 1;
             return 0;
         }
     };

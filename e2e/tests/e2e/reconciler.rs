@@ -621,3 +621,32 @@ async fn a_sync_run_cancelled_while_fal_works_counts_until_its_call_returns() {
     let (status, answer) = generate(&jwt, &parked).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+/// A pass whose database cannot be reached reads none of its phases' rows, and says so: `unread` counts all three
+/// (the reconciler function fails such an invocation, for its alarm). The database here is a loopback port nothing
+/// listens on.
+#[tokio::test]
+async fn a_pass_without_its_database_reports_each_phase_unread() {
+    use gen_pipeline::reconcile::{PassTime, ReconcileOptions, reconcile_stale_jobs};
+    let (state, settings) = app_state().await;
+    let mut secrets = (*settings.secrets).clone();
+    secrets.database_url = "postgresql://reconciler@127.0.0.1:9/none?sslmode=require"
+        .to_owned()
+        .into();
+    let settings = gen_pipeline::Settings {
+        config: settings.config,
+        secrets: std::sync::Arc::new(secrets),
+    };
+    let options = ReconcileOptions {
+        older_than: Duration::from_secs(60),
+        deadline: Duration::from_secs(3600),
+        batch: 10,
+    };
+    let time = PassTime::new(&settings, None);
+    let report = reconcile_stale_jobs(&state, &settings, options, time).await;
+    assert_eq!(
+        (report.unread, report.errors, report.examined),
+        (3, 3, 0),
+        "{report:?}"
+    );
+}
