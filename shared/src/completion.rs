@@ -203,6 +203,9 @@ pub struct Completion<'a> {
     /// Metadata keys the caller adds (e.g. `fal_response` for sync, `fal_webhook_payload` for the webhook).
     pub metadata: Value,
     pub usage: UsageSettlement,
+    /// The queue request a webhook delivery on the queue route reports on: a result of it we refuse does not fail
+    /// a job that fell back to the sync route and abandoned it ([`db::runs::abandons`]). `None` elsewhere.
+    pub queue_delivery: Option<String>,
 }
 
 /// The result's video length in seconds as the provider reports it (`video.duration`, else `duration`).
@@ -240,14 +243,7 @@ impl<'a> Completion<'a> {
                 request_id,
                 provider_metadata: json!({}),
             },
-        }
-    }
-
-    /// The queue request whose result this is, for a queued completion.
-    fn queue_request(&self) -> Option<&str> {
-        match &self.usage {
-            UsageSettlement::CompleteQueued { request_id, .. } => request_id.as_deref(),
-            _ => None,
+            queue_delivery: None,
         }
     }
 
@@ -378,13 +374,19 @@ async fn complete_claimed(
     holder: Uuid,
 ) -> Result<Outcome, CompletionError> {
     let job = c.job;
+    let claimed_at = Instant::now();
     if let Some(status) = terminal_under_claim(state, settings, job.id, holder).await? {
         return Ok(Outcome::AlreadyTerminal(status));
     }
     let stored = match transfer(state, settings, c).await? {
         Transfer::Stored(s) => s,
         Transfer::Refused(message) => {
-            let unless_abandoned = c.queue_request();
+            // Held past [`BUSY_WAIT`], the claim may have sent the sync run away without its result (it answers
+            // `Busy` as queued, leaving the job to the holder): then the job is failed as any other.
+            let unless_abandoned = c
+                .queue_delivery
+                .as_deref()
+                .filter(|_| claimed_at.elapsed() < BUSY_WAIT);
             return fail_claimed(state, settings, job, holder, &message, unless_abandoned).await;
         }
     };
@@ -696,6 +698,12 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
     Ok(())
 }
 
+/// How long after a fallback its sync run may still be at work: it ends by its submission's deadline and its
+/// function's timeout, both within [`crate::Config::submission_bound`] of the submission's start.
+fn sync_lifetime(settings: &Settings) -> Duration {
+    settings.config.submission_bound()
+}
+
 /// Marks the job failed with our verdict, under the claim; with `unless_abandoned` (as for [`fail`]), not when the
 /// result refused is that of a queue request the job abandoned.
 async fn fail_claimed(
@@ -710,7 +718,7 @@ async fn fail_claimed(
     let tx = client.transaction().await?;
     if let Some(request_id) = unless_abandoned {
         db::jobs::lock(&*tx, job.id).await?;
-        if db::runs::abandons(&*tx, job.id, request_id).await? {
+        if db::runs::abandons(&*tx, job.id, request_id, sync_lifetime(settings)).await? {
             // A refused transfer stores nothing, and the job's keys are the sync run's too: no object is removed.
             db::claims::release(&*tx, job.id, holder).await?;
             tx.commit().await?;
@@ -765,7 +773,7 @@ pub async fn fail(
     let tx = client.transaction().await?;
     if let Some(request_id) = unless_abandoned {
         db::jobs::lock(&*tx, job.id).await?;
-        if db::runs::abandons(&*tx, job.id, request_id).await? {
+        if db::runs::abandons(&*tx, job.id, request_id, sync_lifetime(settings)).await? {
             tracing::info!(job_id = %job.id, "failure of a queue request the sync fallback abandoned; skipped");
             tx.rollback().await?;
             return Ok(false);

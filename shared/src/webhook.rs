@@ -211,8 +211,9 @@ pub async fn complete_from_webhook(
         Err(failed) => return Ok((failed, None)),
     };
     let extra = json!({ "webhook_processed": true });
-    let mut completion = Completion::queued(&job, &output, Some(request_id), extra);
+    let mut completion = Completion::queued(&job, &output, Some(request_id.clone()), extra);
     completion.add_usage_metadata(parsed.usage);
+    completion.queue_delivery = (!delivered.sync_route).then_some(request_id);
     let outcome = completion::complete(state, settings, completion).await?;
     match outcome {
         Outcome::Completed(_) => Ok((Delivery::Completed { job_id: job.id }, Some(job.id))),

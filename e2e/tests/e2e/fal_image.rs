@@ -1058,7 +1058,7 @@ async fn an_image_to_video_clip_shows_its_reference_as_thumbnail() {
 async fn an_override_whose_model_takes_image_urls_gets_its_reference_as_a_list() {
     let (_, jwt) = user().await;
     let reference = generated_image(&jwt, "edit source").await;
-    let edit_key = format!("fal-ai/e2e-edit-{}", Uuid::new_v4().simple());
+    let edit_key = format!("fal-ai/test/edit-{}", Uuid::new_v4().simple());
     let db = db().await;
     db.execute(
         "INSERT INTO public.api_models

@@ -1,6 +1,8 @@
 //! `job_runs`: the server-owned state of a job, one typed row per job. Only the functions write it (RLS on, no
 //! client policy, no client grants), so unlike `jobs.metadata` it is what the functions act on.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
@@ -183,21 +185,29 @@ pub async fn mark_fell_back<C: GenericClient>(
     Ok(())
 }
 
-/// Whether the job fell back to the sync route and recorded a request other than `request_id`, or none: the queue
-/// request `request_id` is then abandoned. Read under the job's lock.
+/// Whether the job fell back to the sync route less than `sync_lifetime` ago and recorded a request other than
+/// `request_id`, or none: the queue request `request_id` is then abandoned, and the sync run may still decide the
+/// job. Past `sync_lifetime` the sync run is over (answered, or its function stopped): a job still open then has
+/// no one else to end it. Read under the job's lock.
 pub async fn abandons<C: GenericClient>(
     client: &C,
     job_id: Uuid,
     request_id: &str,
+    sync_lifetime: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
+    let secs = sync_lifetime.as_secs_f64();
     let row = client
         .query_typed_opt(
-            "SELECT fell_back_at IS NOT NULL AND request_id IS DISTINCT FROM $2
+            "SELECT fell_back_at > now() - make_interval(secs => $3) AND request_id IS DISTINCT FROM $2
                FROM public.job_runs WHERE job_id = $1",
-            &[(&job_id, Type::UUID), (&request_id, Type::TEXT)],
+            &[
+                (&job_id, Type::UUID),
+                (&request_id, Type::TEXT),
+                (&secs, Type::FLOAT8),
+            ],
         )
         .await?;
-    Ok(row.is_some_and(|r| r.get(0)))
+    Ok(row.is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
 }
 
 /// Closes the run of a job its owner ended (the status says so), once the provider is done with it or told to

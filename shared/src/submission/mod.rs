@@ -402,6 +402,18 @@ async fn plan(
         .map(|(original, (_, url))| (original.clone(), url.clone()))
         .collect();
     let built = input::build_input(req, &spec, &resolved)?;
+    // A list keeps the references that resolve; those left out (not the caller's, or missing) are logged here, as
+    // the request is not refused for them.
+    let left_out = stored
+        .iter()
+        .filter(|r| !located.contains_key(&r.original))
+        .count();
+    if left_out > 0 {
+        tracing::info!(
+            left_out,
+            "stored references not among the caller's objects left out"
+        );
+    }
     let target = target(settings, provider, &model, &model_key, route)?;
     check_targets(client, user_id, &targets).await?;
     Ok(Plan {
@@ -794,6 +806,7 @@ async fn complete_sync(
         } else {
             completion::UsageSettlement::Insert(Box::new(usage.clone()))
         },
+        queue_delivery: None,
     };
     let outcome = completion::complete(run.state, run.settings, completion).await;
     if !logged && !matches!(outcome, Ok(Outcome::Completed(_))) {

@@ -82,9 +82,7 @@ async fn a_bad_database_url_is_an_error_not_a_panic() {
 async fn concurrent_submissions_never_exceed_the_open_jobs_bound() {
     const BURST: usize = 12;
     const MAX_OPEN: i64 = 3;
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(BURST));
     let submissions = (0..BURST).map(|_| {
         let start = start.clone();
@@ -131,9 +129,7 @@ async fn insert_job(client: &tokio_postgres::Client, user: Uuid, max_open: i64) 
 #[tokio::test]
 async fn jobs_their_owner_closed_count_against_the_bound_until_their_runs_close() {
     const MAX_OPEN: i64 = 2;
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let mut jobs = Vec::new();
     for _ in 0..MAX_OPEN {
         jobs.push(
@@ -162,9 +158,7 @@ async fn jobs_their_owner_closed_count_against_the_bound_until_their_runs_close(
 /// after its owner set its status open.
 #[tokio::test]
 async fn a_terminal_transition_closes_the_run_for_good() {
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let job = insert_job(&admin, user, 10).await.unwrap();
     let closed_at = async || -> Option<chrono::DateTime<chrono::Utc>> {
         admin
@@ -211,14 +205,47 @@ async fn a_terminal_transition_closes_the_run_for_good() {
     assert_eq!(status, "queued");
 }
 
+/// A queue request is abandoned only while the sync run its job fell back to may still be at work: not before the
+/// fallback, not for the request the run recorded, and not once that run is certainly over (a job still open then
+/// has no one else to end it).
+#[tokio::test]
+async fn a_queue_request_is_abandoned_only_while_the_fallbacks_sync_run_may_run() {
+    let (admin, user) = admin_and_new_user().await;
+    let job = insert_job(&admin, user, 10).await.unwrap();
+    let lifetime = Duration::from_secs(45);
+    let abandons = async |request: &str| {
+        db::runs::abandons(&admin, job, request, lifetime)
+            .await
+            .unwrap()
+    };
+    // Request ids are unique per provider across the database: this test's own.
+    let (a, b) = (format!("req-{job}-a"), format!("req-{job}-b"));
+    assert!(!abandons(&a).await, "before any fallback");
+    db::runs::mark_fell_back(&admin, job).await.unwrap();
+    assert!(abandons(&a).await, "just after the fallback");
+    let set = async |sql: &str, request: Option<&str>| {
+        admin.execute(sql, &[&job, &request]).await.unwrap()
+    };
+    let fell_back =
+        "UPDATE public.job_runs SET fell_back_at = now() - make_interval(secs => $2::text::int)
+                      WHERE job_id = $1";
+    set(fell_back, Some("44")).await;
+    assert!(abandons(&a).await, "within the sync run's lifetime");
+    set(fell_back, Some("46")).await;
+    assert!(!abandons(&a).await, "past the sync run's lifetime");
+    let recorded =
+        "UPDATE public.job_runs SET fell_back_at = now(), request_id = $2 WHERE job_id = $1";
+    set(recorded, Some(&a)).await;
+    assert!(!abandons(&a).await, "the run's own request");
+    assert!(abandons(&b).await, "another request");
+}
+
 /// A usage row made from a job's estimate (a job submitted before the port): the estimate is in metadata its owner
 /// can rewrite, and one the column cannot hold is left out instead of failing the completing transaction. A job
 /// with a run gets the server's price instead.
 #[tokio::test]
 async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     for (estimate, expected) in [
         (serde_json::json!(0.25), Some("0.250000")),
         (serde_json::json!(1e9), None),
@@ -274,9 +301,7 @@ async fn cost_of(admin: &tokio_postgres::Client, job: Uuid) -> Option<String> {
 /// `queued`; the transition's guard agrees, so such a job can still be ended and its run closed.
 #[tokio::test]
 async fn a_job_whose_owner_nulled_its_status_can_still_be_ended() {
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let job = insert_job(&admin, user, 10).await.unwrap();
     admin
         .execute(
@@ -345,9 +370,7 @@ fn queued_request(
 /// since nothing reads that run again. The URL is written either way, and the usage row once.
 #[tokio::test]
 async fn recording_a_request_says_whether_its_run_is_still_open() {
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let model = fal_model(&admin).await;
     let open = insert_job(&admin, user, 10).await.unwrap();
     let closed = insert_job(&admin, user, 10).await.unwrap();
@@ -384,9 +407,7 @@ async fn recording_a_request_says_whether_its_run_is_still_open() {
 async fn a_cancel_holds_a_run_in_flight_until_it_is_released_or_given_a_cancel_url() {
     const MAX_OPEN: i64 = 1;
     let in_flight = Duration::from_secs(50);
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let model = fal_model(&admin).await;
     let orphan_url = async |job: Uuid| {
         admin
@@ -468,9 +489,7 @@ async fn a_cancel_holds_a_run_in_flight_until_it_is_released_or_given_a_cancel_u
 #[tokio::test]
 async fn a_job_deleted_during_its_submission_leaves_a_cancellable_orphan_until_it_is_dropped() {
     const MAX_OPEN: i64 = 1;
-    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
-    let user = Uuid::new_v4();
-    users::ensure(&admin, user).await.unwrap();
+    let (admin, user) = admin_and_new_user().await;
     let model = fal_model(&admin).await;
     let job = insert_job(&admin, user, MAX_OPEN).await.unwrap();
     let deleted = admin
@@ -569,4 +588,12 @@ async fn database_tls_is_verified_against_the_ca_the_secret_names() {
             "{case}: {err}"
         );
     }
+}
+
+/// A connection as the database's owner, and a new user with a profile.
+async fn admin_and_new_user() -> (tokio_postgres::Client, Uuid) {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let user = Uuid::new_v4();
+    users::ensure(&admin, user).await.unwrap();
+    (admin, user)
 }
