@@ -381,12 +381,7 @@ async fn complete_claimed(
     let stored = match transfer(state, settings, c).await? {
         Transfer::Stored(s) => s,
         Transfer::Refused(message) => {
-            // Held past [`BUSY_WAIT`], the claim may have sent the sync run away without its result (it answers
-            // `Busy` as queued, leaving the job to the holder): then the job is failed as any other.
-            let unless_abandoned = c
-                .queue_delivery
-                .as_deref()
-                .filter(|_| claimed_at.elapsed() < BUSY_WAIT);
+            let unless_abandoned = c.queue_delivery.as_deref().map(|r| (r, claimed_at));
             return fail_claimed(state, settings, job, holder, &message, unless_abandoned).await;
         }
     };
@@ -698,27 +693,31 @@ async fn settle_usage<C: tokio_postgres::GenericClient>(
     Ok(())
 }
 
-/// How long after a fallback its sync run may still be at work: it ends by its submission's deadline and its
-/// function's timeout, both within [`crate::Config::submission_bound`] of the submission's start.
-fn sync_lifetime(settings: &Settings) -> Duration {
-    settings.config.submission_bound()
-}
+/// How long a claim may have been held for the refused result of an abandoned request to leave the job to the sync
+/// run: well within [`BUSY_WAIT`], which a sync run waiting for the claim may have begun a little before it was
+/// taken. Held longer, the claim may have sent the sync run away without its result (it answers `Busy` as queued,
+/// leaving the job to the holder), and the job is failed as any other.
+const ABANDON_WITHIN: Duration = Duration::from_secs(4);
 
-/// Marks the job failed with our verdict, under the claim; with `unless_abandoned` (as for [`fail`]), not when the
-/// result refused is that of a queue request the job abandoned.
+/// Marks the job failed with our verdict, under the claim; with `unless_abandoned` (the delivered queue request and
+/// when the claim was taken), not when, as for [`fail`], that request is one the job abandoned, and the claim was
+/// taken less than [`ABANDON_WITHIN`] ago.
 async fn fail_claimed(
     state: &AppState,
     settings: &Settings,
     job: &JobRecord,
     holder: Uuid,
     message: &str,
-    unless_abandoned: Option<&str>,
+    unless_abandoned: Option<(&str, Instant)>,
 ) -> Result<Outcome, CompletionError> {
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
-    if let Some(request_id) = unless_abandoned {
+    if let Some((request_id, claimed_at)) = unless_abandoned {
         db::jobs::lock(&*tx, job.id).await?;
-        if db::runs::abandons(&*tx, job.id, request_id, sync_lifetime(settings)).await? {
+        let lifetime = settings.config.sync_run_lifetime();
+        if claimed_at.elapsed() < ABANDON_WITHIN
+            && db::runs::abandons(&*tx, job.id, request_id, lifetime).await?
+        {
             // A refused transfer stores nothing, and the job's keys are the sync run's too: no object is removed.
             db::claims::release(&*tx, job.id, holder).await?;
             tx.commit().await?;
@@ -773,7 +772,14 @@ pub async fn fail(
     let tx = client.transaction().await?;
     if let Some(request_id) = unless_abandoned {
         db::jobs::lock(&*tx, job.id).await?;
-        if db::runs::abandons(&*tx, job.id, request_id, sync_lifetime(settings)).await? {
+        if db::runs::abandons(
+            &*tx,
+            job.id,
+            request_id,
+            settings.config.sync_run_lifetime(),
+        )
+        .await?
+        {
             tracing::info!(job_id = %job.id, "failure of a queue request the sync fallback abandoned; skipped");
             tx.rollback().await?;
             return Ok(false);

@@ -186,6 +186,12 @@ impl Config {
         self.fal_request_timeout + self.fal_sync_timeout + Duration::from_secs(10)
     }
 
+    /// How long after a fallback to the sync route its run may still decide the job: the submission's bound, and at
+    /// least the 30 s after which API Gateway gives up on fal-image (whose timeout ends the run's completion).
+    pub fn sync_run_lifetime(&self) -> Duration {
+        self.submission_bound().max(Duration::from_secs(30))
+    }
+
     /// A reconciler pass must not take a job whose submission may still be in flight.
     fn checked(self) -> Result<Self, ConfigError> {
         let bound = self.submission_bound();

@@ -237,7 +237,8 @@ struct Delivered<'a> {
 impl Delivered<'_> {
     /// For a queue request the job abandoned when it fell back to the sync route: after the fallback, a delivery to
     /// the queue URL for a request other than the recorded one. The sync run decides the job; that request's result
-    /// may still complete it (the claim lets one of the two), its failure does not fail it.
+    /// may still complete it (the claim lets one of the two), its failure does not fail it while the sync route
+    /// may still decide the job ([`crate::db::runs::JobRun::sync_may_decide`]).
     fn abandoned(&self, run: Option<&crate::db::runs::JobRun>) -> bool {
         !self.sync_route
             && run.is_some_and(|r| {
@@ -265,7 +266,14 @@ async fn stops_here(
         return Ok(Some(Delivery::Skipped));
     }
     let abandoned = delivered.abandoned(job.run.as_ref());
-    if abandoned && !matches!(outcome, WebhookOutcome::Ok(_)) {
+    // Once the sync route can no longer decide the job, an abandoned request's error is the job's end too
+    // (`completion::fail` checks it again under the job's lock).
+    let sync_may_decide = job
+        .run
+        .as_ref()
+        .is_some_and(|r| r.sync_may_decide(settings.config.sync_run_lifetime()));
+    let ends_the_job = matches!(outcome, WebhookOutcome::Error(_)) && !sync_may_decide;
+    if abandoned && !ends_the_job && !matches!(outcome, WebhookOutcome::Ok(_)) {
         tracing::info!(job_id = %job.id, "delivery for the queue request the sync fallback abandoned; skipped");
         return Ok(Some(Delivery::Skipped));
     }

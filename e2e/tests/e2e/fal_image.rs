@@ -388,6 +388,43 @@ async fn abandoned_queue_request_leaves_the_sync_run_to_finish(outcome: &str) ->
     inspect(request_id).await
 }
 
+/// An error delivered for an abandoned queue request ends the job once its sync run can no longer decide it (the
+/// fallback is older than a sync run lives: the run was answered or its function stopped, and the job is still
+/// open), and is skipped while it can. The fallback is written into the run by hand, between the queue's answer
+/// and its delivery 4 s later.
+#[tokio::test]
+async fn an_abandoned_requests_error_ends_the_job_only_once_its_sync_run_is_over() {
+    let (_, jwt) = user().await;
+    for (fell_back, status) in [("0", "processing"), ("120", "failed")] {
+        let directives = "#queue-error #delay-ms=4000";
+        let body = json!({"prompt": prompt("abandoned, then over", directives), "apiModelId": async_model()});
+        let (job_id, request_id) = submit_queued(&jwt, &body).await;
+        let id = Uuid::parse_str(&job_id).unwrap();
+        let db = db().await;
+        db.execute(
+            "UPDATE public.job_runs SET request_id = NULL, status_url = NULL, response_url = NULL,
+                    cancel_url = NULL, fell_back_at = now() - make_interval(secs => $2::text::int)
+              WHERE job_id = $1",
+            &[&id, &fell_back],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "UPDATE public.jobs SET status = 'processing' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+        let delivered = answered_deliveries(&request_id, 1, WAIT).await;
+        assert_eq!(delivered[0]["http_status"], 200, "{delivered:?}");
+        assert_eq!(
+            job(&job_id).await["status"],
+            status,
+            "fell back {fell_back} s before the delivery"
+        );
+    }
+}
+
 /// fal accepts a queue submission, runs it and delivers its webhook, but answers the submission after the 10 s bound:
 /// the fallback finds its job completed by that webhook, runs nothing more, and answers with the stored result.
 #[tokio::test]

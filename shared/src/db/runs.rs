@@ -185,10 +185,9 @@ pub async fn mark_fell_back<C: GenericClient>(
     Ok(())
 }
 
-/// Whether the job fell back to the sync route less than `sync_lifetime` ago and recorded a request other than
-/// `request_id`, or none: the queue request `request_id` is then abandoned, and the sync run may still decide the
-/// job. Past `sync_lifetime` the sync run is over (answered, or its function stopped): a job still open then has
-/// no one else to end it. Read under the job's lock.
+/// Whether the job fell back to the sync route and recorded a request other than `request_id`, or none, while the
+/// sync route may still decide it ([`JobRun::sync_may_decide`]): the queue request `request_id` is then abandoned.
+/// Read under the job's lock.
 pub async fn abandons<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -198,7 +197,8 @@ pub async fn abandons<C: GenericClient>(
     let secs = sync_lifetime.as_secs_f64();
     let row = client
         .query_typed_opt(
-            "SELECT fell_back_at > now() - make_interval(secs => $3) AND request_id IS DISTINCT FROM $2
+            "SELECT fell_back_at IS NOT NULL AND request_id IS DISTINCT FROM $2
+                    AND (request_id IS NOT NULL OR fell_back_at > now() - make_interval(secs => $3))
                FROM public.job_runs WHERE job_id = $1",
             &[
                 (&job_id, Type::UUID),
@@ -240,5 +240,17 @@ impl JobRun {
 
     pub fn request_id(&self) -> Option<&str> {
         self.request.as_ref().map(|r| r.request_id.as_str())
+    }
+
+    /// After a fallback, whether the sync route may still decide the job: it recorded a request of its own (a
+    /// Replicate create that outlived its wait, finished by its webhook or the reconciler), or its run is at most
+    /// `sync_lifetime` old. Past that, a fal sync run is over (answered, or its function stopped), and a job still
+    /// open has no one else to end it.
+    pub fn sync_may_decide(&self, sync_lifetime: Duration) -> bool {
+        self.request_id().is_some()
+            || self.fell_back_at.is_some_and(|at| {
+                chrono::Duration::from_std(sync_lifetime)
+                    .is_ok_and(|lifetime| Utc::now() - at < lifetime)
+            })
     }
 }
