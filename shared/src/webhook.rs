@@ -348,9 +348,10 @@ async fn find_job(
     }
     .ok_or(DeliveryError::JobNotFound)?;
     let run = job.run.as_ref();
-    // A token is made for a job the functions wrote, which has a run. A row with that id and no run is not that
-    // job: its owner deleted it (the run went with it) and wrote another under the same id.
-    if matches!(auth.url, Authenticated::Job(_)) && run.is_none() {
+    // A URL naming its job (a token, or a `?secret=` URL with `job_id`, which only the port's releases made; the
+    // original's named none) is made for a job the functions wrote, which has a run. A row with that id and no run
+    // is not that job: its owner deleted it (the run went with it) and wrote another under the same id.
+    if job_id.is_some() && run.is_none() {
         return Err(DeliveryError::JobNotFound);
     }
     let provider = run.map(|r| r.provider_name.as_str());

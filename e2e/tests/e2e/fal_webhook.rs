@@ -273,6 +273,36 @@ async fn unauthenticated_or_forged_deliveries_are_refused_and_change_nothing() {
     assert!(!log.contains(&token), "a webhook token appears in the log");
 }
 
+/// A `?secret=` delivery whose `job_id` names a row without a run: every job the functions wrote has one, and the
+/// original's URLs named no job, so the row is one its owner wrote (under a deleted job's id). 404, and the row is
+/// left as written, with nothing stored for it.
+#[tokio::test]
+async fn a_secret_delivery_naming_a_row_without_a_run_is_404() {
+    let real = capture_delivery().await;
+    let secret = stack_var("FAL_WEBHOOK_SECRET");
+    let (user_id, _) = user().await;
+    let row = Uuid::new_v4();
+    db().await
+        .execute(
+            "INSERT INTO public.jobs (id, user_id, job_type, status, format, started_at)
+             VALUES ($1, $2, 'image_fast', 'queued', 'image', now())",
+            &[&row, &user_id],
+        )
+        .await
+        .unwrap();
+    let row = row.to_string();
+    let written = job(&row).await;
+    let (s, text) = replay(
+        &[("job_id", row.as_str()), ("secret", secret.as_str())],
+        &real,
+    )
+    .await;
+    assert_eq!(s, 404, "{text}");
+    assert_eq!(job(&row).await, written, "the row was changed");
+    assert_eq!(asset_count(&row).await, 0);
+    assert_eq!(usage_count(&row).await, 0);
+}
+
 #[tokio::test]
 async fn unknown_job_id_with_an_authentic_delivery_is_404() {
     let real = capture_delivery().await;
