@@ -46,6 +46,15 @@ pub struct ReconcileReport {
     pub cut_short: bool,
 }
 
+impl ReconcileReport {
+    /// A phase could not read the rows it works on: logged, and counted in `unread` and `errors`.
+    fn could_not_read(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        tracing::error!(error = %error, "reconciler could not read {what}");
+        self.errors += 1;
+        self.unread += 1;
+    }
+}
+
 /// How long a pass may go on: no job is begun once less than what one job may take is left before `until` (the
 /// invocation's deadline), so a pass ends by itself instead of being killed half-way through one.
 #[derive(Debug, Clone, Copy)]
@@ -126,9 +135,7 @@ async fn stale_jobs(
     let ids = match take(state, settings, opts).await {
         Ok(ids) => ids,
         Err(e) => {
-            tracing::error!(error = %e, "reconciler could not read stale jobs");
-            report.errors += 1;
-            report.unread += 1;
+            report.could_not_read("stale jobs", &e);
             return;
         }
     };
@@ -203,9 +210,7 @@ async fn post_process_backlog(
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "reconciler could not read post-processing backlog");
-            report.errors += 1;
-            report.unread += 1;
+            report.could_not_read("post-processing backlog", &e);
         }
     }
 }
@@ -228,9 +233,7 @@ async fn close_orphans(
     let orphans = match taken.await {
         Ok(orphans) => orphans,
         Err(e) => {
-            tracing::error!(error = %e, "reconciler could not read the runs of deleted jobs");
-            report.errors += 1;
-            report.unread += 1;
+            report.could_not_read("the runs of deleted jobs", &e);
             return 0;
         }
     };
