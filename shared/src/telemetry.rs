@@ -8,6 +8,21 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// The project's crates: the only ones that may log at `trace`.
 const OWN_CRATES: [&str; 4] = ["gen_pipeline", "fal_image", "fal_webhook", "reconciler"];
 
+/// An error with its causes, as `a: b: c`, for a log line (the pool's and tokio-postgres' messages leave out the
+/// cause, such as why a TLS handshake failed); a cause its error already ends with is not repeated.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init() {
     let filter = filter(

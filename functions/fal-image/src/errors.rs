@@ -45,19 +45,8 @@ impl ApiError {
     /// With the fault behind it, for the log line: the error and its sources (no secret reaches them: database
     /// errors name no URL or password, storage errors no signed link).
     pub fn caused_by(self, fault: &dyn std::error::Error) -> Self {
-        let mut cause = fault.to_string();
-        let mut source = fault.source();
-        while let Some(s) = source {
-            // Most of them print their source already.
-            let text = s.to_string();
-            if !cause.contains(&text) {
-                cause.push_str(": ");
-                cause.push_str(&text);
-            }
-            source = s.source();
-        }
         ApiError {
-            cause: Some(cause),
+            cause: Some(gen_pipeline::telemetry::causes(fault)),
             ..self
         }
     }

@@ -88,7 +88,7 @@ impl Db {
         let pool = self.pool(database_url, ca_pem)?;
         pool.get()
             .await
-            .map_err(|e| DbError::Unavailable(causes(&e)))
+            .map_err(|e| DbError::Unavailable(crate::telemetry::causes(&e)))
     }
 
     fn pool(&self, database_url: &SecretString, ca_pem: Option<&str>) -> Result<Pool, DbError> {
@@ -107,21 +107,6 @@ impl Db {
         *current = Some((fingerprint, pool.clone()));
         Ok(pool)
     }
-}
-
-/// An error with its causes, as `a: b: c` (the pool's and tokio-postgres' messages leave out the cause, such as
-/// why a TLS handshake failed).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.ends_with(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn build_pool(target: target::Target) -> Result<Pool, DbError> {
