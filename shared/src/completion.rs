@@ -457,7 +457,7 @@ async fn transfer(
     c: &Completion<'_>,
 ) -> Result<Transfer, CompletionError> {
     let job = c.job;
-    let Some(found) = result_media(c.output, job.format.as_deref()) else {
+    let Some(found) = result_media(c.output, job.submitted_format()) else {
         return Ok(Transfer::Refused(
             "No result URL in fal.ai webhook payload".into(),
         ));

@@ -86,13 +86,16 @@ pub struct JobRun {
     /// When its queue submission failed and it fell back to the sync route (V15): a queue request the provider
     /// may have accepted all the same is abandoned.
     pub fell_back_at: Option<DateTime<Utc>>,
+    /// The job's format at submission (V19; `jobs.format` is its owner's to rewrite). `None` for a run closed
+    /// before V19.
+    pub format: Option<String>,
 }
 
 /// The `job_runs` columns read with a job (`r` is `job_runs`, `p` its provider), in [`from_row`]'s order.
 pub(crate) const COLUMNS: &str = "r.job_id, r.provider_id, r.provider_name, r.model_key, r.webhook_auth,
     r.request_id, r.gateway_request_id, r.status_url, r.response_url, r.cancel_url, r.reference_bucket,
     r.reference_key, r.destination, r.character_id, r.scene_id, r.storyboard_clip_id, r.result_key,
-    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at, r.closed_at, r.fell_back_at";
+    r.thumbnail_key, p.base_url, p.sync_base_url, r.post_steps, r.created_at, r.closed_at, r.fell_back_at, r.format";
 
 /// The joins that go with [`COLUMNS`], after `FROM public.jobs j`.
 pub(crate) const JOINS: &str = "LEFT JOIN public.job_runs r ON r.job_id = j.id
@@ -133,6 +136,7 @@ pub(crate) fn from_row(row: &tokio_postgres::Row, at: usize) -> Option<JobRun> {
         created_at: row.get(at + 21),
         closed_at: row.get(at + 22),
         fell_back_at: row.get(at + 23),
+        format: s(24),
     })
 }
 

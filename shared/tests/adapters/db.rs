@@ -289,6 +289,56 @@ async fn a_usage_row_from_an_owners_estimate_never_fails_on_the_estimate() {
     assert_eq!(cost_of(&admin, job).await.as_deref(), Some("0.250000"));
 }
 
+/// What a job was submitted with (its model and its format) is read from its run, not from `jobs`, whose owner may
+/// rewrite both: a usage row written at completion is attributed to the submitted model and modality, and the
+/// completion picks the result's media type by the submitted format.
+#[tokio::test]
+async fn a_completion_reads_the_submitted_model_and_format_from_the_run() {
+    let (admin, user) = admin_and_new_user().await;
+    let models = admin
+        .query(
+            "(SELECT id FROM public.api_models WHERE modality = 'video' LIMIT 1)
+             UNION ALL (SELECT id FROM public.api_models WHERE modality = 'image' LIMIT 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (video_model, image_model): (Uuid, Uuid) = (models[0].get(0), models[1].get(0));
+    let job: Uuid = admin
+        .query_one(
+            "SELECT public.insert_job($1, 'video_fast', 'submitted', 'queued', 'fast', $2, 'video', '{}'::jsonb, 10,
+                                      NULL, 'fal', 'submitted-model', 'token', NULL, NULL, NULL, NULL, NULL, NULL,
+                                      '{}'::text[])",
+            &[&user, &video_model],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .execute(
+            "UPDATE public.jobs SET api_model_id = $2, format = 'image' WHERE id = $1",
+            &[&job, &image_model],
+        )
+        .await
+        .unwrap();
+    let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(read.format.as_deref(), Some("image"), "the owner's column");
+    assert_eq!(read.submitted_format(), Some("video"));
+    let meta = serde_json::json!({});
+    let inserted = db::usage::insert_for_job(&admin, job, "fal", Some(0.5), 1, &meta);
+    assert!(inserted.await.unwrap());
+    let row = admin
+        .query_one(
+            "SELECT model_id, request_type, user_id FROM public.api_usage_logs WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<Uuid>>(0), Some(video_model));
+    assert_eq!(row.get::<_, String>(1), "video");
+    assert_eq!(row.get::<_, Uuid>(2), user);
+}
+
 /// The job's usage row's `cost_usd`, as Postgres prints it.
 async fn cost_of(admin: &tokio_postgres::Client, job: Uuid) -> Option<String> {
     admin
