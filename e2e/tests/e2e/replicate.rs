@@ -87,6 +87,29 @@ async fn a_sync_replicate_model_answers_with_the_stored_result() {
     assert_eq!(code, 200);
 }
 
+/// A sync prediction that succeeded but whose result could not be fetched (its file answers 5xx at first) is not
+/// failed: Replicate delivers it to the webhook too, and that delivery stores it. The caller is answered as for a
+/// queued job, with the prediction's id.
+#[tokio::test]
+async fn a_sync_prediction_whose_result_could_not_be_stored_is_finished_by_its_delivery() {
+    let (user, jwt) = user().await;
+    let text = prompt("replicate sync media fault", "#media-fail-first=2");
+    let body = json!({"prompt": text, "apiModelId": replicate_sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = wait_terminal(job_id, WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(
+        answer["requestId"], j["metadata"]["fal_webhook_payload"]["request_id"],
+        "completed by the prediction's delivery: {answer} {j}"
+    );
+    let p = prediction(answer["requestId"].as_str().unwrap()).await;
+    assert!(p["media_fetches"].as_u64().unwrap_or(0) >= 3, "{p}");
+    assert_exactly_once(user, job_id, "completed").await;
+}
+
 #[tokio::test]
 async fn a_queued_prediction_is_completed_once_by_its_signed_deliveries() {
     let (user, jwt) = user().await;

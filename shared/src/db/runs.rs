@@ -172,6 +172,35 @@ pub async fn record_result<C: GenericClient>(
     Ok(())
 }
 
+/// Records the provider's request of a sync run that registered a webhook (a Replicate prediction its wait saw
+/// succeed), before its result is stored: should storing it fail here, the request's delivery or the reconciler
+/// (which polls recorded requests) finishes the job. The job's row is locked first, as in [`mark_fell_back`].
+/// False when the run is closed or gone.
+pub async fn record_sync_request<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    r: &ProviderRequest,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "WITH job AS (SELECT id FROM public.jobs WHERE id = $1 FOR UPDATE)
+             UPDATE public.job_runs
+                SET request_id = $2, gateway_request_id = $3, status_url = $4, response_url = $5, cancel_url = $6
+              WHERE job_id IN (SELECT id FROM job) AND closed_at IS NULL
+             RETURNING 1",
+            &[
+                (&job_id, Type::UUID),
+                (&r.request_id, Type::TEXT),
+                (&r.gateway_request_id, Type::TEXT),
+                (&r.status_url, Type::TEXT),
+                (&r.response_url, Type::TEXT),
+                (&r.cancel_url, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// Records that the job's queue submission failed and it falls back to the sync route. The job's row is locked
 /// first, as by every writer of a job and its run, so that a delivery's failure ([`abandons`]) is ordered with it.
 pub async fn mark_fell_back<C: GenericClient>(

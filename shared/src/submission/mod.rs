@@ -699,6 +699,19 @@ async fn sync_answer(
             },
             post_process: None,
         }),
+        // The run recorded its provider request (a Replicate prediction, which Replicate also delivers to the
+        // webhook): that delivery, or the reconciler polling the request, finishes the job; failing it here would
+        // throw away a paid result for a fault that may have passed. Answered as queued, which clients poll.
+        Err(e) if let Some(request_id) = job.run.as_ref().and_then(|r| r.request_id()) => {
+            tracing::warn!(%job_id, error = %e, "sync result could not be stored; left to the request's delivery");
+            Ok(SubmitResult {
+                answer: Submitted::Queued {
+                    job_id,
+                    request_id: request_id.to_owned(),
+                },
+                post_process: None,
+            })
+        }
         Err(e) => {
             // A sync job has no one else to finish it: fail it with the reason instead of leaving it processing.
             let message = format!("Storing the result failed: {e}");

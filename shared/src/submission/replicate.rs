@@ -133,6 +133,9 @@ pub(super) async fn submit(
     }
     match prediction.status {
         PredictionStatus::Succeeded if route == RouteKind::Sync => {
+            if webhook.is_some() {
+                record_sync_request(run, client, &prediction).await;
+            }
             finish(run, &prediction, started)
                 .await
                 .map(|finished| Submitted::Finished(Box::new(finished)))
@@ -187,6 +190,20 @@ async fn queued(
         },
         post_process: None,
     })
+}
+
+/// The prediction of a sync create that registered a webhook, recorded as the run's request: Replicate delivers it
+/// too, so a fault storing its result here leaves the job to that delivery or the reconciler
+/// ([`super::sync_answer`]) rather than failing a paid result. Best effort: unrecorded, such a fault fails the job.
+async fn record_sync_request(
+    run: &Run<'_>,
+    client: &tokio_postgres::Client,
+    prediction: &Prediction,
+) {
+    let recorded = db::runs::record_sync_request(client, run.job_id, &request_of(prediction)).await;
+    if let Err(e) = recorded {
+        tracing::warn!(job_id = %run.job_id, error = %e, "the sync prediction could not be recorded");
+    }
 }
 
 /// The sync wait saw the prediction succeed: complete the job from its output, with its metrics in the usage row.
