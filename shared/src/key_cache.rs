@@ -154,12 +154,18 @@ impl<K: Clone> KeySetCache<K> {
         }
     }
 
-    /// One refetch for a rotated key, unless a fetch is in flight or one was attempted within the last minute.
+    /// One refetch for a rotated key, unless one was attempted within the last minute. A fetch in flight is
+    /// waited for (it may be the refresh that brings the new key), and its keys are the answer when it succeeded.
     pub async fn refetch(&self) -> Option<K> {
-        // A fetch in flight started within the minute, so it would refuse us anyway.
-        let _flight = self.fetching.try_lock().ok()?;
+        let fetched_before = self.state().cached.as_ref().map(|c| c.fetched_at);
+        let _flight = self.fetching.lock().await;
         {
             let mut state = self.state();
+            if let Some(c) = &state.cached
+                && Some(c.fetched_at) != fetched_before
+            {
+                return Some(c.keys.clone());
+            }
             let since = state.last_attempt.map(|t| t.elapsed());
             if !may_fetch(Reason::Rotation, state.failures, since) {
                 return None;
@@ -261,6 +267,14 @@ mod tests {
 
     /// A loopback JWKS endpoint that counts requests and answers each with `response` (or never, when `None`).
     async fn endpoint(response: Option<&'static str>) -> (Url, Arc<AtomicUsize>) {
+        endpoint_after(response, Duration::ZERO).await
+    }
+
+    /// [`endpoint`], answering `delay` after each request.
+    async fn endpoint_after(
+        response: Option<&'static str>,
+        delay: Duration,
+    ) -> (Url, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!(
             "http://{}/.well-known/jwks.json",
@@ -275,6 +289,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
                     let _ = conn.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
                     match response {
                         Some(r) => {
                             let _ = conn.write_all(r.as_bytes()).await;
@@ -316,11 +331,17 @@ mod tests {
         assert_eq!(c.state().failures, 1);
     }
 
-    #[tokio::test]
-    async fn stale_keys_serve_at_once_while_a_refresh_hangs() {
-        let (url, hits) = endpoint(None).await;
+    /// A cache on `url` holding `stale` keys no longer fresh, and a reader refreshing them, once its fetch has
+    /// reached the endpoint (`hits`).
+    async fn refreshing_from_stale(
+        url: Url,
+        stale: usize,
+        hits: &AtomicUsize,
+    ) -> (
+        Arc<KeySetCache<usize>>,
+        tokio::task::JoinHandle<Result<(usize, bool), String>>,
+    ) {
         let c = Arc::new(cache(url));
-        let stale = 7usize;
         c.state().cached = Some(Cached {
             keys: stale,
             fetched_at: Instant::now()
@@ -334,6 +355,14 @@ mod tests {
         while hits.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        (c, refreshing)
+    }
+
+    #[tokio::test]
+    async fn stale_keys_serve_at_once_while_a_refresh_hangs() {
+        let (url, hits) = endpoint(None).await;
+        let stale = 7usize;
+        let (c, refreshing) = refreshing_from_stale(url, stale, &hits).await;
         let (keys, fresh) = tokio::time::timeout(Duration::from_millis(500), c.keys())
             .await
             .expect("a reader does not wait behind the fetch")
@@ -345,5 +374,20 @@ mod tests {
             "the refresh is still waiting for the endpoint"
         );
         refreshing.abort();
+    }
+
+    /// A rotated key's refetch that finds a refresh in flight waits for it and takes its keys, rather than
+    /// refusing the token with the stale set: the refresh may be what brings the new key.
+    #[tokio::test]
+    async fn a_rotation_refetch_takes_the_keys_of_the_refresh_in_flight() {
+        let (url, hits) = endpoint_after(
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nkeys"),
+            Duration::from_millis(300),
+        )
+        .await;
+        let (c, refreshing) = refreshing_from_stale(url, 1, &hits).await;
+        assert_eq!(c.refetch().await, Some(4), "the refresh's keys");
+        assert_eq!(refreshing.await.unwrap(), Ok((4, true)));
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "one fetch for both");
     }
 }

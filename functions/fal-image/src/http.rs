@@ -244,9 +244,10 @@ fn parse_body(state: &AppState, req: &Request) -> Result<GenerationRequest, ApiE
 }
 
 async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<Value, ApiError> {
-    let body = parse_body(state, req)?;
+    // The caller first: a request without a valid token is 401 whatever its body.
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
+    let body = parse_body(state, req)?;
     let base = api_base(req, &settings);
     let deadline = req
         .lambda_context_ref()

@@ -1,5 +1,5 @@
 //! fal-image's authentication: missing, malformed, expired, forged and wrongly signed tokens, and the order of
-//! the checks (size, type and syntax before the token).
+//! the checks (the token before the body's size, type and syntax).
 
 use super::*;
 
@@ -10,7 +10,8 @@ async fn fal_image_requests_without_a_valid_token_are_row() {
     let sync = sync_model();
     let mut rows: Vec<Row> = Vec::new();
 
-    // Size, type and syntax are checked before the token: an anonymous bad body gets 413/415/400, not 401.
+    // The token is checked first, as Supabase's gateway and the API's JWT authorizer do: an anonymous request is
+    // 401 whatever its body (its size, type and syntax are the authenticated caller's errors, `body.rs`).
     let anonymous_text = Target::Api {
         method: Method::POST,
         path: "/fal-image".into(),
@@ -22,19 +23,19 @@ async fn fal_image_requests_without_a_valid_token_are_row() {
             "no token and text/plain",
             anonymous_text,
             valid().to_string(),
-            415,
+            401,
         ),
         (
             "no token and truncated JSON",
             post_json(Auth::None),
             "{\"prompt\"".into(),
-            400,
+            401,
         ),
         (
             "no token and 2 MiB",
             post_json(Auth::None),
             pad(2 * MIB, &sync),
-            413,
+            401,
         ),
     ] {
         rows.push(row(name, target, body, status).await);
