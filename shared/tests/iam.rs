@@ -27,7 +27,10 @@ fn iam_actions(operation: &str) -> Option<Vec<(&'static str, On)>> {
         }
         "abort_multipart_upload" => vec![("s3:AbortMultipartUpload", Objects)],
         // Presigned GETs are signed with the role's credentials: the reader gets what the role may get.
-        "get_object" | "head_object" => vec![("s3:GetObject", Objects)],
+        "get_object" => vec![("s3:GetObject", Objects)],
+        // A HEAD of a missing key answers 404 only to a role that may list the bucket (403 otherwise), and the code
+        // takes a 403 for a refusal, not an absent object.
+        "head_object" => vec![("s3:GetObject", Objects), ("s3:ListBucket", Bucket)],
         // Read on the source, write on the target.
         "copy_object" | "upload_part_copy" => {
             vec![("s3:GetObject", Objects), ("s3:PutObject", Objects)]
@@ -728,7 +731,8 @@ fn every_aws_call_of_the_code_is_granted_to_each_function_and_nothing_else() {
 /// workspace: results written (multipart, so aborts too), read (presigned links, copies), deleted when their job
 /// ends without them. The library: results copied in (read and written), read through links, and deleted when
 /// their post-processing step is skipped because its character or scene, or the result, is gone
-/// (`postprocess::skip_step`). A resource must be the bucket's objects exactly.
+/// (`postprocess::skip_step`); objects are looked up in both. A resource must be the bucket's objects, or the bucket,
+/// exactly.
 const BUCKET_NEEDS: &[(&str, &[&str])] = &[
     (
         "${WorkspaceBucket.Arn}/*",
@@ -743,6 +747,9 @@ const BUCKET_NEEDS: &[(&str, &[&str])] = &[
         "${LibraryBucket.Arn}/*",
         &["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
     ),
+    // Objects are looked up (HEAD) in both buckets: a missing one is 404, not 403, to a role that may list.
+    ("${WorkspaceBucket.Arn}", &["s3:ListBucket"]),
+    ("${LibraryBucket.Arn}", &["s3:ListBucket"]),
 ];
 
 #[test]

@@ -281,21 +281,16 @@ impl Storage {
         Ok(request.uri().to_owned())
     }
 
-    /// The object's size and type, or `None` when it does not exist. S3 answers a HEAD of a missing key with 403 to
-    /// a role that may not list the bucket (the functions' roles may not: nothing of theirs lists), while they may
-    /// read every object of their buckets: a 403 is an absent object too.
+    /// The object's size and type, or `None` when it does not exist. The functions' roles may list their buckets
+    /// (template.yaml), so S3 answers a HEAD of a missing key 404; a 403 is a refusal (a role or key policy that
+    /// does not let us read), an error, not an absent object.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         match self.s3.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
             })),
-            Err(e)
-                if e.as_service_error().is_some_and(|s| s.is_not_found())
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 403) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(s3_err("HeadObject")(e)),
         }
     }
