@@ -265,10 +265,11 @@ impl Sections {
         ] {
             self.summary(format!("transfer_{store}_{name}"), samples);
         }
-        // What a failure half way adds: a single PUT loses what it sent and sends everything again; a multipart
-        // upload sends one part again (the resent part's time: its summary is this figure's).
+        // What a failure of the store half way adds: a single PUT loses what it sent (fed by the media, as the
+        // webhook's is) and the provider's redelivery makes the whole transfer again (the same repetition's
+        // webhook); a multipart upload sends one part again (the resent part's time: its summary is this figure's).
         let single_cost: Vec<f64> = (t.single_put_half_failure_ms.iter())
-            .zip(&t.single_put_ms)
+            .zip(&t.webhook_ms)
             .map(|(failed, whole)| failed + whole)
             .collect();
         for (way, samples) in [
