@@ -1102,3 +1102,41 @@ async fn a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job(pr
     let objects = objects_of_job(&attacker.to_string(), &job_id).await;
     assert!(objects.is_empty(), "{objects:?}");
 }
+
+/// Values an owner may write that Postgres takes and Rust cannot decode: a JSON number beyond `f64` in the job's
+/// metadata and an `infinity` timestamp. Neither the delivery that completes the job nor a reconciler pass that
+/// reads it stumbles on them (each read panicked before, and a panicking pass skipped everyone's backlog).
+#[tokio::test]
+async fn a_job_whose_owner_wrote_undecodable_values_is_still_completed() {
+    const POISON: &str = "UPDATE public.jobs SET metadata = metadata || '{\"x\": 1e400}'::jsonb,
+                                                 started_at = 'infinity'
+                           WHERE id = $1 RETURNING 1";
+    let (attacker, jwt) = user().await;
+    let status_of = async |job_id: &str| -> String {
+        let sql = "SELECT status FROM public.jobs WHERE id = $1";
+        let row = db().await.query_one(sql, &[&id(job_id)]).await;
+        row.unwrap().get(0)
+    };
+
+    // Completed by its delivery.
+    let (delivered, request_id) = queued(&jwt, "undecodable delivered", "#delay-ms=2000").await;
+    client_writes(attacker, POISON, &[&id(&delivered)]).await;
+    assert_not_delivered_yet(Provider::Fal, &request_id).await;
+    wait_until("the delivery to complete the job", WAIT, async || {
+        status_of(&delivered).await == "completed"
+    })
+    .await;
+    assert_eq!(assets_of(&delivered).await.len(), 1);
+
+    // Completed by the reconciler, its delivery lost.
+    let (lost, request_id) = queued(&jwt, "undecodable lost", "#no-webhook #delay-ms=20").await;
+    wait_until("the provider to finish the request", WAIT, async || {
+        Provider::Fal.finished(&request_id).await
+    })
+    .await;
+    age_job(&lost, "61 minutes").await;
+    client_writes(attacker, POISON, &[&id(&lost)]).await;
+    reconcile_pass(Duration::from_secs(3600), Duration::from_secs(7200)).await;
+    assert_eq!(status_of(&lost).await, "completed");
+    assert_eq!(assets_of(&lost).await.len(), 1);
+}

@@ -56,7 +56,7 @@ impl JobRecord {
 fn select(filter: &str) -> String {
     format!(
         "SELECT j.id, j.user_id, j.status, j.job_type, j.format, j.original_prompt, j.error_message,
-                coalesce(j.metadata, '{{}}'::jsonb), j.api_model_id, j.created_at, j.started_at, j.completed_at,
+                coalesce(j.metadata, '{{}}'::jsonb) AS metadata, j.api_model_id, j.created_at, j.started_at, j.completed_at,
                 {}
            FROM public.jobs j {} WHERE {filter}",
         runs::COLUMNS,
@@ -66,8 +66,9 @@ fn select(filter: &str) -> String {
 
 fn from_row(r: &tokio_postgres::Row) -> JobRecord {
     let status: Option<String> = r.get(2);
+    let id: Uuid = r.get(0);
     JobRecord {
-        id: r.get(0),
+        id,
         user_id: r.get(1),
         // The column's CHECK admits only the five values; a NULL status is treated as the column default.
         status: status
@@ -78,13 +79,30 @@ fn from_row(r: &tokio_postgres::Row) -> JobRecord {
         format: r.get(4),
         original_prompt: r.get(5),
         error_message: r.get(6),
-        metadata: r.get(7),
+        metadata: owners_value(r, 7, id).unwrap_or_else(|| Value::Object(Default::default())),
         api_model_id: r.get(8),
-        created_at: r.get(9),
-        started_at: r.get(10),
-        completed_at: r.get(11),
+        created_at: owners_value(r, 9, id).flatten(),
+        started_at: owners_value(r, 10, id).flatten(),
+        completed_at: owners_value(r, 11, id).flatten(),
         run: runs::from_row(r, 12),
     }
+}
+
+/// A column the job's owner may write, read without trusting it to decode: Postgres takes values that do not
+/// (a timestamp of `infinity`, a JSON number beyond `f64` or arrays nested deeper than serde_json's limit), and
+/// `Row::get` would panic on them, in every webhook delivery and reconciler pass that reads the job. `None`
+/// (logged) when it does not decode; nothing acts on these columns, so the job reads as if it were unset.
+fn owners_value<'a, T: tokio_postgres::types::FromSql<'a>>(
+    r: &'a tokio_postgres::Row,
+    at: usize,
+    job_id: Uuid,
+) -> Option<T> {
+    r.try_get(at)
+        .inspect_err(|e| {
+            let column = r.columns()[at].name();
+            tracing::warn!(%job_id, column, error = %e, "a job column its owner wrote does not decode; read as unset");
+        })
+        .ok()
 }
 
 /// Everything the single INSERT writes.

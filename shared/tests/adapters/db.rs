@@ -339,6 +339,36 @@ async fn a_completion_reads_the_submitted_model_and_format_from_the_run() {
     assert_eq!(row.get::<_, Uuid>(2), user);
 }
 
+/// Columns an owner may write with values Postgres takes and Rust cannot decode (a JSON number beyond `f64`, arrays
+/// nested past serde_json's limit, an `infinity` timestamp) read as unset instead of panicking the reader (every
+/// delivery and reconciler pass that reads the job).
+#[tokio::test]
+async fn a_job_whose_owner_wrote_undecodable_values_still_reads() {
+    let (admin, user) = admin_and_new_user().await;
+    for (metadata, timestamp) in [
+        ("'{\"x\": 1e400}'::jsonb", "'infinity'"),
+        (
+            "(repeat('[', 300) || repeat(']', 300))::jsonb",
+            "'-infinity'",
+        ),
+    ] {
+        let job = insert_job(&admin, user, 10).await.unwrap();
+        let sql = format!(
+            "UPDATE public.jobs SET metadata = {metadata}, started_at = {timestamp}, created_at = {timestamp},
+                    completed_at = {timestamp} WHERE id = $1"
+        );
+        assert_eq!(admin.execute(&sql, &[&job]).await.unwrap(), 1, "{sql}");
+        let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+        assert_eq!(read.metadata, serde_json::json!({}), "{metadata}");
+        assert_eq!(
+            (read.created_at, read.started_at, read.completed_at),
+            (None, None, None),
+            "{timestamp}"
+        );
+        assert!(read.run.is_some(), "the run is read as ever");
+    }
+}
+
 /// The job's usage row's `cost_usd`, as Postgres prints it.
 async fn cost_of(admin: &tokio_postgres::Client, job: Uuid) -> Option<String> {
     admin
