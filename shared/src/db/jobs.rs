@@ -35,13 +35,14 @@ impl JobRecord {
         self.status.is_terminal() || self.run.as_ref().is_some_and(|r| r.closed_at.is_some())
     }
 
-    /// The format the job was submitted with: its run's (V19), or `jobs.format` for a job without a run
-    /// (submitted before the port), the only case where the owner's column is read.
+    /// The format the job was submitted with: its run's (V19); `jobs.format`, which its owner may rewrite, only
+    /// where the run has none (a job without a run, submitted before the port; a run written before V19, or by the
+    /// previous release while V19 was applied).
     pub fn submitted_format(&self) -> Option<&str> {
-        match &self.run {
-            Some(run) => run.format.as_deref(),
-            None => self.format.as_deref(),
-        }
+        self.run
+            .as_ref()
+            .and_then(|r| r.format.as_deref())
+            .or(self.format.as_deref())
     }
 
     pub fn meta_str(&self, key: &str) -> Option<&str> {

@@ -86,8 +86,8 @@ pub struct JobRun {
     /// When its queue submission failed and it fell back to the sync route (V15): a queue request the provider
     /// may have accepted all the same is abandoned.
     pub fell_back_at: Option<DateTime<Utc>>,
-    /// The job's format at submission (V19; `jobs.format` is its owner's to rewrite). `None` for a run closed
-    /// before V19.
+    /// The job's format at submission (V19; `jobs.format` is its owner's to rewrite). `None` for a run written
+    /// before V19 and not open when it was applied, or written by the previous release while it was.
     pub format: Option<String>,
 }
 

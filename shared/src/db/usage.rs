@@ -123,7 +123,8 @@ pub async fn complete<C: GenericClient>(
 
 /// Inserts the row of a queued generation that has none (submitted before the port, its delivery came before its
 /// submission's record, or that record failed): provider by name; model, user, request type and model key from its
-/// run when it has one (V19), from the job only for a job submitted before the port. `cost` is
+/// run (V19), from the job only where the run has none (a job submitted before the port, a run written before V19,
+/// or by the previous release while V19 was applied; the model of a run whose model row was deleted since, V20). `cost` is
 /// the server's price of the run; `None` (a job without a run, submitted before the port) takes the job's own
 /// estimate, which is in metadata its owner can rewrite: one that `numeric(10,6)` cannot hold is left out rather
 /// than failing the completing transaction at every retry. No-op when the job has a row.
@@ -139,7 +140,8 @@ pub async fn insert_for_job<C: GenericClient>(
         .query_typed(
             "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
                  cost_usd, response_status, response_time_ms, provider_metadata)
-             SELECT j.id, p.id, s.model_id, s.user_id, CASE WHEN s.format = 'video' THEN 'video' ELSE 'image' END,
+             SELECT j.id, p.id, coalesce(r.api_model_id, j.api_model_id), coalesce(r.user_id, j.user_id),
+                    CASE WHEN coalesce(r.format, j.format) = 'video' THEN 'video' ELSE 'image' END,
                     '/' || coalesce(r.model_key, j.metadata->>'model_key', ''),
                     coalesce($5::numeric(10,6),
                       CASE WHEN jsonb_typeof(j.metadata->'estimated_cost') = 'number' THEN
@@ -150,10 +152,6 @@ pub async fn insert_for_job<C: GenericClient>(
                FROM public.jobs j
                JOIN public.api_providers p ON p.name = $2
                LEFT JOIN public.job_runs r ON r.job_id = j.id
-              CROSS JOIN LATERAL (
-                SELECT CASE WHEN r.job_id IS NULL THEN j.api_model_id ELSE r.api_model_id END AS model_id,
-                       CASE WHEN r.job_id IS NULL THEN j.user_id ELSE r.user_id END AS user_id,
-                       CASE WHEN r.job_id IS NULL THEN j.format ELSE r.format END AS format) s
               WHERE j.id = $1
              ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
              RETURNING id",

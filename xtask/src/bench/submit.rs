@@ -180,8 +180,8 @@ async fn floor(
                  RETURNING id
              )
              INSERT INTO public.job_runs (job_id, user_id, provider_id, provider_name, model_key, webhook_auth,
-                                          destination, post_steps)
-             SELECT id, $1, $8, $9, $10, $11, $12, $13 FROM j
+                                          destination, post_steps, api_model_id, format)
+             SELECT id, $1, $8, $9, $10, $11, $12, $13, $5, $6 FROM j
              RETURNING job_id",
             &[
                 (&ctx.user, Type::UUID),
