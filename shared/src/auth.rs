@@ -150,17 +150,17 @@ impl UserTokens {
 /// The key named `kid`: from the cached set, else from one refetch (a rotation publishes the next key first).
 /// Failing closed: `Invalid` when it is not in the set, `KeysUnavailable` when no set can be had at all.
 async fn key_for(keys: &KeySetCache<Keys>, kid: &str) -> Result<UserKey, AuthError> {
-    let (set, fresh) = keys.keys().await.map_err(|e| {
+    let (set, served) = keys.keys().await.map_err(|e| {
         tracing::warn!(error = %e, "the project's JWKS is unavailable");
         AuthError::KeysUnavailable
     })?;
     if let Some(k) = set.get(kid) {
         return Ok(k.clone());
     }
-    if fresh {
+    if served.just_fetched {
         return Err(AuthError::Invalid);
     }
-    let refetched = keys.refetch().await.ok_or(AuthError::Invalid)?;
+    let refetched = keys.refetch(served).await.ok_or(AuthError::Invalid)?;
     refetched.get(kid).cloned().ok_or(AuthError::Invalid)
 }
 

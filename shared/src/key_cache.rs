@@ -27,16 +27,35 @@ struct State<K> {
 }
 
 impl<K: Clone> State<K> {
-    fn fresh(&self, fresh_for: Duration) -> Option<K> {
+    fn fresh(&self, fresh_for: Duration) -> Option<(K, Served)> {
         self.cached
             .as_ref()
             .filter(|c| c.fetched_at.elapsed() < fresh_for)
-            .map(|c| c.keys.clone())
+            .map(|c| c.served(false))
     }
 
-    fn any(&self) -> Option<K> {
-        self.cached.as_ref().map(|c| c.keys.clone())
+    fn any(&self) -> Option<(K, Served)> {
+        self.cached.as_ref().map(|c| c.served(false))
     }
+}
+
+impl<K: Clone> Cached<K> {
+    fn served(&self, just_fetched: bool) -> (K, Served) {
+        let served = Served {
+            just_fetched,
+            fetched_at: self.fetched_at,
+        };
+        (self.keys.clone(), served)
+    }
+}
+
+/// Which copy of the keys [`KeySetCache::keys`] handed out: a key it lacks is looked for with
+/// [`KeySetCache::refetch`] of it, which answers with a newer copy when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Fetched by this very call: a key it lacks is not worth a refetch.
+    pub just_fetched: bool,
+    fetched_at: Instant,
 }
 
 /// Why a fetch is wanted.
@@ -106,63 +125,59 @@ impl<K: Clone> KeySetCache<K> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The cached keys, refreshed when no longer fresh. Returns whether they were just fetched; an error (the
-    /// reason, without the URL) when there are none to serve.
-    pub async fn keys(&self) -> Result<(K, bool), String> {
+    /// The cached keys, refreshed when no longer fresh, and which copy they are; an error (the reason, without the
+    /// URL) when there are none to serve.
+    pub async fn keys(&self) -> Result<(K, Served), String> {
         let stale = {
             let state = self.state();
-            if let Some(keys) = state.fresh(self.fresh_for) {
-                return Ok((keys, false));
+            if let Some(fresh) = state.fresh(self.fresh_for) {
+                return Ok(fresh);
             }
             state.any()
         };
-        let _flight = match &stale {
+        let _flight = match stale {
             // A stale copy serves while someone else refreshes it.
-            Some(keys) => match self.fetching.try_lock() {
+            Some(stale) => match self.fetching.try_lock() {
                 Ok(guard) => guard,
-                Err(_) => return Ok((keys.clone(), false)),
+                Err(_) => return Ok(stale),
             },
             // Nothing to serve: wait for the fetch in flight, then decide again.
             None => self.fetching.lock().await,
         };
         {
             let mut state = self.state();
-            if let Some(keys) = state.fresh(self.fresh_for) {
-                return Ok((keys, false));
+            if let Some(fresh) = state.fresh(self.fresh_for) {
+                return Ok(fresh);
             }
             let since = state.last_attempt.map(|t| t.elapsed());
             if !may_fetch(Reason::Expired, state.failures, since) {
-                return match state.any() {
-                    Some(keys) => Ok((keys, false)),
-                    None => Err(format!(
-                        "backing off after {} failed fetches",
-                        state.failures
-                    )),
-                };
+                return state
+                    .any()
+                    .ok_or_else(|| format!("backing off after {} failed fetches", state.failures));
             }
             state.last_attempt = Some(Instant::now());
         }
         match self.fetch_and_store().await {
-            Ok(keys) => Ok((keys, true)),
+            Ok(fetched) => Ok(fetched),
             Err(e) => match self.state().any() {
                 Some(stale) => {
                     tracing::warn!(error = %e, "key set refresh failed; using the cached keys");
-                    Ok((stale, false))
+                    Ok(stale)
                 }
                 None => Err(e),
             },
         }
     }
 
-    /// One refetch for a rotated key, unless one was attempted within the last minute. A fetch in flight is
-    /// waited for (it may be the refresh that brings the new key), and its keys are the answer when it succeeded.
-    pub async fn refetch(&self) -> Option<K> {
-        let fetched_before = self.state().cached.as_ref().map(|c| c.fetched_at);
+    /// The keys for a key that the `served` copy lacks: a newer copy when one was stored since (a refresh that
+    /// was in flight is waited for: it may be what brings a rotated key), else one refetch, unless one was
+    /// attempted within the last minute.
+    pub async fn refetch(&self, served: Served) -> Option<K> {
         let _flight = self.fetching.lock().await;
         {
             let mut state = self.state();
             if let Some(c) = &state.cached
-                && Some(c.fetched_at) != fetched_before
+                && c.fetched_at != served.fetched_at
             {
                 return Some(c.keys.clone());
             }
@@ -173,7 +188,7 @@ impl<K: Clone> KeySetCache<K> {
             state.last_attempt = Some(Instant::now());
         }
         match self.fetch_and_store().await {
-            Ok(keys) => Some(keys),
+            Ok((keys, _)) => Some(keys),
             Err(e) => {
                 tracing::warn!(error = %e, "key set refetch failed");
                 None
@@ -182,17 +197,19 @@ impl<K: Clone> KeySetCache<K> {
     }
 
     /// Fetches (the caller holds `fetching`) and records the outcome: new keys, or one more failure.
-    async fn fetch_and_store(&self) -> Result<K, String> {
+    async fn fetch_and_store(&self) -> Result<(K, Served), String> {
         let fetched = self.fetch().await;
         let mut state = self.state();
         match fetched {
             Ok(keys) => {
-                state.cached = Some(Cached {
-                    keys: keys.clone(),
+                let cached = Cached {
+                    keys,
                     fetched_at: Instant::now(),
-                });
+                };
+                let served = cached.served(true);
+                state.cached = Some(cached);
                 state.failures = 0;
-                Ok(keys)
+                Ok(served)
             }
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
@@ -339,7 +356,7 @@ mod tests {
         hits: &AtomicUsize,
     ) -> (
         Arc<KeySetCache<usize>>,
-        tokio::task::JoinHandle<Result<(usize, bool), String>>,
+        tokio::task::JoinHandle<Result<(usize, Served), String>>,
     ) {
         let c = Arc::new(cache(url));
         c.state().cached = Some(Cached {
@@ -363,11 +380,11 @@ mod tests {
         let (url, hits) = endpoint(None).await;
         let stale = 7usize;
         let (c, refreshing) = refreshing_from_stale(url, stale, &hits).await;
-        let (keys, fresh) = tokio::time::timeout(Duration::from_millis(500), c.keys())
+        let (keys, served) = tokio::time::timeout(Duration::from_millis(500), c.keys())
             .await
             .expect("a reader does not wait behind the fetch")
             .unwrap();
-        assert!(!fresh);
+        assert!(!served.just_fetched);
         assert_eq!(keys, stale);
         assert!(
             !refreshing.is_finished(),
@@ -386,8 +403,17 @@ mod tests {
         )
         .await;
         let (c, refreshing) = refreshing_from_stale(url, 1, &hits).await;
-        assert_eq!(c.refetch().await, Some(4), "the refresh's keys");
-        assert_eq!(refreshing.await.unwrap(), Ok((4, true)));
+        // The stale copy, as a reader got it while the refresh was in flight.
+        let (stale, served) = c.keys().await.unwrap();
+        assert_eq!((stale, served.just_fetched), (1, false));
+        assert_eq!(c.refetch(served).await, Some(4), "the refresh's keys");
+        let (refreshed, fetched) = refreshing.await.unwrap().unwrap();
+        assert_eq!((refreshed, fetched.just_fetched), (4, true));
         assert_eq!(hits.load(Ordering::SeqCst), 1, "one fetch for both");
+        // A copy served after the refresh stored its keys is that copy: no newer one, and the minute since the
+        // last fetch is not over, so no refetch either.
+        let (_, current) = c.keys().await.unwrap();
+        assert_eq!(c.refetch(current).await, None);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 }

@@ -54,15 +54,15 @@ impl JwksCache {
     ) -> Result<(), WebhookAuthError> {
         // Cheap checks first: no key fetch for a delivery that is malformed or old.
         let sig = signature::check_envelope(headers, now_unix, pinned_user_id)?;
-        let (keys, fresh_fetch) = self
+        let (keys, served) = self
             .keys
             .keys()
             .await
             .map_err(WebhookAuthError::KeysUnavailable)?;
         match signature::verify_with_keys(headers, body, &sig, &keys) {
             Ok(()) => Ok(()),
-            Err(e) if fresh_fetch => Err(e.into()),
-            Err(e) => match self.keys.refetch().await {
+            Err(e) if served.just_fetched => Err(e.into()),
+            Err(e) => match self.keys.refetch(served).await {
                 Some(keys) => Ok(signature::verify_with_keys(headers, body, &sig, &keys)?),
                 None => Err(e.into()),
             },
