@@ -283,13 +283,13 @@ async fn run_library_step(step: &Step<'_>, mut s: LibraryStep) -> Result<bool, P
         )
         .await?;
     s.row.storage_path = s.key.clone();
+    // A thumbnail gone from the workspace leaves the library row without one; a failed copy is retried with the step.
     s.row.thumbnail_path = match (&asset.thumbnail_path, &s.thumbnail_key) {
         (Some(thumb), Some(tkey)) => state
             .storage
-            .copy(&c.workspace_bucket, thumb, &c.library_bucket, tkey)
-            .await
-            .ok()
-            .map(|_| tkey.clone()),
+            .copy_if_exists(&c.workspace_bucket, thumb, &c.library_bucket, tkey)
+            .await?
+            .then(|| tkey.clone()),
         _ => None,
     };
     record_library_step(step, &s).await

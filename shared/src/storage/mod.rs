@@ -369,6 +369,30 @@ impl Storage {
             .map_err(s3_err("CopyObject"))?;
         Ok(())
     }
+
+    /// [`Self::copy`] of a source that may be gone: false when it is (S3 answers 404 to a role that may list the
+    /// bucket), an error for anything else, which a retry may mend.
+    pub async fn copy_if_exists(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+    ) -> Result<bool, StorageError> {
+        let copied = self
+            .s3
+            .copy_object()
+            .copy_source(format!("{from_bucket}/{}", urlencode_key(from_key)))
+            .bucket(to_bucket)
+            .key(to_key)
+            .send()
+            .await;
+        match copied {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(s3_err("CopyObject")(e)),
+        }
+    }
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/` separators and unreserved characters.

@@ -184,3 +184,28 @@ async fn a_sized_put_whose_source_breaks_off_or_lies_about_its_length_stores_not
         assert_eq!(s.head(&bucket, &key).await.unwrap(), None, "{reason}");
     }
 }
+
+/// A copy whose source is gone is told apart from one that failed: false, not an error (post-processing then
+/// records a library row without a thumbnail, and retries the step on an error).
+#[tokio::test]
+async fn a_copy_of_a_missing_source_is_false_and_of_a_present_one_true() {
+    let s = storage().await;
+    let (workspace, library) = (stack_var("WORKSPACE_BUCKET"), stack_var("LIBRARY_BUCKET"));
+    let user = unique("user");
+    let (source, target) = (format!("{user}/thumb.jpg"), format!("{user}/copy.jpg"));
+    let missing = s.copy_if_exists(&workspace, &source, &library, &target);
+    assert!(!missing.await.unwrap());
+    assert!(s.head(&library, &target).await.unwrap().is_none());
+    s.put_stream(
+        &workspace,
+        &source,
+        "image/jpeg",
+        pattern_stream(1000),
+        None,
+    )
+    .await
+    .unwrap();
+    let present = s.copy_if_exists(&workspace, &source, &library, &target);
+    assert!(present.await.unwrap());
+    assert_eq!(s.head(&library, &target).await.unwrap().unwrap().size, 1000);
+}
