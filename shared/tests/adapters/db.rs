@@ -339,6 +339,55 @@ async fn a_completion_reads_the_submitted_model_and_format_from_the_run() {
     assert_eq!(row.get::<_, Uuid>(2), user);
 }
 
+/// A model row deleted while a job is open (its owner pointed `jobs.api_model_id` elsewhere, so nothing else held
+/// it) leaves the run without a model (V20), and the usage row written at completion takes the job's.
+#[tokio::test]
+async fn a_run_whose_model_row_was_deleted_still_gets_its_usage_row() {
+    let (admin, user) = admin_and_new_user().await;
+    let temporary: Uuid = admin
+        .query_one(
+            "INSERT INTO public.api_models (provider_id, model_key, display_name, modality, tasks)
+             SELECT provider_id, 'test/deleted-' || gen_random_uuid(), 'deleted', 'image', tasks
+               FROM public.api_models WHERE modality = 'image' LIMIT 1
+             RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let job: Uuid = admin
+        .query_one(
+            "SELECT public.insert_job($1, 'image_fast', 'deleted model', 'queued', 'fast', $2, 'image', '{}'::jsonb,
+                                      10, NULL, 'fal', 'deleted-model', 'token', NULL, NULL, NULL, NULL, NULL, NULL,
+                                      '{}'::text[])",
+            &[&user, &temporary],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let other: Uuid = admin
+        .query_one(
+            "SELECT id FROM public.api_models WHERE modality = 'image' AND id <> $1 LIMIT 1",
+            &[&temporary],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let repoint = "UPDATE public.jobs SET api_model_id = $2 WHERE id = $1";
+    admin.execute(repoint, &[&job, &other]).await.unwrap();
+    let deleted = "DELETE FROM public.api_models WHERE id = $1";
+    assert_eq!(admin.execute(deleted, &[&temporary]).await.unwrap(), 1);
+    let run_model = "SELECT api_model_id FROM public.job_runs WHERE job_id = $1";
+    let row = admin.query_one(run_model, &[&job]).await.unwrap();
+    assert_eq!(row.get::<_, Option<Uuid>>(0), None);
+    let meta = serde_json::json!({});
+    let inserted = db::usage::insert_for_job(&admin, job, "fal", Some(0.5), 1, &meta);
+    assert!(inserted.await.unwrap());
+    let logged = "SELECT model_id FROM public.api_usage_logs WHERE job_id = $1";
+    let row = admin.query_one(logged, &[&job]).await.unwrap();
+    assert_eq!(row.get::<_, Option<Uuid>>(0), Some(other));
+}
+
 /// Columns an owner may write with values Postgres takes and Rust cannot decode (a JSON number beyond `f64`, arrays
 /// nested past serde_json's limit, an `infinity` timestamp) read as unset instead of panicking the reader (every
 /// delivery and reconciler pass that reads the job).
