@@ -123,8 +123,10 @@ pub async fn complete<C: GenericClient>(
 
 /// Inserts the row of a queued generation that has none (submitted before the port, its delivery came before its
 /// submission's record, or that record failed): provider by name; model, user, request type and model key from its
-/// run (V19), from the job only where the run has none (a job submitted before the port, a run written before V19,
-/// or by the previous release while V19 was applied; the model of a run whose model row was deleted since, V20). `cost` is
+/// run (V19). The job's columns, which its owner may rewrite, only for a job without a run (submitted before the
+/// port), and the job's format where the run has none (written before V19, or by the previous release while V19
+/// was applied: a format decides only how the owner's own result is stored). A run without a model (the same runs,
+/// or its model row deleted since, V20) gives a row without one rather than the owner's choice. `cost` is
 /// the server's price of the run; `None` (a job without a run, submitted before the port) takes the job's own
 /// estimate, which is in metadata its owner can rewrite: one that `numeric(10,6)` cannot hold is left out rather
 /// than failing the completing transaction at every retry. No-op when the job has a row.
@@ -140,7 +142,8 @@ pub async fn insert_for_job<C: GenericClient>(
         .query_typed(
             "INSERT INTO public.api_usage_logs (job_id, provider_id, model_id, user_id, request_type, endpoint_path,
                  cost_usd, response_status, response_time_ms, provider_metadata)
-             SELECT j.id, p.id, coalesce(r.api_model_id, j.api_model_id), coalesce(r.user_id, j.user_id),
+             SELECT j.id, p.id, CASE WHEN r.job_id IS NULL THEN j.api_model_id ELSE r.api_model_id END,
+                    coalesce(r.user_id, j.user_id),
                     CASE WHEN coalesce(r.format, j.format) = 'video' THEN 'video' ELSE 'image' END,
                     '/' || coalesce(r.model_key, j.metadata->>'model_key', ''),
                     coalesce($5::numeric(10,6),

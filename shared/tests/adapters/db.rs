@@ -340,9 +340,10 @@ async fn a_completion_reads_the_submitted_model_and_format_from_the_run() {
 }
 
 /// A model row deleted while a job is open (its owner pointed `jobs.api_model_id` elsewhere, so nothing else held
-/// it) leaves the run without a model (V20), and the usage row written at completion takes the job's.
+/// it) leaves the run without a model (V20), and the usage row written at completion has none: not the model the
+/// owner pointed the job at.
 #[tokio::test]
-async fn a_run_whose_model_row_was_deleted_still_gets_its_usage_row() {
+async fn a_run_whose_model_row_was_deleted_gets_a_usage_row_without_a_model() {
     let (admin, user) = admin_and_new_user().await;
     let temporary: Uuid = admin
         .query_one(
@@ -385,7 +386,7 @@ async fn a_run_whose_model_row_was_deleted_still_gets_its_usage_row() {
     assert!(inserted.await.unwrap());
     let logged = "SELECT model_id FROM public.api_usage_logs WHERE job_id = $1";
     let row = admin.query_one(logged, &[&job]).await.unwrap();
-    assert_eq!(row.get::<_, Option<Uuid>>(0), Some(other));
+    assert_eq!(row.get::<_, Option<Uuid>>(0), None);
 }
 
 /// Columns an owner may write with values Postgres takes and Rust cannot decode (a JSON number beyond `f64`, arrays
