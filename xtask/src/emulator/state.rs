@@ -199,7 +199,8 @@ impl AppState {
         let signing_key = SigningKey::generate(&mut rand::rngs::OsRng);
         let http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(15))
+            // fal expects a webhook answered within ~10 s (fal-api.md), and retries one that is not.
+            .timeout(Duration::from_secs(10))
             // A redirect could lead off loopback, which the emulator must never reach.
             .redirect(reqwest::redirect::Policy::none())
             .build()
