@@ -359,12 +359,7 @@ impl Storage {
         to_bucket: &str,
         to_key: &str,
     ) -> Result<(), StorageError> {
-        self.s3
-            .copy_object()
-            .copy_source(format!("{from_bucket}/{}", urlencode_key(from_key)))
-            .bucket(to_bucket)
-            .key(to_key)
-            .send()
+        self.send_copy(from_bucket, from_key, to_bucket, to_key)
             .await
             .map_err(s3_err("CopyObject"))?;
         Ok(())
@@ -379,19 +374,33 @@ impl Storage {
         to_bucket: &str,
         to_key: &str,
     ) -> Result<bool, StorageError> {
-        let copied = self
-            .s3
+        match self
+            .send_copy(from_bucket, from_key, to_bucket, to_key)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(s3_err("CopyObject")(e)),
+        }
+    }
+
+    async fn send_copy(
+        &self,
+        from_bucket: &str,
+        from_key: &str,
+        to_bucket: &str,
+        to_key: &str,
+    ) -> Result<
+        aws_sdk_s3::operation::copy_object::CopyObjectOutput,
+        aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::copy_object::CopyObjectError>,
+    > {
+        self.s3
             .copy_object()
             .copy_source(format!("{from_bucket}/{}", urlencode_key(from_key)))
             .bucket(to_bucket)
             .key(to_key)
             .send()
-            .await;
-        match copied {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
-            Err(e) => Err(s3_err("CopyObject")(e)),
-        }
+            .await
     }
 }
 

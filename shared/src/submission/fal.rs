@@ -7,8 +7,8 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    Run, SubmitError, SubmitResult, Submitted, closed_meanwhile, complete_sync, describe,
-    elapsed_ms, fail_job, log_usage, with_job,
+    Run, SubmitError, SubmitResult, closed_meanwhile, complete_sync, describe, elapsed_ms,
+    fail_job, log_usage, with_job,
 };
 use crate::completion::{CompletionError, Outcome};
 use crate::db;
@@ -48,13 +48,7 @@ pub(super) async fn submit_queued(
                 .usage(job_id, user_id)
                 .row(None, 0, None, None, provider_metadata);
             super::record_accepted(run, client, &usage, &request).await;
-            Ok(Some(SubmitResult {
-                answer: Submitted::Queued {
-                    job_id,
-                    request_id: submitted.request_id,
-                },
-                post_process: None,
-            }))
+            Ok(Some(SubmitResult::queued(job_id, submitted.request_id)))
         }
         // Refused for the caller's input, or accepted (2xx) with an answer we cannot read: a sync run would be a
         // second generation of what fal may already be running.

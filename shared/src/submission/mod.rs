@@ -137,6 +137,17 @@ pub struct SubmitResult {
     pub post_process: Option<Uuid>,
 }
 
+impl SubmitResult {
+    /// Answered as queued with the provider's request id: the job is the provider's delivery's (or the
+    /// reconciler's) to finish, and clients poll it. Nothing to post-process yet.
+    fn queued(job_id: Uuid, request_id: String) -> Self {
+        SubmitResult {
+            answer: Submitted::Queued { job_id, request_id },
+            post_process: None,
+        }
+    }
+}
+
 /// Everything decided before the job row is written: the model and how it runs, the fal input, the endpoints,
 /// and the server-owned run.
 struct Plan {
@@ -659,6 +670,7 @@ async fn sync_answer(
     outcome: Result<Outcome, completion::CompletionError>,
 ) -> Result<SubmitResult, SubmitError> {
     let job_id = job.id;
+    let recorded = job.run.as_ref().and_then(|r| r.request_id());
     match outcome {
         Ok(Outcome::Completed(done)) => {
             let bucket = Bucket::WorkspaceTemp;
@@ -687,30 +699,16 @@ async fn sync_answer(
         // as a failure the row would contradict (and that would send the caller back to pay for another run).
         // (`Abandoned` is a queue request's: a sync run's result has none. Were it seen, the job is open and not
         // this run's to answer for, as with `Busy`.)
-        Ok(Outcome::Busy | Outcome::Abandoned) => Ok(SubmitResult {
-            answer: Submitted::Queued {
-                job_id,
-                request_id: job
-                    .run
-                    .as_ref()
-                    .and_then(|r| r.request_id())
-                    .unwrap_or_default()
-                    .to_owned(),
-            },
-            post_process: None,
-        }),
+        Ok(Outcome::Busy | Outcome::Abandoned) => Ok(SubmitResult::queued(
+            job_id,
+            recorded.unwrap_or_default().to_owned(),
+        )),
         // The run recorded its provider request (a Replicate prediction, which Replicate also delivers to the
         // webhook): that delivery, or the reconciler polling the request, finishes the job; failing it here would
         // throw away a paid result for a fault that may have passed. Answered as queued, which clients poll.
-        Err(e) if let Some(request_id) = job.run.as_ref().and_then(|r| r.request_id()) => {
+        Err(e) if let Some(request_id) = recorded => {
             tracing::warn!(%job_id, error = %e, "sync result could not be stored; left to the request's delivery");
-            Ok(SubmitResult {
-                answer: Submitted::Queued {
-                    job_id,
-                    request_id: request_id.to_owned(),
-                },
-                post_process: None,
-            })
+            Ok(SubmitResult::queued(job_id, request_id.to_owned()))
         }
         Err(e) => {
             // A sync job has no one else to finish it: fail it with the reason instead of leaving it processing.

@@ -9,8 +9,8 @@ use serde_json::json;
 use url::Url;
 
 use super::{
-    RouteKind, Run, SubmitError, SubmitResult, Submitted as Answer, closed_meanwhile,
-    complete_sync, describe, elapsed_ms, fail_job, log_usage, with_job,
+    RouteKind, Run, SubmitError, SubmitResult, closed_meanwhile, complete_sync, describe,
+    elapsed_ms, fail_job, log_usage, with_job,
 };
 use crate::completion::{CompletionError, Outcome};
 use crate::db;
@@ -183,13 +183,7 @@ async fn queued(
         .usage(run.job_id, run.user_id)
         .row(None, 0, None, None, provider_metadata);
     super::record_accepted(run, client, &usage, &request_of(prediction)).await;
-    Ok(SubmitResult {
-        answer: Answer::Queued {
-            job_id: run.job_id,
-            request_id: prediction.id.clone(),
-        },
-        post_process: None,
-    })
+    Ok(SubmitResult::queued(run.job_id, prediction.id.clone()))
 }
 
 /// The prediction of a sync create that registered a webhook, recorded as the run's request: Replicate delivers it
