@@ -24,7 +24,9 @@ async fn main() -> Result<(), Error> {
         async move { http::handle(state, req, ticket).await }
     });
     // As `lambda_http::run`, with every invocation leaving the extension a word (`EveryInvocation`).
+    // The extension's loop runs on a worker, so its first poll does not hold up the runtime's first `next`.
+    let extension = tokio::spawn(extension);
     let runtime = lambda_runtime::run(background.every_invocation(Adapter::from(handler)));
-    tokio::try_join!(runtime, extension)?;
+    tokio::try_join!(runtime, async { extension.await? })?;
     Ok(())
 }
