@@ -5,8 +5,10 @@
 
 use std::future::{Future, Ready, ready};
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Background {
     tx: mpsc::UnboundedSender<Option<Work>>,
+    /// Tickets handed out so far: whether the handler took one for an invocation that panicked.
+    issued: Arc<AtomicU64>,
 }
 
 /// The extension's side.
@@ -40,7 +44,10 @@ pub struct Runner {
 pub fn channel() -> (Background, Runner) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
-        Background { tx },
+        Background {
+            tx,
+            issued: Arc::default(),
+        },
         Runner {
             rx: Arc::new(Mutex::new(rx)),
         },
@@ -51,6 +58,7 @@ impl Background {
     /// A ticket for one invocation: whatever happens in the handler, dropping it reports "nothing to do", so
     /// the extension never waits for an invocation that ended without a message.
     pub fn ticket(&self) -> Ticket {
+        self.issued.fetch_add(1, Ordering::SeqCst);
         Ticket {
             tx: Some(self.tx.clone()),
         }
@@ -61,6 +69,11 @@ impl Background {
 /// the handler's type (`T`: an HTTP request) without calling the handler, so that invocation would leave the
 /// extension no word, and it would wait for one until the function's timeout. Here an event of type `T` goes to
 /// the handler, and any other is answered with an error and reports nothing to do.
+///
+/// The same holds for an event of type `T` that panics before the handler takes its ticket: lambda_http builds
+/// the request from the event before calling the handler, and panics on a path or query its URI type refuses (a
+/// raw `<`, `>` or space in the query string). That invocation is answered with an error and reports nothing to
+/// do; the panic's message is printed once, by the panic hook.
 pub struct EveryInvocation<T, S> {
     inner: S,
     background: Background,
@@ -95,7 +108,24 @@ where
     fn call(&mut self, invocation: Invocation<Value>) -> Self::Future {
         let Invocation { payload, context } = invocation;
         match serde_json::from_value::<T>(payload) {
-            Ok(event) => Either::Left(self.inner.call(Invocation::new(event, context))),
+            Ok(event) => {
+                let issued = self.background.issued.load(Ordering::SeqCst);
+                let inner = &mut self.inner;
+                match catch_unwind(AssertUnwindSafe(|| {
+                    inner.call(Invocation::new(event, context))
+                })) {
+                    Ok(answer) => Either::Left(answer),
+                    Err(_) => {
+                        // A ticket the handler took was dropped by the unwinding, and that was its word.
+                        if self.background.issued.load(Ordering::SeqCst) == issued {
+                            drop(self.background.ticket());
+                        }
+                        Either::Right(ready(Err(S::Error::from(
+                            "the event could not be read as a request".to_owned(),
+                        ))))
+                    }
+                }
+            }
             Err(e) => {
                 drop(self.background.ticket());
                 // serde's message names the expected shape, not the event's values.
@@ -171,7 +201,7 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]
     async fn work_left_by_an_invocation_runs_and_a_dropped_ticket_counts_as_nothing() {
@@ -232,5 +262,82 @@ mod tests {
         // The handler's own ticket (none in this stand-in) is its only word: the wrapper adds none.
         let waited = tokio::time::timeout(Duration::from_millis(200), runner.run_next(None)).await;
         assert!(waited.is_err(), "the wrapper left a word of its own");
+    }
+
+    /// The one word an invocation left, if any: `true` when there was one and no other follows it.
+    async fn exactly_one_word(runner: &Runner) -> bool {
+        let first = tokio::time::timeout(Duration::from_secs(5), runner.run_next(None)).await;
+        let second = tokio::time::timeout(Duration::from_millis(200), runner.run_next(None)).await;
+        first.is_ok() && second.is_err()
+    }
+
+    fn function_url_event(raw_query: &str) -> Value {
+        serde_json::json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": {},
+            "requestContext": {"http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1",
+                                        "sourceIp": "127.0.0.1", "userAgent": "test"}},
+            "isBase64Encoded": false
+        })
+    }
+
+    #[tokio::test]
+    async fn a_request_lambda_http_cannot_build_is_answered_and_leaves_one_word() {
+        let (bg, runner) = channel();
+        let called = Arc::new(AtomicUsize::new(0));
+        let tickets = bg.clone();
+        let seen = called.clone();
+        // As the functions' mains: the handler takes its ticket when it is called.
+        let handler = lambda_http::service_fn(move |_req: lambda_http::Request| {
+            let ticket = tickets.ticket();
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                ticket.finish(None);
+                Ok::<_, lambda_http::Error>("ok")
+            }
+        });
+        let mut service = bg.every_invocation(lambda_http::Adapter::from(handler));
+
+        // `<` is not allowed in an `http::Uri` query: lambda_http's conversion panics before the handler runs.
+        let unbuildable = Invocation::new(function_url_event("token=a<b"), Default::default());
+        let answer = service.call(unbuildable).await;
+        assert!(
+            answer.is_err_and(|e| e.to_string() == "the event could not be read as a request"),
+            "the invocation is answered with an error"
+        );
+        assert_eq!(called.load(Ordering::SeqCst), 0);
+        assert!(
+            exactly_one_word(&runner).await,
+            "one word for the unbuilt request"
+        );
+
+        let fine = Invocation::new(function_url_event("token=ab"), Default::default());
+        assert!(service.call(fine).await.is_ok());
+        assert_eq!(called.load(Ordering::SeqCst), 1);
+        assert!(
+            exactly_one_word(&runner).await,
+            "the handler's ticket is the only word"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_after_taking_its_ticket_leaves_only_that_word() {
+        let (bg, runner) = channel();
+        let tickets = bg.clone();
+        let handler = lambda_runtime::service_fn(move |_event: Invocation<u32>| {
+            let _ticket = tickets.ticket();
+            if true {
+                panic!("the handler fails after taking its ticket");
+            }
+            async { Ok::<u32, String>(0) }
+        });
+        let mut service = bg.every_invocation(handler);
+        let answer = service
+            .call(Invocation::new(serde_json::json!(1), Default::default()))
+            .await;
+        assert!(answer.is_err());
+        assert!(
+            exactly_one_word(&runner).await,
+            "the dropped ticket is the only word"
+        );
     }
 }

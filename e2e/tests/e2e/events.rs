@@ -156,3 +156,32 @@ async fn an_event_that_is_not_an_http_request_is_answered_by_the_function() {
     });
     assert_eq!(invoke("fal-webhook", &preflight).await["statusCode"], 200);
 }
+
+/// lambda_http builds the request from the event before calling the handler, and panics on a raw query string
+/// `http::Uri` refuses (here a `<`). The function answers that invocation with an error of its own and leaves the
+/// after-response extension its word (`after_response::EveryInvocation`), instead of the runtime answering the
+/// panic while the extension waits for a word until the function's timeout. The function answers the next
+/// request as before.
+#[tokio::test]
+async fn a_request_whose_uri_cannot_be_built_is_answered_by_the_function() {
+    let request = |raw_query: &str| {
+        serde_json::json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": {},
+            "requestContext": {"http": {"method": "OPTIONS", "path": "/", "protocol": "HTTP/1.1",
+                                        "sourceIp": "127.0.0.1", "userAgent": "e2e"}},
+            "isBase64Encoded": false
+        })
+    };
+    for function in ["fal-image", "fal-webhook"] {
+        let answer = invoke(function, &request("job_id=a<b")).await;
+        assert_eq!(
+            answer["errorMessage"], "the event could not be read as a request",
+            "{function}: {answer}"
+        );
+        assert_eq!(
+            invoke(function, &request("job_id=ab")).await["statusCode"],
+            200,
+            "{function}"
+        );
+    }
+}
