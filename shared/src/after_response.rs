@@ -71,9 +71,10 @@ impl Background {
 /// the handler, and any other is answered with an error and reports nothing to do.
 ///
 /// The same holds for an event of type `T` that panics before the handler takes its ticket: lambda_http builds
-/// the request from the event before calling the handler, and panics on a path or query its URI type refuses (a
-/// raw `<`, `>` or space in the query string). That invocation is answered with an error and reports nothing to
-/// do; the panic's message is printed once, by the panic hook.
+/// the request from the event before calling the handler, and panics on one it cannot build (a query with a
+/// character `http::Uri` refuses, which `http_event::BuildableUri` encodes first, or a `Url` it cannot parse).
+/// That invocation is answered with an error and reports nothing to do; the panic's message is printed once, by
+/// the panic hook.
 pub struct EveryInvocation<T, S> {
     inner: S,
     background: Background,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod deadline;
 pub mod fal;
+pub mod http_event;
 pub mod input;
 pub mod jobs;
 pub mod json;

@@ -6,6 +6,7 @@ mod storage;
 
 use std::sync::Arc;
 
+use gen_pipeline::http_event::BuildableUri;
 use gen_pipeline::{AppState, after_response};
 use lambda_http::{Adapter, Error, service_fn};
 
@@ -27,7 +28,8 @@ async fn main() -> Result<(), Error> {
     // As `lambda_http::run`, with every invocation leaving the extension a word (`EveryInvocation`).
     // The extension's loop runs on a worker, so its first poll does not hold up the runtime's first `next`.
     let extension = tokio::spawn(extension);
-    let runtime = lambda_runtime::run(background.every_invocation(Adapter::from(handler)));
+    let runtime =
+        lambda_runtime::run(background.every_invocation(BuildableUri(Adapter::from(handler))));
     tokio::try_join!(runtime, async { extension.await? })?;
     Ok(())
 }
