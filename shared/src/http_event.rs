@@ -1,10 +1,9 @@
 //! HTTP events as the functions take them. lambda_http appends an API Gateway v2 event's raw query string (a
 //! function URL's, an HTTP API's) to the request's URI as it is, and panics when `http::Uri` refuses one of its
-//! characters: a raw space, `"`, `#`, `<`, `>` or control character, which a browser percent-encodes and a
-//! hand-made request need not. [`BuildableUri`] percent-encodes those first, as a browser would: the query decodes
-//! to the same parameters, and the handler answers the request as any other.
+//! characters: a raw space, `"`, `<`, `>` or control character, which a browser percent-encodes and a hand-made
+//! request need not (a raw `#` would end the URI's query there). [`BuildableUri`] percent-encodes those first, as a
+//! browser would: the query decodes to the same parameters, and the handler answers the request as any other.
 
-use std::borrow::Cow;
 use std::task::{Context, Poll};
 
 use lambda_http::request::LambdaRequest;
@@ -33,9 +32,12 @@ where
     fn call(&mut self, mut event: LambdaEvent<LambdaRequest>) -> Self::Future {
         if let LambdaRequest::ApiGatewayV2(request) = &mut event.payload
             && let Some(query) = request.raw_query_string.as_mut()
-            && let Cow::Owned(encoded) = Cow::from(utf8_percent_encode(query, REFUSED_IN_QUERY))
         {
-            *query = encoded;
+            // Compared whole: a query of one encoded byte comes back borrowed from the encoder's table.
+            let encoded = utf8_percent_encode(query, REFUSED_IN_QUERY).to_string();
+            if encoded != *query {
+                *query = encoded;
+            }
         }
         self.0.call(event)
     }
@@ -86,6 +88,13 @@ mod tests {
                 ("token".to_owned(), "x y\"#z".to_owned())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_query_of_one_refused_character_is_encoded() {
+        let (query, params) = seen("<").await;
+        assert_eq!(query.as_deref(), Some("%3C"));
+        assert_eq!(params, [("<".to_owned(), String::new())]);
     }
 
     #[tokio::test]
