@@ -1,11 +1,17 @@
-//! HTTP events as the functions take them. lambda_http appends an API Gateway v2 event's raw query string (a
-//! function URL's, an HTTP API's) to the request's URI as it is, and panics when `http::Uri` refuses one of its
-//! characters: a raw space, `"`, `<`, `>` or control character, which a browser percent-encodes and a hand-made
-//! request need not (a raw `#` would end the URI's query there). [`BuildableUri`] percent-encodes those first, as a
-//! browser would: the query decodes to the same parameters, and the handler answers the request as any other.
+//! HTTP events as the functions take them. lambda_http builds the request's URI from an API Gateway v2 event (a
+//! function URL's, an HTTP API's) and panics where it cannot, before the handler runs:
+//! - it appends the raw query string as it is, and `http::Uri` refuses a raw space, `"`, `<`, `>` or control
+//!   character, which a browser percent-encodes and a hand-made request need not (a raw `#` would end the URI's
+//!   query there). [`BuildableUri`] percent-encodes those first, as a browser would: the query decodes to the same
+//!   parameters;
+//! - it takes the scheme from `x-forwarded-proto` (`https` without one), and a value that is no scheme (a list a
+//!   proxy appended to, or a client's own) fails its URL parser. [`BuildableUri`] keeps only `http` and `https`.
+//!
+//! The handler then answers the request as any other; neither the query's raw form nor the scheme is read by it.
 
 use std::task::{Context, Poll};
 
+use lambda_http::http::{HeaderMap, HeaderValue};
 use lambda_http::request::LambdaRequest;
 use lambda_runtime::{LambdaEvent, Service};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -14,7 +20,10 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 /// `>`; `CONTROLS` also holds DEL).
 const REFUSED_IN_QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
 
-/// `inner` (lambda_http's `Adapter`) given events whose query it can build a URI of.
+/// The header lambda_http takes the URI's scheme from.
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// `inner` (lambda_http's `Adapter`) given events it can build a URI of.
 pub struct BuildableUri<S>(pub S);
 
 impl<S> Service<LambdaEvent<LambdaRequest>> for BuildableUri<S>
@@ -30,16 +39,33 @@ where
     }
 
     fn call(&mut self, mut event: LambdaEvent<LambdaRequest>) -> Self::Future {
-        if let LambdaRequest::ApiGatewayV2(request) = &mut event.payload
-            && let Some(query) = request.raw_query_string.as_mut()
-        {
-            // Compared whole: a query of one encoded byte comes back borrowed from the encoder's table.
-            let encoded = utf8_percent_encode(query, REFUSED_IN_QUERY).to_string();
-            if encoded != *query {
-                *query = encoded;
+        if let LambdaRequest::ApiGatewayV2(request) = &mut event.payload {
+            if let Some(query) = request.raw_query_string.as_mut() {
+                encode_refused(query);
             }
+            drop_unusable_scheme(&mut request.headers);
         }
         self.0.call(event)
+    }
+}
+
+/// An `x-forwarded-proto` other than `http` or `https` is removed; lambda_http then builds an `https` URI.
+fn drop_unusable_scheme(headers: &mut HeaderMap) {
+    let usable = |v: &HeaderValue| {
+        ["http", "https"]
+            .iter()
+            .any(|s| v.as_bytes().eq_ignore_ascii_case(s.as_bytes()))
+    };
+    if headers.get(FORWARDED_PROTO).is_some_and(|v| !usable(v)) {
+        headers.remove(FORWARDED_PROTO);
+    }
+}
+
+fn encode_refused(query: &mut String) {
+    // Compared whole: a query of one encoded byte comes back borrowed from the encoder's table.
+    let encoded = utf8_percent_encode(query, REFUSED_IN_QUERY).to_string();
+    if encoded != *query {
+        *query = encoded;
     }
 }
 
@@ -50,8 +76,12 @@ mod tests {
     use serde_json::Value;
 
     fn function_url_event(raw_query: &str) -> LambdaEvent<LambdaRequest> {
+        event_with_headers(raw_query, serde_json::json!({}))
+    }
+
+    fn event_with_headers(raw_query: &str, headers: Value) -> LambdaEvent<LambdaRequest> {
         let event = serde_json::json!({
-            "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": {},
+            "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": headers,
             "requestContext": {"http": {"method": "GET", "path": "/", "protocol": "HTTP/1.1",
                                         "sourceIp": "127.0.0.1", "userAgent": "test"}},
             "isBase64Encoded": false
@@ -59,8 +89,10 @@ mod tests {
         LambdaEvent::new(serde_json::from_value(event).unwrap(), Default::default())
     }
 
-    /// The request the handler gets for `raw_query`: its URI's query and its parameters.
-    async fn seen(raw_query: &str) -> (Option<String>, Vec<(String, String)>) {
+    /// What the handler gets for `event`: its URI, its query and the query's parameters.
+    async fn seen_in(
+        event: LambdaEvent<LambdaRequest>,
+    ) -> (String, Option<String>, Vec<(String, String)>) {
         let handler = lambda_http::service_fn(|req: Request| async move {
             let query = req.uri().query().map(str::to_owned);
             let params = req.query_string_parameters();
@@ -69,12 +101,33 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
             pairs.sort();
-            Ok::<_, lambda_http::Error>(serde_json::to_string(&(query, pairs))?)
+            let seen = (req.uri().to_string(), query, pairs);
+            Ok::<_, lambda_http::Error>(serde_json::to_string(&seen)?)
         });
         let mut service = BuildableUri(Adapter::from(handler));
-        let answer = service.call(function_url_event(raw_query)).await.unwrap();
+        let answer = service.call(event).await.unwrap();
         let answer: Value = serde_json::to_value(answer).unwrap();
         serde_json::from_str(answer["body"].as_str().unwrap()).unwrap()
+    }
+
+    async fn seen(raw_query: &str) -> (Option<String>, Vec<(String, String)>) {
+        let (_, query, params) = seen_in(function_url_event(raw_query)).await;
+        (query, params)
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_proto_that_is_no_scheme_is_dropped_and_http_or_https_kept() {
+        let host = "abc.lambda-url.us-east-1.on.aws";
+        for (proto, scheme) in [
+            ("https, http", "https"),
+            ("a b", "https"),
+            ("HTTP", "http"),
+            ("https", "https"),
+        ] {
+            let headers = serde_json::json!({"host": host, "x-forwarded-proto": proto});
+            let (uri, _, _) = seen_in(event_with_headers("a=1", headers)).await;
+            assert_eq!(uri, format!("{scheme}://{host}/?a=1"), "{proto}");
+        }
     }
 
     #[tokio::test]

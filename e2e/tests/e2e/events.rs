@@ -158,9 +158,9 @@ async fn an_event_that_is_not_an_http_request_is_answered_by_the_function() {
 }
 
 /// lambda_http builds the request from the event before calling the handler, and panics on a raw query string
-/// `http::Uri` refuses (here a `<` and a space). The functions percent-encode those characters first
-/// (`http_event::BuildableUri`), so such a request reaches the handler and gets its answer; the query's parameters
-/// are the same.
+/// `http::Uri` refuses (here a `<` and a space) or an `x-forwarded-proto` that is no scheme. The functions
+/// percent-encode those characters and drop such a header first (`http_event::BuildableUri`), so such a request
+/// reaches the handler and gets its answer; the query's parameters are the same.
 #[tokio::test]
 async fn a_query_with_characters_a_uri_refuses_reaches_the_handler() {
     let request = |raw_query: &str| {
@@ -179,5 +179,12 @@ async fn a_query_with_characters_a_uri_refuses_reaches_the_handler() {
                 "{function} {raw_query}: {answer}"
             );
         }
+        // The URI's scheme comes from `x-forwarded-proto`; one that is no scheme is dropped, not panicked on.
+        let mut forwarded = request("a=1");
+        forwarded["headers"] = serde_json::json!({
+            "host": "abc.lambda-url.us-east-1.on.aws", "x-forwarded-proto": "https, http"
+        });
+        let answer = invoke(function, &forwarded).await;
+        assert_eq!(answer["statusCode"], 200, "{function}: {answer}");
     }
 }
