@@ -71,10 +71,9 @@ impl Background {
 /// the handler, and any other is answered with an error and reports nothing to do.
 ///
 /// The same holds for an event of type `T` that panics before the handler takes its ticket: lambda_http builds
-/// the request from the event before calling the handler, and panics on one it cannot build (a query with a
-/// character `http::Uri` refuses, which `http_event::BuildableUri` encodes first, or a `Url` it cannot parse).
-/// That invocation is answered with an error and reports nothing to do; the panic's message is printed once, by
-/// the panic hook.
+/// the request from the event before calling the handler, and panics on one it cannot build (the causes known,
+/// a query or an `x-forwarded-proto` it cannot parse, `http_event::BuildableUri` mends first). That invocation is
+/// answered with an error and reports nothing to do; the panic's message is printed once, by the panic hook.
 pub struct EveryInvocation<T, S> {
     inner: S,
     background: Background,
@@ -202,6 +201,8 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_event::tests::function_url_event;
+    use serde_json::json;
     use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]
@@ -272,15 +273,6 @@ mod tests {
         first.is_ok() && second.is_err()
     }
 
-    fn function_url_event(raw_query: &str) -> Value {
-        serde_json::json!({
-            "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": {},
-            "requestContext": {"http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1",
-                                        "sourceIp": "127.0.0.1", "userAgent": "test"}},
-            "isBase64Encoded": false
-        })
-    }
-
     #[tokio::test]
     async fn a_request_lambda_http_cannot_build_is_answered_and_leaves_one_word() {
         let (bg, runner) = channel();
@@ -299,7 +291,10 @@ mod tests {
         let mut service = bg.every_invocation(lambda_http::Adapter::from(handler));
 
         // `<` is not allowed in an `http::Uri` query: lambda_http's conversion panics before the handler runs.
-        let unbuildable = Invocation::new(function_url_event("token=a<b"), Default::default());
+        let unbuildable = Invocation::new(
+            function_url_event("token=a<b", json!({})),
+            Default::default(),
+        );
         let answer = service.call(unbuildable).await;
         assert!(
             answer.is_err_and(|e| e.to_string() == "the event could not be read as a request"),
@@ -311,7 +306,10 @@ mod tests {
             "one word for the unbuilt request"
         );
 
-        let fine = Invocation::new(function_url_event("token=ab"), Default::default());
+        let fine = Invocation::new(
+            function_url_event("token=ab", json!({})),
+            Default::default(),
+        );
         assert!(service.call(fine).await.is_ok());
         assert_eq!(called.load(Ordering::SeqCst), 1);
         assert!(

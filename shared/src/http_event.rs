@@ -70,22 +70,23 @@ fn encode_refused(query: &mut String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lambda_http::{Adapter, Request, RequestExt as _};
     use serde_json::Value;
 
-    fn function_url_event(raw_query: &str) -> LambdaEvent<LambdaRequest> {
-        event_with_headers(raw_query, serde_json::json!({}))
-    }
-
-    fn event_with_headers(raw_query: &str, headers: Value) -> LambdaEvent<LambdaRequest> {
-        let event = serde_json::json!({
+    /// A function URL's event (API Gateway v2 shape) for `GET /?<raw_query>` with `headers`.
+    pub(crate) fn function_url_event(raw_query: &str, headers: Value) -> Value {
+        serde_json::json!({
             "version": "2.0", "rawPath": "/", "rawQueryString": raw_query, "headers": headers,
             "requestContext": {"http": {"method": "GET", "path": "/", "protocol": "HTTP/1.1",
                                         "sourceIp": "127.0.0.1", "userAgent": "test"}},
             "isBase64Encoded": false
-        });
+        })
+    }
+
+    fn event_with_headers(raw_query: &str, headers: Value) -> LambdaEvent<LambdaRequest> {
+        let event = function_url_event(raw_query, headers);
         LambdaEvent::new(serde_json::from_value(event).unwrap(), Default::default())
     }
 
@@ -111,7 +112,8 @@ mod tests {
     }
 
     async fn seen(raw_query: &str) -> (Option<String>, Vec<(String, String)>) {
-        let (_, query, params) = seen_in(function_url_event(raw_query)).await;
+        let (_, query, params) =
+            seen_in(event_with_headers(raw_query, serde_json::json!({}))).await;
         (query, params)
     }
 
