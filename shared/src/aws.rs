@@ -18,8 +18,9 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 /// Loads the standard configuration once. No network calls happen here; credentials resolve lazily.
 ///
 /// Every call is bounded: an endpoint that accepts connections but stops answering (a hung S3) fails the call
-/// instead of holding the invocation until Lambda's own timeout. The read timeout applies per read, so a long
-/// upload that keeps moving is not cut.
+/// instead of holding the invocation until Lambda's own timeout. The read timeout runs from a request's start to
+/// its answer's head, so it bounds the whole of a request whose body is in memory (a multipart part is 8 MiB); the
+/// streamed PutObject, which lasts as long as its source, sets bounds of its own (`storage::single_put`).
 ///
 /// In Lambda (`AWS_LAMBDA_FUNCTION_NAME` set) the runtime puts the function role's credentials and the region in
 /// the environment, so they are read there, without building the default chains (profile files, web identity,

@@ -15,7 +15,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{BoxError, Storage, StorageError, StoredObject, s3_err};
 
@@ -25,15 +25,22 @@ pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// Chunks waiting between the source and the request.
 const CHANNEL_CHUNKS: usize = 8;
 
-/// The wait for a PUT's answer, which comes only after the store has taken the whole object: the SDK's 20 s read
-/// timeout (meant for a hung connection) plus a second per 16 MiB, so a store that checks and writes a large
-/// object (moto takes ~20 s for 1 GiB) is not cut off.
-fn answer_timeout(len: u64) -> aws_sdk_s3::config::timeout::TimeoutConfig {
-    let read = Duration::from_secs(20 + len / (16 << 20));
-    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .read_timeout(read)
-        .build()
+/// A store that takes no chunk for this long is taken as hung, and so is one that does not answer this long (plus a
+/// second per 16 MiB, for a store that checks and writes a large object: moto takes ~20 s for 1 GiB) after the
+/// last byte. The SDK's read timeout cannot be that bound: it runs from the request's start to its answer's head,
+/// and this request lasts as long as its source (the media download, which has bounds of its own), so a slow
+/// download of a large result would be cut off however steadily it moved.
+const STORE_STALL: Duration = Duration::from_secs(20);
+
+fn answer_wait(len: u64) -> Duration {
+    STORE_STALL + Duration::from_secs(len / (16 << 20))
+}
+
+fn hung(reason: String) -> StorageError {
+    StorageError::S3 {
+        operation: "PutObject",
+        reason,
+    }
 }
 
 /// The request body: what the source sends through the channel, exactly `left` more bytes.
@@ -94,7 +101,10 @@ impl Storage {
             });
         }
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        // Dropped when the feed ends, however it ends: from then on the answer's wait is bounded.
+        let (fed_tx, fed_rx) = oneshot::channel::<()>();
         let feed = async move {
+            let _fed = fed_tx;
             let mut sent = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
@@ -104,9 +114,14 @@ impl Storage {
                         "the source is longer than its announced {len} bytes"
                     )));
                 }
-                if tx.send(chunk).await.is_err() {
+                match tokio::time::timeout(STORE_STALL, tx.send(chunk)).await {
+                    Ok(Ok(())) => {}
                     // The request ended early; its own error says why.
-                    return Ok(sent);
+                    Ok(Err(_)) => return Ok(sent),
+                    Err(_) => {
+                        let secs = STORE_STALL.as_secs();
+                        return Err(hung(format!("the store took no data for {secs} s")));
+                    }
                 }
             }
             if sent < len {
@@ -130,13 +145,31 @@ impl Storage {
             .config_override(
                 aws_sdk_s3::config::Builder::default()
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                    .timeout_config(answer_timeout(len)),
+                    .timeout_config(
+                        aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(3))
+                            .disable_read_timeout()
+                            .build(),
+                    ),
             )
             .send();
+        let put = async move {
+            let mut put = std::pin::pin!(put);
+            tokio::select! {
+                answered = &mut put => answered.map(drop).map_err(s3_err("PutObject")),
+                _ = fed_rx => match tokio::time::timeout(answer_wait(len), put).await {
+                    Ok(answered) => answered.map(drop).map_err(s3_err("PutObject")),
+                    Err(_) => {
+                        let secs = answer_wait(len).as_secs();
+                        Err(hung(format!("no answer within {secs} s of the last byte")))
+                    }
+                },
+            }
+        };
         let (fed, put) = tokio::join!(feed, put);
         // A source fault is the reason when there is one (the PUT then failed because of it).
         let size = fed?;
-        put.map_err(s3_err("PutObject"))?;
+        put?;
         Ok(StoredObject {
             bucket: bucket.to_owned(),
             key: key.to_owned(),

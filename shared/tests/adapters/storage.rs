@@ -209,3 +209,34 @@ async fn a_copy_of_a_missing_source_is_false_and_of_a_present_one_true() {
     assert!(present.await.unwrap());
     assert_eq!(s.head(&library, &target).await.unwrap().unwrap().size, 1000);
 }
+
+#[tokio::test]
+async fn a_sized_put_fed_slower_than_the_sdk_read_timeout_is_stored_whole() {
+    // The SDK's read timeout (20 s) runs from the request's start to its answer: a PUT fed by a download that
+    // keeps moving for longer than that must still be stored, as a slow result host's would be.
+    use futures::StreamExt;
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let key = format!("{}/slow.bin", unique("user"));
+    let chunk = 64 * 1024;
+    let chunks = 24u64;
+    let body = futures::stream::iter(0..chunks).then(move |i| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; chunk]))
+    });
+    let stored = s
+        .put_sized(
+            &bucket,
+            &key,
+            "application/octet-stream",
+            Box::pin(body),
+            chunks * chunk as u64,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.size, chunks * chunk as u64);
+    let meta = s.head(&bucket, &key).await.unwrap().unwrap();
+    assert_eq!(meta.size, chunks * chunk as u64);
+}
