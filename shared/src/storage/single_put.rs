@@ -79,6 +79,73 @@ impl http_body::Body for SizedBody {
     }
 }
 
+/// Sends the source's chunks to the request, exactly `len` bytes; the bytes sent. `fed` is told when every byte is
+/// sent (or the request took no more), and dropped untold when the feed fails.
+async fn feed<S, E>(
+    mut body: S,
+    tx: mpsc::Sender<Bytes>,
+    len: u64,
+    fed: oneshot::Sender<()>,
+) -> Result<u64, StorageError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
+    let mut sent = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
+        sent += chunk.len() as u64;
+        if sent > len {
+            return Err(StorageError::Source(format!(
+                "the source is longer than its announced {len} bytes"
+            )));
+        }
+        match tokio::time::timeout(STORE_STALL, tx.send(chunk)).await {
+            Ok(Ok(())) => {}
+            // The request ended early; its own answer says why.
+            Ok(Err(_)) => {
+                let _ = fed.send(());
+                return Ok(sent);
+            }
+            Err(_) => {
+                let secs = STORE_STALL.as_secs();
+                return Err(hung(format!("the store took no data for {secs} s")));
+            }
+        }
+    }
+    if sent < len {
+        return Err(StorageError::Source(format!(
+            "the source ended after {sent} of its announced {len} bytes"
+        )));
+    }
+    let _ = fed.send(());
+    Ok(sent)
+}
+
+/// The PUT's answer, waited for without a bound while the feed runs (which has bounds of its own) and for
+/// [`answer_wait`] once every byte is sent (`fed`); not at all once the feed failed (the request cannot succeed,
+/// and the feed's error says why).
+async fn answered<T, E: std::error::Error>(
+    put: impl Future<Output = Result<T, E>>,
+    fed: oneshot::Receiver<()>,
+    len: u64,
+) -> Result<(), StorageError> {
+    let mut put = std::pin::pin!(put);
+    tokio::select! {
+        answered = &mut put => answered.map(drop).map_err(s3_err("PutObject")),
+        sent = fed => match sent {
+            Err(_) => Err(hung("the request's body was not sent whole".into())),
+            Ok(()) => match tokio::time::timeout(answer_wait(len), put).await {
+                Ok(answered) => answered.map(drop).map_err(s3_err("PutObject")),
+                Err(_) => {
+                    let secs = answer_wait(len).as_secs();
+                    Err(hung(format!("no answer within {secs} s of the last byte")))
+                }
+            },
+        },
+    }
+}
+
 impl Storage {
     /// Streams `body`, announced as `len` bytes, into `bucket/key` with one PutObject (`len` ≤
     /// [`MAX_SINGLE_PUT`]). A source that fails, sends more or fewer than `len` bytes fails the PUT: no object is
@@ -88,7 +155,7 @@ impl Storage {
         bucket: &str,
         key: &str,
         content_type: &str,
-        mut body: S,
+        body: S,
         len: u64,
     ) -> Result<StoredObject, StorageError>
     where
@@ -101,36 +168,9 @@ impl Storage {
             });
         }
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        // Dropped when the feed ends, however it ends: from then on the answer's wait is bounded.
+        // Told when the feed has sent every byte: from then on the answer's wait is bounded.
         let (fed_tx, fed_rx) = oneshot::channel::<()>();
-        let feed = async move {
-            let _fed = fed_tx;
-            let mut sent = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Source(e.into().to_string()))?;
-                sent += chunk.len() as u64;
-                if sent > len {
-                    return Err(StorageError::Source(format!(
-                        "the source is longer than its announced {len} bytes"
-                    )));
-                }
-                match tokio::time::timeout(STORE_STALL, tx.send(chunk)).await {
-                    Ok(Ok(())) => {}
-                    // The request ended early; its own error says why.
-                    Ok(Err(_)) => return Ok(sent),
-                    Err(_) => {
-                        let secs = STORE_STALL.as_secs();
-                        return Err(hung(format!("the store took no data for {secs} s")));
-                    }
-                }
-            }
-            if sent < len {
-                return Err(StorageError::Source(format!(
-                    "the source ended after {sent} of its announced {len} bytes"
-                )));
-            }
-            Ok(sent)
-        };
+        let feed = feed(body, tx, len, fed_tx);
         let put = self
             .s3
             .put_object()
@@ -153,23 +193,16 @@ impl Storage {
                     ),
             )
             .send();
-        let put = async move {
-            let mut put = std::pin::pin!(put);
-            tokio::select! {
-                answered = &mut put => answered.map(drop).map_err(s3_err("PutObject")),
-                _ = fed_rx => match tokio::time::timeout(answer_wait(len), put).await {
-                    Ok(answered) => answered.map(drop).map_err(s3_err("PutObject")),
-                    Err(_) => {
-                        let secs = answer_wait(len).as_secs();
-                        Err(hung(format!("no answer within {secs} s of the last byte")))
-                    }
-                },
-            }
-        };
+        let put = answered(put, fed_rx, len);
         let (fed, put) = tokio::join!(feed, put);
-        // A source fault is the reason when there is one (the PUT then failed because of it).
-        let size = fed?;
-        put?;
+        // A source fault is the reason when there is one (the PUT then failed because of it); else the store's
+        // own error is, rather than the feed's stall that an early answer of the store may have caused.
+        let size = match (fed, put) {
+            (Err(e @ StorageError::Source(_)), _) | (_, Err(e)) | (Err(e), Ok(())) => {
+                return Err(e);
+            }
+            (Ok(size), Ok(())) => size,
+        };
         Ok(StoredObject {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
