@@ -686,6 +686,7 @@ for_each_provider!(
     media_stalling_past_the_read_timeout_is_retried_and_completed_once,
     a_failed_record_after_the_provider_accepted_still_answers_queued,
     a_database_fault_part_way_through_a_submission_fails_its_job,
+    a_holder_whose_claim_was_taken_over_commits_nothing,
 );
 
 /// (a) S3 (moto) frozen with SIGSTOP for ~5 s in the middle of a webhook's transfer, then continued.
@@ -888,6 +889,41 @@ async fn a_job_cancelled_after_a_failed_commit_keeps_no_object(provider: Provide
     assert_eq!(answer.0, 200, "{}", answer.1);
     f.settled(1, Duration::from_secs(120)).await;
     assert_exactly_once(f.user_id, &f.job_id, "cancelled").await;
+}
+
+/// (b'') A holder whose claim another holder took over while it transferred (its lease ran out while its database
+/// was unreachable; played here by moving the claim) commits nothing and removes nothing: the job and the object
+/// under its key are the other holder's. Then that holder is gone too, and the job is completed once.
+async fn a_holder_whose_claim_was_taken_over_commits_nothing(provider: Provider) {
+    let _turn = FAULTS.lock().await;
+    let (f, _) =
+        Faulted::transferring(provider, "fault takeover", 8 * MIB, "#media-type=video/mp4").await;
+    let job_id = Uuid::parse_str(&f.job_id).unwrap();
+    let moved = "UPDATE public.job_completion_claims
+                    SET holder = gen_random_uuid(), attempts = attempts + 1,
+                        lease_expires_at = now() + interval '10 minutes'
+                  WHERE job_id = $1";
+    assert_eq!(db().await.execute(moved, &[&job_id]).await.unwrap(), 1);
+    let first = f
+        .provider
+        .answered_deliveries(&f.request_id, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(first[0]["http_status"], 503, "{first:?}");
+    assert_eq!(job(&f.job_id).await["status"], "queued");
+    assert_eq!(rows("workspace_assets", &f.job_id).await, 0);
+    assert_eq!(
+        objects_of_job(&f.user_id.to_string(), &f.job_id)
+            .await
+            .len(),
+        1,
+        "the object under the job's key is the other holder's too"
+    );
+    let ended =
+        "UPDATE public.job_completion_claims SET lease_expires_at = now() - interval '1 second'
+                  WHERE job_id = $1";
+    db().await.execute(ended, &[&job_id]).await.unwrap();
+    let (attempts, passes, _) = f.completes_once(1, Duration::from_secs(240)).await;
+    f.report("claim taken over", &attempts, passes).await;
 }
 
 /// (d) The provider's queue answering 503: the submission falls back to the sync route (fal's sync host,

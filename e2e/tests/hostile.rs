@@ -388,6 +388,7 @@ for_each_provider!(
     post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_planted,
     a_client_cancel_during_a_delivery_leaves_the_job_cancelled_with_nothing_stored,
     a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job,
+    a_job_written_again_during_its_deliverys_transfer_is_left_as_written,
 );
 
 async fn cancel_ignores_a_planted_cancel_url_and_cancels_at_the_provider(provider: Provider) {
@@ -559,7 +560,7 @@ async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_
             attacker,
             "INSERT INTO public.workspace_assets (user_id, job_id, asset_index, asset_type, temp_storage_path,
                  thumbnail_path, file_size_bytes, mime_type, generation_seed, original_prompt, model_used)
-             VALUES ($1, $2, $3, 'video', $4, $4, 1, 'video/mp4', 1, 'planted', 'planted') RETURNING 1",
+             VALUES ($1, $2, $3, 'image', $4, $4, 1, 'image/gif', 1, 'planted', 'planted') RETURNING 1",
             &[&attacker, &id(&job_id), &index, &victim.key],
         )
         .await;
@@ -569,19 +570,24 @@ async fn post_processing_copies_the_attackers_own_result_whatever_asset_rows_it_
     let j = wait_terminal(&job_id, WAIT).await;
     assert_eq!(j["status"], "completed", "{j}");
     let (_, own_sha) = result_of(attacker, &job_id).await;
-    let mut library_key = String::new();
+    let (mut library_key, mut described) = (String::new(), Value::Null);
     wait_until("the portrait's library copy", WAIT, async || {
         let row = db()
             .await
             .query_opt(
-                "SELECT storage_path FROM public.user_library WHERE user_id = $1 AND character_id = $2",
+                "SELECT storage_path, jsonb_build_array(asset_type, mime_type, file_size_bytes)
+                   FROM public.user_library WHERE user_id = $1 AND character_id = $2",
                 &[&attacker, &character],
             )
             .await
             .unwrap();
-        row.map(|r| library_key = r.get(0)).is_some()
+        row.map(|r| (library_key, described) = (r.get(0), r.get(1)))
+            .is_some()
     })
     .await;
+    // The library row describes the result (the queued model's 4096-byte video), not the row planted ahead of it
+    // at -1 (a 1-byte GIF), which post-processing read as the job's asset before.
+    assert_eq!(described, json!(["video", "video/mp4", 4096]));
     let library = stack_var("LIBRARY_BUCKET");
     assert!(
         library_key.starts_with(&format!("{attacker}/")),
@@ -1067,19 +1073,10 @@ async fn a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job(pr
     let (job_id, request_id) = provider
         .queued(&jwt, "written again", "#delay-ms=2000")
         .await;
-    client_writes(
+    write_again(
         attacker,
-        "DELETE FROM public.jobs WHERE id = $1 RETURNING 1",
-        &[&id(&job_id)],
-    )
-    .await;
-    client_writes(
-        attacker,
-        "INSERT INTO public.jobs (id, user_id, job_type, status, format, started_at, metadata)
-         VALUES ($1, $2, 'video_fast', 'queued', 'video', now() - interval '1 day',
-                 '{\"estimated_cost\": 9999, \"destination\": \"character_portrait\"}')
-         RETURNING 1",
-        &[&id(&job_id), &attacker],
+        &job_id,
+        json!({"estimated_cost": 9999, "destination": "character_portrait"}),
     )
     .await;
     assert_not_delivered_yet(provider, &request_id).await;
@@ -1101,6 +1098,56 @@ async fn a_job_written_again_under_a_deleted_jobs_id_is_not_the_deliverys_job(pr
     assert_eq!(asset_count(&job_id).await, 0);
     let objects = objects_of_job(&attacker.to_string(), &job_id).await;
     assert!(objects.is_empty(), "{objects:?}");
+}
+
+/// The same while the delivery is storing the result: the job was read, with its run, before the client deleted it
+/// and wrote another row under its id. The completing transaction finds a row without a run and leaves it as
+/// written (before, it completed it with the deleted job's result); nothing is stored for it.
+async fn a_job_written_again_during_its_deliverys_transfer_is_left_as_written(provider: Provider) {
+    let (attacker, jwt) = user().await;
+    let directives = format!(
+        "#media-bytes={} #media-rate={} #media-type=video/mp4",
+        8 << 20,
+        4 << 20
+    );
+    let (job_id, request_id) = provider
+        .queued(&jwt, "written again mid-transfer", &directives)
+        .await;
+    let claims = "SELECT count(*) FROM public.job_completion_claims WHERE job_id = $1";
+    wait_until("the delivery's claim", WAIT, async || {
+        count(claims, &job_id).await == 1
+    })
+    .await;
+    write_again(attacker, &job_id, json!({"written": "again"})).await;
+    let written = job(&job_id).await;
+    provider.answered_deliveries(&request_id, 1, WAIT).await;
+    assert_eq!(
+        job(&job_id).await,
+        written,
+        "the row the client wrote was changed"
+    );
+    assert_eq!(asset_count(&job_id).await, 0);
+    let objects = objects_of_job(&attacker.to_string(), &job_id).await;
+    assert!(objects.is_empty(), "{objects:?}");
+}
+
+/// The client deletes its job (its run goes with it) and writes another row under the same id, with its own
+/// metadata and times.
+async fn write_again(user: Uuid, job_id: &str, metadata: Value) {
+    client_writes(
+        user,
+        "DELETE FROM public.jobs WHERE id = $1 RETURNING 1",
+        &[&id(job_id)],
+    )
+    .await;
+    client_writes(
+        user,
+        "INSERT INTO public.jobs (id, user_id, job_type, status, format, started_at, metadata)
+         VALUES ($1, $2, 'video_fast', 'queued', 'video', now() - interval '1 day', $3::jsonb)
+         RETURNING 1",
+        &[&id(job_id), &user, &metadata],
+    )
+    .await;
 }
 
 /// Values an owner may write that Postgres takes and Rust cannot decode: a JSON number beyond `f64` in the job's

@@ -129,6 +129,36 @@ pub fn content_type_and_ext(
     }
 }
 
+/// A page or document served where the result should be (a CDN edge's error or sign-in page with a 200) is not the
+/// result: a fault that may pass, as a 5xx would be, never a completed job whose file is no media.
+fn not_a_document(served: Option<&str>) -> Result<(), CompletionError> {
+    match served.filter(|t| is_document(t)) {
+        Some(t) => Err(CompletionError::Media(format!(
+            "the result URL served {t}, not media"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether a served content type is a document (text, HTML, JSON, XML, script): what an error page is, never what
+/// an image or video result is.
+fn is_document(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let Some((top, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    top == "text"
+        || (top == "application"
+            && (matches!(sub, "json" | "xml" | "javascript" | "xhtml+xml" | "html")
+                || sub.ends_with("+json")
+                || sub.ends_with("+xml")))
+}
+
 /// The deterministic key of a job's result: the original's `<user_id>/<job_id>_…` shape, without a timestamp.
 pub fn result_key(job: &JobRecord, ext: &str) -> String {
     format!("{}/{}_0.{ext}", job.user_id, job.id)
@@ -388,16 +418,26 @@ async fn complete_claimed(
     let (asset, patch) = record_of(c, &stored);
     let committed = commit_completion(state, settings, c, holder, &asset, &patch, &stored).await;
     let asset_id = match committed {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            // Cancelled (or failed) while we transferred: keep it so, and leave no object behind. Completed by
-            // another caller (one that took the claim over after our lease ran out, while our database was
-            // unreachable): the object under the job's key is the one its asset names, and stays.
-            let status = current_status(state, settings, job.id).await?;
-            if status != JobStatus::Completed {
-                remove_objects(state, settings, job).await;
+        Ok(Committed::Done(id)) => id,
+        // The owner deleted the job and wrote another row under its id: not this job, which is gone.
+        Ok(Committed::Replaced) => {
+            remove_objects(state, settings, job).await;
+            return Ok(Outcome::AlreadyTerminal(JobStatus::Cancelled));
+        }
+        Ok(Committed::NotOurs) => {
+            // Our lease ran out (while our database was unreachable). With the run still open, another caller
+            // took the job over, and may hold it or have let it go: it writes the same keys, and it or a retry
+            // completes or fails the job. Nothing of ours is committed, and nothing is removed. With the run
+            // closed, a cancel or failure ended the job (and cleared the claim): as below.
+            let current = current_state(state, settings, job.id).await?;
+            if !current.run_closed {
+                return Ok(Outcome::Busy);
             }
-            return Ok(Outcome::AlreadyTerminal(status));
+            return Ok(ended_meanwhile(state, settings, job, current).await);
+        }
+        Ok(Committed::NotOpen) => {
+            let current = current_state(state, settings, job.id).await?;
+            return Ok(ended_meanwhile(state, settings, job, current).await);
         }
         Err(e) => {
             // The commit's fate is unknown until the job is read back: only a job seen still open, and not
@@ -411,6 +451,11 @@ async fn complete_claimed(
         }
     };
     tracing::info!(job_id = %job.id, key = %stored.key, bytes = stored.size, "job completed");
+    // What a holder before us may have left under another extension (it stored the result, then was killed before
+    // its commit, and the media came back with another type) is nothing's now.
+    let ours = [Some(stored.key.as_str()), stored.thumbnail_path.as_deref()];
+    let keep: Vec<&str> = ours.into_iter().flatten().collect();
+    remove_objects_except(state, settings, job, &keep).await;
     Ok(Outcome::Completed(Completed {
         asset_id,
         storage_path: stored.key,
@@ -439,14 +484,50 @@ async fn terminal_under_claim(
     }
 }
 
-async fn current_status(
+/// The job as it reads now: its status (`cancelled` when it is gone), whether its run is closed, and the keys of the
+/// result its run records, if any.
+struct CurrentState {
+    status: JobStatus,
+    run_closed: bool,
+    recorded: [Option<String>; 2],
+}
+
+async fn current_state(
     state: &AppState,
     settings: &Settings,
     job_id: Uuid,
-) -> Result<JobStatus, CompletionError> {
+) -> Result<CurrentState, CompletionError> {
     let client = state.db_client(settings).await?;
-    let current = db::jobs::get(&**client, job_id).await?.map(|j| j.status);
-    Ok(current.unwrap_or(JobStatus::Cancelled))
+    let job = db::jobs::get(&**client, job_id).await?;
+    let run = job.as_ref().and_then(|j| j.run.as_ref());
+    let recorded = match run {
+        Some(r) if r.result_key.is_some() => [r.result_key.clone(), r.thumbnail_key.clone()],
+        _ => [None, None],
+    };
+    Ok(CurrentState {
+        status: job.as_ref().map_or(JobStatus::Cancelled, |j| j.status),
+        run_closed: run.is_none_or(|r| r.closed_at.is_some()),
+        recorded,
+    })
+}
+
+/// A job that ended while we transferred. Cancelled (or failed): keep it so, and leave no object behind. Completed
+/// by another caller: the objects its run records stay. Which of the two is read from the run's result key, which
+/// only the completing transaction writes, not from the job's status, which its owner can rewrite.
+async fn ended_meanwhile(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    current: CurrentState,
+) -> Outcome {
+    let keep: Vec<&str> = current
+        .recorded
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    remove_objects_except(state, settings, job, &keep).await;
+    Outcome::AlreadyTerminal(current.status)
 }
 
 /// Streams the result named by the output from the media host into S3 under the job's deterministic key, and
@@ -472,6 +553,7 @@ async fn transfer(
         Err(e @ FetchError::Gone(_)) => return Ok(Transfer::Refused(e.to_string())),
         Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
     };
+    not_a_document(media.content_type.as_deref())?;
     let (mime_type, ext) = content_type_and_ext(
         media.content_type.as_deref(),
         found.content_type.as_deref(),
@@ -500,6 +582,14 @@ async fn transfer(
         Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
         Err(e) => return Err(CompletionError::Storage(e)),
     };
+    if size == 0 {
+        let empty = std::slice::from_ref(&key);
+        if let Err(e) = state.storage.delete_keys(bucket, empty).await {
+            tracing::warn!(job_id = %job.id, error = %e, "could not delete an empty result");
+        }
+        let message = "the result URL served an empty body";
+        return Err(CompletionError::Media(message.into()));
+    }
     let thumbnail_path = if found.result_type == ResultType::Video {
         copy_thumbnail(state, settings, job).await
     } else {
@@ -566,8 +656,21 @@ fn record_of(c: &Completion<'_>, stored: &Stored) -> (db::assets::NewAsset, Valu
     (asset, crate::json::without_nul(&patch))
 }
 
-/// The completing transaction: asset, result keys, job transition, usage, claim release. `None` when the job was
-/// no longer open (nothing committed).
+/// What the completing transaction came to.
+enum Committed {
+    /// The job is completed with this asset.
+    Done(Uuid),
+    /// The job was no longer open: nothing committed.
+    NotOpen,
+    /// The claim is no longer ours (our lease ran out; another holder took it over, or a cancel or failure cleared
+    /// it): nothing committed.
+    NotOurs,
+    /// The job's row is another one its owner wrote under its id after deleting it: nothing committed.
+    Replaced,
+}
+
+/// The completing transaction: claim release, asset, result keys, job transition, usage. It commits only while the
+/// claim is still ours: a holder whose lease ran out must not complete the job over the one that took it over.
 async fn commit_completion(
     state: &AppState,
     settings: &Settings,
@@ -576,22 +679,36 @@ async fn commit_completion(
     asset: &db::assets::NewAsset,
     patch: &Value,
     stored: &Stored,
-) -> Result<Option<Uuid>, CompletionError> {
+) -> Result<Committed, CompletionError> {
     let job = c.job;
     let mut client = state.db_client(settings).await?;
     let tx = client.transaction().await?;
+    // The job's row first, as every writer of a job takes it; locked, no delete and insert of another row with its
+    // id can come between the checks and the transition.
+    db::jobs::lock(&*tx, job.id).await?;
+    // (A deleted job's claim went with it: the replacement is told first.)
+    let outcome = if job.run.is_some() && !db::runs::exists(&*tx, job.id).await? {
+        Some(Committed::Replaced)
+    } else if !db::claims::release(&*tx, job.id, holder).await? {
+        Some(Committed::NotOurs)
+    } else {
+        None
+    };
+    if let Some(outcome) = outcome {
+        tx.rollback().await?;
+        return Ok(outcome);
+    }
     let asset_id = db::assets::insert_once(&*tx, asset).await?;
     if !db::jobs::transition(&*tx, job.id, JobStatus::Completed, None, patch).await? {
         tx.rollback().await?;
         db::claims::release(&**client, job.id, holder).await?;
-        return Ok(None);
+        return Ok(Committed::NotOpen);
     }
     let thumbnail = stored.thumbnail_path.as_deref();
     db::runs::record_result(&*tx, job.id, &stored.key, thumbnail).await?;
     settle_usage(&*tx, job, &c.usage, stored.media.result_type).await?;
-    db::claims::release(&*tx, job.id, holder).await?;
     tx.commit().await?;
-    Ok(Some(asset_id))
+    Ok(Committed::Done(asset_id))
 }
 
 /// How long [`still_ours`] waits for the job's row: a completing transaction whose connection was lost holds it
@@ -622,7 +739,19 @@ async fn still_ours(
 /// Deletes the job's result objects by their exact keys (every key a result of the job can have), best effort:
 /// the bucket's expiry is the backstop. Exact keys need only `s3:DeleteObject`, no listing.
 pub async fn remove_objects(state: &AppState, settings: &Settings, job: &JobRecord) {
-    let keys = crate::storage::result_key_candidates(job.user_id, job.id);
+    remove_objects_except(state, settings, job, &[]).await;
+}
+
+/// [`remove_objects`], but for the keys of a stored result, which stay: a holder before us may have stored the
+/// result under another extension (the served type decides it), which nothing points at once the job completes.
+async fn remove_objects_except(
+    state: &AppState,
+    settings: &Settings,
+    job: &JobRecord,
+    keep: &[&str],
+) {
+    let mut keys = crate::storage::result_key_candidates(job.user_id, job.id);
+    keys.retain(|k| !keep.contains(&k.as_str()));
     if let Err(e) = state
         .storage
         .delete_keys(&settings.config.workspace_bucket, &keys)
@@ -896,6 +1025,32 @@ mod tests {
             content_type_and_ext(Some("text/html"), None, ResultType::Image),
             ("image/png".into(), "png")
         );
+    }
+
+    #[test]
+    fn documents_are_told_from_media() {
+        for doc in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "TEXT/PLAIN",
+            "application/json",
+            "application/problem+json",
+            "application/xhtml+xml",
+            "application/xml",
+        ] {
+            assert!(is_document(doc), "{doc}");
+        }
+        for media in [
+            "image/png",
+            "video/mp4",
+            "application/octet-stream",
+            "binary/octet-stream",
+            "image/svg+xml",
+            "",
+            "nonsense",
+        ] {
+            assert!(!is_document(media), "{media}");
+        }
     }
 
     #[test]

@@ -447,6 +447,29 @@ async fn media_500_is_retried_by_fal_and_leaves_the_job_queued() {
 }
 
 #[tokio::test]
+async fn media_served_as_a_page_or_empty_is_retried_and_stores_nothing() {
+    // A CDN edge's error page with a 200, or an empty body, where the result should be: not a result to complete
+    // the job with (before, it was stored as `<job>_0.png` and the job completed).
+    for (text, directive) in [
+        ("webhook media page", "#media-type=text/html"),
+        ("webhook media json", "#media-type=application/json"),
+        ("webhook media empty", "#media-bytes=0"),
+    ] {
+        let (user_id, job_id, request_id) = submit(text, directive).await;
+        let attempts = answered_deliveries(&request_id, 2, Duration::from_secs(30)).await;
+        for a in &attempts {
+            let s = a["http_status"].as_u64().unwrap();
+            assert!((500..600).contains(&s), "{directive}: {attempts:?}");
+        }
+        let j = job(&job_id).await;
+        assert_eq!(j["status"], "queued", "{directive}: {j}");
+        assert_eq!(asset_count(&job_id).await, 0, "{directive}");
+        let stored = objects_of_job(&user_id.to_string(), &job_id).await;
+        assert!(stored.is_empty(), "{directive}: {stored:?}");
+    }
+}
+
+#[tokio::test]
 async fn media_failing_first_completes_on_a_retry() {
     let (user_id, job_id, request_id) = submit("webhook media flaky", "#media-fail-first=2").await;
     let attempts = settled_deliveries(&request_id, 1, JOB_TIMEOUT).await;

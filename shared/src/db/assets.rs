@@ -69,8 +69,10 @@ pub async fn insert_once<C: GenericClient>(
     Ok(row.get(0))
 }
 
-/// The job's first asset among its owner's rows: anyone may insert `workspace_assets` rows of their own under
-/// another user's `job_id` (RLS checks only `user_id`), and those are never the job's.
+/// The job's asset (index 0, the one the completion writes) among its owner's rows: anyone may insert
+/// `workspace_assets` rows of their own under another user's `job_id` (RLS checks only `user_id`), and those are
+/// never the job's; nor is a row its owner planted at another index. The owner may still update the row at 0
+/// (its type, size and paths are theirs to write): callers take the keys from the job's run, not from it.
 pub async fn for_job<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -79,8 +81,7 @@ pub async fn for_job<C: GenericClient>(
     Ok(client
         .query_typed_opt(
             "SELECT id, asset_type, temp_storage_path, thumbnail_path, mime_type, file_size_bytes
-               FROM public.workspace_assets WHERE job_id = $1 AND user_id = $2
-              ORDER BY asset_index LIMIT 1",
+               FROM public.workspace_assets WHERE job_id = $1 AND user_id = $2 AND asset_index = 0",
             &[(&job_id, Type::UUID), (&owner, Type::UUID)],
         )
         .await?

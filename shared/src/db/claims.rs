@@ -60,19 +60,20 @@ async fn with_lease<C: GenericClient>(
     Ok(!client.query_typed(sql, &params).await?.is_empty())
 }
 
-/// Gives the claim up (after finishing, or after a transient failure so a retry need not wait for the lease).
+/// Gives the claim up (after finishing, or after a transient failure so a retry need not wait for the lease). False
+/// when `holder` no longer held it (its lease ran out and another holder took the job over).
 pub async fn release<C: GenericClient>(
     client: &C,
     job_id: Uuid,
     holder: Uuid,
-) -> Result<(), tokio_postgres::Error> {
-    client
+) -> Result<bool, tokio_postgres::Error> {
+    let released = client
         .query_typed(
-            "DELETE FROM public.job_completion_claims WHERE job_id = $1 AND holder = $2",
+            "DELETE FROM public.job_completion_claims WHERE job_id = $1 AND holder = $2 RETURNING job_id",
             &[(&job_id, Type::UUID), (&holder, Type::UUID)],
         )
         .await?;
-    Ok(())
+    Ok(!released.is_empty())
 }
 
 /// A job's claim: who holds it, and whether its lease still runs (with a margin for what the holder is about to do).

@@ -228,7 +228,8 @@ pub async fn ended_without_run<C: GenericClient>(
     Ok(row.get(0))
 }
 
-/// Merges `patch` into an open job's metadata without changing its status; false when the job is closed.
+/// Merges `patch` into an open job's metadata without changing its status; false when the job is closed: by its
+/// status, or by its run (a cancel closes the run, and the owner can set the status back).
 pub async fn annotate_open<C: GenericClient>(
     client: &C,
     id: Uuid,
@@ -237,6 +238,7 @@ pub async fn annotate_open<C: GenericClient>(
     let sql = format!(
         "UPDATE public.jobs SET metadata = coalesce(metadata, '{{}}'::jsonb) || $2
           WHERE id = $1 AND coalesce(status, 'queued') IN {OPEN_STATUSES_SQL}
+            AND NOT EXISTS (SELECT 1 FROM public.job_runs r WHERE r.job_id = $1 AND r.closed_at IS NOT NULL)
           RETURNING id"
     );
     let rows = client

@@ -243,6 +243,21 @@ pub async fn abandons<C: GenericClient>(
     Ok(row.is_some_and(|r| r.get::<_, Option<bool>>(0) == Some(true)))
 }
 
+/// Whether the job has a run (open or closed). A job row without one, where the job was read with one, is not that
+/// job: its owner deleted it (the run went with it) and wrote another row with its id.
+pub async fn exists<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT 1 FROM public.job_runs WHERE job_id = $1",
+            &[(&job_id, Type::UUID)],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// Closes the run of a job its owner ended (the status says so), once the provider is done with it or told to
 /// stop: from then on it no longer counts against the owner's open jobs, and the job is never completed.
 pub async fn close<C: GenericClient>(

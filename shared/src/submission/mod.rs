@@ -678,7 +678,6 @@ async fn sync_answer(
             let result_url =
                 storage_links::client_link(state, settings, api_base, bucket, key, RESULT_LINK_TTL)
                     .await?;
-            let post_process = job.run.as_ref().is_some_and(|r| !r.post_steps.is_empty());
             Ok(SubmitResult {
                 answer: Submitted::Completed {
                     job_id,
@@ -687,7 +686,7 @@ async fn sync_answer(
                     result_type: done.result_type.as_str().to_owned(),
                     original_url: done.original_url,
                 },
-                post_process: post_process.then_some(job_id),
+                post_process: post_process_of(job),
             })
         }
         Ok(Outcome::Failed(message)) => Err(SubmitError::ResultFailed { job_id, message }),
@@ -711,13 +710,35 @@ async fn sync_answer(
             Ok(SubmitResult::queued(job_id, request_id.to_owned()))
         }
         Err(e) => {
+            // A completion whose COMMIT went through but whose acknowledgement was lost (the connection dropped
+            // after it) reads as an error here while the job is completed with its asset (its run records the
+            // result, which only the completing transaction writes): it is answered with that result, not with a
+            // failure the row contradicts (which would send the caller back to pay for another run).
+            if current_job(state, settings, job_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|j| j.run)
+                .is_some_and(|r| r.result_key.is_some())
+            {
+                tracing::warn!(%job_id, error = %e, "the completion reported an error, but the job is completed");
+                let mut answer = completed_elsewhere(state, settings, api_base, job_id).await?;
+                answer.post_process = post_process_of(job);
+                return Ok(answer);
+            }
             // A sync job has no one else to finish it: fail it with the reason instead of leaving it processing.
             let message = format!("Storing the result failed: {e}");
-            tracing::error!(%job_id, error = %e, "sync result could not be stored");
             fail_job(state, settings, job_id, &message).await?;
+            tracing::error!(%job_id, error = %e, "sync result could not be stored");
             Err(SubmitError::ResultFailed { job_id, message })
         }
     }
+}
+
+/// The job whose post-processing the answer leaves to run after it: a completed job's, when it has steps.
+fn post_process_of(job: &JobRecord) -> Option<Uuid> {
+    let steps = job.run.as_ref().is_some_and(|r| !r.post_steps.is_empty());
+    steps.then_some(job.id)
 }
 
 /// The answer for a sync job another caller completed: its stored result, as the job reads now.
