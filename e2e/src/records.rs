@@ -77,6 +77,19 @@ pub async fn s3() -> aws_sdk_s3::Client {
     gen_pipeline::aws::s3(&sdk_config().await)
 }
 
+/// Stores `body` under `key` in the stack's bucket `bucket_var` (`WORKSPACE_BUCKET`, `LIBRARY_BUCKET`): an object
+/// a test plants, standing for one an earlier run left behind.
+pub async fn plant_object(bucket_var: &str, key: &str, body: &[u8]) {
+    s3().await
+        .put_object()
+        .bucket(stack_var(bucket_var))
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
 /// The first column of every row `sql` returns.
 pub async fn first_column<T>(
     db: &tokio_postgres::Client,

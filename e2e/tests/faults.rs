@@ -958,9 +958,10 @@ async fn media_failing_past_the_providers_retries_is_completed_by_the_reconciler
             .all(|a| a["http_status"].as_u64().is_some_and(|s| s >= 500)),
         "every try should be answered 5xx"
     );
-    // The provider gave up: the job is open, nothing is stored, and its claim was released at each failure.
+    // The provider gave up: the job is open, nothing is stored, and each failure ended its holder's lease at once,
+    // the next try taking the job over (each a holder after another).
     assert_exactly_once(user_id, job_id, "queued").await;
-    assert_eq!(rows("job_completion_claims", job_id).await, 0);
+    assert_eq!(claim(job_id).await, Some((false, FAL_TRIES as i32)));
     assert_eq!(f.record().await["media_fetches"], FAL_TRIES);
 
     let passes = reconcile_if_open(job_id, 5).await;

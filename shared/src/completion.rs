@@ -3,8 +3,10 @@
 //!
 //! 1. a terminal job is left alone;
 //! 2. the job's claim (a renewed lease in `job_completion_claims`) makes one caller at a time do the work; a
-//!    caller that dies stops renewing and the next one takes over after the lease;
-//! 3. the media is streamed from fal into S3 under a deterministic key (a retry overwrites, never orphans);
+//!    caller that dies stops renewing and the next one takes over after the lease, and one that fails ends its
+//!    lease at once; the claim counts its holders until the job closes;
+//! 3. the media is streamed from fal into S3 under a deterministic key (a retry overwrites, never orphans; a
+//!    holder after another removes, once it has committed, what that one may have stored under another extension);
 //! 4. ONE transaction inserts the asset (unique on `(job_id, asset_index)`), moves the job to `completed` only if
 //!    it is still open, completes the usage row and drops the claim. Readers see the job completed and its asset
 //!    together, or neither.
@@ -299,18 +301,19 @@ pub async fn complete(
         return Ok(Outcome::AlreadyTerminal(job.status));
     }
     let holder = Uuid::new_v4();
-    if let Some(done) = acquire(state, settings, job.id, holder).await? {
-        return Ok(done);
-    }
+    let attempts = match acquire(state, settings, job.id, holder).await? {
+        Acquired::Held { attempts } => attempts,
+        Acquired::Not(outcome) => return Ok(outcome),
+    };
     // Ends with the completion however it ends: returned, panicked, or dropped by a caller's deadline (a task left
     // renewing would hold the job from every other caller for as long as the process lives).
     let heartbeat = spawn_heartbeat(state, settings, job.id, holder);
-    let result = complete_claimed(state, settings, &c, holder).await;
+    let result = complete_claimed(state, settings, &c, holder, attempts).await;
     drop(heartbeat);
     if result.is_err() {
         // Free the job at once so fal's retry need not wait for the lease; if this fails too, the lease ends.
         if let Ok(client) = state.db_client(settings).await {
-            let _ = db::claims::release(&**client, job.id, holder).await;
+            let _ = db::claims::expire(&**client, job.id, holder).await;
         }
     }
     result
@@ -321,36 +324,47 @@ async fn claim(
     settings: &Settings,
     job_id: Uuid,
     holder: Uuid,
-) -> Result<bool, CompletionError> {
+) -> Result<Option<i32>, CompletionError> {
     let client = state.db_client(settings).await?;
     Ok(db::claims::try_claim(&**client, job_id, holder, LEASE).await?)
 }
 
-/// Takes the job's claim, waiting up to [`BUSY_WAIT`] while another caller holds it: `None` once we hold it,
-/// else what the wait found (the job became terminal, or the holder is still at work). A claim whose holder died
-/// is taken over as soon as its lease ends.
+/// What [`acquire`] came to.
+enum Acquired {
+    /// We hold the job's claim, its `attempts`-th holder.
+    Held { attempts: i32 },
+    /// What the wait found instead: the job became terminal, or its holder is still at work.
+    Not(Outcome),
+}
+
+/// Takes the job's claim, waiting up to [`BUSY_WAIT`] while another caller holds it. A claim whose holder died is
+/// taken over as soon as its lease ends, and one whose holder failed at once.
 async fn acquire(
     state: &AppState,
     settings: &Settings,
     job_id: Uuid,
     holder: Uuid,
-) -> Result<Option<Outcome>, CompletionError> {
+) -> Result<Acquired, CompletionError> {
     let started = Instant::now();
     loop {
-        if claim(state, settings, job_id, holder).await? {
-            return Ok(None);
+        if let Some(attempts) = claim(state, settings, job_id, holder).await? {
+            return Ok(Acquired::Held { attempts });
         }
         if started.elapsed() >= BUSY_WAIT {
-            return Ok(Some(Outcome::Busy));
+            return Ok(Acquired::Not(Outcome::Busy));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, job_id).await? {
             Some(j) if j.is_closed() => {
-                return Ok(Some(Outcome::AlreadyTerminal(j.status)));
+                return Ok(Acquired::Not(Outcome::AlreadyTerminal(j.status)));
             }
             Some(_) => {}
-            None => return Ok(Some(Outcome::AlreadyTerminal(JobStatus::Cancelled))),
+            None => {
+                return Ok(Acquired::Not(Outcome::AlreadyTerminal(
+                    JobStatus::Cancelled,
+                )));
+            }
         }
     }
 }
@@ -396,12 +410,13 @@ enum Transfer {
     Refused(String),
 }
 
-/// claim → transfer → record → commit, under the claim `holder` holds.
+/// claim → transfer → record → commit, under the claim `holder` holds as its `attempts`-th holder.
 async fn complete_claimed(
     state: &AppState,
     settings: &Settings,
     c: &Completion<'_>,
     holder: Uuid,
+    attempts: i32,
 ) -> Result<Outcome, CompletionError> {
     let job = c.job;
     let claimed_at = Instant::now();
@@ -451,11 +466,14 @@ async fn complete_claimed(
         }
     };
     tracing::info!(job_id = %job.id, key = %stored.key, bytes = stored.size, "job completed");
-    // What a holder before us may have left under another extension (it stored the result, then was killed before
-    // its commit, and the media came back with another type) is nothing's now.
-    let ours = [Some(stored.key.as_str()), stored.thumbnail_path.as_deref()];
-    let keep: Vec<&str> = ours.into_iter().flatten().collect();
-    remove_objects_except(state, settings, job, &keep).await;
+    // What a holder before us may have left under another extension (it stored the result, then failed or was
+    // killed before its commit, and the media came back with another type) is nothing's now. The first holder
+    // had nobody before it: the delete is skipped on the common path.
+    if attempts > 1 {
+        let ours = [Some(stored.key.as_str()), stored.thumbnail_path.as_deref()];
+        let keep: Vec<&str> = ours.into_iter().flatten().collect();
+        remove_objects_except(state, settings, job, &keep).await;
+    }
     Ok(Outcome::Completed(Completed {
         asset_id,
         storage_path: stored.key,

@@ -1231,14 +1231,7 @@ async fn a_portrait_whose_character_was_deleted_meanwhile_is_skipped_once() {
         .await
         .unwrap();
     let left_behind = format!("{user}/{job_id}_{character}.thumb.webp");
-    s3().await
-        .put_object()
-        .bucket(stack_var("LIBRARY_BUCKET"))
-        .key(&left_behind)
-        .body(b"an earlier pass's copy".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    plant_object("LIBRARY_BUCKET", &left_behind, b"an earlier pass's copy").await;
 
     wait_step(&job_id, "character_portrait").await;
     let detail = portrait_step(&job_id).await;

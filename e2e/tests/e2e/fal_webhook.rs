@@ -485,6 +485,38 @@ async fn media_failing_first_completes_on_a_retry() {
     assert_completed_once(user_id, &job_id).await;
 }
 
+/// A holder before this delivery's stored the result as a PNG and failed before its commit (planted: its claim, its
+/// lease ended, and its object); the media now comes back as a JPEG. The delivery takes the job over, completes it,
+/// and removes the PNG, which nothing would point at.
+#[tokio::test]
+async fn a_result_an_earlier_holder_left_under_another_type_is_removed_on_completion() {
+    let (user_id, job_id, request_id) = submit(
+        "webhook after a holder",
+        "#delay-ms=2000 #media-type=image/jpeg",
+    )
+    .await;
+    let id = Uuid::parse_str(&job_id).unwrap();
+    db().await
+        .execute(
+            "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
+             VALUES ($1, gen_random_uuid(), now() - interval '1 second')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let left = format!("{user_id}/{job_id}_0.png");
+    plant_object("WORKSPACE_BUCKET", &left, b"an earlier holder's copy").await;
+    assert!(
+        settled_deliveries(&request_id, 1, JOB_TIMEOUT)
+            .await
+            .iter()
+            .all(|a| a["http_status"] == 200)
+    );
+    assert_completed_once(user_id, &job_id).await;
+    let [asset] = assets_of(&job_id).await.try_into().unwrap();
+    assert_eq!(asset.path, format!("{user_id}/{job_id}_0.jpg"));
+}
+
 #[tokio::test]
 async fn a_200_mib_video_is_streamed_with_bounded_memory() {
     const SIZE: i64 = 200 * MIB as i64;

@@ -7,13 +7,15 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-/// Takes the job's claim if it is free or its lease has run out. True when `holder` now holds it.
+/// Takes the job's claim if it is free or its lease has run out: `Some(attempts)` when `holder` now holds it,
+/// `attempts` counting the holders the job's claim has had, this one included (more than 1: a holder before us may
+/// have stored a result it never committed).
 pub async fn try_claim<C: GenericClient>(
     client: &C,
     job_id: Uuid,
     holder: Uuid,
     lease: Duration,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<i32>, tokio_postgres::Error> {
     let sql = "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
                VALUES ($1, $2, now() + make_interval(secs => $3))
                ON CONFLICT (job_id) DO UPDATE
@@ -22,8 +24,11 @@ pub async fn try_claim<C: GenericClient>(
                       lease_expires_at = EXCLUDED.lease_expires_at,
                       attempts = public.job_completion_claims.attempts + 1
                 WHERE public.job_completion_claims.lease_expires_at < now()
-               RETURNING holder";
-    with_lease(client, sql, job_id, holder, lease).await
+               RETURNING attempts";
+    let rows = client
+        .query_typed(sql, &lease_params(&job_id, &holder, &lease.as_secs_f64()))
+        .await?;
+    Ok(rows.first().map(|r| r.get(0)))
 }
 
 /// Extends the lease; false when the claim was lost (expired and taken by another holder).
@@ -37,30 +42,43 @@ pub async fn renew<C: GenericClient>(
                   SET lease_expires_at = now() + make_interval(secs => $3)
                 WHERE job_id = $1 AND holder = $2
                RETURNING job_id";
-    with_lease(client, sql, job_id, holder, lease).await
+    let rows = client
+        .query_typed(sql, &lease_params(&job_id, &holder, &lease.as_secs_f64()))
+        .await?;
+    Ok(!rows.is_empty())
 }
 
-/// Runs a claim statement over `($1 job, $2 holder, $3 lease seconds)`; true when it reached a row.
-async fn with_lease<C: GenericClient>(
+/// The parameters `($1 job, $2 holder, $3 lease seconds)` of a claim statement.
+fn lease_params<'a>(
+    job_id: &'a Uuid,
+    holder: &'a Uuid,
+    secs: &'a f64,
+) -> [(&'a (dyn tokio_postgres::types::ToSql + Sync), Type); 3] {
+    [
+        (job_id, Type::UUID),
+        (holder, Type::UUID),
+        (secs, Type::FLOAT8),
+    ]
+}
+
+/// Ends `holder`'s lease at once, after a failure, so that the next delivery takes the job over without waiting
+/// for it. The row stays, so that holder counts as one before the next ([`try_claim`]'s attempts).
+pub async fn expire<C: GenericClient>(
     client: &C,
-    sql: &str,
     job_id: Uuid,
     holder: Uuid,
-    lease: Duration,
-) -> Result<bool, tokio_postgres::Error> {
-    let secs = lease.as_secs_f64();
-    let params = [
-        (
-            &job_id as &(dyn tokio_postgres::types::ToSql + Sync),
-            Type::UUID,
-        ),
-        (&holder, Type::UUID),
-        (&secs, Type::FLOAT8),
-    ];
-    Ok(!client.query_typed(sql, &params).await?.is_empty())
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_typed(
+            "UPDATE public.job_completion_claims SET lease_expires_at = '-infinity'
+              WHERE job_id = $1 AND holder = $2",
+            &[(&job_id, Type::UUID), (&holder, Type::UUID)],
+        )
+        .await?;
+    Ok(())
 }
 
-/// Gives the claim up (after finishing, or after a transient failure so a retry need not wait for the lease). False
+/// Gives the claim up (in the transaction that completes or fails the job, or with nothing stored). False
 /// when `holder` no longer held it (its lease ran out and another holder took the job over).
 pub async fn release<C: GenericClient>(
     client: &C,
