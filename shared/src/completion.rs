@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -32,6 +33,10 @@ pub const LEASE: Duration = Duration::from_secs(30);
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How long a second caller waits for the holder to finish before answering "busy".
 const BUSY_WAIT: Duration = Duration::from_secs(8);
+/// How often that caller looks again: soon at first (most holders finish within milliseconds: an image's
+/// completion), then every [`BUSY_POLL_MAX`] (a video's transfer takes seconds).
+const BUSY_POLL_MIN: Duration = Duration::from_millis(10);
+const BUSY_POLL_MAX: Duration = Duration::from_millis(200);
 
 /// What the result is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +351,11 @@ async fn acquire(
     holder: Uuid,
 ) -> Result<Acquired, CompletionError> {
     let started = Instant::now();
+    let mut pauses = ExponentialBuilder::default()
+        .with_min_delay(BUSY_POLL_MIN)
+        .with_max_delay(BUSY_POLL_MAX)
+        .without_max_times()
+        .build();
     loop {
         if let Some(attempts) = claim(state, settings, job_id, holder).await? {
             return Ok(Acquired::Held { attempts });
@@ -353,7 +363,7 @@ async fn acquire(
         if started.elapsed() >= BUSY_WAIT {
             return Ok(Acquired::Not(Outcome::Busy));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pauses.next().unwrap_or(BUSY_POLL_MAX)).await;
         let client = state.db_client(settings).await?;
         match db::jobs::get(&**client, job_id).await? {
             Some(j) if j.is_closed() => {
