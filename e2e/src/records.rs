@@ -90,6 +90,22 @@ pub async fn plant_object(bucket_var: &str, key: &str, body: &[u8]) {
         .unwrap();
 }
 
+/// What a completion's holder leaves when it stored the job's result as `<job>_0.<ext>` and failed before its
+/// commit: its claim, the lease ended, and that object. Planted by a test.
+pub async fn plant_failed_holder(user_id: Uuid, job_id: &str, ext: &str) {
+    let id = Uuid::parse_str(job_id).unwrap();
+    db().await
+        .execute(
+            "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
+             VALUES ($1, gen_random_uuid(), now() - interval '1 second')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let key = format!("{user_id}/{job_id}_0.{ext}");
+    plant_object("WORKSPACE_BUCKET", &key, b"an earlier holder's copy").await;
+}
+
 /// The first column of every row `sql` returns.
 pub async fn first_column<T>(
     db: &tokio_postgres::Client,

@@ -505,7 +505,13 @@ async fn terminal_under_claim(
     let client = state.db_client(settings).await?;
     match db::jobs::get(&**client, job_id).await? {
         Some(current) if current.is_closed() => {
-            db::claims::release(&**client, job_id, holder).await?;
+            // A status its owner wrote over an open run can be written back: then the claim's row stays, counting
+            // the holders (one before us may have stored a result).
+            if current.run.as_ref().is_some_and(|r| r.closed_at.is_none()) {
+                db::claims::expire(&**client, job_id, holder).await?;
+            } else {
+                db::claims::release(&**client, job_id, holder).await?;
+            }
             Ok(Some(current.status))
         }
         _ => Ok(None),
@@ -876,7 +882,8 @@ async fn fail_claimed(
             && db::runs::abandons(&*tx, job.id, request_id, lifetime).await?
         {
             // A refused transfer stores nothing, and the job's keys are the sync run's too: no object is removed.
-            db::claims::release(&*tx, job.id, holder).await?;
+            // The job stays open: the claim's row stays too, counting the holders before the sync run's.
+            db::claims::expire(&*tx, job.id, holder).await?;
             tx.commit().await?;
             tracing::info!(job_id = %job.id, reason = message, "result of a queue request the sync fallback abandoned refused; skipped");
             return Ok(Outcome::Abandoned);

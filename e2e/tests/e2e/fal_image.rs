@@ -360,6 +360,38 @@ async fn a_refused_result_of_the_queue_request_a_fallback_abandoned_leaves_the_s
     assert!(queued["media_fetches"].as_u64().unwrap() >= 1, "{queued}");
 }
 
+/// As above (a refused result of the abandoned request), after a holder before it that stored the result under
+/// another type and failed (planted: its claim, its lease ended, and a `.jpg`). The refusal leaves the job open and
+/// the claim's count of its holders as it was, so the sync run that completes the job knows holders came before it
+/// and removes the leftover (before, the refusal deleted the claim, and the `.jpg` outlived the job's completion).
+#[tokio::test]
+async fn a_refused_abandoned_request_between_a_failed_holder_and_the_sync_run_leaves_no_leftover() {
+    let (user_id, jwt) = user().await;
+    let directives =
+        "#queue-media-status=404 #submit-delay-ms=12000 #delay-ms=13000 #run-delay-ms=6000";
+    let body = json!({"prompt": prompt("leftover then abandoned", directives), "apiModelId": async_model()});
+    let (answer, job_id) = generate_in_flight(&jwt, user_id, body, "leftover").await;
+    plant_failed_holder(user_id, &job_id, "jpg").await;
+
+    let (status, answer) = answer.await.unwrap();
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("completed")),
+        "{answer}"
+    );
+    assert_exactly_once(user_id, &job_id, "completed").await;
+    assert_eq!(
+        objects_of_job(&user_id.to_string(), &job_id).await,
+        vec![(format!("{user_id}/{job_id}_0.mp4"), 4096)]
+    );
+    // The abandoned request's delivery came between, and was refused its file.
+    let queued = requests_for_job(&job_id).await;
+    let request_id = queued[0]["request_id"].as_str().unwrap();
+    let delivered = answered_deliveries(request_id, 1, WAIT).await;
+    assert_eq!(delivered[0]["http_status"], 200, "{delivered:?}");
+    assert!(inspect(request_id).await["media_fetches"].as_u64().unwrap() >= 1);
+}
+
 /// A queue submission accepted but answered at 12 s, past the 10 s bound, whose request ends (as `outcome` makes
 /// it) and is delivered at ~13 s, while the sync fallback runs from ~10 s to ~16 s: the job is completed once, by
 /// the sync run, and the delivery was answered 200 before the sync run's answer. Returns the queued request as

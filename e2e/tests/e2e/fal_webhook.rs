@@ -495,17 +495,7 @@ async fn a_result_an_earlier_holder_left_under_another_type_is_removed_on_comple
         "#delay-ms=2000 #media-type=image/jpeg",
     )
     .await;
-    let id = Uuid::parse_str(&job_id).unwrap();
-    db().await
-        .execute(
-            "INSERT INTO public.job_completion_claims (job_id, holder, lease_expires_at)
-             VALUES ($1, gen_random_uuid(), now() - interval '1 second')",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    let left = format!("{user_id}/{job_id}_0.png");
-    plant_object("WORKSPACE_BUCKET", &left, b"an earlier holder's copy").await;
+    plant_failed_holder(user_id, &job_id, "png").await;
     assert!(
         settled_deliveries(&request_id, 1, JOB_TIMEOUT)
             .await

@@ -31,7 +31,8 @@ pub async fn try_claim<C: GenericClient>(
     Ok(rows.first().map(|r| r.get(0)))
 }
 
-/// Extends the lease; false when the claim was lost (expired and taken by another holder).
+/// Extends the lease; false when the claim was lost (expired and taken by another holder), or ended by
+/// [`expire`] (a renewal already under way when its holder failed must not give the claim back to it).
 pub async fn renew<C: GenericClient>(
     client: &C,
     job_id: Uuid,
@@ -40,7 +41,7 @@ pub async fn renew<C: GenericClient>(
 ) -> Result<bool, tokio_postgres::Error> {
     let sql = "UPDATE public.job_completion_claims
                   SET lease_expires_at = now() + make_interval(secs => $3)
-                WHERE job_id = $1 AND holder = $2
+                WHERE job_id = $1 AND holder = $2 AND lease_expires_at > '-infinity'
                RETURNING job_id";
     let rows = client
         .query_typed(sql, &lease_params(&job_id, &holder, &lease.as_secs_f64()))
@@ -78,7 +79,8 @@ pub async fn expire<C: GenericClient>(
     Ok(())
 }
 
-/// Gives the claim up (in the transaction that completes or fails the job, or with nothing stored). False
+/// Deletes the claim, and with it the count of the job's holders: only as the job ends (in the transaction that
+/// completes or fails it, or once it has ended). False
 /// when `holder` no longer held it (its lease ran out and another holder took the job over).
 pub async fn release<C: GenericClient>(
     client: &C,

@@ -731,3 +731,54 @@ async fn admin_and_new_user() -> (tokio_postgres::Client, Uuid) {
     users::ensure(&admin, user).await.unwrap();
     (admin, user)
 }
+
+/// A claim counts its holders until the job ends: a holder that fails ends its lease at once (the next takes the
+/// job over without waiting, as its second holder), a renewal already under way cannot give the claim back to the
+/// holder that failed, and a live lease keeps everyone else out.
+#[tokio::test]
+async fn a_claim_counts_its_holders_across_failures() {
+    const LEASE: Duration = Duration::from_secs(30);
+    let (admin, user) = admin_and_new_user().await;
+    let job = insert_job(&admin, user, 1_000_000).await.unwrap();
+    let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        db::claims::try_claim(&admin, job, first, LEASE)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        db::claims::try_claim(&admin, job, second, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+
+    db::claims::expire(&admin, job, first).await.unwrap();
+    assert!(!db::claims::renew(&admin, job, first, LEASE).await.unwrap());
+    let claim = db::claims::current(&admin, job).await.unwrap().unwrap();
+    assert_eq!((claim.holder, claim.live), (first, false));
+    assert_eq!(
+        db::claims::try_claim(&admin, job, second, LEASE)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert!(db::claims::renew(&admin, job, second, LEASE).await.unwrap());
+    // Expiring another holder's claim changes nothing.
+    db::claims::expire(&admin, job, first).await.unwrap();
+    assert_eq!(
+        db::claims::try_claim(&admin, job, third, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(db::claims::release(&admin, job, second).await.unwrap());
+    assert_eq!(
+        db::claims::try_claim(&admin, job, third, LEASE)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+}
