@@ -506,7 +506,7 @@ async fn terminal_under_claim(
     match db::jobs::get(&**client, job_id).await? {
         Some(current) if current.is_closed() => {
             // A status its owner wrote over an open run can be written back: then the claim's row stays, counting
-            // the holders (one before us may have stored a result).
+            // the holders (one before us may have stored a result), until the run is closed (`runs::close`).
             if current.run.as_ref().is_some_and(|r| r.closed_at.is_none()) {
                 db::claims::expire(&**client, job_id, holder).await?;
             } else {

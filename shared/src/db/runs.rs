@@ -270,7 +270,10 @@ pub async fn close<C: GenericClient>(
             &[(&job_id, Type::UUID)],
         )
         .await?;
-    Ok(())
+    // Nobody completes a job whose run is closed: its claim (a failed holder's, its lease ended, kept to count the
+    // holders while the job was open) goes too. A statement of its own, so that no lock on the run is held while
+    // waiting for the claim's row (a completing transaction takes them the other way round).
+    crate::db::claims::clear(client, job_id).await
 }
 
 impl JobRun {

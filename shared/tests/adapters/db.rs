@@ -782,3 +782,23 @@ async fn a_claim_counts_its_holders_across_failures() {
         Some(1)
     );
 }
+
+/// Closing a job's run (its owner ended it, and the provider is done with it) drops its claim: a failed holder's,
+/// kept while the job was open to count the holders, would otherwise outlive the job.
+#[tokio::test]
+async fn closing_a_run_drops_the_claim_a_failed_holder_left() {
+    let (admin, user) = admin_and_new_user().await;
+    let job = insert_job(&admin, user, 1_000_000).await.unwrap();
+    let holder = Uuid::new_v4();
+    let lease = Duration::from_secs(30);
+    assert_eq!(
+        db::claims::try_claim(&admin, job, holder, lease)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    db::claims::expire(&admin, job, holder).await.unwrap();
+    assert!(db::claims::current(&admin, job).await.unwrap().is_some());
+    db::runs::close(&admin, job).await.unwrap();
+    assert!(db::claims::current(&admin, job).await.unwrap().is_none());
+}

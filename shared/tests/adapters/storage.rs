@@ -240,3 +240,83 @@ async fn a_sized_put_fed_slower_than_the_sdk_read_timeout_is_stored_whole() {
     let meta = s.head(&bucket, &key).await.unwrap().unwrap();
     assert_eq!(meta.size, chunks * chunk as u64);
 }
+
+/// A store on loopback that accepts a request and then does no more: `read` false takes none of the body (its
+/// buffers fill), `read` true takes all of it and never answers. A hung store, as S3 behind a broken path would be.
+async fn hung_store(read: bool) -> (Storage, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            if read {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            } else {
+                conns.push(conn);
+            }
+        }
+    });
+    let config = sdk_config().await.to_builder().endpoint_url(url).build();
+    (Storage::new(aws::s3(&config)), held)
+}
+
+/// `len` bytes, from memory, as fast as they are taken.
+fn zeros(len: u64) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin {
+    const CHUNK: u64 = 1 << 20;
+    Box::pin(futures::stream::iter((0..len.div_ceil(CHUNK)).map(
+        move |i| {
+            let n = CHUNK.min(len - i * CHUNK) as usize;
+            Ok(bytes::Bytes::from(vec![0u8; n]))
+        },
+    )))
+}
+
+/// A PUT of `len` bytes into a [`hung_store`]: the error it ends with, and when (bounded at 60 s by the test).
+async fn put_into_hung_store(read: bool, len: u64) -> (StorageError, Duration) {
+    let (s, held) = hung_store(read).await;
+    let started = std::time::Instant::now();
+    let put = s.put_sized(
+        "bucket",
+        "user/hung.bin",
+        "application/octet-stream",
+        zeros(len),
+        len,
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), put)
+        .await
+        .expect("nothing gave the PUT up within 60 s")
+        .unwrap_err();
+    let took = started.elapsed();
+    held.abort();
+    (err, took)
+}
+
+/// A PUT the store stops taking is given up once no chunk went for 20 s (not sooner: a slow store is not a hung
+/// one), with an error, not an object.
+#[tokio::test]
+async fn a_put_the_store_stops_taking_is_given_up_after_20_s_without_data() {
+    let (err, took) = put_into_hung_store(false, 64 << 20).await;
+    assert!(matches!(err, StorageError::S3 { .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_secs(20),
+        "gave up after {took:?}: {err}"
+    );
+}
+
+/// A PUT whose every byte the store took, and which it never answers, is given up 20 s (and a second per 16 MiB)
+/// after the last byte.
+#[tokio::test]
+async fn a_put_the_store_never_answers_is_given_up_20_s_after_its_last_byte() {
+    let (err, took) = put_into_hung_store(true, 4 << 20).await;
+    let answer = "no answer within 20 s of the last byte";
+    assert!(err.to_string().contains(answer), "{err}");
+    assert!(
+        took >= Duration::from_secs(20),
+        "gave up after {took:?}: {err}"
+    );
+}
