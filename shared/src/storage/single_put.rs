@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use aws_sdk_s3::config::RequestChecksumCalculation;
+use aws_sdk_s3::config::{RequestChecksumCalculation, StalledStreamProtectionConfig};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -124,22 +124,23 @@ where
 
 /// The PUT's answer, waited for without a bound while the feed runs (which has bounds of its own) and for
 /// [`answer_wait`] once every byte is sent (`fed`); not at all once the feed failed (the request cannot succeed,
-/// and the feed's error says why).
+/// and the feed's error says why: `Err(None)`).
 async fn answered<T, E: std::error::Error>(
     put: impl Future<Output = Result<T, E>>,
     fed: oneshot::Receiver<()>,
     len: u64,
-) -> Result<(), StorageError> {
+) -> Result<(), Option<StorageError>> {
     let mut put = std::pin::pin!(put);
+    let store_err = |e| Some(s3_err("PutObject")(e));
     tokio::select! {
-        answered = &mut put => answered.map(drop).map_err(s3_err("PutObject")),
+        answered = &mut put => answered.map(drop).map_err(store_err),
         sent = fed => match sent {
-            Err(_) => Err(hung("the request's body was not sent whole".into())),
+            Err(_) => Err(None),
             Ok(()) => match tokio::time::timeout(answer_wait(len), put).await {
-                Ok(answered) => answered.map(drop).map_err(s3_err("PutObject")),
+                Ok(answered) => answered.map(drop).map_err(store_err),
                 Err(_) => {
                     let secs = answer_wait(len).as_secs();
-                    Err(hung(format!("no answer within {secs} s of the last byte")))
+                    Err(Some(hung(format!("no answer within {secs} s of the last byte"))))
                 }
             },
         },
@@ -181,10 +182,13 @@ impl Storage {
             .body(ByteStream::from_body_1_x(SizedBody { rx, left: len }))
             .customize()
             // No checksum of a body not in memory: with one the SDK sends it aws-chunked, 64 KiB chunks each
-            // signed on a plain-HTTP endpoint, which the stores then decode after the last byte.
+            // signed on a plain-HTTP endpoint, which the stores then decode after the last byte. The bounds are
+            // this module's (a store that takes no data, or does not answer): the SDK's stalled-stream check would
+            // race the first with an error that names neither.
             .config_override(
                 aws_sdk_s3::config::Builder::default()
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
                     .timeout_config(
                         aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                             .connect_timeout(Duration::from_secs(3))
@@ -196,12 +200,15 @@ impl Storage {
         let put = answered(put, fed_rx, len);
         let (fed, put) = tokio::join!(feed, put);
         // A source fault is the reason when there is one (the PUT then failed because of it); else the store's
-        // own error is, rather than the feed's stall that an early answer of the store may have caused.
+        // own error is, rather than the feed's stall that an early answer of the store may have caused; else the
+        // feed's (the store took no data).
         let size = match (fed, put) {
-            (Err(e @ StorageError::Source(_)), _) | (_, Err(e)) | (Err(e), Ok(())) => {
+            (Err(e @ StorageError::Source(_)), _) | (_, Err(Some(e))) | (Err(e), _) => {
                 return Err(e);
             }
             (Ok(size), Ok(())) => size,
+            // The feed tells `fed` on every way it succeeds: not reached.
+            (Ok(_), Err(None)) => return Err(hung("the request's body was not sent whole".into())),
         };
         Ok(StoredObject {
             bucket: bucket.to_owned(),

@@ -301,7 +301,7 @@ async fn put_into_hung_store(read: bool, len: u64) -> (StorageError, Duration) {
 #[tokio::test]
 async fn a_put_the_store_stops_taking_is_given_up_after_20_s_without_data() {
     let (err, took) = put_into_hung_store(false, 64 << 20).await;
-    assert!(matches!(err, StorageError::S3 { .. }), "{err:?}");
+    assert!(err.to_string().contains("took no data for 20 s"), "{err}");
     assert!(
         took >= Duration::from_secs(20),
         "gave up after {took:?}: {err}"
