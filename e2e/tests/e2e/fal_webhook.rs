@@ -456,7 +456,8 @@ async fn media_served_as_a_page_or_empty_is_retried_and_stores_nothing() {
         ("webhook media empty", "#media-bytes=0"),
     ] {
         let (user_id, job_id, request_id) = submit(text, directive).await;
-        let attempts = answered_deliveries(&request_id, 2, Duration::from_secs(30)).await;
+        // Every try over: a try still running may hold an empty object between its PUT and its delete.
+        let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(60)).await;
         for a in &attempts {
             let s = a["http_status"].as_u64().unwrap();
             assert!((500..600).contains(&s), "{directive}: {attempts:?}");
