@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gen_pipeline::after_response::Ticket;
+use gen_pipeline::after_response::Background;
 use gen_pipeline::input::GenerationRequest;
 use gen_pipeline::submission::{self, CancelResult, Submitted};
 use gen_pipeline::{AppState, Settings, auth};
@@ -91,7 +91,7 @@ fn storage_route(method: &Method, bucket: &str, rest: &[&str]) -> Route {
 pub async fn handle(
     state: Arc<AppState>,
     req: Request,
-    ticket: Ticket,
+    background: Background,
 ) -> Result<Response<Body>, Error> {
     let result = match route(req.method(), req.uri().path()) {
         Route::Preflight => {
@@ -103,7 +103,7 @@ pub async fn handle(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method not allowed",
         )),
-        Route::Submit => submit(&state, &req, ticket).await,
+        Route::Submit => submit(&state, &req, background).await,
         Route::Status(id) => status(&state, &req, id).await,
         Route::Cancel(id) => cancel(&state, &req, id).await,
         Route::SignOne { bucket, path } => storage::sign_one(&state, &req, &bucket, &path).await,
@@ -243,7 +243,11 @@ fn parse_body(state: &AppState, req: &Request) -> Result<GenerationRequest, ApiE
     })
 }
 
-async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<Value, ApiError> {
+async fn submit(
+    state: &Arc<AppState>,
+    req: &Request,
+    background: Background,
+) -> Result<Value, ApiError> {
     // The caller first: a request without a valid token is 401 whatever its body.
     let settings = settings(state).await?;
     let user = caller(state, req, &settings).await?;
@@ -258,9 +262,9 @@ async fn submit(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<
     if let Some(job_id) = result.post_process {
         let state = state.clone();
         let settings = with_api_base(settings, base);
-        ticket.finish(Some(Box::pin(async move {
+        background.defer(Box::pin(async move {
             gen_pipeline::postprocess::run(&state, &settings, job_id).await;
-        })));
+        }));
     }
     Ok(match result.answer {
         Submitted::Queued { job_id, request_id } => json!({

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gen_pipeline::AppState;
-use gen_pipeline::after_response::Ticket;
+use gen_pipeline::after_response::Background;
 use gen_pipeline::fal::signature::{
     HEADER_REQUEST_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_USER_ID, SignatureHeaders,
 };
@@ -20,19 +20,23 @@ use serde_json::{Value, json};
 pub async fn handle(
     state: Arc<AppState>,
     req: Request,
-    ticket: Ticket,
+    background: Background,
 ) -> Result<Response<Body>, Error> {
     if req.method() == Method::OPTIONS {
         return text(StatusCode::OK, "ok");
     }
-    match deliver(&state, &req, ticket).await {
+    match deliver(&state, &req, background).await {
         Ok(answer) => json_response(StatusCode::OK, &answer),
         Err(refusal) => refuse(refusal),
     }
 }
 
 /// Size limit, authentication, then the use case; post-processing is left to run after the answer.
-async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result<Value, Refusal> {
+async fn deliver(
+    state: &Arc<AppState>,
+    req: &Request,
+    background: Background,
+) -> Result<Value, Refusal> {
     if req.method() != Method::POST {
         return Err(Refusal::json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -87,9 +91,9 @@ async fn deliver(state: &Arc<AppState>, req: &Request, ticket: Ticket) -> Result
             })?;
     if let Some(job_id) = post_process {
         let state = state.clone();
-        ticket.finish(Some(Box::pin(async move {
+        background.defer(Box::pin(async move {
             gen_pipeline::postprocess::run(&state, &settings, job_id).await;
-        })));
+        }));
     }
     Ok(match delivery {
         Delivery::Completed { job_id } => {

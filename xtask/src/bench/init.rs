@@ -1,5 +1,5 @@
 //! Cold init: from spawning a function binary against the bench's runtime API to its first
-//! `GET /runtime/invocation/next` (config read, SDK clients built, extension registered), with the peak RSS at that
+//! `GET /runtime/invocation/next` (config read, SDK clients built), with the peak RSS at that
 //! moment and the sockets it holds (any besides the runtime API's would be a network call made at init).
 
 use std::collections::BTreeMap;

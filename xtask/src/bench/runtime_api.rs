@@ -60,8 +60,6 @@ impl RuntimeApi {
             shutdown: watch::channel(false).0,
         });
         let app = Router::new()
-            .route("/2020-01-01/extension/register", post(register))
-            .route("/2020-01-01/extension/event/next", get(extension_next))
             .route("/2018-06-01/runtime/invocation/next", get(invocation_next))
             .route(
                 "/2018-06-01/runtime/invocation/{id}/{kind}",
@@ -136,26 +134,6 @@ impl Drop for RuntimeApi {
         // needs this server once its owner is done.
         self.server.abort();
     }
-}
-
-async fn register() -> Response {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "Lambda-Extension-Identifier",
-        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a uuid is a header value"),
-    );
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    (
-        StatusCode::OK,
-        headers,
-        r#"{"functionName":"f","functionVersion":"$LATEST","handler":"bootstrap"}"#,
-    )
-        .into_response()
-}
-
-/// Held open: the bench never sends extension events (the after-response extension has nothing to wait for).
-async fn extension_next(State(shared): State<Arc<Shared>>) -> Response {
-    hold(&shared).await
 }
 
 async fn invocation_next(State(shared): State<Arc<Shared>>) -> Response {
