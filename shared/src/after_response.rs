@@ -10,11 +10,13 @@
 //! invocation's, and all of it runs before the next invocation starts.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::FutureExt;
 use lambda_http::{Adapter, Body, Request, Response};
 use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::tower::Layer;
@@ -51,18 +53,25 @@ impl Background {
         AfterResponseLayer(self.clone())
     }
 
-    /// Runs what is left, together, until [`WORK_TIMEOUT`] or `deadline`, whichever comes first.
+    /// Runs what is left, together, until [`WORK_TIMEOUT`] or `deadline`, whichever comes first. A piece of work
+    /// that panics ends there (the hook has printed why); the others go on, and the runtime is not taken down.
     async fn run_left(&self, deadline: Option<tokio::time::Instant>) {
         let left = std::mem::take(&mut *self.left.lock().unwrap_or_else(PoisonError::into_inner));
         if left.is_empty() {
             return;
         }
         let until = crate::deadline::earliest(tokio::time::Instant::now() + WORK_TIMEOUT, deadline);
-        if tokio::time::timeout_at(until, futures::future::join_all(left))
-            .await
-            .is_err()
-        {
-            tracing::error!("after-response work cut off by its time bound");
+        let guarded = left
+            .into_iter()
+            .map(|work| AssertUnwindSafe(work).catch_unwind());
+        match tokio::time::timeout_at(until, futures::future::join_all(guarded)).await {
+            Err(_) => tracing::error!("after-response work cut off by its time bound"),
+            Ok(ended) => {
+                let panicked = ended.iter().filter(|e| e.is_err()).count();
+                if panicked > 0 {
+                    tracing::error!(panicked, "after-response work panicked");
+                }
+            }
         }
     }
 }
@@ -154,23 +163,25 @@ mod tests {
         u64::try_from((now + after).as_millis()).unwrap()
     }
 
-    /// A stand-in for the runtime's services: leaves `work` as the handler does, then "posts" its answer, which it
+    /// A stand-in for the runtime's services: leaves `works` as the handler does, then "posts" its answer, which it
     /// reports on `answered`.
     fn answering(
         background: &Background,
-        work: Work,
+        works: Vec<Work>,
         answered: oneshot::Sender<()>,
     ) -> AfterResponse<
         impl Service<LambdaInvocation, Response = (), Error = String, Future: Send> + use<>,
     > {
         let handler = background.clone();
-        let mut once = Some((work, answered));
+        let mut once = Some((works, answered));
         let inner = lambda_runtime::service_fn(move |_invocation: LambdaInvocation| {
             let once = once.take();
             let handler = handler.clone();
             async move {
-                if let Some((work, answered)) = once {
-                    handler.defer(work);
+                if let Some((works, answered)) = once {
+                    for work in works {
+                        handler.defer(work);
+                    }
                     let _ = answered.send(());
                 }
                 Ok::<(), String>(())
@@ -185,11 +196,11 @@ mod tests {
         let (done, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let (tx, answered) = oneshot::channel();
         let (d, g) = (done.clone(), gate.clone());
-        let work = Box::pin(async move {
+        let work: Work = Box::pin(async move {
             g.notified().await;
             d.fetch_add(1, Ordering::SeqCst);
         });
-        let mut service = answering(&background, work, tx);
+        let mut service = answering(&background, vec![work], tx);
         let invocation = tokio::spawn(service.call(invocation(0)));
         answered.await.expect("the answer was posted");
         // The answer is out and the work has not run: the invocation is not over.
@@ -216,11 +227,11 @@ mod tests {
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, _answered) = oneshot::channel();
         let d = done.clone();
-        let work = Box::pin(async move {
+        let work: Work = Box::pin(async move {
             tokio::time::sleep(Duration::from_secs(20)).await;
             d.fetch_add(1, Ordering::SeqCst);
         });
-        let mut service = answering(&background, work, tx);
+        let mut service = answering(&background, vec![work], tx);
         let started = tokio::time::Instant::now();
         // The deadline 700 ms away, less the 500 ms margin.
         let ended = tokio::time::timeout(
@@ -236,6 +247,26 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(done.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn work_that_panics_ends_there_and_the_rest_runs() {
+        let background = Background::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let works: Vec<Work> = vec![
+            Box::pin(async { panic!("a step fails") }),
+            Box::pin(async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }),
+        ];
+        let (tx, _answered) = oneshot::channel();
+        let mut service = answering(&background, works, tx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), service.call(invocation(0)))
+            .await
+            .expect("the invocation ends");
+        assert_eq!(ended, Ok(()));
+        assert_eq!(done.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -564,6 +564,9 @@ async fn ended_meanwhile(
     Outcome::AlreadyTerminal(current.status)
 }
 
+/// Why an empty result is not stored: a fault that may pass, as a 5xx from the media host would be.
+const EMPTY_BODY: &str = "the result URL served an empty body";
+
 /// Streams the result named by the output from the media host into S3 under the job's deterministic key, and
 /// copies the video thumbnail. Transient faults are errors (the job stays open); final verdicts are `Refused`.
 async fn transfer(
@@ -588,6 +591,11 @@ async fn transfer(
         Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
     };
     not_a_document(media.content_type.as_deref())?;
+    // An empty body announced as such is refused before anything is stored; one sent without a length is found
+    // empty once stored, and deleted (below).
+    if media.content_length == Some(0) {
+        return Err(CompletionError::Media(EMPTY_BODY.into()));
+    }
     let (mime_type, ext) = content_type_and_ext(
         media.content_type.as_deref(),
         found.content_type.as_deref(),
@@ -621,8 +629,7 @@ async fn transfer(
         if let Err(e) = state.storage.delete_keys(bucket, empty).await {
             tracing::warn!(job_id = %job.id, error = %e, "could not delete an empty result");
         }
-        let message = "the result URL served an empty body";
-        return Err(CompletionError::Media(message.into()));
+        return Err(CompletionError::Media(EMPTY_BODY.into()));
     }
     let thumbnail_path = if found.result_type == ResultType::Video {
         copy_thumbnail(state, settings, job).await

@@ -454,6 +454,11 @@ async fn media_served_as_a_page_or_empty_is_retried_and_stores_nothing() {
         ("webhook media page", "#media-type=text/html"),
         ("webhook media json", "#media-type=application/json"),
         ("webhook media empty", "#media-bytes=0"),
+        // Refused before the PUT above (its `Content-Length: 0`); here found empty once stored, and deleted.
+        (
+            "webhook media empty chunked",
+            "#media-bytes=0 #media-no-length",
+        ),
     ] {
         let (user_id, job_id, request_id) = submit(text, directive).await;
         // Every try over: a try still running may hold an empty object between its PUT and its delete.

@@ -260,6 +260,10 @@ pub async fn exists<C: GenericClient>(
 
 /// Closes the run of a job its owner ended (the status says so), once the provider is done with it or told to
 /// stop: from then on it no longer counts against the owner's open jobs, and the job is never completed.
+///
+/// `client` must commit each statement on its own (a pooled connection, not a transaction): inside a transaction
+/// the run's lock would be held while the claim's row is waited for, the order a completing transaction may take
+/// the other way round, and the two would deadlock.
 pub async fn close<C: GenericClient>(
     client: &C,
     job_id: Uuid,

@@ -48,6 +48,8 @@ pub struct Directives {
     /// The first K cancel calls of a queued request are answered 503 (the request runs on).
     pub cancel_fail_first: u32,
     pub media_bytes: u64,
+    /// `#media-no-length`: result files are sent without a `Content-Length` (chunked), as a streaming CDN may.
+    pub media_no_length: bool,
     pub media_type: Option<String>,
     pub media_status: Option<u16>,
     /// `#queue-media-status=N` (fal): the result files of queued requests answer HTTP N, those of sync runs are served
@@ -84,6 +86,7 @@ impl Default for Directives {
             result_error_type: None,
             cancel_fail_first: 0,
             media_bytes: 4096,
+            media_no_length: false,
             media_type: None,
             media_status: None,
             queue_media_status: None,
@@ -131,6 +134,7 @@ impl Directives {
             ("early", None) => self.early = true,
             ("no-webhook", None) => self.no_webhook = true,
             ("queue-unreadable", None) => self.queue_unreadable = true,
+            ("media-no-length", None) => self.media_no_length = true,
             ("deliveries", Some(v)) => set(
                 &mut self.deliveries,
                 v.parse().ok().map(|n: u32| n.min(MAX_DELIVERIES)),
@@ -210,7 +214,8 @@ mod tests {
     fn flags_are_parsed() {
         let d = Directives::parse("cat #error #payload-null #concurrent #early #no-webhook");
         assert!(d.error && d.payload_null && d.concurrent && d.early && d.no_webhook);
-        assert!(!d.queue_error);
+        assert!(!d.queue_error && !d.media_no_length);
+        assert!(Directives::parse("cat #media-no-length").media_no_length);
         assert!(Directives::parse("cat #queue-error").queue_error);
     }
 

@@ -106,11 +106,19 @@ pub async fn respond(request_id: String, fetch: MediaFetch) -> Response {
         tokio::time::sleep(Duration::from_millis(d.media_slow_ms)).await;
     }
     let body = Body::from_stream(body_stream(request_id, fetch.media.size, d.media_rate));
-    let headers = [
-        (header::CONTENT_TYPE, fetch.media.content_type.clone()),
-        (header::CONTENT_LENGTH, fetch.media.size.to_string()),
-    ];
-    (headers, body).into_response()
+    let mut response = (
+        [(header::CONTENT_TYPE, fetch.media.content_type.clone())],
+        body,
+    )
+        .into_response();
+    // A body of unknown length is sent chunked.
+    if !d.media_no_length {
+        response.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            header::HeaderValue::from(fetch.media.size),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
@@ -139,6 +147,24 @@ mod tests {
         assert!(chunks.iter().all(|c| c.len() <= CHUNK));
         let joined: Vec<u8> = chunks.concat();
         assert_eq!(joined, media_bytes_at("r", 0, size as usize));
+    }
+
+    #[tokio::test]
+    async fn a_file_is_sent_with_its_length_unless_told_not_to() {
+        let fetch = |prompt: &str| {
+            let directives = super::super::directives::Directives::parse(prompt);
+            MediaFetch {
+                media: super::super::outputs::MediaSpec::new("fal-ai/flux/dev", &directives),
+                directives,
+                fetch_number: 1,
+                queued: true,
+            }
+        };
+        let announced = respond("r".into(), fetch("#media-bytes=0")).await;
+        assert_eq!(announced.headers()[header::CONTENT_LENGTH], "0");
+        let unannounced = respond("r".into(), fetch("#media-bytes=0 #media-no-length")).await;
+        assert_eq!(unannounced.status(), StatusCode::OK);
+        assert!(unannounced.headers().get(header::CONTENT_LENGTH).is_none());
     }
 
     #[tokio::test]
