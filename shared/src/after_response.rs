@@ -39,7 +39,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Leaves `work` to run after the answer of the invocation under way.
+    /// Leaves `work` to run after the answer of the invocation under way. Called by the handler before it returns
+    /// its answer: what is left is taken once that answer is posted, so work left later (from a task the handler
+    /// spawned, or from deferred work itself) would wait for the next invocation's answer instead.
     pub fn defer(&self, work: Work) {
         self.left
             .lock()
@@ -132,7 +134,9 @@ where
         let answering = self.inner.call(invocation);
         let background = self.background.clone();
         Box::pin(async move {
-            // Whether or not the answer could be posted, the work was left by a handler that ran: it runs.
+            // Whether or not the answer could be posted, the work was left by a handler that ran: it runs (if the
+            // post failed, the runtime then ends the process; post-processing skips the steps already recorded, so
+            // a retried delivery that leaves the same work does not do them twice).
             let answered = answering.await;
             background.run_left(deadline).await;
             answered

@@ -1,6 +1,6 @@
-//! A minimal Lambda runtime API on 127.0.0.1, enough to start a function binary as Lambda does: the Extensions
-//! API's register and event/next (held open), the runtime's invocation/next (arrival recorded; an event served
-//! when one is queued, else held open) and the response and error posts.
+//! A minimal Lambda runtime API on 127.0.0.1, enough to start a function binary as Lambda does: the runtime's
+//! invocation/next (arrival recorded; an event served when one is queued, else held open) and the response and
+//! error posts. No Extensions API: the functions register no extension.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
