@@ -591,11 +591,6 @@ async fn transfer(
         Err(FetchError::Transient(m)) => return Err(CompletionError::Media(m)),
     };
     not_a_document(media.content_type.as_deref())?;
-    // An empty body announced as such is refused before anything is stored; one sent without a length is found
-    // empty once stored, and deleted (below).
-    if media.content_length == Some(0) {
-        return Err(CompletionError::Media(EMPTY_BODY.into()));
-    }
     let (mime_type, ext) = content_type_and_ext(
         media.content_type.as_deref(),
         found.content_type.as_deref(),
@@ -621,16 +616,11 @@ async fn transfer(
             let message = format!("Result larger than the limit of {limit} bytes");
             return Ok(Transfer::Refused(message));
         }
+        // Refused before anything was stored, with or without an announced length.
+        Err(StorageError::Empty) => return Err(CompletionError::Media(EMPTY_BODY.into())),
         Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
         Err(e) => return Err(CompletionError::Storage(e)),
     };
-    if size == 0 {
-        let empty = std::slice::from_ref(&key);
-        if let Err(e) = state.storage.delete_keys(bucket, empty).await {
-            tracing::warn!(job_id = %job.id, error = %e, "could not delete an empty result");
-        }
-        return Err(CompletionError::Media(EMPTY_BODY.into()));
-    }
     let thumbnail_path = if found.result_type == ResultType::Video {
         copy_thumbnail(state, settings, job).await
     } else {

@@ -454,14 +454,14 @@ async fn media_served_as_a_page_or_empty_is_retried_and_stores_nothing() {
         ("webhook media page", "#media-type=text/html"),
         ("webhook media json", "#media-type=application/json"),
         ("webhook media empty", "#media-bytes=0"),
-        // Refused before the PUT above (its `Content-Length: 0`); here found empty once stored, and deleted.
+        // Refused before reading above (its `Content-Length: 0`); here when the body ends, before the one PUT.
         (
             "webhook media empty chunked",
             "#media-bytes=0 #media-no-length",
         ),
     ] {
         let (user_id, job_id, request_id) = submit(text, directive).await;
-        // Every try over: a try still running may hold an empty object between its PUT and its delete.
+        // Every try over, so the statuses are final and no try is left to store anything.
         let attempts = settled_deliveries(&request_id, 1, Duration::from_secs(60)).await;
         for a in &attempts {
             let s = a["http_status"].as_u64().unwrap();

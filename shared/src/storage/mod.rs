@@ -48,6 +48,9 @@ pub enum StorageError {
     Source(String),
     #[error("the object is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A download that brought no byte ([`Storage::put_download`]); nothing was stored.
+    #[error("the source was empty")]
+    Empty,
     #[error("S3 {operation} failed: {reason}")]
     S3 {
         operation: &'static str,
@@ -69,6 +72,24 @@ pub struct StoredObject {
     pub key: String,
     pub size: u64,
     pub content_type: String,
+}
+
+impl StoredObject {
+    fn new(bucket: &str, key: &str, content_type: &str) -> Self {
+        StoredObject {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size: 0,
+            content_type: content_type.to_owned(),
+        }
+    }
+}
+
+/// What a stream that ends with no byte becomes: an empty object, or [`StorageError::Empty`] with nothing stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfEmpty {
+    Store,
+    Refuse,
 }
 
 /// Metadata of a stored object.
@@ -96,7 +117,9 @@ impl Storage {
     /// Stores a download of announced length `len` (its `Content-Length`, when it has one) under `bucket/key`: one
     /// streamed PutObject ([`Self::put_sized`]) when the length is known, at least a part long and within one PUT's
     /// limit, so nothing is buffered and no CompleteMultipartUpload follows the last byte; otherwise
-    /// [`Self::put_stream`]. A length over `max_bytes` is refused before anything is read.
+    /// [`Self::put_stream`]. A length over `max_bytes` is refused before anything is read. A download is never an
+    /// empty object: an announced length of 0 is refused before anything is read, and a body without a length that
+    /// ends with no byte before anything is stored ([`StorageError::Empty`]).
     pub async fn put_download<S, E>(
         &self,
         bucket: &str,
@@ -116,11 +139,13 @@ impl Storage {
             return Err(StorageError::TooLarge { limit });
         }
         match len {
+            Some(0) => Err(StorageError::Empty),
             Some(len) if len >= self.part_size as u64 && len <= MAX_SINGLE_PUT => {
                 self.put_sized(bucket, key, content_type, body, len).await
             }
             _ => {
-                self.put_stream(bucket, key, content_type, body, max_bytes)
+                let stored = StoredObject::new(bucket, key, content_type);
+                self.stream_into(stored, body, max_bytes, IfEmpty::Refuse)
                     .await
             }
         }
@@ -133,19 +158,29 @@ impl Storage {
         bucket: &str,
         key: &str,
         content_type: &str,
-        mut body: S,
+        body: S,
         max_bytes: Option<u64>,
     ) -> Result<StoredObject, StorageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<BoxError>,
     {
-        let stored = StoredObject {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            size: 0,
-            content_type: content_type.to_owned(),
-        };
+        let stored = StoredObject::new(bucket, key, content_type);
+        self.stream_into(stored, body, max_bytes, IfEmpty::Store)
+            .await
+    }
+
+    async fn stream_into<S, E>(
+        &self,
+        stored: StoredObject,
+        mut body: S,
+        max_bytes: Option<u64>,
+        if_empty: IfEmpty,
+    ) -> Result<StoredObject, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<BoxError>,
+    {
         let mut buffer = BytesMut::with_capacity(self.part_size);
         let mut upload: Option<Multipart> = None;
         let filled = self
@@ -161,6 +196,7 @@ impl Storage {
                 Self::finish_multipart(u, buffer).await?;
                 total
             }
+            (Ok(0), None) if if_empty == IfEmpty::Refuse => return Err(StorageError::Empty),
             (Ok(total), None) => {
                 self.put_whole(&stored, buffer).await?;
                 total

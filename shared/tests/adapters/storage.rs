@@ -84,6 +84,40 @@ async fn a_body_over_the_limit_is_refused_and_leaves_no_object() {
 }
 
 #[tokio::test]
+async fn a_download_without_a_byte_is_refused_before_any_put_and_a_plain_stream_stores_it_empty() {
+    let s = storage().await;
+    let bucket = stack_var("WORKSPACE_BUCKET");
+    let empty_chunks =
+        || futures::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::new())));
+    // Announced empty; sent without a length (no chunk, or only empty ones).
+    for (case, len) in [("announced", Some(0)), ("unannounced", None)] {
+        for body in [
+            Box::pin(pattern_stream(0)) as std::pin::Pin<Box<dyn futures::Stream<Item = _>>>,
+            Box::pin(empty_chunks()),
+        ] {
+            let key = format!("{}/empty.png", unique("user"));
+            let err = s
+                .put_download(&bucket, &key, "image/png", body, len, Some(10_000))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StorageError::Empty), "{case}: {err}");
+            assert_eq!(s.head(&bucket, &key).await.unwrap(), None, "{case}");
+        }
+    }
+    // `put_stream` is not a download: an empty source is an empty object.
+    let key = format!("{}/empty.txt", unique("user"));
+    let stored = s
+        .put_stream(&bucket, &key, "text/plain", empty_chunks(), None)
+        .await
+        .unwrap();
+    assert_eq!(stored.size, 0);
+    assert_eq!(
+        s.head(&bucket, &key).await.unwrap().map(|m| m.size),
+        Some(0)
+    );
+}
+
+#[tokio::test]
 async fn a_source_that_breaks_off_fails_and_leaves_no_object() {
     let s = Storage::with_part_size(aws::s3(&sdk_config().await), 5 * 1024 * 1024);
     let bucket = stack_var("WORKSPACE_BUCKET");
