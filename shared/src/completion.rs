@@ -616,7 +616,7 @@ async fn transfer(
             let message = format!("Result larger than the limit of {limit} bytes");
             return Ok(Transfer::Refused(message));
         }
-        // Refused before anything was stored, with or without an announced length.
+        // Refused before anything was stored, so there is no object to delete.
         Err(StorageError::Empty) => return Err(CompletionError::Media(EMPTY_BODY.into())),
         Err(StorageError::Source(m)) => return Err(CompletionError::Media(m)),
         Err(e) => return Err(CompletionError::Storage(e)),

@@ -116,10 +116,10 @@ impl Storage {
 
     /// Stores a download of announced length `len` (its `Content-Length`, when it has one) under `bucket/key`: one
     /// streamed PutObject ([`Self::put_sized`]) when the length is known, at least a part long and within one PUT's
-    /// limit, so nothing is buffered and no CompleteMultipartUpload follows the last byte; otherwise
-    /// [`Self::put_stream`]. A length over `max_bytes` is refused before anything is read. A download is never an
-    /// empty object: an announced length of 0 is refused before anything is read, and a body without a length that
-    /// ends with no byte before anything is stored ([`StorageError::Empty`]).
+    /// limit, so nothing is buffered and no CompleteMultipartUpload follows the last byte; otherwise streamed as
+    /// [`Self::put_stream`] does. A length over `max_bytes` is refused before anything is read. A download is never
+    /// an empty object ([`StorageError::Empty`]): an announced length of 0 is refused before anything is read, and
+    /// any other body that ends with no byte before anything is stored.
     pub async fn put_download<S, E>(
         &self,
         bucket: &str,

@@ -104,6 +104,24 @@ async fn a_download_without_a_byte_is_refused_before_any_put_and_a_plain_stream_
             assert_eq!(s.head(&bucket, &key).await.unwrap(), None, "{case}");
         }
     }
+    // A small download without a length is stored whole.
+    let key = format!("{}/small.png", unique("user"));
+    let stored = s
+        .put_download(
+            &bucket,
+            &key,
+            "image/png",
+            pattern_stream(1_000),
+            None,
+            Some(10_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.size, 1_000);
+    assert_eq!(
+        s.head(&bucket, &key).await.unwrap().map(|m| m.size),
+        Some(1_000)
+    );
     // `put_stream` is not a download: an empty source is an empty object.
     let key = format!("{}/empty.txt", unique("user"));
     let stored = s
