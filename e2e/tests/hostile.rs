@@ -865,6 +865,43 @@ async fn model_key_override_outside_the_active_models_is_400_and_writes_nothing(
     assert_eq!(status, 200, "{answer}");
 }
 
+/// A `chat` model of the provider is no generation model: asked for by id or named as an override, it is 400
+/// before anything is written or sent (before, it ran on the provider as an image model, and was billed).
+#[tokio::test]
+async fn a_chat_model_by_id_or_override_is_400_and_writes_nothing() {
+    let trap = Trap::start().await;
+    let (attacker, jwt) = user().await;
+    let key = format!("fal-ai/hostile/chat-{}", Uuid::new_v4().simple());
+    let chat: Uuid = db()
+        .await
+        .query_one(
+            "INSERT INTO public.api_models (provider_id, model_key, display_name, modality, tasks)
+             SELECT provider_id, $1, 'hostile chat', 'chat', ARRAY['roleplay']
+               FROM public.api_models WHERE id = $2
+             RETURNING id",
+            &[&key, &id(&sync_model())],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let by_id = json!({"prompt": prompt("chat model", ""), "apiModelId": chat});
+    let (status, answer) = generate(&jwt, &by_id).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "Specified API model not found or inactive");
+    let as_override = json!({
+        "prompt": prompt("chat override", ""), "apiModelId": sync_model(), "model_key_override": key,
+    });
+    let (status, answer) = generate(&jwt, &as_override).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "Invalid model_key_override");
+    db().await
+        .execute("DELETE FROM public.api_models WHERE id = $1", &[&chat])
+        .await
+        .unwrap();
+    assert_eq!(jobs_of_user(attacker).await, 0);
+    trap.assert_untouched();
+}
+
 /// An override naming the provider's active video model, asked through an image model's row, runs as the video
 /// model it is: on its queue route (not the sync host, which it would hold past the sync bound), with the usage
 /// row the video's, at the video's price, not the image row's.

@@ -32,7 +32,8 @@ pub struct AssetRow {
 
 /// Writes asset 0 of the job and returns its id. It is called only in the transaction that completes the job, so
 /// a row already there is not ours: clients may insert `workspace_assets` rows of their own under any `job_id`
-/// (RLS checks only `user_id`), so such a row is overwritten with the job's owner and result, never trusted.
+/// (RLS checks only `user_id`), so such a row is overwritten with the job's owner and result, never trusted: every
+/// column the completion does not write (the dimensions and duration) is reset too.
 pub async fn insert_once<C: GenericClient>(
     client: &C,
     a: &NewAsset,
@@ -49,6 +50,7 @@ pub async fn insert_once<C: GenericClient>(
                     file_size_bytes = EXCLUDED.file_size_bytes, mime_type = EXCLUDED.mime_type,
                     generation_seed = EXCLUDED.generation_seed, original_prompt = EXCLUDED.original_prompt,
                     model_used = EXCLUDED.model_used, generation_settings = EXCLUDED.generation_settings,
+                    duration_seconds = NULL, width = NULL, height = NULL,
                     created_at = now(), expires_at = now() + interval '7 days'
              RETURNING id",
             &[

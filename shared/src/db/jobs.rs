@@ -53,13 +53,29 @@ impl JobRecord {
     }
 }
 
-/// The job's columns (`j`), then its run's ([`runs::COLUMNS`]).
+/// The most bytes of a column its owner may write at will (`original_prompt`, `error_message`, `metadata` as JSON
+/// text) that a read takes: four times the default request body (`MAX_BODY_BYTES`), which bounds what the functions
+/// write there. Past it the column reads as unset: an owner could otherwise write hundreds of megabytes there, and
+/// every webhook delivery and reconciler pass that reads the job would take it into memory (the reconciler's pass,
+/// everyone's, would end out of memory at that job, and again at every pass).
+pub const MAX_OWNER_VALUE_BYTES: i32 = 4 << 20;
+
+/// The job's columns (`j`), whether an owner's column was over [`MAX_OWNER_VALUE_BYTES`], then its run's
+/// ([`runs::COLUMNS`]).
 fn select(filter: &str) -> String {
+    const MAX: i32 = MAX_OWNER_VALUE_BYTES;
     format!(
-        "SELECT j.id, j.user_id, j.status, j.job_type, j.format, j.original_prompt, j.error_message,
-                coalesce(j.metadata, '{{}}'::jsonb) AS metadata, j.api_model_id, j.created_at, j.started_at, j.completed_at,
+        "SELECT j.id, j.user_id, j.status, j.job_type, j.format,
+                CASE WHEN octet_length(j.original_prompt) <= {MAX} THEN j.original_prompt END,
+                CASE WHEN octet_length(j.error_message) <= {MAX} THEN j.error_message END,
+                CASE WHEN o.metadata_bytes <= {MAX} THEN coalesce(j.metadata, '{{}}'::jsonb) END AS metadata,
+                j.api_model_id, j.created_at, j.started_at, j.completed_at,
+                coalesce(octet_length(j.original_prompt) > {MAX} OR octet_length(j.error_message) > {MAX}
+                         OR o.metadata_bytes > {MAX}, false) AS oversized,
                 {}
-           FROM public.jobs j {} WHERE {filter}",
+           FROM public.jobs j {}
+          CROSS JOIN LATERAL (SELECT coalesce(octet_length(j.metadata::text), 0) AS metadata_bytes) o
+          WHERE {filter}",
         runs::COLUMNS,
         runs::JOINS
     )
@@ -68,6 +84,9 @@ fn select(filter: &str) -> String {
 fn from_row(r: &tokio_postgres::Row) -> JobRecord {
     let status: Option<String> = r.get(2);
     let id: Uuid = r.get(0);
+    if r.get::<_, bool>(12) {
+        tracing::warn!(job_id = %id, limit = MAX_OWNER_VALUE_BYTES, "a job column its owner wrote is over the limit; read as unset");
+    }
     JobRecord {
         id,
         user_id: r.get(1),
@@ -80,12 +99,14 @@ fn from_row(r: &tokio_postgres::Row) -> JobRecord {
         format: r.get(4),
         original_prompt: r.get(5),
         error_message: r.get(6),
-        metadata: owners_value(r, 7, id).unwrap_or_else(|| Value::Object(Default::default())),
+        metadata: owners_value::<Option<Value>>(r, 7, id)
+            .flatten()
+            .unwrap_or_else(|| Value::Object(Default::default())),
         api_model_id: r.get(8),
         created_at: owners_value(r, 9, id).flatten(),
         started_at: owners_value(r, 10, id).flatten(),
         completed_at: owners_value(r, 11, id).flatten(),
-        run: runs::from_row(r, 12),
+        run: runs::from_row(r, 13),
     }
 }
 

@@ -31,6 +31,10 @@ const SELECT: &str = "SELECT m.id, m.provider_id, p.name, m.model_key, m.modalit
         m.input_defaults, m.capabilities, m.pricing, p.base_url, p.sync_base_url
    FROM public.api_models m JOIN public.api_providers p ON p.id = m.provider_id";
 
+/// What a generation may run on: an active model that makes images or videos (not a `chat` model), of an active
+/// provider. A model is no more usable than its provider: deactivating the provider takes all of its models out.
+const RUNNABLE: &str = "m.is_active AND p.is_active AND m.modality IN ('image', 'video')";
+
 fn from_row(r: &tokio_postgres::Row) -> ModelRow {
     ModelRow {
         id: r.get(0),
@@ -47,12 +51,12 @@ fn from_row(r: &tokio_postgres::Row) -> ModelRow {
     }
 }
 
-/// The active model with this id.
+/// The runnable model with this id ([`RUNNABLE`]).
 pub async fn active_by_id<C: GenericClient>(
     client: &C,
     id: Uuid,
 ) -> Result<Option<ModelRow>, tokio_postgres::Error> {
-    let sql = format!("{SELECT} WHERE m.id = $1 AND m.is_active");
+    let sql = format!("{SELECT} WHERE m.id = $1 AND {RUNNABLE}");
     Ok(client
         .query_typed_opt(&sql, &[(&id, Type::UUID)])
         .await?
@@ -70,19 +74,23 @@ pub struct OverrideModel {
     pub capabilities: Value,
 }
 
-/// The provider's active model `model_key` (what `model_key_override` may name); `None` when the provider has no
-/// such active model.
+/// The provider's runnable model `model_key` ([`RUNNABLE`]: what `model_key_override` may name); `None` when the
+/// provider has no such model.
 pub async fn active_override<C: GenericClient>(
     client: &C,
     provider_id: Uuid,
     model_key: &str,
 ) -> Result<Option<OverrideModel>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT m.modality, m.endpoint_path, m.capabilities
+           FROM public.api_models m JOIN public.api_providers p ON p.id = m.provider_id
+          WHERE m.model_key = $1 AND m.provider_id = $2 AND {RUNNABLE}
+          ORDER BY m.priority ASC, m.created_at ASC
+          LIMIT 1"
+    );
     let row = client
         .query_typed_opt(
-            "SELECT modality, endpoint_path, capabilities FROM public.api_models
-              WHERE model_key = $1 AND provider_id = $2 AND is_active
-              ORDER BY priority ASC, created_at ASC
-              LIMIT 1",
+            &sql,
             &[(&model_key, Type::TEXT), (&provider_id, Type::UUID)],
         )
         .await?;
@@ -101,7 +109,7 @@ pub async fn default_for<C: GenericClient>(
     task: &str,
 ) -> Result<Option<ModelRow>, tokio_postgres::Error> {
     let sql = format!(
-        "{SELECT} WHERE m.is_active AND p.name = 'fal' AND m.modality = $1
+        "{SELECT} WHERE {RUNNABLE} AND p.name = 'fal' AND m.modality = $1
           ORDER BY ($2 = ANY (m.default_for_tasks)) DESC, m.priority ASC, m.created_at ASC
           LIMIT 1"
     );

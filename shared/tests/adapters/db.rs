@@ -419,6 +419,45 @@ async fn a_job_whose_owner_wrote_undecodable_values_still_reads() {
     }
 }
 
+/// An owner may write hundreds of megabytes into their job's prompt, error or metadata; a read takes at most
+/// `MAX_OWNER_VALUE_BYTES` of each, and a column over it reads as unset (the rest of the job as ever). A column at
+/// the bound reads whole.
+#[tokio::test]
+async fn a_job_column_its_owner_wrote_past_the_bound_reads_as_unset() {
+    let (admin, user) = admin_and_new_user().await;
+    let max = db::jobs::MAX_OWNER_VALUE_BYTES;
+    // A JSON array of zeros of `bytes` bytes as text ("[0, 0, …, 0]": 3 bytes an element, less one, plus two).
+    let zeros =
+        |bytes: i32| format!("(SELECT jsonb_agg(0) FROM generate_series(1, ({bytes} - 1) / 3))");
+    let job = insert_job(&admin, user, 10).await.unwrap();
+    let over = format!(
+        "UPDATE public.jobs SET metadata = jsonb_build_object('big', {}), original_prompt = repeat('p', {max} + 1),
+                error_message = repeat('e', {max} + 1) WHERE id = $1",
+        zeros(max)
+    );
+    assert_eq!(admin.execute(&over, &[&job]).await.unwrap(), 1);
+    let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(read.metadata, serde_json::json!({}));
+    assert_eq!((read.original_prompt, read.error_message), (None, None));
+    assert_eq!(read.user_id, user);
+    assert!(read.run.is_some(), "the run is read as ever");
+
+    let at = format!(
+        "UPDATE public.jobs SET metadata = {}, original_prompt = repeat('p', {max}), error_message = 'e'
+          WHERE id = $1 RETURNING octet_length(metadata::text)",
+        zeros(max)
+    );
+    let bytes: i32 = admin.query_one(&at, &[&job]).await.unwrap().get(0);
+    assert!(bytes <= max && bytes > max - 4, "{bytes}");
+    let read = db::jobs::get(&admin, job).await.unwrap().unwrap();
+    assert_eq!(
+        read.metadata.as_array().map(Vec::len),
+        Some(((max - 1) / 3) as usize)
+    );
+    assert_eq!(read.original_prompt.map(|p| p.len()), Some(max as usize));
+    assert_eq!(read.error_message.as_deref(), Some("e"));
+}
+
 /// The job's usage row's `cost_usd`, as Postgres prints it.
 async fn cost_of(admin: &tokio_postgres::Client, job: Uuid) -> Option<String> {
     admin
@@ -801,4 +840,154 @@ async fn closing_a_run_drops_the_claim_a_failed_holder_left() {
     assert!(db::claims::current(&admin, job).await.unwrap().is_some());
     db::runs::close(&admin, job).await.unwrap();
     assert!(db::claims::current(&admin, job).await.unwrap().is_none());
+}
+
+/// A generation runs only on an active image or video model of an active provider: neither a `chat` model nor a
+/// model of a deactivated provider is found by id or as an override. (Providers of their own, so that no other
+/// test picking the seed's fal models meets these rows.)
+#[tokio::test]
+async fn only_image_and_video_models_of_active_providers_are_found() {
+    let admin = db::connect(&stack_var("DATABASE_URL")).await.unwrap();
+    let tag = Uuid::new_v4().simple().to_string();
+    let provider = |name: String, active: bool| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "INSERT INTO public.api_providers (name, display_name, base_url, is_active)
+                     VALUES ($1, 'test', 'http://127.0.0.1:9', $2) RETURNING id",
+                    &[&name, &active],
+                )
+                .await
+                .unwrap();
+            row.get::<_, Uuid>(0)
+        }
+    };
+    let model = |provider: Uuid, key: String, modality: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "INSERT INTO public.api_models (provider_id, model_key, display_name, modality, tasks)
+                     VALUES ($1, $2, 'test', $3, ARRAY['t2i']) RETURNING id",
+                    &[&provider, &key, &modality],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, Uuid>(0), key)
+        }
+    };
+    let on = provider(format!("active-{tag}"), true).await;
+    let off = provider(format!("deactivated-{tag}"), false).await;
+    let chat = model(on, format!("test/chat-{tag}"), "chat").await;
+    let image = model(on, format!("test/image-{tag}"), "image").await;
+    let deactivated = model(off, format!("test/off-{tag}"), "image").await;
+
+    for (what, (id, key), provider) in [
+        ("chat", &chat, on),
+        ("deactivated provider", &deactivated, off),
+    ] {
+        let by_id = db::models::active_by_id(&admin, *id).await.unwrap();
+        assert!(by_id.is_none(), "{what}: {by_id:?}");
+        let cache = db::models::ModelCache::new(Duration::from_secs(30));
+        assert!(
+            cache.active_by_id(&admin, *id).await.unwrap().is_none(),
+            "{what}"
+        );
+        let overridden = db::models::active_override(&admin, provider, key)
+            .await
+            .unwrap();
+        assert!(overridden.is_none(), "{what}: {overridden:?}");
+    }
+    // Control: an image model of an active provider is found both ways, and so is the deactivated provider's
+    // once its provider is active again.
+    let found = db::models::active_by_id(&admin, image.0).await.unwrap();
+    assert_eq!(found.map(|m| m.id), Some(image.0));
+    assert!(
+        db::models::active_override(&admin, on, &image.1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    admin
+        .execute(
+            "UPDATE public.api_providers SET is_active = true WHERE id = $1",
+            &[&off],
+        )
+        .await
+        .unwrap();
+    let found = db::models::active_by_id(&admin, deactivated.0)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|m| m.id), Some(deactivated.0));
+
+    // Their models go with them (ON DELETE CASCADE).
+    admin
+        .execute(
+            "DELETE FROM public.api_providers WHERE id = ANY($1)",
+            &[&vec![on, off]],
+        )
+        .await
+        .unwrap();
+}
+
+/// A row a client planted at asset 0 under another user's job (RLS checks only the row's `user_id`) is the job's
+/// asset once it completes: its owner, its result, and none of the planted dimensions or duration.
+#[tokio::test]
+async fn a_planted_asset_row_is_overwritten_whole_by_the_completion() {
+    let (admin, owner) = admin_and_new_user().await;
+    let planter = Uuid::new_v4();
+    users::ensure(&admin, planter).await.unwrap();
+    let job = insert_job(&admin, owner, 10).await.unwrap();
+    admin
+        .execute(
+            "INSERT INTO public.workspace_assets (user_id, job_id, asset_index, asset_type, temp_storage_path,
+                 file_size_bytes, mime_type, generation_seed, original_prompt, model_used, width, height,
+                 duration_seconds)
+             VALUES ($1, $2, 0, 'video', 'planted', 1, 'video/mp4', 1, 'planted', 'planted', 1, 1, 9999)",
+            &[&planter, &job],
+        )
+        .await
+        .unwrap();
+    let asset = db::assets::NewAsset {
+        user_id: owner,
+        job_id: job,
+        asset_type: "image".into(),
+        temp_storage_path: format!("{owner}/{job}_0.png"),
+        thumbnail_path: None,
+        file_size_bytes: 10,
+        mime_type: "image/png".into(),
+        generation_seed: 7,
+        original_prompt: "prompt".into(),
+        model_used: "fal-ai/test".into(),
+        generation_settings: serde_json::json!({}),
+    };
+    db::assets::insert_once(&admin, &asset).await.unwrap();
+    let row = admin
+        .query_one(
+            "SELECT user_id, asset_type, temp_storage_path, width, height, duration_seconds::float8
+               FROM public.workspace_assets WHERE job_id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let read: (Uuid, String, String, Option<i32>, Option<i32>, Option<f64>) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    assert_eq!(
+        read,
+        (
+            owner,
+            "image".into(),
+            asset.temp_storage_path.clone(),
+            None,
+            None,
+            None
+        )
+    );
 }
