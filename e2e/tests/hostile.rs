@@ -769,6 +769,54 @@ async fn post_processing_targets_of_others_or_closed_clips_are_404_and_write_not
     assert_eq!(status, 200, "{answer}");
 }
 
+/// A storyboard clip's job its owner ended through RLS (its status written `cancelled`): the provider's final
+/// delivery closes the run and fails the clip, as the API's cancel fails it at once, rather than leaving it
+/// `generating` for a result that never comes. The job stays as its owner wrote it, and nothing is stored.
+#[tokio::test]
+async fn a_clips_job_its_owner_cancelled_through_rls_fails_the_clip_at_its_delivery() {
+    let (owner, jwt) = user().await;
+    let clip = storyboard_clip(owner, "generating").await;
+    let extra = json!({"metadata": {"storyboard_clip_id": clip}});
+    let (job_id, request_id) = Provider::Fal
+        .queued_with(&jwt, "clip cancelled through rls", "#delay-ms=2000", extra)
+        .await;
+    client_writes(
+        owner,
+        "UPDATE public.jobs SET status = 'cancelled' WHERE id = $1 RETURNING 1",
+        &[&id(&job_id)],
+    )
+    .await;
+    assert_not_delivered_yet(Provider::Fal, &request_id).await;
+    assert_eq!(
+        rows_of("storyboard_clips", "id", &[clip]).await[0]["status"],
+        "generating"
+    );
+
+    let attempts = settled_deliveries(&request_id, 1, WAIT).await;
+    assert!(
+        attempts.iter().all(|a| a["http_status"] == 200),
+        "{attempts:?}"
+    );
+    assert_eq!(
+        rows_of("storyboard_clips", "id", &[clip]).await[0]["status"],
+        "failed"
+    );
+    let closed: bool = db()
+        .await
+        .query_one(
+            "SELECT closed_at IS NOT NULL FROM public.job_runs WHERE job_id = $1",
+            &[&id(&job_id)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(closed, "the delivery closes the run");
+    let j = job(&job_id).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(assets_of(&job_id).await.len(), 0);
+    assert!(objects_of(owner).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_token_authenticates_only_its_own_job_and_new_jobs_refuse_the_legacy_secret() {
     let (_, jwt) = user().await;

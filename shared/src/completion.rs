@@ -918,6 +918,21 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
     Ok(moved)
 }
 
+/// Closes the open run of a job its owner ended (its status says so: written through RLS, or the row's status
+/// is otherwise terminal while the run is open), and fails its storyboard clip as the API's cancel does, where the
+/// clip is still open and no later job was asked for it: a clip left `generating` would wait for a result that
+/// never comes. `client` must be autocommit ([`db::runs::close`]).
+pub async fn close_owner_ended<C: tokio_postgres::GenericClient>(
+    client: &C,
+    job: &JobRecord,
+) -> Result<(), tokio_postgres::Error> {
+    db::runs::close(client, job.id).await?;
+    if let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
+        db::postprocess::fail_storyboard_clip(client, job.id, clip, job.user_id).await?;
+    }
+    Ok(())
+}
+
 /// Fails an open job with fal's or our message (no claim needed: the guarded transition decides). With
 /// `unless_abandoned`, the request of a queue submission whose delivery reported the failure: not when, under the
 /// job's lock, the run shows that the job fell back to the sync route and abandoned that request

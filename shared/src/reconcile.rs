@@ -373,7 +373,7 @@ async fn close_ended(
     // Asked before the close, so a pass stopped between the two leaves the run open for the next one to ask again.
     let client = state.db_client(settings).await?;
     crate::submission::cancel_closed_run(state, settings, &client, job).await;
-    db::runs::close(&**client, job.id).await?;
+    completion::close_owner_ended(&**client, job).await?;
     Ok(Verdict::Closed)
 }
 

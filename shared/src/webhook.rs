@@ -383,7 +383,7 @@ async fn ended_before_the_port(
 
 /// A final delivery for a job that was ended meanwhile (by its owner, through RLS: the functions close the runs of
 /// the jobs they end): the provider is done with it now, so its run no longer counts against the owner's open
-/// jobs.
+/// jobs, and its storyboard clip, if still open, fails ([`crate::completion::close_owner_ended`]).
 async fn close_ended_run(
     state: &AppState,
     settings: &Settings,
@@ -391,7 +391,7 @@ async fn close_ended_run(
 ) -> Result<(), DeliveryError> {
     if job.run.as_ref().is_some_and(|r| r.closed_at.is_none()) {
         let client = state.db_client(settings).await?;
-        db::runs::close(&**client, job.id).await?;
+        crate::completion::close_owner_ended(&**client, job).await?;
     }
     Ok(())
 }
