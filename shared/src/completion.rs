@@ -921,13 +921,17 @@ pub async fn fail_in<C: tokio_postgres::GenericClient>(
 /// Closes the open run of a job its owner ended (its status says so: written through RLS, or the row's status
 /// is otherwise terminal while the run is open), and fails its storyboard clip as the API's cancel does, where the
 /// clip is still open and no later job was asked for it: a clip left `generating` would wait for a result that
-/// never comes. `client` must be autocommit ([`db::runs::close`]).
+/// never comes. Only when this call closed the run, with no result: `job` may have been read before another
+/// caller completed the job (and closed its run), whose clip its post-processing completes. `client` must be
+/// autocommit ([`db::runs::close`]).
 pub async fn close_owner_ended<C: tokio_postgres::GenericClient>(
     client: &C,
     job: &JobRecord,
 ) -> Result<(), tokio_postgres::Error> {
-    db::runs::close(client, job.id).await?;
-    if let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id) {
+    let ended_without_result = db::runs::close(client, job.id).await?;
+    if let Some(clip) = job.run.as_ref().and_then(|r| r.targets.storyboard_clip_id)
+        && ended_without_result
+    {
         db::postprocess::fail_storyboard_clip(client, job.id, clip, job.user_id).await?;
     }
     Ok(())

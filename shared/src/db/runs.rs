@@ -264,20 +264,25 @@ pub async fn exists<C: GenericClient>(
 /// `client` must commit each statement on its own (a pooled connection, not a transaction): inside a transaction
 /// the run's lock would be held while the claim's row is waited for, the order a completing transaction may take
 /// the other way round, and the two would deadlock.
+///
+/// True when this call closed a run with no result: the job ended without one (a run the functions ended, or
+/// that a completion closed with its result, is closed already).
 pub async fn close<C: GenericClient>(
     client: &C,
     job_id: Uuid,
-) -> Result<(), tokio_postgres::Error> {
-    client
+) -> Result<bool, tokio_postgres::Error> {
+    let closed = client
         .query_typed(
-            "UPDATE public.job_runs SET closed_at = now() WHERE job_id = $1 AND closed_at IS NULL",
+            "UPDATE public.job_runs SET closed_at = now() WHERE job_id = $1 AND closed_at IS NULL
+             RETURNING result_key IS NULL",
             &[(&job_id, Type::UUID)],
         )
         .await?;
     // Nobody completes a job whose run is closed: its claim (a failed holder's, its lease ended, kept to count the
     // holders while the job was open) goes too. A statement of its own, so that no lock on the run is held while
     // waiting for the claim's row (a completing transaction takes them the other way round).
-    crate::db::claims::clear(client, job_id).await
+    crate::db::claims::clear(client, job_id).await?;
+    Ok(closed.first().is_some_and(|r| r.get(0)))
 }
 
 impl JobRun {

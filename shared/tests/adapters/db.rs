@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use crate::common::{open_jobs_of, stack_var};
+use gen_pipeline::completion;
 use gen_pipeline::db::{self, Db, users};
 use gen_pipeline::jobs::JobStatus;
 use secrecy::SecretString;
@@ -989,5 +990,67 @@ async fn a_planted_asset_row_is_overwritten_whole_by_the_completion() {
             None,
             None
         )
+    );
+}
+
+/// Closing the run of a job its owner ended fails its storyboard clip only when that close is the one that ended
+/// the run without a result: a caller holding a copy of the job read before another caller completed it (and
+/// closed its run) leaves the clip to the completion's post-processing.
+#[tokio::test]
+async fn an_owner_ended_jobs_clip_fails_only_when_its_run_is_closed_without_a_result() {
+    let (admin, user) = admin_and_new_user().await;
+    let clip_job = async || {
+        let job = insert_job(&admin, user, 10).await.unwrap();
+        let clip = Uuid::new_v4();
+        admin
+            .execute(
+                "INSERT INTO public.storyboard_clips (id, status) VALUES ($1, 'generating')",
+                &[&clip],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "UPDATE public.job_runs SET storyboard_clip_id = $2 WHERE job_id = $1",
+                &[&job, &clip],
+            )
+            .await
+            .unwrap();
+        (job, clip)
+    };
+    let clip_status = async |clip: Uuid| -> String {
+        let sql = "SELECT status FROM public.storyboard_clips WHERE id = $1";
+        admin.query_one(sql, &[&clip]).await.unwrap().get(0)
+    };
+
+    // Read while open; completed by another caller (its run closed with its result) before the close.
+    let (completed, clip) = clip_job().await;
+    let stale = db::jobs::get(&admin, completed).await.unwrap().unwrap();
+    assert_eq!(
+        stale
+            .run
+            .as_ref()
+            .and_then(|r| r.targets.storyboard_clip_id),
+        Some(clip)
+    );
+    db::runs::record_result(&admin, completed, "key", None)
+        .await
+        .unwrap();
+    let nothing = serde_json::json!({});
+    let done = db::jobs::transition(&admin, completed, JobStatus::Completed, None, &nothing);
+    assert!(done.await.unwrap());
+    completion::close_owner_ended(&admin, &stale).await.unwrap();
+    assert_eq!(clip_status(clip).await, "generating");
+
+    // Ended by its owner (its status written, its run open): the close fails the clip, once.
+    let (cancelled, clip) = clip_job().await;
+    let sql = "UPDATE public.jobs SET status = 'cancelled' WHERE id = $1";
+    admin.execute(sql, &[&cancelled]).await.unwrap();
+    let ended = db::jobs::get(&admin, cancelled).await.unwrap().unwrap();
+    completion::close_owner_ended(&admin, &ended).await.unwrap();
+    assert_eq!(clip_status(clip).await, "failed");
+    assert!(
+        !db::runs::close(&admin, cancelled).await.unwrap(),
+        "closed already"
     );
 }
