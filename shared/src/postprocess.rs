@@ -12,7 +12,6 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::db::runs::PostTargets;
 use crate::db::{self, postprocess as pp};
-use crate::jobs::JobStatus;
 use crate::state::AppState;
 use crate::{ownership, storage_links};
 
@@ -69,9 +68,9 @@ pub async fn run_steps(
     let Some(job) = db::jobs::get(&**client, job_id).await? else {
         return Ok(Vec::new());
     };
-    if job.status != JobStatus::Completed {
-        return Ok(Vec::new());
-    }
+    // Completed by the functions: its run records the result, which only the completing transaction writes. Not
+    // the status, which the owner may rewrite either way (a job set `completed` has no result; one set `failed`
+    // after its completion still has its result, and its steps).
     let Some(run) = job.run.clone() else {
         return Ok(Vec::new());
     };

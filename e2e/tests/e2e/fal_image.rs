@@ -1328,6 +1328,35 @@ async fn a_late_rerun_of_an_older_portrait_leaves_the_newer_one() {
     assert_eq!(paths, expected);
 }
 
+/// Post-processing goes by the result the completion recorded, not by the status the owner can rewrite: a
+/// portrait job its owner set `failed` after its completion still gets its step when it is run again (as the
+/// reconciler runs a step that was not recorded).
+#[tokio::test]
+async fn post_processing_goes_by_the_recorded_result_not_the_status_its_owner_wrote() {
+    let (user, jwt) = user().await;
+    let character = new_character(user, "Rewritten").await;
+    let job_id = sync_portrait(&jwt, character, "portrait whose status is rewritten").await;
+    let client = db().await;
+    for sql in [
+        "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+        "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+        "UPDATE public.jobs SET status = 'failed' WHERE id = $1::text::uuid",
+    ] {
+        assert_eq!(client.execute(sql, &[&job_id]).await.unwrap(), 1, "{sql}");
+    }
+    assert_eq!(
+        rerun_post_processing(&job_id).await,
+        vec!["character_portrait"]
+    );
+    let library: Vec<String> = first_column(
+        &client,
+        "SELECT storage_path FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+        &[&job_id],
+    )
+    .await;
+    assert_eq!(library, vec![format!("{user}/{job_id}_{character}.png")]);
+}
+
 /// The same while the newer portrait's step is in flight: the older one's re-run waits for the character's row,
 /// then sees that step committed and leaves the newer portrait (a check made before the wait would not see it).
 #[tokio::test]

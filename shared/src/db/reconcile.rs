@@ -52,10 +52,11 @@ pub async fn take_post_processing_backlog<C: GenericClient>(
     settle: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    // `run.result_key` is written only by the completing transaction: a job its owner set `completed` is not one.
-    // The window goes by the run's close (the owner can rewrite `completed_at`). `post_steps <> '{}'` with the
-    // result key is V18's index's predicate, which the planner uses only when the query names it.
-    let filter = "j.status = 'completed' AND run.result_key IS NOT NULL AND run.post_steps <> '{}'
+    // `run.result_key` is written only by the completing transaction, so it alone says the job was completed: not
+    // the status, which its owner can rewrite. The window goes by the run's close (the owner can rewrite
+    // `completed_at`). `post_steps <> '{}'` with the result key is V18's index's predicate, which the planner uses
+    // only when the query names it.
+    let filter = "run.result_key IS NOT NULL AND run.post_steps <> '{}'
                 AND run.closed_at > now() - interval '1 day'
                 AND run.closed_at < now() - make_interval(secs => $1)
                 AND EXISTS (SELECT 1 FROM unnest(run.post_steps) AS s(step)
