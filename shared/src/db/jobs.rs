@@ -66,15 +66,16 @@ fn select(filter: &str) -> String {
     const MAX: i32 = MAX_OWNER_VALUE_BYTES;
     format!(
         "SELECT j.id, j.user_id, j.status, j.job_type, j.format,
-                CASE WHEN octet_length(j.original_prompt) <= {MAX} THEN j.original_prompt END,
-                CASE WHEN octet_length(j.error_message) <= {MAX} THEN j.error_message END,
-                CASE WHEN o.metadata_bytes <= {MAX} THEN coalesce(j.metadata, '{{}}'::jsonb) END AS metadata,
+                CASE WHEN o.prompt <= {MAX} THEN j.original_prompt END,
+                CASE WHEN o.error <= {MAX} THEN j.error_message END,
+                CASE WHEN o.metadata <= {MAX} THEN coalesce(j.metadata, '{{}}'::jsonb) END AS metadata,
                 j.api_model_id, j.created_at, j.started_at, j.completed_at,
-                coalesce(octet_length(j.original_prompt) > {MAX} OR octet_length(j.error_message) > {MAX}
-                         OR o.metadata_bytes > {MAX}, false) AS oversized,
+                greatest(o.prompt, o.error, o.metadata) > {MAX} AS oversized,
                 {}
            FROM public.jobs j {}
-          CROSS JOIN LATERAL (SELECT coalesce(octet_length(j.metadata::text), 0) AS metadata_bytes) o
+          CROSS JOIN LATERAL (SELECT coalesce(octet_length(j.original_prompt), 0) AS prompt,
+                                     coalesce(octet_length(j.error_message), 0) AS error,
+                                     coalesce(octet_length(j.metadata::text), 0) AS metadata) o
           WHERE {filter}",
         runs::COLUMNS,
         runs::JOINS
