@@ -82,9 +82,7 @@ pub async fn active_override<C: GenericClient>(
     model_key: &str,
 ) -> Result<Option<OverrideModel>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT m.modality, m.endpoint_path, m.capabilities
-           FROM public.api_models m JOIN public.api_providers p ON p.id = m.provider_id
-          WHERE m.model_key = $1 AND m.provider_id = $2 AND {RUNNABLE}
+        "{SELECT} WHERE m.model_key = $1 AND m.provider_id = $2 AND {RUNNABLE}
           ORDER BY m.priority ASC, m.created_at ASC
           LIMIT 1"
     );
@@ -93,11 +91,13 @@ pub async fn active_override<C: GenericClient>(
             &sql,
             &[(&model_key, Type::TEXT), (&provider_id, Type::UUID)],
         )
-        .await?;
-    Ok(row.map(|r| OverrideModel {
-        modality: r.get(0),
-        endpoint_path: r.get(1),
-        capabilities: r.get(2),
+        .await?
+        .as_ref()
+        .map(from_row);
+    Ok(row.map(|m| OverrideModel {
+        modality: m.modality,
+        endpoint_path: m.endpoint_path,
+        capabilities: m.capabilities,
     }))
 }
 
