@@ -1333,17 +1333,16 @@ async fn a_late_rerun_of_an_older_portrait_leaves_the_newer_one() {
 /// reconciler runs a step that was not recorded).
 #[tokio::test]
 async fn post_processing_goes_by_the_recorded_result_not_the_status_its_owner_wrote() {
-    let (user, jwt) = user().await;
-    let character = new_character(user, "Rewritten").await;
-    let job_id = sync_portrait(&jwt, character, "portrait whose status is rewritten").await;
+    let (user, character, job_id) = portrait_then(
+        "Rewritten",
+        &[
+            "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+            "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+            "UPDATE public.jobs SET status = 'failed' WHERE id = $1::text::uuid",
+        ],
+    )
+    .await;
     let client = db().await;
-    for sql in [
-        "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
-        "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
-        "UPDATE public.jobs SET status = 'failed' WHERE id = $1::text::uuid",
-    ] {
-        assert_eq!(client.execute(sql, &[&job_id]).await.unwrap(), 1, "{sql}");
-    }
     assert_eq!(
         rerun_post_processing(&job_id).await,
         vec!["character_portrait"]
@@ -1464,22 +1463,33 @@ async fn a_step_whose_result_was_deleted_is_skipped_and_its_copy_removed() {
     assert_eq!(library_objects(user).await, Vec::<String>::new());
 }
 
+/// A sync portrait of a new user's new character `name`, once its step is recorded, then each of `writes` (the
+/// job id as `$1`, text), each reaching one row: the user, the character and the job id.
+async fn portrait_then(name: &str, writes: &[&str]) -> (Uuid, Uuid, String) {
+    let (user, jwt) = user().await;
+    let character = new_character(user, name).await;
+    let job_id = sync_portrait(&jwt, character, &format!("portrait of {name}")).await;
+    let client = db().await;
+    for sql in writes {
+        assert_eq!(client.execute(*sql, &[&job_id]).await.unwrap(), 1, "{sql}");
+    }
+    (user, character, job_id)
+}
+
 /// A sync portrait of a new character `name`, made to look as if its first post-processing pass failed after
 /// copying (the library copy stays; no step, no library row) and its owner then deleted its asset row: its user,
 /// job id and library key.
 async fn portrait_with_first_pass_undone(name: &str) -> (Uuid, String, String) {
-    let (user, jwt) = user().await;
-    let character = new_character(user, name).await;
-    let job_id = sync_portrait(&jwt, character, &format!("portrait of {name}")).await;
+    let (user, character, job_id) = portrait_then(
+        name,
+        &[
+            "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
+            "DELETE FROM public.workspace_assets WHERE job_id = $1::text::uuid",
+            "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
+        ],
+    )
+    .await;
     let key = format!("{user}/{job_id}_{character}.png");
-    let client = db().await;
-    for sql in [
-        "DELETE FROM public.job_postprocessing WHERE job_id = $1::text::uuid",
-        "DELETE FROM public.workspace_assets WHERE job_id = $1::text::uuid",
-        "DELETE FROM public.user_library WHERE generation_metadata->>'job_id' = $1",
-    ] {
-        assert_eq!(client.execute(sql, &[&job_id]).await.unwrap(), 1, "{sql}");
-    }
     let library = s3()
         .await
         .head_object()
