@@ -82,6 +82,57 @@ pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-pub fn secrets_manager(config: &SdkConfig) -> aws_sdk_secretsmanager::Client {
-    aws_sdk_secretsmanager::Client::new(config)
+/// Secrets Manager client for `secret_id`. A secret is served only by the endpoint of its own region, so a full ARN
+/// naming another region than the function's (the template's parameter takes any) gets a client of that region;
+/// a name, or an ARN of the function's own region, gets the configured one.
+pub fn secrets_manager(config: &SdkConfig, secret_id: &str) -> aws_sdk_secretsmanager::Client {
+    let own = config.region().map(|r| r.as_ref());
+    match arn_region(secret_id) {
+        Some(region) if Some(region) != own => {
+            let conf = aws_sdk_secretsmanager::config::Builder::from(config)
+                .region(aws_sdk_secretsmanager::config::Region::new(
+                    region.to_owned(),
+                ))
+                .build();
+            aws_sdk_secretsmanager::Client::from_conf(conf)
+        }
+        _ => aws_sdk_secretsmanager::Client::new(config),
+    }
+}
+
+/// The region an ARN names (`arn:<partition>:<service>:<region>:…`); `None` for anything else, or an ARN without one.
+fn arn_region(id: &str) -> Option<&str> {
+    let mut parts = id.splitn(5, ':');
+    let (arn, _partition, _service, region) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let region_like = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (arn == "arn" && parts.next().is_some() && region_like).then_some(region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_of_a_secrets_arn_and_none_for_a_name() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gen/app-AbCdEf";
+        assert_eq!(arn_region(arn), Some("eu-west-1"));
+        assert_eq!(
+            arn_region("arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:a-AbCdEf"),
+            Some("us-gov-west-1")
+        );
+        for not_one in [
+            "gen/app",
+            "gen:app",
+            "arn:aws:secretsmanager::123456789012:secret:a",
+            "arn:aws:secretsmanager:EU-WEST-1:123456789012:secret:a",
+            "arn:aws:secretsmanager:eu-west-1",
+            "urn:aws:secretsmanager:eu-west-1:123456789012:secret:a",
+        ] {
+            assert_eq!(arn_region(not_one), None, "{not_one}");
+        }
+    }
 }

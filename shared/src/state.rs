@@ -38,7 +38,7 @@ impl AppState {
         let http = http_client()?;
         Ok(AppState {
             secrets: SecretsCache::new(
-                crate::aws::secrets_manager(sdk),
+                crate::aws::secrets_manager(sdk, &config.app_secret_id),
                 config.app_secret_id.clone(),
                 config.secret_ttl,
             ),

@@ -17,7 +17,7 @@ fn secret_json(fal_key: &str) -> String {
 
 /// A new secret holding `value`, and a client of the stack's Secrets Manager.
 async fn new_secret(prefix: &str, value: String) -> (aws_sdk_secretsmanager::Client, String) {
-    let client = aws::secrets_manager(&sdk_config().await);
+    let client = aws::secrets_manager(&sdk_config().await, prefix);
     let name = unique(prefix);
     client
         .create_secret()
@@ -63,7 +63,7 @@ async fn settings_come_from_secrets_manager_and_a_rotated_value_is_seen_after_th
 async fn a_missing_secret_is_a_clear_error() {
     let sdk = sdk_config().await;
     let cache = SecretsCache::new(
-        aws::secrets_manager(&sdk),
+        aws::secrets_manager(&sdk, "test/absent"),
         unique("test/absent"),
         Duration::from_secs(60),
     );
@@ -113,5 +113,40 @@ async fn a_failed_refresh_serves_the_cached_value_and_waits_before_fetching_agai
     assert_eq!(
         cache.get().await.unwrap().fal_key.expose_secret(),
         "rotated-key"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_named_by_the_arn_of_another_region_is_read_in_that_region() {
+    let sdk = sdk_config().await;
+    let own = sdk.region().map(|r| r.to_string());
+    let elsewhere = if own.as_deref() == Some("eu-west-1") {
+        "us-west-2"
+    } else {
+        "eu-west-1"
+    };
+    let there = sdk
+        .to_builder()
+        .region(aws_sdk_secretsmanager::config::Region::new(elsewhere))
+        .build();
+    let created = aws_sdk_secretsmanager::Client::new(&there)
+        .create_secret()
+        .name(unique("test/other-region"))
+        .secret_string(secret_json("far-key"))
+        .send()
+        .await
+        .unwrap();
+    let arn = created.arn().unwrap().to_owned();
+    assert!(arn.contains(&format!(":{elsewhere}:")), "{arn}");
+
+    // The functions' SDK configuration is the stack's own region; the ARN says where the secret is.
+    let cache = SecretsCache::new(
+        aws::secrets_manager(&sdk, &arn),
+        arn,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        cache.get().await.unwrap().fal_key.expose_secret(),
+        "far-key"
     );
 }
