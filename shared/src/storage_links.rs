@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -290,17 +291,47 @@ pub async fn redirect(
         } else {
             name
         };
-        let safe: String = name
-            .chars()
-            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
-            .collect();
-        format!("attachment; filename=\"{safe}\"")
+        attachment(name)
     });
     let s3_bucket = bucket.s3_bucket(settings);
     Ok(state
         .storage
         .presign_get_as(s3_bucket, path, REDIRECT_TTL, disposition)
         .await)
+}
+
+/// RFC 5987's `attr-char`s: what `filename*` carries as it is; every other byte is percent-encoded.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// The `Content-Disposition` of a download named `name` (RFC 6266). S3 refuses a header value it cannot write in
+/// ISO-8859-1 (400 `InvalidArgument`), so a name beyond ASCII goes in `filename*` (RFC 5987: UTF-8,
+/// percent-encoded), which browsers prefer, beside an ASCII `filename` (each other character an `_`) for clients
+/// that do not read it. Control characters are dropped, and `"` and `\` from the quoted name.
+fn attachment(name: &str) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
+    let quoted: String = name
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\\'))
+        .map(|c| if c.is_ascii() { c } else { '_' })
+        .collect();
+    if name.is_ascii() {
+        format!("attachment; filename=\"{quoted}\"")
+    } else {
+        let encoded = utf8_percent_encode(&name, ATTR_CHAR);
+        format!("attachment; filename=\"{quoted}\"; filename*=UTF-8''{encoded}")
+    }
 }
 
 #[cfg(test)]
@@ -439,5 +470,29 @@ mod tests {
             verify(&s, Bucket::WorkspaceTemp, "u/x.png", &token),
             Err(LinkError::BadToken)
         );
+    }
+
+    #[test]
+    fn a_download_name_beyond_ascii_goes_in_filename_star_and_every_value_is_ascii() {
+        assert_eq!(
+            attachment("photo 1.png"),
+            "attachment; filename=\"photo 1.png\""
+        );
+        assert_eq!(
+            attachment("a\"b\\c\n.png"),
+            "attachment; filename=\"abc.png\""
+        );
+        assert_eq!(
+            attachment("사진.png"),
+            "attachment; filename=\"__.png\"; filename*=UTF-8''%EC%82%AC%EC%A7%84.png"
+        );
+        assert_eq!(
+            attachment("résumé \"v2\".pdf"),
+            "attachment; filename=\"r_sum_ v2.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.pdf"
+        );
+        for name in ["사진.png", "ü\u{7f}.png", "emoji 😀.gif", "plain.png"] {
+            let value = attachment(name);
+            assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)), "{value}");
+        }
     }
 }
