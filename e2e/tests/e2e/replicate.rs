@@ -87,6 +87,16 @@ async fn a_sync_replicate_model_answers_with_the_stored_result() {
     assert_eq!(code, 200);
 }
 
+/// Submits `body`: answered 200 `queued`, its job then completed (by a delivery). The answer, and the job as it ends.
+async fn answered_queued_then_completed(jwt: &str, body: &Value) -> (Value, Value) {
+    let (status, answer) = generate(jwt, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "queued", "{answer}");
+    let j = wait_terminal(answer["jobId"].as_str().unwrap(), WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    (answer, j)
+}
+
 /// A sync prediction that succeeded but whose result could not be fetched (its file answers 5xx at first) is not
 /// failed: Replicate delivers it to the webhook too, and that delivery stores it. The caller is answered as for a
 /// queued job, with the prediction's id.
@@ -95,12 +105,8 @@ async fn a_sync_prediction_whose_result_could_not_be_stored_is_finished_by_its_d
     let (user, jwt) = user().await;
     let text = prompt("replicate sync media fault", "#media-fail-first=2");
     let body = json!({"prompt": text, "apiModelId": replicate_sync_model()});
-    let (status, answer) = generate(&jwt, &body).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["status"], "queued", "{answer}");
+    let (answer, j) = answered_queued_then_completed(&jwt, &body).await;
     let job_id = answer["jobId"].as_str().unwrap();
-    let j = wait_terminal(job_id, WAIT).await;
-    assert_eq!(j["status"], "completed", "{j}");
     assert_eq!(
         answer["requestId"], j["metadata"]["fal_webhook_payload"]["request_id"],
         "completed by the prediction's delivery: {answer} {j}"
@@ -263,22 +269,46 @@ async fn a_usage_row_the_webhook_writes_ignores_what_the_owner_rewrote() {
     );
 }
 
-/// Replicate accepted the create but its answer cannot be read: the prediction may be running, so the job fails
-/// rather than falling back to a sync create (a second paid prediction).
+/// Replicate accepted the create but its answer cannot be read: the prediction may be running, so it is not made
+/// again on the sync route (a second paid prediction), nor is the job failed (which would throw its result away):
+/// the caller is answered queued, and the prediction's delivery completes the job.
 #[tokio::test]
-async fn an_accepted_create_whose_answer_cannot_be_read_is_not_made_again() {
-    let (_, jwt) = user().await;
+async fn an_unreadable_accepted_create_is_not_made_again_and_its_delivery_completes_the_job() {
+    let (user, jwt) = user().await;
     let body = json!({
-        // No delivery: the prediction's own webhook would complete the job (its token finds it) in a race with
-        // the submission failing it.
-        "prompt": prompt("replicate unreadable", "#queue-unreadable #no-webhook #delay-ms=20"),
+        "prompt": prompt("replicate unreadable", "#queue-unreadable #delay-ms=300"),
         "apiModelId": replicate_model(),
     });
-    let (status, answer) = generate(&jwt, &body).await;
-    assert_eq!(status, 502, "{answer}");
-    let j = job(answer["jobId"].as_str().unwrap()).await;
-    assert_eq!(j["status"], "failed", "{j}");
+    let (answer, j) = answered_queued_then_completed(&jwt, &body).await;
+    let job_id = answer["jobId"].as_str().unwrap();
     assert!(j["metadata"].get("sync_fallback").is_none(), "{j}");
+    assert_exactly_once(user, job_id, "completed").await;
+}
+
+/// The same for a sync create held by `Prefer: wait`: a prediction whose answer is lost (unreadable here; timed out
+/// or broken off alike) runs and is billed all the same, so its job is left to the delivery to the sync route's
+/// URL rather than failed.
+#[tokio::test]
+async fn a_sync_create_whose_answer_cannot_be_read_is_completed_by_its_delivery() {
+    let (user, jwt) = user().await;
+    let text = prompt("replicate sync unreadable", "#run-unreadable #delay-ms=300");
+    let body = json!({"prompt": text, "apiModelId": replicate_sync_model()});
+    let (answer, j) = answered_queued_then_completed(&jwt, &body).await;
+    let job_id = answer["jobId"].as_str().unwrap();
+    let delivered = j["metadata"]["fal_webhook_payload"]["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let webhook = prediction(&delivered).await["webhook"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = url::Url::parse(&webhook).expect("the prediction had a webhook URL");
+    assert!(
+        url.query_pairs().any(|(k, v)| k == "route" && v == "sync"),
+        "completed by the sync create's own delivery: {webhook}"
+    );
+    assert_exactly_once(user, job_id, "completed").await;
 }
 
 #[tokio::test]

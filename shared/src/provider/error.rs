@@ -20,7 +20,11 @@ pub enum ProviderError {
     },
     #[error("the provider did not answer in time")]
     Timeout,
+    /// No connection could be made: the request was not sent.
     #[error("the provider could not be reached: {0}")]
+    Unreached(String),
+    /// The connection failed once made: the request may have been received.
+    #[error("the connection to the provider failed: {0}")]
     Network(String),
     #[error("the provider's answer was not understood: {0}")]
     Decode(String),
@@ -76,6 +80,16 @@ impl ProviderError {
         run_failure || self.rejects_the_request()
     }
 
+    /// Whether the provider may have taken the request although no usable answer came: the answer did not come in
+    /// time, the connection broke once made, or a success could not be read. Not when no connection was made, nor
+    /// when the provider answered with an error.
+    pub fn may_have_been_accepted(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Timeout | ProviderError::Network(_) | ProviderError::Decode(_)
+        )
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ProviderError::Api { status, .. } => Some(*status),
@@ -87,7 +101,9 @@ impl ProviderError {
     /// and errors end up in logs and job rows.
     pub fn from_reqwest(e: reqwest::Error) -> Self {
         let e = e.without_url();
-        if e.is_timeout() {
+        if e.is_connect() {
+            ProviderError::Unreached(e.to_string())
+        } else if e.is_timeout() {
             ProviderError::Timeout
         } else if e.is_decode() {
             ProviderError::Decode(e.to_string())
@@ -151,6 +167,24 @@ mod tests {
         assert!(!ProviderError::Network("reset".into()).rejects_the_request());
         // 401/403 stay caller errors at submission (no fallback to a second run of the same input).
         assert!(api(401).is_caller_error() && api(403).is_caller_error());
+    }
+
+    #[test]
+    fn only_an_answer_lost_after_the_request_went_out_may_have_been_accepted() {
+        for lost in [
+            ProviderError::Timeout,
+            ProviderError::Network("reset".into()),
+            ProviderError::Decode("json".into()),
+        ] {
+            assert!(lost.may_have_been_accepted(), "{lost:?}");
+        }
+        for refused in [
+            ProviderError::Unreached("refused".into()),
+            api(422),
+            api(503),
+        ] {
+            assert!(!refused.may_have_been_accepted(), "{refused:?}");
+        }
     }
 
     #[test]

@@ -423,7 +423,10 @@ mod tests {
         drop(closed);
         let url = provider_url(&format!("{base}/v1/predictions/p1?secret=s3"), &base);
         let network = client(Duration::from_secs(5)).get(&url).await.unwrap_err();
-        assert!(matches!(network, ProviderError::Network(_)), "{network:?}");
+        assert!(
+            matches!(network, ProviderError::Unreached(_)),
+            "{network:?}"
+        );
 
         for err in [decode, timeout, network] {
             for shown in [err.to_string(), format!("{err:?}")] {

@@ -84,7 +84,7 @@ async fn create(
     };
     match created {
         // Not for an accepted create whose answer we cannot read: Replicate may be running that prediction, and a
-        // sync create would be a second generation of it.
+        // sync create would be a second generation of it (its delivery finishes the job, see `submit`).
         Err(error)
             if route == RouteKind::Queue
                 && !error.is_caller_error()
@@ -113,6 +113,17 @@ pub(super) async fn submit(
     let (created, route) = create(run, client, endpoint, route, webhook).await?;
     let prediction = match created {
         Ok(p) => p,
+        // Sent, and Replicate may have made the prediction: its answer did not come in time (a create held past
+        // its wait), broke off, or could not be read. The webhook it was given delivers it and finishes the job, or
+        // the reconciler fails the job at its deadline. Failing it here would throw away a prediction Replicate
+        // still runs and bills, and skip its delivery.
+        Err(error) if webhook.is_some() && error.may_have_been_accepted() => {
+            tracing::warn!(%job_id, %error, "prediction create not answered; the job is left to its delivery");
+            return Ok(Submitted::Answered(SubmitResult::queued(
+                job_id,
+                String::new(),
+            )));
+        }
         Err(error) => {
             let message = format!("Replicate API error: {}", describe(&error));
             let status = error.status().map(i32::from);

@@ -35,6 +35,8 @@ pub struct Directives {
     /// Replicate: a create without a wait is accepted (the prediction runs) but answered with a status no client
     /// knows, so the answer cannot be read.
     pub queue_unreadable: bool,
+    /// Replicate: the same for a create that waits (`Prefer: wait`), once its wait is over.
+    pub run_unreadable: bool,
     pub run_status: Option<u16>,
     pub run_fail_first: u32,
     /// How long the sync run takes once started (`X-Fal-Request-Timeout` does not cut it).
@@ -78,6 +80,7 @@ impl Default for Directives {
             no_webhook: false,
             queue_status: None,
             queue_unreadable: false,
+            run_unreadable: false,
             run_status: None,
             run_fail_first: 0,
             run_delay_ms: 0,
@@ -134,6 +137,7 @@ impl Directives {
             ("early", None) => self.early = true,
             ("no-webhook", None) => self.no_webhook = true,
             ("queue-unreadable", None) => self.queue_unreadable = true,
+            ("run-unreadable", None) => self.run_unreadable = true,
             ("media-no-length", None) => self.media_no_length = true,
             ("deliveries", Some(v)) => set(
                 &mut self.deliveries,

@@ -101,7 +101,11 @@ async fn create(
         return scripted_problem(code);
     }
     let (id, early, submit_delay_ms) = (prediction.id.clone(), d.early, d.submit_delay_ms);
-    let unreadable = wait.is_none() && d.queue_unreadable;
+    let unreadable = if wait.is_some() {
+        d.run_unreadable
+    } else {
+        d.queue_unreadable
+    };
     let delay = Duration::from_millis(d.delay_ms);
     let mut finished = state.replicate.insert(prediction);
     let first_answered = run(state.clone(), id.clone(), delay);

@@ -339,7 +339,8 @@ async fn directives_script_failures_statuses_and_early_deliveries() {
         201
     );
     assert_eq!(status(json!({"input": 5}), None).await, 422);
-    // An accepted create answered with a status no client knows; a create that waits is answered as always.
+    // An accepted create answered with a status no client knows (`#run-unreadable`: one that waits); a create that
+    // waits is answered as always otherwise.
     let unreadable = emu.create(FLUX, prompt("#queue-unreadable"), None).await;
     assert_eq!(unreadable["status"], "teleporting", "{unreadable}");
     let waited = emu
@@ -350,6 +351,10 @@ async fn directives_script_failures_statuses_and_early_deliveries() {
         )
         .await;
     assert_eq!(waited["status"], "succeeded", "{waited}");
+    let held = emu
+        .create(FLUX, prompt("#run-unreadable #delay-ms=0"), Some("wait=1"))
+        .await;
+    assert_eq!(held["status"], "teleporting", "{held}");
 
     let (hook, mut rx) = receiver(&[]).await;
     let body = json!({"input": {"prompt": "#early #delay-ms=0"}, "webhook": hook});
