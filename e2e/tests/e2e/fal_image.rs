@@ -475,6 +475,26 @@ async fn a_timed_out_queue_submission_whose_webhook_completed_the_job_answers_it
     assert_eq!(status, 200);
 }
 
+/// fal accepted the submission (2xx) but its answer cannot be read (no request id): the request runs and is
+/// delivered, so the job is neither run again on the sync host (a second generation) nor failed (its result then
+/// thrown away): the caller is answered queued, and fal's delivery completes the job.
+#[tokio::test]
+async fn an_unreadable_accepted_submission_is_left_to_its_delivery() {
+    let (user_id, jwt) = user().await;
+    let body = json!({"prompt": prompt("unreadable submit", "#queue-unreadable #delay-ms=300"), "apiModelId": async_model()});
+    let (job_id, request_id) = submit_queued(&jwt, &body).await;
+    assert_eq!(request_id, "", "no id could be read from fal's answer");
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert!(j["metadata"].get("sync_fallback").is_none(), "{j}");
+    assert_eq!(
+        requests_for_job(&job_id).await.len(),
+        1,
+        "one request at fal"
+    );
+    assert_exactly_once(user_id, &job_id, "completed").await;
+}
+
 #[tokio::test]
 async fn a_queue_422_fails_the_job_with_fals_message() {
     let (_, jwt) = user().await;

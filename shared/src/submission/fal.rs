@@ -18,9 +18,9 @@ use crate::fal::{QueueEndpoint, SyncEndpoint};
 use crate::jobs::JobStatus;
 use crate::provider::{ProviderError, ProviderKind};
 
-/// The queue route: submitted → `Some(answer)`; refused by fal for the caller's input, or an accepted submission
-/// whose answer cannot be read → the job fails; any other fault (network, timeout, fal 5xx) → `None`, and the job
-/// (now `processing`) runs on the sync host instead.
+/// The queue route: submitted → `Some(answer)`; an accepted submission (2xx) whose answer cannot be read →
+/// `Some(answer)` too, the job left to fal's delivery; refused by fal for the caller's input → the job fails; any
+/// other fault (network, timeout, fal 5xx) → `None`, and the job (now `processing`) runs on the sync host instead.
 pub(super) async fn submit_queued(
     run: &Run<'_>,
     client: &tokio_postgres::Client,
@@ -50,9 +50,15 @@ pub(super) async fn submit_queued(
             super::record_accepted(run, client, &usage, &request).await;
             Ok(Some(SubmitResult::queued(job_id, submitted.request_id)))
         }
-        // Refused for the caller's input, or accepted (2xx) with an answer we cannot read: a sync run would be a
-        // second generation of what fal may already be running.
-        Err(error) if error.is_caller_error() || matches!(error, ProviderError::Decode(_)) => {
+        // Accepted (2xx) with an answer we cannot read: fal runs the request and delivers it to the webhook URL it
+        // was given, which finishes the job (the reconciler fails it at its deadline if nothing comes). Neither a
+        // sync run (a second generation) nor failing the job (its delivery then skipped, a paid result lost).
+        Err(error @ ProviderError::Decode(_)) => {
+            tracing::warn!(%job_id, %error, "queue submission accepted, its answer unreadable; the job is left to its delivery");
+            Ok(Some(SubmitResult::queued(job_id, String::new())))
+        }
+        // Refused for the caller's input.
+        Err(error) if error.is_caller_error() => {
             let message = format!("Async submission failed: {}", describe(&error));
             fail_job(state, settings, job_id, &message).await?;
             Err(SubmitError::Provider {

@@ -32,8 +32,8 @@ pub struct Directives {
     pub submit_delay_ms: u64,
     pub no_webhook: bool,
     pub queue_status: Option<u16>,
-    /// Replicate: a create without a wait is accepted (the prediction runs) but answered with a status no client
-    /// knows, so the answer cannot be read.
+    /// A queue submission is accepted (the request runs and is delivered) but its answer cannot be read: fal's
+    /// lacks the request's id and URLs; Replicate's (a create without a wait) has a status no client knows.
     pub queue_unreadable: bool,
     /// Replicate: the same for a create that waits (`Prefer: wait`), once its wait is over.
     pub run_unreadable: bool,

@@ -156,6 +156,10 @@ async fn submit(
     }
     // A slow answer to a request fal already runs: the submitter's window between the two.
     tokio::time::sleep(Duration::from_millis(directives.submit_delay_ms)).await;
+    if directives.queue_unreadable {
+        // Accepted (it runs, and is delivered) but answered without its id and URLs.
+        return json_status(StatusCode::OK, json!({"status": "IN_QUEUE"}));
+    }
     json_status(StatusCode::OK, answer)
 }
 

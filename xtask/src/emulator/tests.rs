@@ -412,6 +412,22 @@ async fn queue_status_503_queues_nothing_and_leaves_sync_alone() {
 }
 
 #[tokio::test]
+async fn an_unreadable_submission_answer_still_runs_and_delivers_the_request() {
+    let emu = emulator(fast()).await;
+    let (hook, mut rx) = receiver(&[]).await;
+    let answer = emu
+        .submit(
+            "fal-ai/flux/dev",
+            "#queue-unreadable #delay-ms=0",
+            Some(&hook),
+        )
+        .await;
+    assert_eq!(answer, json!({"status": "IN_QUEUE"}));
+    let delivered: Value = serde_json::from_slice(&next(&mut rx).await.body).unwrap();
+    assert_eq!(delivered["status"], "OK", "{delivered}");
+}
+
+#[tokio::test]
 async fn failed_deliveries_are_retried_and_recorded() {
     let emu = emulator(fast()).await;
     let (hook, mut rx) = receiver(&[500, 503]).await;
