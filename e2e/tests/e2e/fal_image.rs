@@ -493,6 +493,14 @@ async fn an_unreadable_accepted_submission_is_left_to_its_delivery() {
         "one request at fal"
     );
     assert_exactly_once(user_id, &job_id, "completed").await;
+    assert_eq!(usage_count(&job_id).await, 1, "one usage row");
+
+    // One that fails at fal keeps the usage row written when it was left to its delivery.
+    let body = json!({"prompt": prompt("unreadable submit failing", "#queue-unreadable #queue-error #delay-ms=300"), "apiModelId": async_model()});
+    let (job_id, _) = submit_queued(&jwt, &body).await;
+    let j = wait_terminal(&job_id, WAIT).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(usage_count(&job_id).await, 1, "one usage row");
 }
 
 #[tokio::test]

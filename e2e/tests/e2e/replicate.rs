@@ -311,6 +311,42 @@ async fn a_sync_create_whose_answer_cannot_be_read_is_completed_by_its_delivery(
     assert_exactly_once(user, job_id, "completed").await;
 }
 
+/// After a fallback the sync create's lost answer still fails the job: the abandoned queue prediction's delivery
+/// could otherwise end it once the sync route may no longer decide, before the sync prediction's came.
+#[tokio::test]
+async fn after_a_fallback_a_lost_sync_answer_fails_the_job() {
+    let (_, jwt) = user().await;
+    let directives = "#queue-status=503 #run-unreadable #no-webhook";
+    let body = json!({"prompt": prompt("replicate fallback unreadable", directives), "apiModelId": replicate_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(status, 502, "{answer}");
+    let j = job(answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["metadata"]["sync_fallback"], true, "{j}");
+}
+
+/// A job left to its delivery whose prediction then fails keeps the usage row written when it was left (the create
+/// was made, and may be billed); nothing else would write one.
+#[tokio::test]
+async fn a_lost_answers_job_that_then_fails_keeps_its_usage_row() {
+    let (_, jwt) = user().await;
+    let text = prompt(
+        "replicate sync unreadable failing",
+        "#run-unreadable #error #delay-ms=300",
+    );
+    let body = json!({"prompt": text, "apiModelId": replicate_sync_model()});
+    let (status, answer) = generate(&jwt, &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    let job_id = answer["jobId"].as_str().unwrap();
+    let j = wait_terminal(job_id, WAIT).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(usage_count(job_id).await, 1, "one usage row");
+}
+
 #[tokio::test]
 async fn a_replicate_signature_cannot_complete_a_fal_job() {
     let (_, jwt) = user().await;

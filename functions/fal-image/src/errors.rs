@@ -209,7 +209,8 @@ fn provider_error(job_id: uuid::Uuid, provider: ProviderKind, error: &ProviderEr
             status: 429 | 503 | 504,
             ..
         }
-        | ProviderError::Timeout => (
+        | ProviderError::Timeout
+        | ProviderError::Unreached(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Model temporarily unavailable".to_owned(),
         ),
@@ -270,5 +271,24 @@ mod tests {
         // The storage shape keeps it.
         let storage = ApiError::from(SubmitError::Db(DbError::Tls("bad CA".into()))).into_storage();
         assert!(storage.cause.unwrap().contains("bad CA"));
+    }
+
+    #[test]
+    fn a_provider_not_reached_or_slow_is_retryable_and_a_broken_answer_is_not() {
+        let id = uuid::Uuid::new_v4();
+        for (error, status) in [
+            (ProviderError::Unreached("connection refused".into()), 503),
+            (ProviderError::Timeout, 503),
+            (ProviderError::Network("reset".into()), 502),
+            (ProviderError::Decode("json".into()), 502),
+        ] {
+            let e = provider_error(id, ProviderKind::Fal, &error);
+            assert_eq!(e.status.as_u16(), status, "{error:?}");
+            assert_eq!(
+                e.body["retryable"].as_bool(),
+                (status == 503).then_some(true),
+                "{error:?}"
+            );
+        }
     }
 }

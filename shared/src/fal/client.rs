@@ -207,7 +207,8 @@ async fn json_or_error(response: reqwest::Response) -> Result<Value, ProviderErr
             .await
             .map_err(ProviderError::from_reqwest);
     }
-    let bytes = read_capped(response).await?;
+    // The status is the answer: a body that breaks off leaves the error without its message, not a lost answer.
+    let bytes = read_capped(response).await.unwrap_or_default();
     Err(api_error(status, error_type, &bytes))
 }
 

@@ -122,7 +122,8 @@ async fn prediction_or_error(
         return serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Decode(format!("prediction: {e}")));
     }
-    let bytes = read_capped(response).await?;
+    // The status is the answer: a body that breaks off leaves the error without its message, not a lost answer.
+    let bytes = read_capped(response).await.unwrap_or_default();
     Err(api_error(status, &bytes))
 }
 
@@ -390,6 +391,31 @@ mod tests {
         assert!(
             matches!(&e, ProviderError::Api { message, .. } if message == r#"{"reason":"gone"}"#)
         );
+    }
+
+    #[tokio::test]
+    async fn an_error_status_whose_body_breaks_off_is_still_that_status() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 4096];
+            let _ = conn.read(&mut chunk).await.unwrap();
+            // 100 bytes announced, 6 sent, then the connection closes.
+            let head = "HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 100\r\n\r\n{\"deta";
+            conn.write_all(head.as_bytes()).await.unwrap();
+        });
+        let endpoint = PredictionsEndpoint::new(Some(&base), "acme/flux").unwrap();
+        let err = client(Duration::from_secs(5))
+            .create(&endpoint, &json!({}), None, None)
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(
+            matches!(err, ProviderError::Api { status: 422, .. }),
+            "{err:?}"
+        );
+        assert!(!err.may_have_been_accepted());
     }
 
     #[tokio::test]

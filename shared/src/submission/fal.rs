@@ -54,8 +54,7 @@ pub(super) async fn submit_queued(
         // was given, which finishes the job (the reconciler fails it at its deadline if nothing comes). Neither a
         // sync run (a second generation) nor failing the job (its delivery then skipped, a paid result lost).
         Err(error @ ProviderError::Decode(_)) => {
-            tracing::warn!(%job_id, %error, "queue submission accepted, its answer unreadable; the job is left to its delivery");
-            Ok(Some(SubmitResult::queued(job_id, String::new())))
+            Ok(Some(super::left_to_delivery(run, &error).await))
         }
         // Refused for the caller's input.
         Err(error) if error.is_caller_error() => {

@@ -847,6 +847,25 @@ async fn complete_sync(
     Ok((job, outcome))
 }
 
+/// A request the provider may have taken although its answer was lost
+/// ([`ProviderError::may_have_been_accepted`]): its usage row is written as an accepted request's is (without the
+/// request's id), and the caller is answered queued. The provider's delivery to the job's webhook URL finishes the
+/// job, or the reconciler fails it at its deadline.
+async fn left_to_delivery(run: &Run<'_>, error: &ProviderError) -> SubmitResult {
+    let (job_id, provider) = (run.job_id, run.plan.model.provider_name.as_str());
+    tracing::warn!(%job_id, provider, %error, "the provider may have the request but its answer was lost; the job is left to its delivery");
+    let metadata = json!({
+        "request_id": null, "async": true, "model_key": run.plan.model_key, "provider": provider,
+        "answer_lost": true,
+    });
+    let usage = run
+        .plan
+        .usage(job_id, run.user_id)
+        .row(None, 0, None, None, metadata);
+    log_usage(run, &usage).await;
+    SubmitResult::queued(job_id, String::new())
+}
+
 /// Inserts a run's usage row unless its job has one; true when the job has one now. Best effort: the caller's
 /// answer does not depend on it, so an error is logged, not returned.
 async fn log_usage(run: &Run<'_>, usage: &db::usage::NewUsage) -> bool {

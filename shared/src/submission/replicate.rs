@@ -110,19 +110,20 @@ pub(super) async fn submit(
 ) -> Result<Submitted, SubmitError> {
     let (state, settings, job_id) = (run.state, run.settings, run.job_id);
     let started = Instant::now();
+    let asked = route;
     let (created, route) = create(run, client, endpoint, route, webhook).await?;
     let prediction = match created {
         Ok(p) => p,
         // Sent, and Replicate may have made the prediction: its answer did not come in time (a create held past
         // its wait), broke off, or could not be read. The webhook it was given delivers it and finishes the job, or
         // the reconciler fails the job at its deadline. Failing it here would throw away a prediction Replicate
-        // still runs and bills, and skip its delivery.
-        Err(error) if webhook.is_some() && error.may_have_been_accepted() => {
-            tracing::warn!(%job_id, %error, "prediction create not answered; the job is left to its delivery");
-            return Ok(Submitted::Answered(SubmitResult::queued(
-                job_id,
-                String::new(),
-            )));
+        // still runs and bills, and skip its delivery. Not after a fallback: the job's abandoned queue prediction
+        // could then end it once the sync route may no longer decide (`JobRun::sync_may_decide`), before the sync
+        // prediction's delivery came.
+        Err(error) if webhook.is_some() && route == asked && error.may_have_been_accepted() => {
+            return Ok(Submitted::Answered(
+                super::left_to_delivery(run, &error).await,
+            ));
         }
         Err(error) => {
             let message = format!("Replicate API error: {}", describe(&error));
