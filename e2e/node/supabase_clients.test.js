@@ -143,13 +143,8 @@ describe('generations through invoke, results through signed URLs', () => {
   // Another user's finished generation: its paths and job are what the callers below must not reach.
   let neighbour;
   before(async () => {
-    const user = await newUser();
-    const token = await tokenFor('HS256', user);
-    const answer = await invokeFalImage(token, syncBody());
-    assert.equal(answer.status, 200, JSON.stringify(answer.body));
-    const view = await waitForResult(token, answer.body.jobId);
-    neighbour = { user, jobId: answer.body.jobId, path: view.result.storagePath };
-    assert.equal(neighbour.path.split('/')[0], user);
+    neighbour = await syncResult();
+    assert.equal(neighbour.path.split('/')[0], neighbour.user);
   });
 
   for (const alg of ['ES256', 'RS256', 'HS256']) {
@@ -243,11 +238,7 @@ describe("clients built once follow the session's token (README: What a client c
 
 describe('signing bounds', () => {
   test('a lifetime past one year refuses the whole call, createSignedUrl and createSignedUrls alike', async () => {
-    const user = await newUser();
-    const token = await tokenFor('HS256', user);
-    const answer = await invokeFalImage(token, syncBody());
-    assert.equal(answer.status, 200, JSON.stringify(answer.body));
-    const path = (await waitForResult(token, answer.body.jobId)).result.storagePath;
+    const { token, path } = await syncResult();
     const bucket = workspaceTemp(token);
     const year = 365 * 24 * 3600;
     const within = await bucket.createSignedUrls([path], year);
@@ -269,11 +260,7 @@ describe('download links', () => {
   // reaches the function still percent-encoded once (ASCII); a link whose `download` a page or a user wrote by hand
   // is encoded once, and reaches it as UTF-8, which S3 refuses in a header value unless it goes in `filename*`.
   test("the download option names the file; a name beyond ASCII goes in filename* (S3 takes ISO-8859-1 only)", async () => {
-    const user = await newUser();
-    const token = await tokenFor('HS256', user);
-    const answer = await invokeFalImage(token, syncBody());
-    assert.equal(answer.status, 200, JSON.stringify(answer.body));
-    const path = (await waitForResult(token, answer.body.jobId)).result.storagePath;
+    const { token, path } = await syncResult();
     const stored = await s3Object(path);
     const bucket = workspaceTemp(token);
     const plain = await bucket.createSignedUrl(path, 60);
@@ -306,6 +293,16 @@ describe('download links', () => {
     }
   });
 });
+
+// A sync generation of a new user (HS256 token): the user, the token, the job and its stored result's path.
+async function syncResult() {
+  const user = await newUser();
+  const token = await tokenFor('HS256', user);
+  const answer = await invokeFalImage(token, syncBody());
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  const view = await waitForResult(token, answer.body.jobId);
+  return { user, token, jobId: answer.body.jobId, path: view.result.storagePath };
+}
 
 // Follows a signed URL as a browser does (no Authorization, the redirect followed): the bytes must be `expected`.
 async function assertServes(signedUrl, expected) {
